@@ -1,0 +1,527 @@
+"""The JetStream bus: connect, topology, publish with de-dup, durable pull-consumer loops.
+
+Every service talks to every other through this module only. It owns the nats-py traps listed in
+DESIGN.md: unlimited reconnects, a retried first connect, ``fetch()`` timeouts that mean "nothing
+yet", and pull subscriptions re-bound after the server lost them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import nats
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.kv import KeyValue
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from prometheus_client import Counter, Histogram
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from shared import subjects
+from shared.config import BusConfig, NatsConfig, seconds
+from shared.contract import Event, encode
+from shared.envelope import build_headers, header
+from shared.errors import ConfigurationError, PermanentError, RetryableError
+from shared.telemetry import extract, inject, tracer
+
+log = structlog.get_logger("flowyard.bus")
+
+MESSAGES = Counter(
+    "flowyard_messages_total", "Messages handled by a consumer, by outcome", ["consumer", "outcome"]
+)
+HANDLE_SECONDS = Histogram(
+    "flowyard_handle_seconds",
+    "Time spent handling one message",
+    ["consumer"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30, 120),
+)
+PUBLISHED = Counter("flowyard_published_total", "Messages published", ["stream"])
+
+_TRANSIENT = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+    asyncio.TimeoutError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What a handler may want to know about the message besides its body."""
+
+    subject: str
+    num_delivered: int
+    stream_seq: int
+    headers: dict[str, str]
+
+
+Handler = Callable[[Any, Delivery], Awaitable[None]]
+Decoder = Callable[[bytes], Any]
+
+
+class Bus:
+    def __init__(self, nats_cfg: NatsConfig, bus_cfg: BusConfig, *, name: str) -> None:
+        self.nats_cfg = nats_cfg
+        self.cfg = bus_cfg
+        self.name = name
+        self.nc: NATS | None = None
+        self._js: JetStreamContext | None = None
+        self._kv: dict[str, KeyValue] = {}
+
+    # --- connection -------------------------------------------------------------------------
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise RuntimeError("bus is not connected; call connect() first")
+        return self._js
+
+    @property
+    def connected(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
+
+    async def connect(self) -> None:
+        """Connect, retrying the first connect for ``nats.connect_timeout``; reconnect forever after."""
+        cfg = self.nats_cfg
+        opts: dict[str, Any] = {
+            "servers": [u.strip() for u in cfg.url.split(",")],
+            "name": f"flowyard-{self.name}",
+            "allow_reconnect": True,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.5,
+            "connect_timeout": 2,
+            "error_cb": self._on_error,
+            "disconnected_cb": self._on_disconnected,
+            "reconnected_cb": self._on_reconnected,
+        }
+        if cfg.user:
+            opts["user"], opts["password"] = cfg.user, cfg.password
+        if cfg.token:
+            opts["token"] = cfg.token
+        if cfg.creds:
+            opts["user_credentials"] = cfg.creds
+        deadline = seconds(cfg.connect_timeout)
+        last: BaseException | None = None
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_delay(deadline),
+                wait=wait_exponential(multiplier=0.1, max=2),
+                retry=retry_if_exception_type((OSError, *_TRANSIENT, nats.errors.NoServersError)),
+                reraise=True,
+            ):
+                with attempt:
+                    self.nc = await nats.connect(**opts)
+        except Exception as exc:
+            last = exc
+        if self.nc is None or not self.nc.is_connected:
+            reason = str(last) or type(last).__name__
+            if "Authorization" in reason or "authorization" in reason:
+                raise ConfigurationError(
+                    f"NATS at {cfg.url} refused the credentials: check FLOWYARD_NATS_USER/PASSWORD/CREDS"
+                ) from None
+            raise ConfigurationError(
+                f"cannot reach NATS at {cfg.url} (tried for {cfg.connect_timeout}: {reason}). "
+                "Start a stack with `flowyard up`, or point FLOWYARD_NATS_URL at a running nats-server "
+                "with JetStream enabled."
+            ) from None
+        self._js = self.nc.jetstream(timeout=5)
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.warning("nats error", service=self.name, error=str(exc) or type(exc).__name__)
+
+    async def _on_disconnected(self) -> None:
+        log.warning("nats disconnected; reconnecting", service=self.name)
+
+    async def _on_reconnected(self) -> None:
+        log.info("nats reconnected", service=self.name, url=str(self.nc.connected_url.netloc if self.nc else ""))
+
+    async def close(self) -> None:
+        if self.nc is not None and not self.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+
+    # --- topology ---------------------------------------------------------------------------
+
+    async def ensure_topology(self) -> None:
+        """Create or update every stream and bucket; safe to call from every replica at once."""
+        cfg = self.cfg
+        storage = api.StorageType.FILE if cfg.storage == "file" else api.StorageType.MEMORY
+        dup = seconds(cfg.duplicate_window)
+        streams = [
+            api.StreamConfig(
+                name=subjects.RUNS_STREAM,
+                description="Run and task events: the audit log of every run",
+                subjects=[subjects.RUNS_SUBJECTS],
+                retention=api.RetentionPolicy.LIMITS,
+                max_age=seconds(cfg.retention),
+                duplicate_window=dup,
+            ),
+            api.StreamConfig(
+                name=subjects.TASKS_STREAM,
+                description="Task dispatches, one work queue per executor pool",
+                subjects=[subjects.TASKS_SUBJECTS],
+                retention=api.RetentionPolicy.WORK_QUEUE,
+                duplicate_window=dup,
+            ),
+            api.StreamConfig(
+                name=subjects.DLQ_STREAM,
+                description="Dead letters: poison messages with the reason they were terminated",
+                subjects=[subjects.DLQ_SUBJECTS],
+                retention=api.RetentionPolicy.LIMITS,
+                max_age=seconds(cfg.retention),
+                duplicate_window=dup,
+            ),
+        ]
+        for sc in streams:
+            sc.storage = storage
+            sc.num_replicas = cfg.replicas
+            sc.max_msg_size = cfg.max_payload
+            await self._ensure_stream(sc)
+        await self._ensure_kv(subjects.RUNS_BUCKET, "Run records kept by the scheduler", history=5)
+        await self._ensure_kv(subjects.AGENTS_BUCKET, "Registered agents", history=10)
+
+    async def _ensure_stream(self, sc: api.StreamConfig) -> None:
+        try:
+            await self.js.add_stream(sc)
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code != 10058:  # name in use with a different configuration
+                raise
+            await self.js.update_stream(sc)
+
+    async def _ensure_kv(self, bucket: str, description: str, *, history: int) -> None:
+        storage = api.StorageType.FILE if self.cfg.storage == "file" else api.StorageType.MEMORY
+        try:
+            kv = await self.js.create_key_value(
+                bucket=bucket,
+                description=description,
+                history=history,
+                storage=storage,
+                replicas=self.cfg.replicas,
+                max_value_size=self.cfg.max_payload,
+            )
+        except nats.js.errors.BadRequestError:
+            kv = await self.js.key_value(bucket)
+        self._kv[bucket] = kv
+
+    async def kv(self, bucket: str) -> KeyValue:
+        if bucket not in self._kv:
+            try:
+                self._kv[bucket] = await self.js.key_value(bucket)
+            except nats.js.errors.BucketNotFoundError:
+                raise ConfigurationError(
+                    f"KV bucket {bucket!r} does not exist: start the services once (they create it) "
+                    "or run `flowyard up`"
+                ) from None
+        return self._kv[bucket]
+
+    async def topology_present(self) -> bool:
+        try:
+            for name in (subjects.RUNS_STREAM, subjects.TASKS_STREAM, subjects.DLQ_STREAM):
+                await self.js.stream_info(name)
+        except Exception:
+            return False
+        return True
+
+    # --- publishing -------------------------------------------------------------------------
+
+    async def publish(self, subject: str, event: Event, *, msg_id: str) -> api.PubAck:
+        """Publish with CloudEvents headers, trace context and a de-dup id; wait for the ack.
+
+        Retries while NATS is unreachable; a repeat of the same ``msg_id`` within the duplicate
+        window is dropped by JetStream, so retrying is always safe.
+        """
+        payload = encode(event)
+        if len(payload) > self.cfg.max_payload:
+            raise PermanentError(
+                f"{event_type_name(event)} for run {event.run_id} is {len(payload)} bytes, over the "
+                f"{self.cfg.max_payload}-byte limit (bus.max_payload): make the agent return less data"
+            )
+        headers = build_headers(event, source=self.name, msg_id=msg_id)
+        with tracer().start_as_current_span(
+            f"send {subject}",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": subject,
+                "messaging.message.id": msg_id,
+            },
+        ):
+            inject(headers)
+            try:
+                async for attempt in AsyncRetrying(
+                    stop=stop_after_delay(seconds(self.cfg.publish_retry_for)),
+                    wait=wait_exponential(multiplier=0.05, max=1),
+                    retry=retry_if_exception_type(_TRANSIENT),
+                    reraise=True,
+                ):
+                    with attempt:
+                        ack = await self.js.publish(subject, payload, headers=headers)
+            except _TRANSIENT as exc:
+                raise RetryableError(f"publish to {subject} failed: NATS unreachable ({exc!r})") from exc
+        PUBLISHED.labels(ack.stream).inc()
+        return ack
+
+    async def publish_raw(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
+        await self.js.publish(subject, data, headers=headers)
+
+    # --- consuming --------------------------------------------------------------------------
+
+    def consumer(
+        self,
+        *,
+        durable: str,
+        stream: str,
+        filters: Sequence[str],
+        decode: Decoder,
+        handler: Handler,
+        concurrency: int = 8,
+        max_deliver: int | None = None,
+    ) -> Consumer:
+        return Consumer(
+            self,
+            durable=durable,
+            stream=stream,
+            filters=list(filters),
+            decode=decode,
+            handler=handler,
+            concurrency=concurrency,
+            max_deliver=max_deliver or self.cfg.max_deliver,
+        )
+
+
+def event_type_name(event: Event) -> str:
+    return type(event).__name__
+
+
+class Consumer:
+    """A durable pull consumer with explicit ack, nak-with-delay, term + dead letter, max_deliver."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        durable: str,
+        stream: str,
+        filters: list[str],
+        decode: Decoder,
+        handler: Handler,
+        concurrency: int,
+        max_deliver: int,
+    ) -> None:
+        self.bus = bus
+        self.durable = durable
+        self.stream = stream
+        self.filters = filters
+        self.decode = decode
+        self.handler = handler
+        self.concurrency = concurrency
+        self.max_deliver = max_deliver
+        self.ack_wait = seconds(bus.cfg.ack_wait)
+        self._stopping = asyncio.Event()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(concurrency)
+        self._sub: JetStreamContext.PullSubscription | None = None
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    async def ensure(self) -> None:
+        config = api.ConsumerConfig(
+            name=self.durable,
+            durable_name=self.durable,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait,
+            max_deliver=self.max_deliver,
+            max_ack_pending=max(self.concurrency * 4, 64),
+            filter_subjects=self.filters if len(self.filters) > 1 else None,
+            filter_subject=self.filters[0] if len(self.filters) == 1 else None,
+        )
+        await self.bus.js.add_consumer(self.stream, config)
+        self._sub = await self.bus.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+
+    async def run(self) -> None:
+        """Fetch and handle until :meth:`stop`; then wait for in-flight handlers."""
+        if self._sub is None:
+            await self.ensure()
+        failures = 0
+        while not self._stopping.is_set():
+            await self._slots.acquire()
+            self._slots.release()
+            free = self._slots._value  # noqa: SLF001 - how many handlers may start now
+            try:
+                assert self._sub is not None
+                msgs = await self._sub.fetch(batch=max(free, 1), timeout=1.0)
+                failures = 0
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                continue  # nothing to do yet
+            except Exception as exc:  # the server restarted, lost the consumer, or is unreachable
+                failures += 1
+                log.warning("fetch failed", consumer=self.durable, error=repr(exc), failures=failures)
+                await asyncio.sleep(min(0.2 * failures, 2.0))
+                if failures >= 3 and self.bus.connected:
+                    with contextlib.suppress(Exception):
+                        await self._rebind()
+                continue
+            for msg in msgs:
+                await self._slots.acquire()
+                task = asyncio.create_task(self._handle(msg))
+                self._inflight.add(task)
+                task.add_done_callback(self._done)
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._slots.release()
+
+    async def _rebind(self) -> None:
+        log.info("re-binding pull subscription", consumer=self.durable)
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+        self._sub = None
+        await self.ensure()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def cancel_inflight(self) -> None:
+        for task in list(self._inflight):
+            task.cancel()
+
+    async def _handle(self, msg: Msg) -> None:
+        headers = dict(msg.headers or {})
+        md = msg.metadata
+        delivery = Delivery(
+            subject=msg.subject,
+            num_delivered=md.num_delivered or 1,
+            stream_seq=md.sequence.stream if md.sequence else 0,
+            headers=headers,
+        )
+        started = time.perf_counter()
+        ctx = extract(headers)
+        heartbeat = asyncio.create_task(self._keep_alive(msg))
+        with tracer().start_as_current_span(
+            f"process {msg.subject}",
+            context=ctx,
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": msg.subject,
+                "messaging.consumer.group.name": self.durable,
+                "messaging.message.id": header(headers, "Nats-Msg-Id") or "",
+            },
+        ) as span:
+            try:
+                outcome = await self._dispatch(msg, delivery, span)
+            finally:
+                heartbeat.cancel()
+        MESSAGES.labels(self.durable, outcome).inc()
+        HANDLE_SECONDS.labels(self.durable).observe(time.perf_counter() - started)
+
+    async def _dispatch(self, msg: Msg, delivery: Delivery, span: trace.Span) -> str:
+        try:
+            event = self.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            await self._dead_letter(msg, delivery, f"cannot decode message: {exc}")
+            span.set_status(Status(StatusCode.ERROR, "poison"))
+            return "poison"
+        try:
+            await self.handler(event, delivery)
+        except asyncio.CancelledError:
+            # Shutting down mid-handler: hand the message back at once rather than after ack_wait.
+            with contextlib.suppress(Exception):
+                await msg.nak()
+            raise
+        except PermanentError as exc:
+            await self._dead_letter(msg, delivery, str(exc))
+            span.set_status(Status(StatusCode.ERROR, "permanent"))
+            return "terminated"
+        except Exception as exc:
+            retryable = isinstance(exc, RetryableError)
+            if not retryable:
+                log.exception("handler crashed", consumer=self.durable, subject=delivery.subject)
+            if delivery.num_delivered >= self.max_deliver:
+                await self._dead_letter(
+                    msg, delivery, f"gave up after {delivery.num_delivered} deliveries: {exc}"
+                )
+                return "terminated"
+            delay = getattr(exc, "delay", None) or min(0.5 * 2 ** (delivery.num_delivered - 1), 30.0)
+            log.warning(
+                "handler failed; will retry",
+                consumer=self.durable,
+                subject=delivery.subject,
+                error=str(exc),
+                delivery=delivery.num_delivered,
+                retry_in_s=delay,
+            )
+            span.set_status(Status(StatusCode.ERROR, "retry"))
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=delay)
+            return "retried"
+        try:
+            await msg.ack()
+        except Exception as exc:  # the message will be redelivered; handlers are idempotent
+            log.warning("ack failed", consumer=self.durable, error=repr(exc))
+            return "ack_failed"
+        return "ok"
+
+    async def _keep_alive(self, msg: Msg) -> None:
+        # Long handlers (an agent running for minutes) keep their message instead of having it
+        # redelivered to another replica after ack_wait.
+        try:
+            while True:
+                await asyncio.sleep(max(self.ack_wait / 3, 0.5))
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
+        except asyncio.CancelledError:
+            pass
+
+    async def _dead_letter(self, msg: Msg, delivery: Delivery, reason: str) -> None:
+        """Copy the message to ``fy.dlq.<service>`` with the reason, then terminate it."""
+        log.error(
+            "message terminated",
+            consumer=self.durable,
+            subject=delivery.subject,
+            stream_seq=delivery.stream_seq,
+            reason=reason[:2000],
+        )
+        headers = {
+            k: v for k, v in delivery.headers.items() if k.lower() != "nats-msg-id"
+        } | {
+            "Nats-Msg-Id": f"dlq:{self.stream}:{delivery.stream_seq}",
+            "fy-dlq-reason": reason[:2000].replace("\n", " "),
+            "fy-dlq-subject": delivery.subject,
+            "fy-dlq-consumer": self.durable,
+            "fy-dlq-stream-seq": str(delivery.stream_seq),
+            "fy-dlq-deliveries": str(delivery.num_delivered),
+        }
+        try:
+            await self.bus.publish_raw(subjects.dead_letter(self.bus.name), msg.data, headers)
+        except Exception as exc:
+            # Never terminate a message we could not keep: try again later.
+            log.error("dead-letter publish failed; nak", consumer=self.durable, error=repr(exc))
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=5)
+            return
+        with contextlib.suppress(Exception):
+            await msg.term()

@@ -1,0 +1,223 @@
+"""Configuration: one YAML file plus ``FLOWYARD_*`` environment variables, validated at start-up.
+
+The file is named by ``--config FILE`` on any command, or by ``FLOWYARD_CONFIG``. Environment
+variables override the file: ``FLOWYARD_<SECTION>_<FIELD>`` (``FLOWYARD_NATS_URL``,
+``FLOWYARD_EXECUTOR_CONCURRENCY``, ``FLOWYARD_LOG_FORMAT`` …). Every bad value is reported with
+its name and how to fix it; configuration types forbid unknown fields so typos are caught.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import yaml
+
+from shared.durations import parse_duration
+from shared.errors import ConfigurationError
+
+ENV_PREFIX = "FLOWYARD_"
+# FLOWYARD_* names that are not settings.
+_NOT_SETTINGS = ("CONFIG", "SECRET_", "REQUIRE_SERVERS", "TEST_")
+
+
+class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+def _duration(value: str | float, name: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
+class NatsConfig(_Section):
+    url: str = "nats://127.0.0.1:4222"
+    # How long the first connect keeps trying before giving up with a clear error.
+    connect_timeout: str = "10s"
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    creds: str | None = None  # path to a .creds file (JWT + nkey seed)
+
+    def __post_init__(self) -> None:
+        _duration(self.connect_timeout, "connect_timeout")
+        if not self.url.startswith(("nats://", "tls://", "ws://", "wss://")):
+            raise ValueError(f"url {self.url!r} must start with nats://, tls://, ws:// or wss://")
+
+    def __repr__(self) -> str:  # never print credentials
+        return f"NatsConfig(url={self.url!r}, user={self.user!r})"
+
+
+class BusConfig(_Section):
+    storage: Literal["file", "memory"] = "file"
+    replicas: int = 1
+    ack_wait: str = "30s"
+    max_deliver: int = 5
+    duplicate_window: str = "2m"
+    retention: str = "30d"  # how long run events (the audit log) are kept
+    max_payload: int = 1024 * 1024
+    # How long a publish keeps retrying while NATS is unreachable before the handler gives up.
+    publish_retry_for: str = "30s"
+
+    def __post_init__(self) -> None:
+        for name in ("ack_wait", "duplicate_window", "retention", "publish_retry_for"):
+            _duration(getattr(self, name), name)
+        if not 1 <= self.replicas <= 5:
+            raise ValueError("replicas must be between 1 and 5")
+        if self.max_deliver < 1:
+            raise ValueError("max_deliver must be at least 1")
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    # auto: readable on a terminal, JSON otherwise (containers, CI, files).
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class HttpConfig(_Section):
+    host: str = "127.0.0.1"
+    # Port for /healthz, /readyz and /metrics; 0 picks a free port, -1 disables the endpoint.
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        if not -1 <= self.port <= 65535:
+            raise ValueError("port must be -1 (off), 0 (any free port) or 1-65535")
+
+
+class ExecutorConfig(_Section):
+    runtime: Literal["process", "docker"] = "process"
+    pool: str = "default"
+    concurrency: int = 8
+    # On SIGTERM, in-flight attempts get this long to finish before they are handed back.
+    shutdown_grace: str = "20s"
+    max_output_bytes: int = 1024 * 1024
+    log_tail_bytes: int = 4096
+
+    def __post_init__(self) -> None:
+        _duration(self.shutdown_grace, "shutdown_grace")
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+
+
+class SchedulerConfig(_Section):
+    concurrency: int = 16
+    pool: str = "default"
+
+
+class PlannerConfig(_Section):
+    concurrency: int = 8
+
+
+class TelemetryConfig(_Section):
+    # none: spans are created (trace context still flows through NATS headers) but not exported.
+    exporter: Literal["none", "console"] = "none"
+
+
+class Config(_Section):
+    nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
+    bus: BusConfig = msgspec.field(default_factory=BusConfig)
+    log: LogConfig = msgspec.field(default_factory=LogConfig)
+    http: HttpConfig = msgspec.field(default_factory=HttpConfig)
+    executor: ExecutorConfig = msgspec.field(default_factory=ExecutorConfig)
+    scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
+    planner: PlannerConfig = msgspec.field(default_factory=PlannerConfig)
+    telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
+
+
+SECTIONS: dict[str, type[_Section]] = {f.name: f.type for f in msgspec.structs.fields(Config)}
+
+
+def _env_overrides(
+    env: Mapping[str, str], problems: list[str], origin: dict[tuple[str, str], str]
+) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        rest = key[len(ENV_PREFIX) :]
+        if rest.startswith(_NOT_SETTINGS):
+            continue
+        section, _, field = rest.lower().partition("_")
+        if section not in SECTIONS or not field:
+            continue  # not ours to judge: other tools share the prefix
+        fields = [f.name for f in msgspec.structs.fields(SECTIONS[section])]
+        if field not in fields:
+            hint = difflib.get_close_matches(field, fields, n=1)
+            did = f" Did you mean {ENV_PREFIX}{section.upper()}_{hint[0].upper()}?" if hint else ""
+            problems.append(
+                f"{key}: {section} has no setting {field!r}; known: {', '.join(fields)}.{did}"
+            )
+            continue
+        out.setdefault(section, {})[field] = value
+        origin[(section, field)] = key
+    return out
+
+
+def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read the file (if any) and the environment; raise ConfigurationError naming every bad value."""
+    env = os.environ if env is None else env
+    path = path or env.get("FLOWYARD_CONFIG") or None
+    raw: dict[str, Any] = {}
+    problems: list[str] = []
+    origin: dict[tuple[str, str], str] = {}
+    where = "defaults"
+    if path:
+        where = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigurationError(f"config file {path}: cannot read it ({exc.strerror})") from None
+        try:
+            loaded = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark else ""
+            raise ConfigurationError(f"config file {path}{line}: not valid YAML ({exc})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigurationError(f"config file {path}: must be a mapping of sections ({', '.join(SECTIONS)})")
+        raw = loaded
+    for section, values in _env_overrides(env, problems, origin).items():
+        current = raw.get(section)
+        raw[section] = {**(current if isinstance(current, dict) else {}), **values}
+    # Validate section by section so that one bad value does not hide the others.
+    config_kwargs: dict[str, Any] = {}
+    for section, value in raw.items():
+        if section not in SECTIONS:
+            hint = difflib.get_close_matches(str(section), list(SECTIONS), n=1)
+            did = f" Did you mean {hint[0]!r}?" if hint else ""
+            problems.append(f"{where}: unknown section {section!r}; known: {', '.join(SECTIONS)}.{did}")
+            continue
+        try:
+            config_kwargs[section] = msgspec.convert(value or {}, SECTIONS[section], strict=False)
+        except msgspec.ValidationError as exc:
+            problems.append(_explain(exc, section, where, origin))
+    if problems:
+        raise ConfigurationError("invalid configuration:\n  " + "\n  ".join(problems))
+    return Config(**config_kwargs)
+
+
+def _explain(
+    exc: msgspec.ValidationError, section: str, where: str, origin: dict[tuple[str, str], str]
+) -> str:
+    text = str(exc)
+    fields = [f.name for f in msgspec.structs.fields(SECTIONS[section])]
+    if "unknown field" in text:
+        name = text.split("`")[1] if "`" in text else ""
+        hint = difflib.get_close_matches(name, fields, n=1)
+        did = f" Did you mean {hint[0]!r}?" if hint else ""
+        return f"{where}: {section}: unknown setting {name!r}; known: {', '.join(fields)}.{did}"
+    message, _, at = text.partition(" - at `$.")
+    field = at.rstrip("`").split(".")[0].split("[")[0] if at else message.split(":")[0]
+    source = origin.get((section, field), where)
+    return f"{source}: {section}.{field}: {message.removeprefix(field + ': ')}"
+
+
+def seconds(value: str) -> float:
+    """A validated duration setting in seconds."""
+    return parse_duration(value)

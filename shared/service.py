@@ -1,0 +1,153 @@
+"""The service base: lifecycle, signals, and the /healthz, /readyz and /metrics endpoints.
+
+A :class:`Service` owns one NATS connection and some durable consumers. A :class:`ServiceHost`
+runs one service (``flowyard serve``) or several in one process (``flowyard up``), serves the HTTP
+endpoints for all of them, and shuts them down gracefully on SIGTERM: consumers stop fetching,
+in-flight messages finish or are handed back (nak), then the connection drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from abc import ABC, abstractmethod
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+
+from shared.bus import Bus, Consumer
+from shared.config import Config, seconds
+
+log = structlog.get_logger("flowyard.service")
+
+UP = Gauge("flowyard_service_up", "1 while the service is running and connected to NATS", ["service"])
+
+
+class Service(ABC):
+    name: str = "service"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.bus = Bus(config.nats, config.bus, name=self.name)
+        self.consumers: list[Consumer] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def shutdown_grace(self) -> float:
+        return 10.0
+
+    @abstractmethod
+    async def setup(self) -> None:
+        """Create consumers (append to ``self.consumers``) and anything else the service needs."""
+
+    async def start(self) -> None:
+        await self.bus.connect()
+        await self.bus.ensure_topology()
+        await self.setup()
+        for consumer in self.consumers:
+            await consumer.ensure()
+            self._tasks.append(asyncio.create_task(consumer.run(), name=f"{self.name}:{consumer.durable}"))
+        UP.labels(self.name).set(1)
+        log.info("service started", service=self.name, consumers=[c.durable for c in self.consumers])
+
+    async def stop(self) -> None:
+        for consumer in self.consumers:
+            consumer.stop()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=self.shutdown_grace)
+            if pending:
+                # In-flight work past the grace period is handed back (nak) so another replica takes it.
+                for consumer in self.consumers:
+                    consumer.cancel_inflight()
+                await asyncio.wait(pending, timeout=5)
+        await self.bus.close()
+        UP.labels(self.name).set(0)
+        log.info("service stopped", service=self.name)
+
+    async def ready(self) -> tuple[bool, str]:
+        if not self.bus.connected:
+            return False, "not connected to NATS"
+        if not await self.bus.topology_present():
+            return False, "streams missing"
+        return True, "ok"
+
+
+class ServiceHost:
+    def __init__(self, config: Config, services: list[Service]) -> None:
+        self.config = config
+        self.services = services
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+        self.stopping = asyncio.Event()
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "services": [s.name for s in self.services]})
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        checks = {s.name: await s.ready() for s in self.services}
+        ok = all(v[0] for v in checks.values())
+        body = {"status": "ready" if ok else "not ready", "services": {k: v[1] for k, v in checks.items()}}
+        return web.json_response(body, status=200 if ok else 503)
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def start_http(self) -> None:
+        if self.config.http.port < 0:
+            return
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
+        await site.start()
+        server = site._server  # noqa: SLF001 - the only way to learn the port picked for port 0
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self.config.http.port
+        log.info("http endpoints", url=f"http://{self.config.http.host}:{self.port}", paths="/healthz /readyz /metrics")
+
+    async def start(self) -> None:
+        await self.start_http()
+        started: list[Service] = []
+        try:
+            for service in self.services:
+                await service.start()
+                started.append(service)
+        except BaseException:
+            for service in reversed(started):
+                await service.stop()
+            await self.stop_http()
+            raise
+
+    async def stop(self) -> None:
+        # Stop in parallel: the executor's grace period must not delay the others' hand-back.
+        await asyncio.gather(*(s.stop() for s in self.services), return_exceptions=True)
+        await self.stop_http()
+
+    async def stop_http(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stopping.set)
+
+    async def serve_forever(self) -> None:
+        self.install_signal_handlers()
+        await self.start()
+        try:
+            await self.stopping.wait()
+        finally:
+            log.info("shutting down")
+            await self.stop()
+
+
+def grace_seconds(value: str) -> float:
+    return seconds(value)

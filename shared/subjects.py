@@ -1,0 +1,84 @@
+"""Every subject, stream, consumer and bucket name in one place.
+
+Subjects are built here and nowhere else, so ``proto/asyncapi.yaml`` (generated from this module)
+is the whole catalogue. Run ids and node ids are validated to be single subject tokens before they
+reach these builders.
+"""
+
+from __future__ import annotations
+
+import re
+
+RUNS_STREAM = "FY_RUNS"
+TASKS_STREAM = "FY_TASKS"
+DLQ_STREAM = "FY_DLQ"
+
+RUNS_BUCKET = "fy_runs"
+AGENTS_BUCKET = "fy_agents"
+
+RUNS_SUBJECTS = "fy.run.>"
+TASKS_SUBJECTS = "fy.task.>"
+DLQ_SUBJECTS = "fy.dlq.>"
+
+TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+
+
+def check_token(value: str, what: str) -> str:
+    if not TOKEN.match(value):
+        raise ValueError(
+            f"{what} {value!r} cannot be used in a subject: use letters, digits, '-' and '_' only "
+            "(at most 128, starting with a letter or digit)"
+        )
+    return value
+
+
+def run_requested(run_id: str) -> str:
+    return f"fy.run.{run_id}.requested"
+
+
+def run_planned(run_id: str) -> str:
+    return f"fy.run.{run_id}.planned"
+
+
+def run_rejected(run_id: str) -> str:
+    return f"fy.run.{run_id}.rejected"
+
+
+def run_started(run_id: str) -> str:
+    return f"fy.run.{run_id}.started"
+
+
+def run_finished(run_id: str, status: str) -> str:
+    """``status`` is ``succeeded``, ``failed`` or ``cancelled``."""
+    return f"fy.run.{run_id}.{status}"
+
+
+def task_event(run_id: str, node_id: str, kind: str) -> str:
+    """``kind`` is ``started``, ``succeeded`` or ``failed``."""
+    return f"fy.run.{run_id}.task.{node_id}.{kind}"
+
+
+def run_events(run_id: str) -> str:
+    return f"fy.run.{run_id}.>"
+
+
+def dispatch(pool: str) -> str:
+    return f"fy.task.dispatch.{pool}"
+
+
+def dead_letter(service: str) -> str:
+    return f"fy.dlq.{service}"
+
+
+# What each durable consumer reads; the AsyncAPI document is generated from these too.
+PLANNER_FILTERS = ["fy.run.*.requested"]
+SCHEDULER_FILTERS = [
+    "fy.run.*.planned",
+    "fy.run.*.rejected",
+    "fy.run.*.task.*.succeeded",
+    "fy.run.*.task.*.failed",
+]
+
+
+def executor_filters(pool: str) -> list[str]:
+    return [dispatch(pool)]

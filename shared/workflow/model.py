@@ -1,0 +1,115 @@
+"""The documents people write: ``kind: Agent`` and ``kind: Workflow``, ``apiVersion: flowyard/v1``.
+
+These are configuration types: unknown keys are errors (with a did-you-mean), so a typo never
+silently changes what runs. The keys later releases implement are already reserved here and are
+refused with a clear message until then.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+import msgspec
+
+API_VERSION = "flowyard/v1"
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+NODE_ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
+MEMORY_RE = re.compile(r"^\d+(\.\d+)?\s*([kKmMgG]i?[bB]?|[bB])?$")
+
+InputType = Literal["string", "number", "integer", "boolean", "object", "array"]
+
+
+class _Doc(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class Metadata(_Doc, kw_only=True):
+    name: str
+    description: str = ""
+    labels: dict[str, str] = {}
+
+
+class Resources(_Doc, kw_only=True):
+    memory: str | None = None  # e.g. 256Mi, 1g
+    cpus: float | None = None
+    pids: int | None = None
+
+
+class AgentSpec(_Doc, kw_only=True):
+    description: str = ""
+    image: str | None = None
+    command: list[str] | None = None
+    risk: Literal["auto", "approval_required"] = "auto"
+    inputs: dict[str, Any] = {}
+    outputs: dict[str, Any] = {}
+    timeout: str = "5m"
+    resources: Resources = msgspec.field(default_factory=Resources)
+    network: Literal["none", "egress"] = "none"
+    secrets: list[str] = []
+    env: dict[str, str] = {}
+
+
+class AgentDoc(_Doc, kw_only=True):
+    apiVersion: str  # noqa: N815 - the YAML key
+    kind: Literal["Agent"]
+    metadata: Metadata
+    spec: AgentSpec
+
+
+class InputDef(_Doc, kw_only=True):
+    type: InputType = "string"
+    default: Any = msgspec.UNSET
+    description: str = ""
+    required: bool | None = None  # default: required when there is no default
+
+    @property
+    def is_required(self) -> bool:
+        if self.required is not None:
+            return self.required
+        return self.default is msgspec.UNSET
+
+
+# Keys reserved for later releases; present so they are not "unknown", refused until implemented.
+RESERVED_NODE_KEYS = ("when", "foreach", "parallelism", "retry", "approval", "continue_on_failure")
+RESERVED_SPEC_KEYS = ("triggers", "defaults", "concurrency", "timeout")
+
+
+class NodeDef(_Doc, kw_only=True):
+    id: str
+    agent: str
+    description: str = ""
+    needs: list[str] = []
+    with_: dict[str, Any] = msgspec.field(default_factory=dict, name="with")
+    timeout: str | None = None
+    when: Any = None
+    foreach: Any = None
+    parallelism: Any = None
+    retry: Any = None
+    approval: Any = None
+    continue_on_failure: Any = None
+
+
+class WorkflowSpec(_Doc, kw_only=True):
+    description: str = ""
+    inputs: dict[str, InputDef] = {}
+    nodes: list[NodeDef]
+    outputs: dict[str, Any] = {}
+    triggers: Any = None
+    defaults: Any = None
+    concurrency: Any = None
+    timeout: Any = None
+
+
+class WorkflowDoc(_Doc, kw_only=True):
+    apiVersion: str  # noqa: N815 - the YAML key
+    kind: Literal["Workflow"]
+    metadata: Metadata
+    spec: WorkflowSpec
+
+
+# Every key a document may hold, for did-you-mean hints on unknown ones.
+KNOWN_KEYS: dict[str, list[str]] = {
+    t.__name__: [f.encode_name for f in msgspec.structs.fields(t)]
+    for t in (Metadata, Resources, AgentSpec, AgentDoc, InputDef, NodeDef, WorkflowSpec, WorkflowDoc)
+}

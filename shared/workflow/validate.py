@@ -1,0 +1,347 @@
+"""Everything checked before a run starts, and the plan a valid workflow turns into.
+
+Each check names the file, line, node and field, and says how to fix the problem. All problems
+are collected, not just the first, so one edit-validate cycle fixes them all.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import jsonschema
+import msgspec
+
+from shared.contract import AgentResources, AgentSnapshot, Plan, PlannedNode
+from shared.durations import parse_duration
+from shared.errors import ValidationFailed
+from shared.workflow.loader import Located, line_of
+from shared.workflow.model import (
+    MEMORY_RE,
+    NAME_RE,
+    NODE_ID_RE,
+    RESERVED_NODE_KEYS,
+    RESERVED_SPEC_KEYS,
+    AgentDoc,
+    InputDef,
+    WorkflowDoc,
+)
+from shared.workflow.templates import TemplateError, find_refs
+
+SECRET_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+_PY_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "number": (int, float),
+    "integer": (int,),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list,),
+}
+
+
+def _hint(word: str, choices: list[str]) -> str:
+    match = difflib.get_close_matches(word, choices, n=1)
+    return f" Did you mean {match[0]!r}?" if match else ""
+
+
+def type_matches(value: Any, type_name: str) -> bool:
+    if isinstance(value, bool) and type_name in ("number", "integer"):
+        return False
+    return isinstance(value, _PY_TYPES[type_name])
+
+
+def validate_agent(agent: AgentDoc, file: str = "<agent>") -> list[str]:
+    name = agent.metadata.name
+    where = f"{file}: agent {name!r}"
+    spec = agent.spec
+    problems: list[str] = []
+    if not NAME_RE.match(name):
+        problems.append(f"{where}: metadata.name must be lower-case letters, digits and '-' (at most 63)")
+    if spec.command is not None and (not spec.command or not all(isinstance(c, str) and c for c in spec.command)):
+        problems.append(f"{where}: spec.command must be a non-empty list of strings, e.g. [python3, /app/main.py]")
+    if spec.command is None and spec.image is None:
+        problems.append(f"{where}: spec needs `image` (Docker runtime) or `command` (process runtime), or both")
+    try:
+        if parse_duration(spec.timeout) <= 0:
+            problems.append(f"{where}: spec.timeout must be more than zero")
+    except ValueError as exc:
+        problems.append(f"{where}: spec.timeout: {exc}")
+    for key in ("inputs", "outputs"):
+        schema = getattr(spec, key)
+        try:
+            jsonschema.validators.validator_for(schema).check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            problems.append(f"{where}: spec.{key} is not a valid JSON Schema: {exc.message}")
+    if spec.resources.memory is not None and not MEMORY_RE.match(spec.resources.memory):
+        problems.append(f"{where}: spec.resources.memory {spec.resources.memory!r}: write it like 256Mi, 512m or 1g")
+    if spec.resources.cpus is not None and spec.resources.cpus <= 0:
+        problems.append(f"{where}: spec.resources.cpus must be more than zero")
+    if spec.resources.pids is not None and spec.resources.pids < 1:
+        problems.append(f"{where}: spec.resources.pids must be at least 1")
+    for secret in spec.secrets:
+        if not SECRET_RE.match(secret):
+            problems.append(f"{where}: spec.secrets: {secret!r} must be UPPER_SNAKE_CASE (it becomes an env var)")
+    for key in spec.env:
+        if not ENV_RE.match(key):
+            problems.append(f"{where}: spec.env: {key!r} is not a valid environment variable name")
+    return problems
+
+
+def snapshot(agent: AgentDoc) -> AgentSnapshot:
+    spec = agent.spec
+    return AgentSnapshot(
+        name=agent.metadata.name,
+        image=spec.image,
+        command=spec.command,
+        risk=spec.risk,
+        inputs=spec.inputs,
+        outputs=spec.outputs,
+        timeout_s=parse_duration(spec.timeout),
+        resources=AgentResources(
+            memory=spec.resources.memory, cpus=spec.resources.cpus, pids=spec.resources.pids
+        ),
+        network=spec.network,
+        secrets=spec.secrets,
+        env=spec.env,
+    )
+
+
+def _upstream(needs: Mapping[str, list[str]], node: str) -> set[str]:
+    seen: set[str] = set()
+    stack = list(needs.get(node, []))
+    while stack:
+        n = stack.pop()
+        if n not in seen and n in needs:
+            seen.add(n)
+            stack.extend(needs[n])
+    return seen
+
+
+def find_cycle(needs: Mapping[str, list[str]]) -> list[str] | None:
+    """A cycle as a path ``[a, b, c, a]``, or None."""
+    white, grey, black = 0, 1, 2
+    color = dict.fromkeys(needs, white)
+    parent: dict[str, str] = {}
+    for start in needs:
+        if color[start] != white:
+            continue
+        stack: list[tuple[str, int]] = [(start, 0)]
+        color[start] = grey
+        while stack:
+            node, i = stack[-1]
+            deps = [d for d in needs[node] if d in needs]
+            if i < len(deps):
+                stack[-1] = (node, i + 1)
+                dep = deps[i]
+                if color[dep] == grey:
+                    cycle = [dep]
+                    cur = node
+                    while cur != dep:
+                        cycle.append(cur)
+                        cur = parent[cur]
+                    cycle.append(dep)
+                    return cycle[::-1]
+                if color[dep] == white:
+                    color[dep] = grey
+                    parent[dep] = node
+                    stack.append((dep, 0))
+            else:
+                color[node] = black
+                stack.pop()
+    return None
+
+
+def validate_workflow(
+    wf: WorkflowDoc,
+    agents: Mapping[str, AgentDoc],
+    *,
+    raw: Located | None = None,
+    file: str = "<workflow>",
+) -> list[str]:
+    """Structure-level problems of a workflow whose documents already parsed."""
+    problems: list[str] = []
+    spec = wf.spec
+    raw_spec = raw.get("spec") if raw else None
+    raw_nodes = raw_spec.get("nodes") if isinstance(raw_spec, dict) else None
+
+    def at(index: int | None = None, key: str | None = None) -> str:
+        if index is None:
+            line = line_of(raw_spec, key) if raw_spec is not None and key else line_of(raw)
+        else:
+            node_raw = raw_nodes[index] if raw_nodes and index < len(raw_nodes) else None
+            line = (line_of(node_raw, key) if key else 0) or line_of(raw_nodes, index) if raw_nodes else 0
+        return f"{file}:{line}" if line else file
+
+    if not NAME_RE.match(wf.metadata.name):
+        problems.append(f"{at()}: metadata.name {wf.metadata.name!r} must be lower-case letters, digits and '-'")
+    for key in RESERVED_SPEC_KEYS:
+        if getattr(spec, key) is not None:
+            problems.append(f"{at(key=key)}: spec.{key} is reserved for a later release of flowyard and not "
+                            "supported yet; remove it")
+    for name, idef in spec.inputs.items():
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_-]*$", name):
+            problems.append(f"{at(key='inputs')}: input {name!r}: names are letters, digits, '_' and '-'")
+        if idef.default is not msgspec.UNSET and idef.default is not None and not type_matches(idef.default, idef.type):
+            problems.append(f"{at(key='inputs')}: input {name!r}: default {idef.default!r} is not of type "
+                            f"{idef.type}; change the default or the type")
+    if not spec.nodes:
+        problems.append(f"{at(key='nodes')}: spec.nodes is empty; a workflow needs at least one node")
+
+    ids = [n.id for n in spec.nodes]
+    seen: dict[str, int] = {}
+    for i, node in enumerate(spec.nodes):
+        if not NODE_ID_RE.match(node.id):
+            problems.append(f"{at(i, 'id')}: node {node.id!r}: ids start with a letter and hold letters, digits, "
+                            "'_' and '-' (at most 63)")
+        if node.id in seen:
+            problems.append(f"{at(i, 'id')}: node {node.id!r}: duplicate id (first used by node #{seen[node.id] + 1}); "
+                            "give every node its own id")
+        else:
+            seen[node.id] = i
+    needs = {n.id: list(n.needs) for n in spec.nodes}
+    for i, node in enumerate(spec.nodes):
+        label = f"node {node.id!r}"
+        for key in RESERVED_NODE_KEYS:
+            if getattr(node, key) is not None:
+                problems.append(f"{at(i, key)}: {label}: `{key}` is reserved for a later release of flowyard and "
+                                "not supported yet; remove it")
+        for dep in node.needs:
+            if dep == node.id:
+                problems.append(f"{at(i, 'needs')}: {label}: needs itself; remove {dep!r} from its needs")
+            elif dep not in needs:
+                problems.append(f"{at(i, 'needs')}: {label}: needs unknown node {dep!r}.{_hint(dep, ids)} "
+                                f"Known nodes: {', '.join(dict.fromkeys(ids))}")
+        if len(set(node.needs)) != len(node.needs):
+            problems.append(f"{at(i, 'needs')}: {label}: lists the same node twice in needs")
+        if node.timeout is not None:
+            try:
+                if parse_duration(node.timeout) <= 0:
+                    raise ValueError("must be more than zero")
+            except ValueError as exc:
+                problems.append(f"{at(i, 'timeout')}: {label}: timeout: {exc}")
+        agent = agents.get(node.agent)
+        if agent is None:
+            known = sorted(agents)
+            listing = f" Registered agents: {', '.join(known)}." if known else " No agents are registered."
+            problems.append(f"{at(i, 'agent')}: {label}: unknown agent {node.agent!r}.{_hint(node.agent, known)}"
+                            f"{listing} Define it with `kind: Agent` in this file or register it first")
+        upstream = _upstream(needs, node.id)
+        problems.extend(_check_refs(node.with_, spec.inputs, ids, upstream, f"{at(i, 'with')}: {label}: with"))
+        if agent is not None:
+            problems.extend(_check_with_schema(node.with_, agent, f"{at(i, 'with')}: {label}: with"))
+    cycle = find_cycle(needs)
+    if cycle:
+        problems.append(f"{at(key='nodes')}: the nodes form a cycle: {' -> '.join(cycle)}; "
+                        "remove one of these needs to break it")
+    problems.extend(_check_refs(spec.outputs, spec.inputs, ids, set(ids), f"{at(key='outputs')}: spec.outputs"))
+    return problems
+
+
+def _check_refs(
+    value: Any, inputs: Mapping[str, InputDef], ids: list[str], upstream: set[str], where: str
+) -> list[str]:
+    problems: list[str] = []
+    try:
+        refs = list(find_refs(value))
+    except TemplateError as exc:
+        return [f"{where}: {exc}"]
+    for ref in refs:
+        if ref.root == "inputs":
+            if not ref.path:
+                problems.append(f"{where}: {ref.text}: name the input, e.g. {{{{ inputs.NAME }}}}")
+            elif ref.path[0] not in inputs:
+                known = list(inputs)
+                problems.append(f"{where}: {ref.text}: unknown input {ref.path[0]!r}.{_hint(str(ref.path[0]), known)} "
+                                f"Declare it under spec.inputs (declared: {', '.join(known) or 'none'})")
+        elif ref.root == "nodes":
+            node = ref.node
+            if node is None:
+                problems.append(f"{where}: {ref.text}: name the node, e.g. {{{{ nodes.ID.output.FIELD }}}}")
+            elif node not in ids:
+                problems.append(f"{where}: {ref.text}: unknown node {node!r}.{_hint(node, ids)}")
+            elif node not in upstream:
+                problems.append(f"{where}: {ref.text}: node {node!r} is not upstream of this node, so its output "
+                                f"is not ready yet; add {node!r} to needs")
+            elif len(ref.path) < 2 or ref.path[1] != "output":
+                problems.append(f"{where}: {ref.text}: only nodes.{node}.output (and fields below it) can be used")
+    return problems
+
+
+def _check_with_schema(with_: Mapping[str, Any], agent: AgentDoc, where: str) -> list[str]:
+    schema = agent.spec.inputs
+    if not schema:
+        return []
+    problems: list[str] = []
+    props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+    for req in schema.get("required", []) or []:
+        if req not in with_:
+            problems.append(f"{where}: agent {agent.metadata.name!r} requires input {req!r}; add `{req}:` under with")
+    if schema.get("additionalProperties") is False:
+        for key in with_:
+            if key not in props:
+                problems.append(f"{where}: agent {agent.metadata.name!r} takes no input {key!r}.{_hint(key, list(props))}"
+                                f" It takes: {', '.join(props) or 'nothing'}")
+    validator_cls = jsonschema.validators.validator_for(schema)
+    for key, value in with_.items():
+        if key not in props or _has_template(value):
+            continue
+        errors = list(validator_cls(props[key]).iter_errors(value))
+        if errors:
+            problems.append(f"{where}.{key}: {errors[0].message} (agent {agent.metadata.name!r} input schema)")
+    return problems
+
+
+def _has_template(value: Any) -> bool:
+    if isinstance(value, str):
+        return "{{" in value
+    if isinstance(value, dict):
+        return any(_has_template(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_template(v) for v in value)
+    return False
+
+
+def check_inputs(wf: WorkflowDoc, given: Mapping[str, Any], *, file: str = "<workflow>") -> dict[str, Any]:
+    """The run's inputs with defaults applied; raises ValidationFailed naming every bad one."""
+    problems: list[str] = []
+    declared = wf.spec.inputs
+    resolved: dict[str, Any] = {}
+    for name in given:
+        if name not in declared:
+            problems.append(f"{file}: input {name!r} is not declared by workflow {wf.metadata.name!r}."
+                            f"{_hint(name, list(declared))} Declared inputs: {', '.join(declared) or 'none'}")
+    for name, idef in declared.items():
+        if name in given:
+            value = given[name]
+            if value is not None and not type_matches(value, idef.type):
+                problems.append(f"{file}: input {name!r} must be of type {idef.type}, got {value!r}; "
+                                f"pass it as -i {name}=<{idef.type}>")
+            resolved[name] = value
+        elif idef.default is not msgspec.UNSET:
+            resolved[name] = idef.default
+        elif idef.is_required:
+            problems.append(f"{file}: input {name!r} is required; pass it with -i {name}=VALUE"
+                            + (f" ({idef.description})" if idef.description else ""))
+        else:
+            resolved[name] = None
+    if problems:
+        raise ValidationFailed(problems)
+    return resolved
+
+
+def plan_workflow(wf: WorkflowDoc, agents: Mapping[str, AgentDoc]) -> Plan:
+    nodes = [
+        PlannedNode(
+            id=n.id,
+            agent=snapshot(agents[n.agent]),
+            needs=list(n.needs),
+            with_=dict(n.with_),
+            timeout_s=parse_duration(n.timeout) if n.timeout else None,
+        )
+        for n in wf.spec.nodes
+    ]
+    return Plan(nodes=nodes, outputs=dict(wf.spec.outputs))
