@@ -83,6 +83,7 @@ class Bus:
         self.nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self._kv: dict[str, KeyValue] = {}
+        self._closing = False
 
     # --- connection -------------------------------------------------------------------------
 
@@ -146,15 +147,20 @@ class Bus:
         log.warning("nats error", service=self.name, error=str(exc) or type(exc).__name__)
 
     async def _on_disconnected(self) -> None:
-        log.warning("nats disconnected; reconnecting", service=self.name)
+        if not self._closing:
+            log.warning("nats disconnected; reconnecting", service=self.name)
 
     async def _on_reconnected(self) -> None:
         log.info("nats reconnected", service=self.name, url=str(self.nc.connected_url.netloc if self.nc else ""))
 
     async def close(self) -> None:
+        """Flush what is buffered (acks, publishes) and close. Consumers must be stopped first."""
+        self._closing = True
         if self.nc is not None and not self.nc.is_closed:
+            # Not drain(): pull subscriptions keep status replies queued that nobody will read,
+            # and drain would wait its whole timeout for them.
             with contextlib.suppress(Exception):
-                await self.nc.drain()
+                await self.nc.flush(timeout=2)
             with contextlib.suppress(Exception):
                 await self.nc.close()
 
@@ -366,12 +372,12 @@ class Consumer:
         while not self._stopping.is_set():
             await self._slots.acquire()
             self._slots.release()
-            free = self._slots._value  # noqa: SLF001 - how many handlers may start now
+            free = self._slots._value
             try:
                 assert self._sub is not None
                 msgs = await self._sub.fetch(batch=max(free, 1), timeout=1.0)
                 failures = 0
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 continue  # nothing to do yet
             except Exception as exc:  # the server restarted, lost the consumer, or is unreachable
                 failures += 1
@@ -388,6 +394,9 @@ class Consumer:
                 task.add_done_callback(self._done)
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)

@@ -105,7 +105,7 @@ class ServiceHost:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
         await site.start()
-        server = site._server  # noqa: SLF001 - the only way to learn the port picked for port 0
+        server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self.config.http.port
         log.info("http endpoints", url=f"http://{self.config.http.host}:{self.port}", paths="/healthz /readyz /metrics")

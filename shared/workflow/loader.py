@@ -161,6 +161,27 @@ def load_bundle(text: str, file: str = "<input>") -> Bundle:
     return bundle
 
 
+def parse_workflow(raw: Any, file: str) -> WorkflowDoc:
+    """A workflow document that arrived as data (e.g. in a run request) rather than as a file."""
+    problems: list[str] = []
+    if not isinstance(raw, dict):
+        raise ValidationFailed([f"{file}: the workflow must be a mapping, got {type(raw).__name__}"])
+    if raw.get("apiVersion") != API_VERSION:
+        raise ValidationFailed([f"{file}: apiVersion is {raw.get('apiVersion')!r}; write `apiVersion: {API_VERSION}`"])
+    workflow = _convert_workflow(raw, file, problems)
+    if workflow is None:
+        raise ValidationFailed(problems)
+    return workflow
+
+
+def parse_agent(raw: Any, file: str) -> AgentDoc:
+    problems: list[str] = []
+    agent = _convert(raw, AgentDoc, file, problems)
+    if agent is None:
+        raise ValidationFailed(problems)
+    return agent
+
+
 def _convert_workflow(doc: Located, file: str, problems: list[str]) -> WorkflowDoc | None:
     # Nodes and inputs are checked one by one first, so that every bad node is reported at once
     # and the message can name the node rather than an index.

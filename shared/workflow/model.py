@@ -51,7 +51,7 @@ class AgentSpec(_Doc, kw_only=True):
 
 
 class AgentDoc(_Doc, kw_only=True):
-    apiVersion: str  # noqa: N815 - the YAML key
+    apiVersion: str
     kind: Literal["Agent"]
     metadata: Metadata
     spec: AgentSpec
@@ -102,7 +102,7 @@ class WorkflowSpec(_Doc, kw_only=True):
 
 
 class WorkflowDoc(_Doc, kw_only=True):
-    apiVersion: str  # noqa: N815 - the YAML key
+    apiVersion: str
     kind: Literal["Workflow"]
     metadata: Metadata
     spec: WorkflowSpec

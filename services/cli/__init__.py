@@ -1,0 +1,1 @@
+"""The ``flowyard`` command: a client of the services, and host of the embedded default."""

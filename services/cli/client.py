@@ -1,0 +1,121 @@
+"""Submitting runs and following them: what ``flowyard run`` and ``flowyard runs`` do over NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+
+from shared import subjects
+from shared.bus import Bus
+from shared.contract import (
+    AnyEvent,
+    RunFinished,
+    RunRecord,
+    RunRejected,
+    RunRequested,
+    decode_event,
+    decode_record,
+)
+
+
+def new_run_id() -> str:
+    # Sortable by time (hex milliseconds, fixed width) and unique (random suffix); one subject token.
+    return f"r{int(time.time() * 1000):011x}{secrets.token_hex(4)}"
+
+
+async def submit_and_follow(
+    bus: Bus,
+    request: RunRequested,
+    on_event: Callable[[AnyEvent], None],
+    *,
+    timeout: float | None = None,
+) -> RunFinished | RunRejected:
+    """Publish the request and return the run's final event, passing every event to ``on_event``."""
+    # Subscribe first (an ordered consumer replays from the start of the run's subjects), so no
+    # event can slip past between publishing and listening.
+    sub = await bus.js.subscribe(
+        subjects.run_events(request.run_id), ordered_consumer=True, stream=subjects.RUNS_STREAM
+    )
+    try:
+        await bus.publish(subjects.run_requested(request.run_id), request, msg_id=f"{request.run_id}:requested")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"run {request.run_id} did not finish within {timeout:g}s")
+            try:
+                msg = await sub.next_msg(timeout=min(remaining or 1.0, 1.0))
+            except nats.errors.TimeoutError:
+                continue
+            try:
+                event = decode_event(msg.data)
+            except Exception:
+                continue  # not ours to judge here; the services dead-letter poison
+            on_event(event)
+            if isinstance(event, RunFinished | RunRejected):
+                return event
+    finally:
+        await sub.unsubscribe()
+
+
+async def get_record(bus: Bus, run_id: str) -> RunRecord | None:
+    kv = await bus.kv(subjects.RUNS_BUCKET)
+    try:
+        entry = await kv.get(run_id)
+    except (nats.js.errors.KeyNotFoundError, nats.js.errors.InvalidKeyError):
+        return None
+    return decode_record(entry.value) if entry.value else None
+
+
+async def list_records(bus: Bus, limit: int) -> list[RunRecord]:
+    kv = await bus.kv(subjects.RUNS_BUCKET)
+    try:
+        keys = await kv.keys()
+    except nats.js.errors.NoKeysError:
+        return []
+    # Run ids sort by creation time, so the newest are the largest keys.
+    keys = sorted(keys, reverse=True)[:limit]
+    entries = await asyncio.gather(*(kv.get(k) for k in keys), return_exceptions=True)
+    records = []
+    for e in entries:
+        if isinstance(e, BaseException) or not e.value:
+            continue
+        records.append(decode_record(e.value))
+    return records
+
+
+def result_json(record: RunRecord) -> dict[str, Any]:
+    """The ``--json`` shape: run_id, workflow, status, outputs, nodes{status, attempts, output, error}."""
+    return {
+        "run_id": record.run_id,
+        "workflow": record.workflow,
+        "status": record.status,
+        "outputs": record.outputs,
+        "error": record.error,
+        "nodes": {
+            nid: {"status": n.status, "attempts": n.attempts, "output": n.output, "error": n.error}
+            for nid, n in record.nodes.items()
+        },
+        "created_at": record.created_at,
+        "finished_at": record.finished_at,
+    }
+
+
+def finished_json(event: RunFinished) -> dict[str, Any]:
+    return {
+        "run_id": event.run_id,
+        "workflow": event.workflow,
+        "status": event.status,
+        "outputs": event.outputs,
+        "error": event.error,
+        "nodes": {
+            nid: {"status": n.status, "attempts": n.attempts, "output": n.output, "error": n.error}
+            for nid, n in event.nodes.items()
+        },
+    }

@@ -1,0 +1,161 @@
+"""The async bodies of the CLI commands."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from pathlib import Path
+
+import msgspec
+
+from shared import agents as agent_registry
+from shared.bus import Bus
+from shared.config import Config
+from shared.contract import RunRejected, RunRequested
+from shared.durations import parse_duration
+from shared.envelope import now_rfc3339
+from shared.errors import ConfigurationError, ValidationFailed
+from shared.service import ServiceHost
+from shared.workflow.loader import Bundle, load_file
+from shared.workflow.validate import check_inputs
+
+from . import client, render
+from .embedded import EmbeddedStack
+from .inputs import load_and_check, parse_inputs
+from .main import EXIT_FAILED, EXIT_INVALID, EXIT_OK, configure, echo_json
+
+
+async def run_workflow(
+    config: Config,
+    file: Path,
+    pairs: tuple[str, ...],
+    *,
+    as_json: bool,
+    remote: bool,
+    workflow_name: str | None,
+    timeout: str | None,
+    verbose: bool,
+) -> int:
+    configure(config, "cli", quiet=not verbose)
+    wait_for = parse_duration(timeout) if timeout else None
+    # Check everything we can before starting anything: a bad file costs no server start.
+    bundle = load_and_check(file) if not remote else None
+    stack: EmbeddedStack | None = None
+    if not remote:
+        no_http = msgspec.structs.replace(config.http, port=-1)
+        stack = EmbeddedStack(msgspec.structs.replace(config, http=no_http))
+        await stack.start()
+        config = stack.config
+    bus = Bus(config.nats, config.bus, name="cli")
+    try:
+        await bus.connect()
+        await bus.ensure_topology()
+        if bundle is None:
+            bundle = await _load_remote(bus, file)
+        workflow = bundle.workflow(workflow_name)
+        inputs = check_inputs(workflow, parse_inputs(pairs, workflow), file=str(file))
+        await agent_registry.register(bus, bundle.agents.values())
+        request = RunRequested(
+            run_id=client.new_run_id(),
+            workflow=workflow.metadata.name,
+            definition=msgspec.to_builtins(workflow),
+            inputs=inputs,
+            source=str(file),
+            requested_by="cli",
+            requested_at=now_rfc3339(),
+        )
+        progress = render.Progress(sys.stderr if as_json else sys.stdout)
+        final = await client.submit_and_follow(
+            bus, request, (lambda _e: None) if as_json else progress, timeout=wait_for
+        )
+        if isinstance(final, RunRejected):
+            raise ValidationFailed(final.errors)
+        if as_json:
+            record = await client.get_record(bus, final.run_id)
+            echo_json(client.result_json(record) if record else client.finished_json(final))
+        else:
+            render.print_outcome(final.status, final.outputs, final.error)
+        return EXIT_OK if final.status == "succeeded" else EXIT_FAILED
+    finally:
+        await bus.close()
+        if stack is not None:
+            await stack.stop()
+
+
+async def _load_remote(bus: Bus, file: Path) -> Bundle:
+    """Validate FILE against the agents it defines plus those the stack has registered."""
+    names = {n.agent for wf in load_file(file).workflows for n in wf.spec.nodes}
+    registered = await agent_registry.lookup(bus, names)
+    return load_and_check(file, registered)
+
+
+async def list_runs(config: Config, *, limit: int, as_json: bool) -> int:
+    configure(config, "cli", quiet=True)
+    bus = Bus(config.nats, config.bus, name="cli")
+    await bus.connect()
+    try:
+        records = await client.list_records(bus, limit)
+    finally:
+        await bus.close()
+    if as_json:
+        echo_json([client.result_json(r) for r in records])
+    else:
+        render.print_table(records)
+    return EXIT_OK
+
+
+async def show_run(config: Config, run_id: str, *, as_json: bool) -> int:
+    configure(config, "cli", quiet=True)
+    bus = Bus(config.nats, config.bus, name="cli")
+    await bus.connect()
+    try:
+        record = await client.get_record(bus, run_id)
+    finally:
+        await bus.close()
+    if record is None:
+        print(f"flowyard: no run {run_id!r}; `flowyard runs list` shows the runs this stack knows", file=sys.stderr)
+        return EXIT_INVALID
+    if as_json:
+        echo_json(client.result_json(record))
+    else:
+        render.print_record(record)
+    return EXIT_OK
+
+
+async def run_up(config: Config, data_dir: Path, nats_port: int) -> int:
+    configure(config, "embedded")
+    stack = EmbeddedStack(config, data_dir=data_dir, nats_port=nats_port)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stack.start()
+    assert stack.host is not None
+    health = f"http://{config.http.host}:{stack.host.port}" if stack.host.port else "off"
+    print(f"flowyard is up: NATS {stack.server.url} (data in {data_dir}), health {health}", flush=True)
+    print(f"  export FLOWYARD_NATS_URL={stack.server.url}", flush=True)
+    try:
+        await stopping.wait()
+    finally:
+        print("flowyard is shutting down", flush=True)
+        await stack.stop()
+    return EXIT_OK
+
+
+async def run_service(config: Config, name: str) -> int:
+    from services.executor.service import ExecutorService
+    from services.planner.service import PlannerService
+    from services.scheduler.service import SchedulerService
+
+    configure(config, name)
+    kinds = {"planner": PlannerService, "scheduler": SchedulerService, "executor": ExecutorService}
+    try:
+        service = kinds[name](config)
+    except ConfigurationError:
+        raise
+    host = ServiceHost(config, [service])
+    with contextlib.suppress(asyncio.CancelledError):
+        await host.serve_forever()
+    return EXIT_OK

@@ -1,0 +1,47 @@
+"""The embedded default: a private nats-server plus every service in this one process."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from pathlib import Path
+
+import msgspec
+
+from services.executor.service import ExecutorService
+from services.planner.service import PlannerService
+from services.scheduler.service import SchedulerService
+from shared.config import Config
+from shared.natsserver import NatsServer
+from shared.service import ServiceHost
+
+
+class EmbeddedStack:
+    def __init__(self, config: Config, *, data_dir: Path | None = None, nats_port: int = -1) -> None:
+        self._temp = data_dir is None
+        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="flowyard-"))
+        self.server = NatsServer(self.data_dir / "nats", port=nats_port)
+        self.base_config = config
+        self.config = config
+        self.host: ServiceHost | None = None
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.server.start)
+        self.config = msgspec.structs.replace(
+            self.base_config, nats=msgspec.structs.replace(self.base_config.nats, url=self.server.url)
+        )
+        services = [PlannerService(self.config), SchedulerService(self.config), ExecutorService(self.config)]
+        self.host = ServiceHost(self.config, services)
+        try:
+            await self.host.start()
+        except BaseException:
+            await asyncio.to_thread(self.server.stop)
+            raise
+
+    async def stop(self) -> None:
+        if self.host is not None:
+            await self.host.stop()
+        await asyncio.to_thread(self.server.stop)
+        if self._temp:
+            await asyncio.to_thread(shutil.rmtree, self.data_dir, True)

@@ -1,0 +1,217 @@
+"""``flowyard``: up, serve, run, validate, runs list/show.
+
+Exit codes: 0 the run succeeded (or the command did what it was asked), 1 the run failed or was
+cancelled, 2 the input is invalid (workflow, inputs, configuration; the message names the place
+and the fix), 3 flowyard could not do its job (NATS unreachable, a service failed to start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import msgspec
+
+from shared.config import Config, load_config
+from shared.errors import ConfigurationError, ValidationFailed
+from shared.logging import configure_logging
+from shared.telemetry import configure_tracing
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_BROKEN = 0, 1, 2, 3
+SERVICES = ("planner", "scheduler", "executor")
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"flowyard: {message}", err=True)
+    sys.exit(code)
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> NoReturn:
+    try:
+        code = asyncio.run(coro)
+    except ValidationFailed as exc:
+        _fail("invalid input:\n  " + "\n  ".join(exc.problems), EXIT_INVALID)
+    except ConfigurationError as exc:
+        text = str(exc)
+        code = EXIT_INVALID if text.startswith(("invalid configuration", "config file")) else EXIT_BROKEN
+        _fail(text, code)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    sys.exit(code)
+
+
+class Ctx:
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+
+    def config(self, **overrides: dict[str, Any]) -> Config:
+        try:
+            cfg = load_config(self.config_path)
+        except ConfigurationError as exc:
+            _fail(str(exc), EXIT_INVALID)
+        for section, values in overrides.items():
+            if values:
+                cfg = msgspec.structs.replace(cfg, **{section: msgspec.structs.replace(getattr(cfg, section), **values)})
+        return cfg
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", metavar="FILE", envvar="FLOWYARD_CONFIG",
+              help="YAML configuration file (or FLOWYARD_CONFIG); FLOWYARD_* variables override it.")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """flowyard runs workflows of containerised agents over NATS JetStream."""
+    ctx.obj = Ctx(config_path)
+
+
+# --- validate -------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-i", "--input", "inputs", multiple=True, metavar="KEY=VALUE",
+              help="Also check these run inputs against the workflow.")
+@click.pass_obj
+def validate(obj: Ctx, files: tuple[Path, ...], inputs: tuple[str, ...]) -> None:
+    """Check workflow and agent files without running anything."""
+    from shared.workflow.validate import check_inputs
+
+    from .inputs import load_and_check, parse_inputs
+
+    problems: list[str] = []
+    for path in files:
+        try:
+            bundle = load_and_check(path)
+            for wf in bundle.workflows:
+                if inputs:
+                    check_inputs(wf, parse_inputs(inputs, wf), file=str(path))
+        except ValidationFailed as exc:
+            problems.extend(exc.problems)
+            continue
+        described = [f"{len(bundle.agents)} agent(s)"] + [f"workflow {w.metadata.name!r}" for w in bundle.workflows]
+        click.echo(f"{path}: ok ({', '.join(described)})")
+    if problems:
+        _fail("invalid input:\n  " + "\n  ".join(problems), EXIT_INVALID)
+
+
+# --- run ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-i", "--input", "inputs", multiple=True, metavar="KEY=VALUE",
+              help="A workflow input; VALUE is used as JSON when it parses as JSON, else as a string.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result, for scripts.")
+@click.option("--runtime", type=click.Choice(["process", "docker"]), default=None,
+              help="Executor runtime for the embedded stack (default: the configured one).")
+@click.option("--workflow", "workflow_name", default=None, help="Which workflow, when FILE holds several.")
+@click.option("--timeout", default=None, metavar="DURATION", help="Give up waiting after this long (e.g. 10m).")
+@click.option("-v", "--verbose", is_flag=True, help="Show the services' logs (embedded stack).")
+@click.pass_obj
+def run(obj: Ctx, file: Path, inputs: tuple[str, ...], as_json: bool, runtime: str | None,
+        workflow_name: str | None, timeout: str | None, verbose: bool) -> None:
+    """Run the workflow in FILE and wait for it; exit 0 when it succeeded, 1 when it failed."""
+    from .commands import run_workflow
+
+    config = obj.config(executor={"runtime": runtime} if runtime else {})
+    remote = bool(os.environ.get("FLOWYARD_NATS_URL"))
+    _run(run_workflow(config, file, inputs, as_json=as_json, remote=remote, workflow_name=workflow_name,
+                      timeout=timeout, verbose=verbose))
+
+
+# --- runs -----------------------------------------------------------------------------------
+
+
+@cli.group()
+def runs() -> None:
+    """Look at runs kept by a running stack (FLOWYARD_NATS_URL)."""
+
+
+@runs.command("list")
+@click.option("--limit", default=50, show_default=True, help="How many of the newest runs.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def runs_list(obj: Ctx, limit: int, as_json: bool) -> None:
+    """The newest runs, newest first."""
+    from .commands import list_runs
+
+    _run(list_runs(obj.config(), limit=limit, as_json=as_json))
+
+
+@runs.command("show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def runs_show(obj: Ctx, run_id: str, as_json: bool) -> None:
+    """One run: status, each node's attempts, errors and outputs."""
+    from .commands import show_run
+
+    _run(show_run(obj.config(), run_id, as_json=as_json))
+
+
+# --- up / serve -----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where JetStream keeps its data (default: ~/.local/share/flowyard).")
+@click.option("--nats-port", type=int, default=-1, help="NATS client port (default: a free one).")
+@click.option("--runtime", type=click.Choice(["process", "docker"]), default=None)
+@click.option("--http-port", type=int, default=None, help="Port for /healthz, /readyz, /metrics.")
+@click.pass_obj
+def up(obj: Ctx, data_dir: Path | None, nats_port: int, runtime: str | None, http_port: int | None) -> None:
+    """Start the embedded stack: a private nats-server and every service, in one process."""
+    from .commands import run_up
+
+    config = obj.config(
+        executor={"runtime": runtime} if runtime else {},
+        http={"port": http_port} if http_port is not None else {},
+    )
+    data_dir = data_dir or Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local/share")) / "flowyard"
+    _run(run_up(config, data_dir, nats_port))
+
+
+@cli.command()
+@click.argument("service", type=click.Choice(SERVICES))
+@click.option("--runtime", type=click.Choice(["process", "docker"]), default=None, help="Executor runtime.")
+@click.option("--pool", default=None, help="Executor pool to take tasks from.")
+@click.option("--http-port", type=int, default=None, help="Port for /healthz, /readyz, /metrics.")
+@click.pass_obj
+def serve(obj: Ctx, service: str, runtime: str | None, pool: str | None, http_port: int | None) -> None:
+    """Run one service, connecting to FLOWYARD_NATS_URL (as containers and Kubernetes do)."""
+    from .commands import run_service
+
+    executor: dict[str, Any] = {}
+    if runtime:
+        executor["runtime"] = runtime
+    if pool:
+        executor["pool"] = pool
+    config = obj.config(executor=executor, http={"port": http_port} if http_port is not None else {})
+    _run(run_service(config, service))
+
+
+def configure(config: Config, service: str, *, quiet: bool = False) -> None:
+    log_cfg = config.log
+    if quiet:
+        log_cfg = msgspec.structs.replace(log_cfg, level="error")
+    configure_logging(log_cfg)
+    configure_tracing(config.telemetry, service)
+
+
+def main() -> None:
+    cli(prog_name="flowyard")
+
+
+def serve_main(service: str) -> None:
+    """``python -m services.<name>``: the same as ``flowyard serve <name>``."""
+    cli(["serve", service, *sys.argv[1:]], prog_name=f"python -m services.{service}")
+
+
+def echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, ensure_ascii=False, indent=2))

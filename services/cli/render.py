@@ -1,0 +1,90 @@
+"""What a person sees: progress lines while a run goes, and the run at the end."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, TextIO
+
+from shared.contract import AnyEvent, RunFinished, RunPlanned, RunRecord, TaskFailed, TaskStarted, TaskSucceeded
+
+_MARK = {"succeeded": "✓", "failed": "✗", "skipped": "–", "cancelled": "⊘", "running": "▶", "pending": "·"}
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+
+
+class Progress:
+    def __init__(self, out: TextIO = sys.stdout) -> None:
+        self.out = out
+        self.width = 12
+        self.reported: set[str] = set()
+
+    def line(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def __call__(self, event: AnyEvent) -> None:
+        match event:
+            case RunPlanned():
+                self.width = max([len(n.id) for n in event.plan.nodes] + [4])
+                self.line(f"run {event.run_id}: workflow {event.workflow!r}, {len(event.plan.nodes)} nodes")
+            case TaskStarted():
+                again = f" (attempt {event.attempt})" if event.attempt > 1 else ""
+                self.line(f"  ▶ {event.node_id:<{self.width}} started{again}")
+            case TaskSucceeded():
+                self.reported.add(event.node_id)
+                self.line(f"  ✓ {event.node_id:<{self.width}} succeeded in {event.duration_s * 1000:.0f} ms")
+            case TaskFailed():
+                self.reported.add(event.node_id)
+                self.line(f"  ✗ {event.node_id:<{self.width}} failed: {event.error}")
+            case RunFinished():
+                for nid, node in event.nodes.items():
+                    if nid not in self.reported and node.status != "succeeded":
+                        why = f": {node.error}" if node.error else ""
+                        self.line(f"  {_MARK.get(node.status, '?')} {nid:<{self.width}} {node.status}{why}")
+            case _:
+                pass
+
+
+def print_outcome(status: str, outputs: dict[str, Any], error: str | None, out: TextIO = sys.stdout) -> None:
+    print(f"run {status}" + (f": {error}" if error else ""), file=out)
+    if outputs:
+        print("outputs:", file=out)
+        for name, value in outputs.items():
+            print(f"  {name}: {value if isinstance(value, str) else _dump(value)}", file=out)
+
+
+def print_record(record: RunRecord, out: TextIO = sys.stdout) -> None:
+    print(f"run      {record.run_id}", file=out)
+    print(f"workflow {record.workflow}", file=out)
+    print(f"status   {record.status}", file=out)
+    print(f"created  {record.created_at}" + (f"   finished {record.finished_at}" if record.finished_at else ""), file=out)
+    if record.error:
+        print(f"error    {record.error}", file=out)
+    if record.nodes:
+        width = max(len(n) for n in record.nodes)
+        print("nodes:", file=out)
+        for nid, node in record.nodes.items():
+            took = f" in {node.duration_s * 1000:.0f} ms" if node.duration_s is not None else ""
+            tries = f", {node.attempts} attempt{'s' if node.attempts != 1 else ''}" if node.attempts else ""
+            print(f"  {_MARK.get(node.status, '?')} {nid:<{width}} {node.status}{took}{tries}", file=out)
+            for err in node.errors or ([node.error] if node.error else []):
+                print(f"      {err}", file=out)
+    if record.outputs:
+        print("outputs:", file=out)
+        for name, value in record.outputs.items():
+            print(f"  {name}: {value if isinstance(value, str) else _dump(value)}", file=out)
+
+
+def print_table(records: list[RunRecord], out: TextIO = sys.stdout) -> None:
+    if not records:
+        print("no runs yet", file=out)
+        return
+    rows = [("RUN", "WORKFLOW", "STATUS", "NODES", "CREATED")]
+    for r in records:
+        done = sum(1 for n in r.nodes.values() if n.status == "succeeded")
+        rows.append((r.run_id, r.workflow, r.status, f"{done}/{len(r.nodes)}", r.created_at))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(), file=out)

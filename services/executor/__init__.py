@@ -1,0 +1,1 @@
+"""The executor: runs one attempt of one node in a runtime and reports the result."""

@@ -1,0 +1,175 @@
+"""One attempt, start to finish: check the input, run the agent, judge what it printed, report.
+
+No NATS here: ``publish`` and ``already_done`` are passed in, so the logic is tested without
+servers. Every failure is turned into one plain sentence an on-call engineer can act on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+import jsonschema
+import msgspec
+
+from shared.contract import Event, TaskDispatched, TaskFailed, TaskStarted, TaskSucceeded
+from shared.durations import format_duration
+
+from .runtimes.base import Outcome, Runtime
+
+Publish = Callable[[Event, str], Awaitable[None]]  # (event, "started" | "succeeded" | "failed")
+SECRET_ENV_PREFIX = "FLOWYARD_SECRET_"
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    ok: bool
+    output: object = None
+    error: str = ""
+    reason: str = "exit"
+    retryable: bool = True
+    exit_code: int | None = None
+
+
+def resolve_secrets(names: list[str], environ: Mapping[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
+    """Secret values for the agent's declared names, from ``FLOWYARD_SECRET_<NAME>``; and the missing ones."""
+    environ = os.environ if environ is None else environ
+    found, missing = {}, []
+    for name in names:
+        value = environ.get(SECRET_ENV_PREFIX + name)
+        if value is None:
+            missing.append(name)
+        else:
+            found[name] = value
+    return found, missing
+
+
+def redact(text: str, secrets: Mapping[str, str]) -> str:
+    for value in secrets.values():
+        if len(value) >= 4:
+            text = text.replace(value, "[redacted]")
+    return text
+
+
+def tail(data: bytes, limit: int) -> str:
+    text = data[-limit:].decode("utf-8", errors="replace")
+    return text.strip()
+
+
+def _last_lines(text: str, n: int = 5) -> str:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return " | ".join(lines[-n:])
+
+
+def check_input(task: TaskDispatched) -> str | None:
+    schema = task.agent.inputs
+    if not schema:
+        return None
+    error = jsonschema.exceptions.best_match(jsonschema.validators.validator_for(schema)(schema).iter_errors(task.input))
+    if error is None:
+        return None
+    where = "/".join(str(p) for p in error.absolute_path) or "the input"
+    return f"input does not match agent {task.agent.name!r}'s input schema at {where}: {error.message}"
+
+
+def judge(task: TaskDispatched, outcome: Outcome, *, log_tail_bytes: int) -> Judgement:
+    """Turn a raw outcome into success or a one-sentence failure."""
+    if outcome.start_error:
+        return Judgement(False, error=outcome.start_error, reason="runtime", retryable=False)
+    stderr = tail(outcome.stderr_tail, log_tail_bytes)
+    if outcome.timed_out:
+        return Judgement(
+            False, error=f"timed out after {format_duration(task.timeout_s)} and was killed", reason="timeout"
+        )
+    if outcome.exit_code != 0:
+        code = outcome.exit_code
+        how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
+        detail = _last_lines(stderr)
+        message = how + (f": {detail}" if detail else " (no output on stderr)")
+        return Judgement(False, error=message, reason="exit", exit_code=code)
+    if outcome.stdout_overflow:
+        return Judgement(
+            False, error="printed more output than the executor keeps (executor.max_output_bytes)",
+            reason="bad_output", retryable=False,
+        )
+    text = outcome.stdout.decode("utf-8", errors="replace").strip()
+    if not text:
+        return Judgement(False, error="printed nothing on stdout; an agent must print one JSON object",
+                         reason="bad_output", retryable=False)
+    try:
+        output = json.loads(text)
+    except json.JSONDecodeError as exc:
+        shown = text[:120] + ("…" if len(text) > 120 else "")
+        return Judgement(
+            False, error=f"printed output that is not JSON ({exc.msg} at line {exc.lineno}): {shown!r}",
+            reason="bad_output", retryable=False,
+        )
+    if not isinstance(output, dict):
+        return Judgement(False, error=f"printed JSON {type(output).__name__}, but an agent must print one JSON object",
+                         reason="bad_output", retryable=False)
+    schema = task.agent.outputs
+    if schema:
+        error = jsonschema.exceptions.best_match(jsonschema.validators.validator_for(schema)(schema).iter_errors(output))
+        if error is not None:
+            where = "/".join(str(p) for p in error.absolute_path) or "the output"
+            return Judgement(
+                False, error=f"output does not match agent {task.agent.name!r}'s output schema at {where}: {error.message}",
+                reason="output_schema", retryable=False,
+            )
+    return Judgement(True, output=output)
+
+
+async def execute(
+    task: TaskDispatched,
+    *,
+    runtime: Runtime,
+    publish: Publish,
+    executor_id: str,
+    log_tail_bytes: int,
+    environ: Mapping[str, str] | None = None,
+) -> Judgement:
+    await publish(TaskStarted(run_id=task.run_id, node_id=task.node_id, attempt=task.attempt, executor=executor_id),
+                  "started")
+    secrets, missing = resolve_secrets(task.agent.secrets, environ)
+    verdict: Judgement | None = None
+    log = ""
+    duration = 0.0
+    if missing:
+        names = ", ".join(missing)
+        env_names = ", ".join(SECRET_ENV_PREFIX + m for m in missing)
+        verdict = Judgement(False, error=f"secret(s) {names} not available to the executor; set {env_names}",
+                            reason="runtime", retryable=False)
+    elif (problem := check_input(task)) is not None:
+        verdict = Judgement(False, error=problem, reason="input_schema", retryable=False)
+    else:
+        env = {
+            **task.agent.env,
+            **secrets,
+            "FLOWYARD_RUN_ID": task.run_id,
+            "FLOWYARD_NODE_ID": task.node_id,
+            "FLOWYARD_ATTEMPT": str(task.attempt),
+        }
+        stdin = msgspec.json.encode(task.input)
+        outcome = await runtime.run(task, stdin=stdin, env=env, timeout_s=task.timeout_s)
+        verdict = judge(task, outcome, log_tail_bytes=log_tail_bytes)
+        log = redact(tail(outcome.stderr_tail, log_tail_bytes), secrets)
+        duration = outcome.duration_s
+    common = {"run_id": task.run_id, "node_id": task.node_id, "attempt": task.attempt, "executor": executor_id}
+    if verdict.ok:
+        await publish(TaskSucceeded(**common, output=verdict.output, duration_s=duration, log=log), "succeeded")
+    else:
+        await publish(
+            TaskFailed(
+                **common,
+                error=redact(verdict.error, secrets),
+                reason=verdict.reason,  # type: ignore[arg-type]
+                retryable=verdict.retryable,
+                exit_code=verdict.exit_code,
+                duration_s=duration,
+                log=log,
+            ),
+            "failed",
+        )
+    return verdict

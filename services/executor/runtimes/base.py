@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from shared.contract import TaskDispatched
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one attempt, before it is judged (see ``handlers.judge``)."""
+
+    exit_code: int | None
+    stdout: bytes
+    stderr_tail: bytes
+    duration_s: float
+    timed_out: bool = False
+    stdout_overflow: bool = False
+    start_error: str | None = None  # the agent could not be started at all
+
+
+class Runtime(ABC):
+    name: str
+
+    @abstractmethod
+    async def run(self, task: TaskDispatched, *, stdin: bytes, env: Mapping[str, str], timeout_s: float) -> Outcome:
+        """Run one attempt to completion (or timeout); cancellation must stop the agent."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the runtime holds (connections, temp dirs)."""

@@ -1,0 +1,143 @@
+"""The process runtime: the agent's ``command`` as a child process of the executor.
+
+NOT A SANDBOX. It exists for development and engine tests: the agent runs with the executor's
+user and can reach its filesystem and network. What it does do: a scrubbed environment (only
+what the agent declares), a private temporary working directory removed afterwards, its own
+process group killed on timeout or cancellation, and death with the executor (PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+
+import structlog
+
+from shared.contract import TaskDispatched
+
+from .base import Outcome, Runtime
+
+log = structlog.get_logger("flowyard.executor.process")
+
+SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class ProcessRuntime(Runtime):
+    name = "process"
+
+    def __init__(self, *, max_output_bytes: int, log_tail_bytes: int) -> None:
+        self.max_output_bytes = max_output_bytes
+        self.stderr_keep = max(log_tail_bytes * 4, 16384)
+
+    async def run(self, task: TaskDispatched, *, stdin: bytes, env: Mapping[str, str], timeout_s: float) -> Outcome:
+        command = task.agent.command
+        if not command:
+            return Outcome(None, b"", b"", 0.0, start_error=f"agent {task.agent.name!r} has no `command` to run")
+        program = shutil.which(command[0]) if os.sep not in command[0] else command[0]
+        if program is None:
+            return Outcome(None, b"", b"", 0.0, start_error=f"command {command[0]!r} is not on the executor's PATH")
+        workdir = await asyncio.to_thread(tempfile.mkdtemp, prefix="fy-agent-")
+        child_env = {"PATH": SAFE_PATH, "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8", **env}
+        started = time.monotonic()
+        try:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    program,
+                    *command[1:],
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                    cwd=workdir,
+                    env=child_env,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,
+                )
+            except OSError as exc:
+                return Outcome(None, b"", b"", 0.0, start_error=f"cannot start {command[0]!r}: {exc.strerror}")
+            try:
+                return await self._supervise(proc, stdin, timeout_s, started)
+            finally:
+                # Cancelled, or leftovers the agent started in the background: leave nothing behind.
+                _kill_group(proc)
+                if proc.returncode is None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(proc.wait())
+        finally:
+            await asyncio.to_thread(shutil.rmtree, workdir, True)
+
+    async def _supervise(
+        self, proc: asyncio.subprocess.Process, stdin: bytes, timeout_s: float, started: float
+    ) -> Outcome:
+        out = bytearray()
+        err = bytearray()
+        overflow = False
+
+        async def feed() -> None:
+            assert proc.stdin is not None
+            # An agent may exit without reading its input; that is its business, not an error.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                proc.stdin.write(stdin)
+                await proc.stdin.drain()
+                proc.stdin.close()
+
+        async def read_out() -> None:
+            nonlocal overflow
+            assert proc.stdout is not None
+            while chunk := await proc.stdout.read(65536):
+                if len(out) + len(chunk) > self.max_output_bytes:
+                    overflow = True
+                    continue  # keep draining so the agent is not blocked on a full pipe
+                out.extend(chunk)
+
+        async def read_err() -> None:
+            assert proc.stderr is not None
+            while chunk := await proc.stderr.read(65536):
+                err.extend(chunk)
+                if len(err) > self.stderr_keep:
+                    del err[: len(err) - self.stderr_keep]
+
+        io = asyncio.gather(feed(), read_out(), read_err(), proc.wait())
+        timed_out = False
+        try:
+            await asyncio.wait_for(asyncio.shield(io), timeout=timeout_s)
+        except TimeoutError:
+            timed_out = True
+            _kill_group(proc)
+            # Children of the agent may hold the pipes open; do not wait on them forever.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(io, timeout=5)
+            if not io.done():
+                io.cancel()
+        except asyncio.CancelledError:
+            io.cancel()
+            raise
+        return Outcome(
+            exit_code=proc.returncode,
+            stdout=bytes(out),
+            stderr_tail=bytes(err),
+            duration_s=time.monotonic() - started,
+            timed_out=timed_out,
+            stdout_overflow=overflow,
+        )
+
+
+def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()

@@ -1,0 +1,97 @@
+"""Wires ``fy.task.dispatch.<pool>`` to :func:`handlers.execute` on the configured runtime."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import nats.js.errors
+import structlog
+
+from shared import subjects
+from shared.bus import Delivery
+from shared.config import Config, seconds
+from shared.contract import AnyEvent, Event, TaskDispatched, decode_event, decode_record
+from shared.errors import PermanentError
+from shared.service import Service
+
+from . import handlers
+from .runtimes import Runtime, make_runtime
+
+log = structlog.get_logger("flowyard.executor")
+
+
+class ExecutorService(Service):
+    name = "executor"
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        cfg = config.executor
+        # Refuse to start on an unknown runtime before touching NATS.
+        self.runtime: Runtime = make_runtime(
+            cfg.runtime, max_output_bytes=cfg.max_output_bytes, log_tail_bytes=cfg.log_tail_bytes
+        )
+        self.executor_id = f"{socket.gethostname()}:{os.getpid()}:{cfg.pool}"
+
+    @property
+    def shutdown_grace(self) -> float:
+        return seconds(self.config.executor.shutdown_grace)
+
+    async def setup(self) -> None:
+        pool = self.config.executor.pool
+        subjects.check_token(pool, "executor pool")
+        self.records = await self.bus.kv(subjects.RUNS_BUCKET)
+        self.consumers.append(
+            self.bus.consumer(
+                durable=f"executor-{pool}",
+                stream=subjects.TASKS_STREAM,
+                filters=subjects.executor_filters(pool),
+                decode=decode_event,
+                handler=self.handle,
+                concurrency=self.config.executor.concurrency,
+            )
+        )
+
+    async def stop(self) -> None:
+        await super().stop()
+        await self.runtime.close()
+
+    async def handle(self, event: AnyEvent, delivery: Delivery) -> None:
+        if not isinstance(event, TaskDispatched):
+            raise PermanentError(f"the executor runs task dispatches only, got {type(event).__name__}")
+        try:
+            subjects.check_token(event.run_id, "run id")
+            subjects.check_token(event.node_id, "node id")
+        except ValueError as exc:
+            raise PermanentError(str(exc)) from None
+        if delivery.num_delivered > 1 and await self._already_done(event):
+            log.info("attempt already reported; not running it again", task=event.key)
+            return
+        bound = log.bind(task=event.key, agent=event.agent.name)
+        bound.info("attempt starting", delivery=delivery.num_delivered)
+
+        async def publish(ev: Event, kind: str) -> None:
+            subject = subjects.task_event(event.run_id, event.node_id, kind)
+            # Success and failure share one id: one attempt can never be reported both ways.
+            suffix = "started" if kind == "started" else "result"
+            await self.bus.publish(subject, ev, msg_id=f"{event.key}:{suffix}")
+
+        verdict = await handlers.execute(
+            event,
+            runtime=self.runtime,
+            publish=publish,
+            executor_id=self.executor_id,
+            log_tail_bytes=self.config.executor.log_tail_bytes,
+        )
+        bound.info("attempt finished", ok=verdict.ok, error=verdict.error or None, reason=verdict.reason if not verdict.ok else None)
+
+    async def _already_done(self, task: TaskDispatched) -> bool:
+        """After a redelivery: has the scheduler already recorded a result for this attempt?"""
+        try:
+            entry = await self.records.get(task.run_id)
+        except nats.js.errors.KeyNotFoundError:
+            return False
+        if not entry.value:
+            return False
+        node = decode_record(entry.value).nodes.get(task.node_id)
+        return node is not None and (node.attempts != task.attempt or node.status != "running")

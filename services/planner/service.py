@@ -1,0 +1,54 @@
+"""Wires ``fy.run.*.requested`` to :func:`plan_run` and publishes the plan or the rejection."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import structlog
+
+from shared import agents, subjects
+from shared.bus import Delivery
+from shared.contract import AnyEvent, RunPlanned, RunRequested, decode_event
+from shared.errors import PermanentError
+from shared.service import Service
+from shared.workflow.model import AgentDoc
+
+from .planning import plan_run
+
+log = structlog.get_logger("flowyard.planner")
+
+
+class PlannerService(Service):
+    name = "planner"
+
+    async def setup(self) -> None:
+        self.consumers.append(
+            self.bus.consumer(
+                durable="planner",
+                stream=subjects.RUNS_STREAM,
+                filters=subjects.PLANNER_FILTERS,
+                decode=decode_event,
+                handler=self.handle,
+                concurrency=self.config.planner.concurrency,
+            )
+        )
+
+    async def _load_agents(self, names: Iterable[str]) -> dict[str, AgentDoc]:
+        return await agents.lookup(self.bus, names)
+
+    async def handle(self, event: AnyEvent, delivery: Delivery) -> None:
+        if not isinstance(event, RunRequested):
+            raise PermanentError(f"the planner handles run requests only, got {type(event).__name__}")
+        try:
+            subjects.check_token(event.run_id, "run id")
+        except ValueError as exc:
+            raise PermanentError(str(exc)) from None
+        result = await plan_run(event, self._load_agents)
+        if isinstance(result, RunPlanned):
+            subject = subjects.run_planned(event.run_id)
+            log.info("run planned", run_id=event.run_id, workflow=result.workflow, nodes=len(result.plan.nodes))
+        else:
+            subject = subjects.run_rejected(event.run_id)
+            log.info("run rejected", run_id=event.run_id, workflow=event.workflow, errors=result.errors)
+        # One id for either outcome: a re-planned request can never be both planned and rejected.
+        await self.bus.publish(subject, result, msg_id=f"{event.run_id}:plan")

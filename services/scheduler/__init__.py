@@ -1,0 +1,1 @@
+"""The scheduler: keeps each run's record, dispatches ready nodes, finishes runs."""
