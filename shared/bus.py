@@ -37,9 +37,7 @@ from shared.telemetry import extract, inject, tracer
 
 log = structlog.get_logger("flowyard.bus")
 
-MESSAGES = Counter(
-    "flowyard_messages_total", "Messages handled by a consumer, by outcome", ["consumer", "outcome"]
-)
+MESSAGES = Counter("flowyard_messages_total", "Messages handled by a consumer, by outcome", ["consumer", "outcome"])
 HANDLE_SECONDS = Histogram(
     "flowyard_handle_seconds",
     "Time spent handling one message",
@@ -470,9 +468,7 @@ class Consumer:
             if not retryable:
                 log.exception("handler crashed", consumer=self.durable, subject=delivery.subject)
             if delivery.num_delivered >= self.max_deliver:
-                await self._dead_letter(
-                    msg, delivery, f"gave up after {delivery.num_delivered} deliveries: {exc}"
-                )
+                await self._dead_letter(msg, delivery, f"gave up after {delivery.num_delivered} deliveries: {exc}")
                 return "terminated"
             delay = getattr(exc, "delay", None) or min(0.5 * 2 ** (delivery.num_delivered - 1), 30.0)
             log.warning(
@@ -514,9 +510,7 @@ class Consumer:
             stream_seq=delivery.stream_seq,
             reason=reason[:2000],
         )
-        headers = {
-            k: v for k, v in delivery.headers.items() if k.lower() != "nats-msg-id"
-        } | {
+        headers = {k: v for k, v in delivery.headers.items() if k.lower() != "nats-msg-id"} | {
             "Nats-Msg-Id": f"dlq:{self.stream}:{delivery.stream_seq}",
             "fy-dlq-reason": reason[:2000].replace("\n", " "),
             "fy-dlq-subject": delivery.subject,

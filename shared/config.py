@@ -150,9 +150,7 @@ def _env_overrides(
         if field not in fields:
             hint = difflib.get_close_matches(field, fields, n=1)
             did = f" Did you mean {ENV_PREFIX}{section.upper()}_{hint[0].upper()}?" if hint else ""
-            problems.append(
-                f"{key}: {section} has no setting {field!r}; known: {', '.join(fields)}.{did}"
-            )
+            problems.append(f"{key}: {section} has no setting {field!r}; known: {', '.join(fields)}.{did}")
             continue
         out.setdefault(section, {})[field] = value
         origin[(section, field)] = key
@@ -202,9 +200,7 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     return Config(**config_kwargs)
 
 
-def _explain(
-    exc: msgspec.ValidationError, section: str, where: str, origin: dict[tuple[str, str], str]
-) -> str:
+def _explain(exc: msgspec.ValidationError, section: str, where: str, origin: dict[tuple[str, str], str]) -> str:
     text = str(exc)
     fields = [f.name for f in msgspec.structs.fields(SECTIONS[section])]
     if "unknown field" in text:

@@ -26,9 +26,7 @@ def configure_logging(cfg: LogConfig, *, stream: object = None) -> None:
     if fmt == "auto":
         fmt = "console" if getattr(out, "isatty", lambda: False)() else "json"
     renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer(colors=True)
-        if fmt == "console"
-        else structlog.processors.JSONRenderer()
+        structlog.dev.ConsoleRenderer(colors=True) if fmt == "console" else structlog.processors.JSONRenderer()
     )
     level = getattr(logging, cfg.level.upper())
     structlog.configure(

@@ -18,7 +18,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from shared.bus import Bus, Consumer
-from shared.config import Config, seconds
+from shared.config import Config
 
 log = structlog.get_logger("flowyard.service")
 
@@ -147,7 +147,3 @@ class ServiceHost:
         finally:
             log.info("shutting down")
             await self.stop()
-
-
-def grace_seconds(value: str) -> float:
-    return seconds(value)

@@ -57,13 +57,20 @@ class Ctx:
             _fail(str(exc), EXIT_INVALID)
         for section, values in overrides.items():
             if values:
-                cfg = msgspec.structs.replace(cfg, **{section: msgspec.structs.replace(getattr(cfg, section), **values)})
+                cfg = msgspec.structs.replace(
+                    cfg, **{section: msgspec.structs.replace(getattr(cfg, section), **values)}
+                )
         return cfg
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", metavar="FILE", envvar="FLOWYARD_CONFIG",
-              help="YAML configuration file (or FLOWYARD_CONFIG); FLOWYARD_* variables override it.")
+@click.option(
+    "--config",
+    "config_path",
+    metavar="FILE",
+    envvar="FLOWYARD_CONFIG",
+    help="YAML configuration file (or FLOWYARD_CONFIG); FLOWYARD_* variables override it.",
+)
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None) -> None:
     """flowyard runs workflows of containerised agents over NATS JetStream."""
@@ -75,8 +82,14 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-i", "--input", "inputs", multiple=True, metavar="KEY=VALUE",
-              help="Also check these run inputs against the workflow.")
+@click.option(
+    "-i",
+    "--input",
+    "inputs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Also check these run inputs against the workflow.",
+)
 @click.pass_obj
 def validate(obj: Ctx, files: tuple[Path, ...], inputs: tuple[str, ...]) -> None:
     """Check workflow and agent files without running anything."""
@@ -105,24 +118,52 @@ def validate(obj: Ctx, files: tuple[Path, ...], inputs: tuple[str, ...]) -> None
 
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-i", "--input", "inputs", multiple=True, metavar="KEY=VALUE",
-              help="A workflow input; VALUE is used as JSON when it parses as JSON, else as a string.")
+@click.option(
+    "-i",
+    "--input",
+    "inputs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A workflow input; VALUE is used as JSON when it parses as JSON, else as a string.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result, for scripts.")
-@click.option("--runtime", type=click.Choice(["process", "docker"]), default=None,
-              help="Executor runtime for the embedded stack (default: the configured one).")
+@click.option(
+    "--runtime",
+    type=click.Choice(["process", "docker"]),
+    default=None,
+    help="Executor runtime for the embedded stack (default: the configured one).",
+)
 @click.option("--workflow", "workflow_name", default=None, help="Which workflow, when FILE holds several.")
 @click.option("--timeout", default=None, metavar="DURATION", help="Give up waiting after this long (e.g. 10m).")
 @click.option("-v", "--verbose", is_flag=True, help="Show the services' logs (embedded stack).")
 @click.pass_obj
-def run(obj: Ctx, file: Path, inputs: tuple[str, ...], as_json: bool, runtime: str | None,
-        workflow_name: str | None, timeout: str | None, verbose: bool) -> None:
+def run(
+    obj: Ctx,
+    file: Path,
+    inputs: tuple[str, ...],
+    as_json: bool,
+    runtime: str | None,
+    workflow_name: str | None,
+    timeout: str | None,
+    verbose: bool,
+) -> None:
     """Run the workflow in FILE and wait for it; exit 0 when it succeeded, 1 when it failed."""
     from .commands import run_workflow
 
     config = obj.config(executor={"runtime": runtime} if runtime else {})
     remote = bool(os.environ.get("FLOWYARD_NATS_URL"))
-    _run(run_workflow(config, file, inputs, as_json=as_json, remote=remote, workflow_name=workflow_name,
-                      timeout=timeout, verbose=verbose))
+    _run(
+        run_workflow(
+            config,
+            file,
+            inputs,
+            as_json=as_json,
+            remote=remote,
+            workflow_name=workflow_name,
+            timeout=timeout,
+            verbose=verbose,
+        )
+    )
 
 
 # --- runs -----------------------------------------------------------------------------------
@@ -159,8 +200,12 @@ def runs_show(obj: Ctx, run_id: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where JetStream keeps its data (default: ~/.local/share/flowyard).")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where JetStream keeps its data (default: ~/.local/share/flowyard).",
+)
 @click.option("--nats-port", type=int, default=-1, help="NATS client port (default: a free one).")
 @click.option("--runtime", type=click.Choice(["process", "docker"]), default=None)
 @click.option("--http-port", type=int, default=None, help="Port for /healthz, /readyz, /metrics.")

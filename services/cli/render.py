@@ -59,7 +59,9 @@ def print_record(record: RunRecord, out: TextIO = sys.stdout) -> None:
     print(f"run      {record.run_id}", file=out)
     print(f"workflow {record.workflow}", file=out)
     print(f"status   {record.status}", file=out)
-    print(f"created  {record.created_at}" + (f"   finished {record.finished_at}" if record.finished_at else ""), file=out)
+    print(
+        f"created  {record.created_at}" + (f"   finished {record.finished_at}" if record.finished_at else ""), file=out
+    )
     if record.error:
         print(f"error    {record.error}", file=out)
     if record.nodes:

@@ -67,7 +67,9 @@ def check_input(task: TaskDispatched) -> str | None:
     schema = task.agent.inputs
     if not schema:
         return None
-    error = jsonschema.exceptions.best_match(jsonschema.validators.validator_for(schema)(schema).iter_errors(task.input))
+    error = jsonschema.exceptions.best_match(
+        jsonschema.validators.validator_for(schema)(schema).iter_errors(task.input)
+    )
     if error is None:
         return None
     where = "/".join(str(p) for p in error.absolute_path) or "the input"
@@ -91,32 +93,48 @@ def judge(task: TaskDispatched, outcome: Outcome, *, log_tail_bytes: int) -> Jud
         return Judgement(False, error=message, reason="exit", exit_code=code)
     if outcome.stdout_overflow:
         return Judgement(
-            False, error="printed more output than the executor keeps (executor.max_output_bytes)",
-            reason="bad_output", retryable=False,
+            False,
+            error="printed more output than the executor keeps (executor.max_output_bytes)",
+            reason="bad_output",
+            retryable=False,
         )
     text = outcome.stdout.decode("utf-8", errors="replace").strip()
     if not text:
-        return Judgement(False, error="printed nothing on stdout; an agent must print one JSON object",
-                         reason="bad_output", retryable=False)
+        return Judgement(
+            False,
+            error="printed nothing on stdout; an agent must print one JSON object",
+            reason="bad_output",
+            retryable=False,
+        )
     try:
         output = json.loads(text)
     except json.JSONDecodeError as exc:
         shown = text[:120] + ("…" if len(text) > 120 else "")
         return Judgement(
-            False, error=f"printed output that is not JSON ({exc.msg} at line {exc.lineno}): {shown!r}",
-            reason="bad_output", retryable=False,
+            False,
+            error=f"printed output that is not JSON ({exc.msg} at line {exc.lineno}): {shown!r}",
+            reason="bad_output",
+            retryable=False,
         )
     if not isinstance(output, dict):
-        return Judgement(False, error=f"printed JSON {type(output).__name__}, but an agent must print one JSON object",
-                         reason="bad_output", retryable=False)
+        return Judgement(
+            False,
+            error=f"printed JSON {type(output).__name__}, but an agent must print one JSON object",
+            reason="bad_output",
+            retryable=False,
+        )
     schema = task.agent.outputs
     if schema:
-        error = jsonschema.exceptions.best_match(jsonschema.validators.validator_for(schema)(schema).iter_errors(output))
+        error = jsonschema.exceptions.best_match(
+            jsonschema.validators.validator_for(schema)(schema).iter_errors(output)
+        )
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path) or "the output"
             return Judgement(
-                False, error=f"output does not match agent {task.agent.name!r}'s output schema at {where}: {error.message}",
-                reason="output_schema", retryable=False,
+                False,
+                error=f"output does not match agent {task.agent.name!r}'s output schema at {where}: {error.message}",
+                reason="output_schema",
+                retryable=False,
             )
     return Judgement(True, output=output)
 
@@ -130,8 +148,9 @@ async def execute(
     log_tail_bytes: int,
     environ: Mapping[str, str] | None = None,
 ) -> Judgement:
-    await publish(TaskStarted(run_id=task.run_id, node_id=task.node_id, attempt=task.attempt, executor=executor_id),
-                  "started")
+    await publish(
+        TaskStarted(run_id=task.run_id, node_id=task.node_id, attempt=task.attempt, executor=executor_id), "started"
+    )
     secrets, missing = resolve_secrets(task.agent.secrets, environ)
     verdict: Judgement | None = None
     log = ""
@@ -139,8 +158,12 @@ async def execute(
     if missing:
         names = ", ".join(missing)
         env_names = ", ".join(SECRET_ENV_PREFIX + m for m in missing)
-        verdict = Judgement(False, error=f"secret(s) {names} not available to the executor; set {env_names}",
-                            reason="runtime", retryable=False)
+        verdict = Judgement(
+            False,
+            error=f"secret(s) {names} not available to the executor; set {env_names}",
+            reason="runtime",
+            retryable=False,
+        )
     elif (problem := check_input(task)) is not None:
         verdict = Judgement(False, error=problem, reason="input_schema", retryable=False)
     else:

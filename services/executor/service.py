@@ -83,7 +83,12 @@ class ExecutorService(Service):
             executor_id=self.executor_id,
             log_tail_bytes=self.config.executor.log_tail_bytes,
         )
-        bound.info("attempt finished", ok=verdict.ok, error=verdict.error or None, reason=verdict.reason if not verdict.ok else None)
+        bound.info(
+            "attempt finished",
+            ok=verdict.ok,
+            error=verdict.error or None,
+            reason=verdict.reason if not verdict.ok else None,
+        )
 
     async def _already_done(self, task: TaskDispatched) -> bool:
         """After a redelivery: has the scheduler already recorded a result for this attempt?"""

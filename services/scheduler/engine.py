@@ -105,7 +105,9 @@ def advance(record: RunRecord, *, now: str, pool: str, outbox: list[Outgoing]) -
             if any(s in ("failed", "skipped", "cancelled") for s in deps):
                 blocked = [d for d in planned.needs if nodes[d].status != "succeeded"]
                 nodes[node_id] = msgspec.structs.replace(
-                    state, status="skipped", error=f"not run: upstream {', '.join(blocked)} did not succeed",
+                    state,
+                    status="skipped",
+                    error=f"not run: upstream {', '.join(blocked)} did not succeed",
                     finished_at=now,
                 )
                 changed = True

@@ -7,6 +7,7 @@ is cleared. A writer that finds an uncleared outbox (its predecessor crashed) pu
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import msgspec
@@ -60,10 +61,13 @@ class SchedulerService(Service):
         match event:
             case RunPlanned():
                 await self.mutate(
-                    event.run_id, lambda rec: engine.start_run(event, now=now_rfc3339(), pool=pool) if rec is None else None
+                    event.run_id,
+                    lambda rec: engine.start_run(event, now=now_rfc3339(), pool=pool) if rec is None else None,
                 )
             case RunRejected():
-                await self.mutate(event.run_id, lambda rec: engine.reject_run(event, now=now_rfc3339()) if rec is None else None)
+                await self.mutate(
+                    event.run_id, lambda rec: engine.reject_run(event, now=now_rfc3339()) if rec is None else None
+                )
             case TaskSucceeded() | TaskFailed():
                 await self.mutate(
                     event.run_id,
@@ -114,7 +118,6 @@ class SchedulerService(Service):
             await self.bus.publish(out.subject, out.event, msg_id=out.msg_id)
 
     async def _clear(self, record: RunRecord, revision: int) -> None:
-        try:
+        # On a conflict a newer writer owns the record, and it flushes whatever outbox it finds.
+        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
             await self.records.update(record.run_id, encode(msgspec.structs.replace(record, outbox=[])), last=revision)
-        except nats.js.errors.KeyWrongLastSequenceError:
-            pass  # a newer writer owns the record and flushes what it finds

@@ -131,13 +131,17 @@ def load_bundle(text: str, file: str = "<input>") -> Bundle:
     for index, doc in enumerate(docs):
         where = f"{file}:{line_of(doc) or 1}"
         if not isinstance(doc, dict):
-            problems.append(f"{where}: document {index + 1} is a {type(doc).__name__}, not a mapping; "
-                            "a document needs apiVersion, kind, metadata and spec")
+            problems.append(
+                f"{where}: document {index + 1} is a {type(doc).__name__}, not a mapping; "
+                "a document needs apiVersion, kind, metadata and spec"
+            )
             continue
         version = doc.get("apiVersion")
         if version != API_VERSION:
-            problems.append(f"{file}:{line_of(doc, 'apiVersion') or line_of(doc)}: document {index + 1}: "
-                            f"apiVersion is {version!r}; write `apiVersion: {API_VERSION}`")
+            problems.append(
+                f"{file}:{line_of(doc, 'apiVersion') or line_of(doc)}: document {index + 1}: "
+                f"apiVersion is {version!r}; write `apiVersion: {API_VERSION}`"
+            )
             continue
         kind = doc.get("kind")
         if kind == "Agent":
@@ -154,8 +158,10 @@ def load_bundle(text: str, file: str = "<input>") -> Bundle:
         else:
             hint = difflib.get_close_matches(str(kind), ["Agent", "Workflow"], n=1)
             did = f" (did you mean {hint[0]!r}?)" if hint else ""
-            problems.append(f"{file}:{line_of(doc, 'kind') or line_of(doc)}: document {index + 1}: kind is "
-                            f"{kind!r}{did}; use `kind: Agent` or `kind: Workflow`")
+            problems.append(
+                f"{file}:{line_of(doc, 'kind') or line_of(doc)}: document {index + 1}: kind is "
+                f"{kind!r}{did}; use `kind: Agent` or `kind: Workflow`"
+            )
     if problems:
         raise ValidationFailed(problems)
     return bundle
@@ -197,8 +203,10 @@ def _convert_workflow(doc: Located, file: str, problems: list[str]) -> WorkflowD
         if isinstance(inputs, dict):
             for name, value in inputs.items():
                 if not isinstance(value, dict):
-                    problems.append(f"{file}:{line_of(inputs, name)}: input {name!r}: must be a mapping with "
-                                    "`type`, and optionally `default`, `description`, `required`")
+                    problems.append(
+                        f"{file}:{line_of(inputs, name)}: input {name!r}: must be a mapping with "
+                        "`type`, and optionally `default`, `description`, `required`"
+                    )
                     continue
                 _convert(value, InputDef, file, problems, root=f"input {name!r}", anchor=value)
     if len(problems) > before:

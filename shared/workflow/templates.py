@@ -109,7 +109,9 @@ def lookup(ref: Ref, context: Mapping[str, Any]) -> Any:
             walked += f"[{part}]"
         else:
             if not isinstance(current, Mapping):
-                raise TemplateError(f"{ref.text}: {walked} is {_kind(current)}, not an object, so .{part} does not apply")
+                raise TemplateError(
+                    f"{ref.text}: {walked} is {_kind(current)}, not an object, so .{part} does not apply"
+                )
             if part not in current:
                 have = ", ".join(sorted(map(str, current))) or "nothing"
                 raise TemplateError(f"{ref.text}: {walked} has no field {part!r} (it has: {have})")

@@ -101,9 +101,7 @@ def snapshot(agent: AgentDoc) -> AgentSnapshot:
         inputs=spec.inputs,
         outputs=spec.outputs,
         timeout_s=parse_duration(spec.timeout),
-        resources=AgentResources(
-            memory=spec.resources.memory, cpus=spec.resources.cpus, pids=spec.resources.pids
-        ),
+        resources=AgentResources(memory=spec.resources.memory, cpus=spec.resources.cpus, pids=spec.resources.pids),
         network=spec.network,
         secrets=spec.secrets,
         env=spec.env,
@@ -180,14 +178,18 @@ def validate_workflow(
         problems.append(f"{at()}: metadata.name {wf.metadata.name!r} must be lower-case letters, digits and '-'")
     for key in RESERVED_SPEC_KEYS:
         if getattr(spec, key) is not None:
-            problems.append(f"{at(key=key)}: spec.{key} is reserved for a later release of flowyard and not "
-                            "supported yet; remove it")
+            problems.append(
+                f"{at(key=key)}: spec.{key} is reserved for a later release of flowyard and not "
+                "supported yet; remove it"
+            )
     for name, idef in spec.inputs.items():
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_-]*$", name):
             problems.append(f"{at(key='inputs')}: input {name!r}: names are letters, digits, '_' and '-'")
         if idef.default is not msgspec.UNSET and idef.default is not None and not type_matches(idef.default, idef.type):
-            problems.append(f"{at(key='inputs')}: input {name!r}: default {idef.default!r} is not of type "
-                            f"{idef.type}; change the default or the type")
+            problems.append(
+                f"{at(key='inputs')}: input {name!r}: default {idef.default!r} is not of type "
+                f"{idef.type}; change the default or the type"
+            )
     if not spec.nodes:
         problems.append(f"{at(key='nodes')}: spec.nodes is empty; a workflow needs at least one node")
 
@@ -195,11 +197,15 @@ def validate_workflow(
     seen: dict[str, int] = {}
     for i, node in enumerate(spec.nodes):
         if not NODE_ID_RE.match(node.id):
-            problems.append(f"{at(i, 'id')}: node {node.id!r}: ids start with a letter and hold letters, digits, "
-                            "'_' and '-' (at most 63)")
+            problems.append(
+                f"{at(i, 'id')}: node {node.id!r}: ids start with a letter and hold letters, digits, "
+                "'_' and '-' (at most 63)"
+            )
         if node.id in seen:
-            problems.append(f"{at(i, 'id')}: node {node.id!r}: duplicate id (first used by node #{seen[node.id] + 1}); "
-                            "give every node its own id")
+            problems.append(
+                f"{at(i, 'id')}: node {node.id!r}: duplicate id (first used by node #{seen[node.id] + 1}); "
+                "give every node its own id"
+            )
         else:
             seen[node.id] = i
     needs = {n.id: list(n.needs) for n in spec.nodes}
@@ -207,14 +213,18 @@ def validate_workflow(
         label = f"node {node.id!r}"
         for key in RESERVED_NODE_KEYS:
             if getattr(node, key) is not None:
-                problems.append(f"{at(i, key)}: {label}: `{key}` is reserved for a later release of flowyard and "
-                                "not supported yet; remove it")
+                problems.append(
+                    f"{at(i, key)}: {label}: `{key}` is reserved for a later release of flowyard and "
+                    "not supported yet; remove it"
+                )
         for dep in node.needs:
             if dep == node.id:
                 problems.append(f"{at(i, 'needs')}: {label}: needs itself; remove {dep!r} from its needs")
             elif dep not in needs:
-                problems.append(f"{at(i, 'needs')}: {label}: needs unknown node {dep!r}.{_hint(dep, ids)} "
-                                f"Known nodes: {', '.join(dict.fromkeys(ids))}")
+                problems.append(
+                    f"{at(i, 'needs')}: {label}: needs unknown node {dep!r}.{_hint(dep, ids)} "
+                    f"Known nodes: {', '.join(dict.fromkeys(ids))}"
+                )
         if len(set(node.needs)) != len(node.needs):
             problems.append(f"{at(i, 'needs')}: {label}: lists the same node twice in needs")
         if node.timeout is not None:
@@ -227,16 +237,19 @@ def validate_workflow(
         if agent is None:
             known = sorted(agents)
             listing = f" Registered agents: {', '.join(known)}." if known else " No agents are registered."
-            problems.append(f"{at(i, 'agent')}: {label}: unknown agent {node.agent!r}.{_hint(node.agent, known)}"
-                            f"{listing} Define it with `kind: Agent` in this file or register it first")
+            problems.append(
+                f"{at(i, 'agent')}: {label}: unknown agent {node.agent!r}.{_hint(node.agent, known)}"
+                f"{listing} Define it with `kind: Agent` in this file or register it first"
+            )
         upstream = _upstream(needs, node.id)
         problems.extend(_check_refs(node.with_, spec.inputs, ids, upstream, f"{at(i, 'with')}: {label}: with"))
         if agent is not None:
             problems.extend(_check_with_schema(node.with_, agent, f"{at(i, 'with')}: {label}: with"))
     cycle = find_cycle(needs)
     if cycle:
-        problems.append(f"{at(key='nodes')}: the nodes form a cycle: {' -> '.join(cycle)}; "
-                        "remove one of these needs to break it")
+        problems.append(
+            f"{at(key='nodes')}: the nodes form a cycle: {' -> '.join(cycle)}; remove one of these needs to break it"
+        )
     problems.extend(_check_refs(spec.outputs, spec.inputs, ids, set(ids), f"{at(key='outputs')}: spec.outputs"))
     return problems
 
@@ -255,8 +268,10 @@ def _check_refs(
                 problems.append(f"{where}: {ref.text}: name the input, e.g. {{{{ inputs.NAME }}}}")
             elif ref.path[0] not in inputs:
                 known = list(inputs)
-                problems.append(f"{where}: {ref.text}: unknown input {ref.path[0]!r}.{_hint(str(ref.path[0]), known)} "
-                                f"Declare it under spec.inputs (declared: {', '.join(known) or 'none'})")
+                problems.append(
+                    f"{where}: {ref.text}: unknown input {ref.path[0]!r}.{_hint(str(ref.path[0]), known)} "
+                    f"Declare it under spec.inputs (declared: {', '.join(known) or 'none'})"
+                )
         elif ref.root == "nodes":
             node = ref.node
             if node is None:
@@ -264,8 +279,10 @@ def _check_refs(
             elif node not in ids:
                 problems.append(f"{where}: {ref.text}: unknown node {node!r}.{_hint(node, ids)}")
             elif node not in upstream:
-                problems.append(f"{where}: {ref.text}: node {node!r} is not upstream of this node, so its output "
-                                f"is not ready yet; add {node!r} to needs")
+                problems.append(
+                    f"{where}: {ref.text}: node {node!r} is not upstream of this node, so its output "
+                    f"is not ready yet; add {node!r} to needs"
+                )
             elif len(ref.path) < 2 or ref.path[1] != "output":
                 problems.append(f"{where}: {ref.text}: only nodes.{node}.output (and fields below it) can be used")
     return problems
@@ -283,8 +300,10 @@ def _check_with_schema(with_: Mapping[str, Any], agent: AgentDoc, where: str) ->
     if schema.get("additionalProperties") is False:
         for key in with_:
             if key not in props:
-                problems.append(f"{where}: agent {agent.metadata.name!r} takes no input {key!r}.{_hint(key, list(props))}"
-                                f" It takes: {', '.join(props) or 'nothing'}")
+                problems.append(
+                    f"{where}: agent {agent.metadata.name!r} takes no input {key!r}.{_hint(key, list(props))}"
+                    f" It takes: {', '.join(props) or 'nothing'}"
+                )
     validator_cls = jsonschema.validators.validator_for(schema)
     for key, value in with_.items():
         if key not in props or _has_template(value):
@@ -312,20 +331,26 @@ def check_inputs(wf: WorkflowDoc, given: Mapping[str, Any], *, file: str = "<wor
     resolved: dict[str, Any] = {}
     for name in given:
         if name not in declared:
-            problems.append(f"{file}: input {name!r} is not declared by workflow {wf.metadata.name!r}."
-                            f"{_hint(name, list(declared))} Declared inputs: {', '.join(declared) or 'none'}")
+            problems.append(
+                f"{file}: input {name!r} is not declared by workflow {wf.metadata.name!r}."
+                f"{_hint(name, list(declared))} Declared inputs: {', '.join(declared) or 'none'}"
+            )
     for name, idef in declared.items():
         if name in given:
             value = given[name]
             if value is not None and not type_matches(value, idef.type):
-                problems.append(f"{file}: input {name!r} must be of type {idef.type}, got {value!r}; "
-                                f"pass it as -i {name}=<{idef.type}>")
+                problems.append(
+                    f"{file}: input {name!r} must be of type {idef.type}, got {value!r}; "
+                    f"pass it as -i {name}=<{idef.type}>"
+                )
             resolved[name] = value
         elif idef.default is not msgspec.UNSET:
             resolved[name] = idef.default
         elif idef.is_required:
-            problems.append(f"{file}: input {name!r} is required; pass it with -i {name}=VALUE"
-                            + (f" ({idef.description})" if idef.description else ""))
+            problems.append(
+                f"{file}: input {name!r} is required; pass it with -i {name}=VALUE"
+                + (f" ({idef.description})" if idef.description else "")
+            )
         else:
             resolved[name] = None
     if problems:

@@ -1,0 +1,210 @@
+"""Generate ``proto/``: JSON Schemas of every event and an AsyncAPI document of the bus.
+
+python -m shared.protogen          # write proto/
+python -m shared.protogen --check  # exit 1 when proto/ is stale (a test runs this)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+
+from shared import subjects
+from shared.contract import (
+    EVENT_TYPES,
+    RunFinished,
+    RunPlanned,
+    RunRecord,
+    RunRejected,
+    RunRequested,
+    RunStarted,
+    TaskDispatched,
+    TaskFailed,
+    TaskStarted,
+    TaskSucceeded,
+)
+
+PROTO = Path(__file__).resolve().parent.parent / "proto"
+RUN, NODE, POOL, SERVICE, STATUS = "{run_id}", "{node_id}", "{pool}", "{service}", "{status}"
+
+# channel address -> (message type, who publishes, who consumes, description)
+CHANNELS: list[tuple[str, type, str, str, str]] = [
+    (subjects.run_requested(RUN), RunRequested, "cli, gateway", "planner", "A run is asked for."),
+    (subjects.run_planned(RUN), RunPlanned, "planner", "scheduler", "The workflow is valid; the frozen plan."),
+    (subjects.run_rejected(RUN), RunRejected, "planner", "scheduler, cli", "The workflow or inputs are invalid."),
+    (subjects.run_started(RUN), RunStarted, "scheduler", "cli, notifier", "The run's record exists; nodes start."),
+    (
+        subjects.run_finished(RUN, STATUS),
+        RunFinished,
+        "scheduler",
+        "cli, notifier",
+        "The run ended; status is succeeded, failed or cancelled.",
+    ),
+    (
+        subjects.dispatch(POOL),
+        TaskDispatched,
+        "scheduler",
+        "executor",
+        "One attempt of one node, for the executors of a pool (work queue).",
+    ),
+    (subjects.task_event(RUN, NODE, "started"), TaskStarted, "executor", "cli", "An attempt began."),
+    (subjects.task_event(RUN, NODE, "succeeded"), TaskSucceeded, "executor", "scheduler", "An attempt succeeded."),
+    (subjects.task_event(RUN, NODE, "failed"), TaskFailed, "executor", "scheduler", "An attempt failed."),
+]
+
+STREAMS = {
+    subjects.RUNS_STREAM: {
+        "subjects": [subjects.RUNS_SUBJECTS],
+        "retention": "limits",
+        "description": "Run and task events: the audit log",
+    },
+    subjects.TASKS_STREAM: {
+        "subjects": [subjects.TASKS_SUBJECTS],
+        "retention": "workqueue",
+        "description": "Task dispatches, one work queue per pool",
+    },
+    subjects.DLQ_STREAM: {
+        "subjects": [subjects.DLQ_SUBJECTS],
+        "retention": "limits",
+        "description": "Dead letters, with fy-dlq-reason headers",
+    },
+}
+CONSUMERS = {
+    "planner": {"stream": subjects.RUNS_STREAM, "filter_subjects": subjects.PLANNER_FILTERS},
+    "scheduler": {"stream": subjects.RUNS_STREAM, "filter_subjects": subjects.SCHEDULER_FILTERS},
+    "executor-{pool}": {"stream": subjects.TASKS_STREAM, "filter_subjects": subjects.executor_filters(POOL)},
+}
+BUCKETS = {
+    subjects.RUNS_BUCKET: {"key": "run id", "value": "RunRecord", "writer": "scheduler (compare-and-set)"},
+    subjects.AGENTS_BUCKET: {
+        "key": "agent name",
+        "value": "Agent document (apiVersion flowyard/v1)",
+        "writer": "cli, gateway",
+    },
+}
+HEADERS = {
+    "ce-specversion": "1.0",
+    "ce-id": "unique id of this message",
+    "ce-source": "flowyard/<service>",
+    "ce-type": "io.flowyard.<type>.v1",
+    "ce-time": "RFC 3339 time of publishing",
+    "ce-subject": "the run id",
+    "content-type": "application/json",
+    "Nats-Msg-Id": "de-duplication id (run:node:attempt based)",
+    "traceparent": "W3C trace context",
+    "tracestate": "W3C trace context (optional)",
+}
+
+
+def _schema_name(t: type) -> str:
+    return t.__name__
+
+
+def render() -> dict[str, str]:
+    """Every file under proto/, by relative path, as text."""
+    files: dict[str, str] = {}
+    for t in (*EVENT_TYPES, RunRecord):
+        schema = msgspec.json.schema(t)
+        schema = {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": f"https://flowyard.dev/proto/schemas/{_schema_name(t)}.json",
+            **schema,
+        }
+        files[f"schemas/{_schema_name(t)}.json"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
+    files["asyncapi.yaml"] = yaml.safe_dump(_asyncapi(), sort_keys=False, width=100)
+    return files
+
+
+def _asyncapi() -> dict[str, Any]:
+    channels: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+    messages: dict[str, Any] = {}
+    for address, typ, producers, consumers, description in CHANNELS:
+        tag = typ.__struct_config__.tag
+        key = address.replace(".", "_").replace("{", "").replace("}", "")
+        params = {
+            p.strip("{}"): {"description": p.strip("{}").replace("_", " ")}
+            for p in address.split(".")
+            if p.startswith("{")
+        }
+        channels[key] = {
+            "address": address,
+            "description": description,
+            "messages": {tag: {"$ref": f"#/components/messages/{typ.__name__}"}},
+            **({"parameters": params} if params else {}),
+        }
+        operations[f"send_{key}"] = {
+            "action": "send",
+            "channel": {"$ref": f"#/channels/{key}"},
+            "summary": f"published by {producers}; consumed by {consumers}",
+        }
+        messages[typ.__name__] = {
+            "name": tag,
+            "contentType": "application/json",
+            "payload": {"$ref": f"schemas/{typ.__name__}.json"},
+            "headers": {
+                "type": "object",
+                "properties": {h: {"type": "string", "description": d} for h, d in HEADERS.items()},
+            },
+        }
+    channels["fy_dlq_service"] = {
+        "address": subjects.dead_letter(SERVICE),
+        "description": "A terminated message, unchanged, with fy-dlq-reason, fy-dlq-subject, fy-dlq-consumer, "
+        "fy-dlq-stream-seq and fy-dlq-deliveries headers.",
+        "parameters": {"service": {"description": "the service that gave up on it"}},
+    }
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "flowyard bus",
+            "version": "1",
+            "description": "Generated by `python -m shared.protogen` from shared/. Do not edit.",
+        },
+        "defaultContentType": "application/json",
+        "channels": channels,
+        "operations": operations,
+        "components": {"messages": messages},
+        "x-jetstream": {"streams": STREAMS, "consumers": CONSUMERS, "kv": BUCKETS},
+    }
+
+
+def stale(root: Path = PROTO) -> list[str]:
+    wanted = render()
+    problems = []
+    for rel, text in wanted.items():
+        path = root / rel
+        if not path.exists() or path.read_text() != text:
+            problems.append(rel)
+    existing = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()} if root.exists() else set()
+    problems.extend(sorted(existing - set(wanted) - {"README.md"}))
+    return problems
+
+
+def write(root: Path = PROTO) -> None:
+    for rel, text in render().items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def main(argv: list[str]) -> int:
+    if "--check" in argv:
+        out = stale()
+        if out:
+            print("proto/ is out of date with shared/: " + ", ".join(out), file=sys.stderr)
+            print("regenerate it with: python -m shared.protogen", file=sys.stderr)
+            return 1
+        print("proto/ is up to date")
+        return 0
+    write()
+    print(f"wrote {PROTO}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
