@@ -6,6 +6,7 @@ servers. Every failure is turned into one plain sentence an on-call engineer can
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Awaitable, Callable, Mapping
@@ -177,6 +178,7 @@ async def execute(
         stdin = msgspec.json.encode(task.input)
         outcome = await runtime.run(task, stdin=stdin, env=env, timeout_s=task.timeout_s)
         verdict = judge(task, outcome, log_tail_bytes=log_tail_bytes)
+        verdict = dataclasses.replace(verdict, error=redact(verdict.error, secrets))
         log = redact(tail(outcome.stderr_tail, log_tail_bytes), secrets)
         duration = outcome.duration_s
     common = {"run_id": task.run_id, "node_id": task.node_id, "attempt": task.attempt, "executor": executor_id}
@@ -186,7 +188,7 @@ async def execute(
         await publish(
             TaskFailed(
                 **common,
-                error=redact(verdict.error, secrets),
+                error=verdict.error,
                 reason=verdict.reason,  # type: ignore[arg-type]
                 retryable=verdict.retryable,
                 exit_code=verdict.exit_code,

@@ -248,7 +248,8 @@ def validate_workflow(
     cycle = find_cycle(needs)
     if cycle:
         problems.append(
-            f"{at(key='nodes')}: the nodes form a cycle: {' -> '.join(cycle)}; remove one of these needs to break it"
+            f"{at(key='nodes')}: the nodes form a cycle: {' -> '.join(cycle)} (each needs the next); "
+            "remove one of these needs to break it"
         )
     problems.extend(_check_refs(spec.outputs, spec.inputs, ids, set(ids), f"{at(key='outputs')}: spec.outputs"))
     return problems
@@ -258,10 +259,12 @@ def _check_refs(
     value: Any, inputs: Mapping[str, InputDef], ids: list[str], upstream: set[str], where: str
 ) -> list[str]:
     problems: list[str] = []
-    try:
-        refs = list(find_refs(value))
-    except TemplateError as exc:
-        return [f"{where}: {exc}"]
+    refs = []
+    for leaf in _strings(value):
+        try:
+            refs.extend(find_refs(leaf))
+        except TemplateError as exc:
+            problems.append(f"{where}: {exc}")
     for ref in refs:
         if ref.root == "inputs":
             if not ref.path:
@@ -312,6 +315,16 @@ def _check_with_schema(with_: Mapping[str, Any], agent: AgentDoc, where: str) ->
         if errors:
             problems.append(f"{where}.{key}: {errors[0].message} (agent {agent.metadata.name!r} input schema)")
     return problems
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
 
 
 def _has_template(value: Any) -> bool:

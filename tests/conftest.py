@@ -1,0 +1,81 @@
+"""Shared fixtures: tiers by folder, a real nats-server per session, and skips that fail in CI.
+
+Set FLOWYARD_REQUIRE_SERVERS=1 (``.ci/run`` does) and a missing nats-server or Docker daemon is
+a failure instead of a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.errors import ConfigurationError
+from shared.natsserver import NatsServer, find_binary
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUIRE = os.environ.get("FLOWYARD_REQUIRE_SERVERS") == "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(ROOT / "tests").parts
+        if parts and parts[0] in ("unit", "integration", "e2e"):
+            item.add_marker(getattr(pytest.mark, parts[0]))
+
+
+def missing(what: str) -> None:
+    """Skip on a laptop; fail in CI, where every server must be there."""
+    if REQUIRE:
+        pytest.fail(f"{what} (FLOWYARD_REQUIRE_SERVERS=1 makes this a failure)")
+    pytest.skip(what)
+
+
+@pytest.fixture(scope="session")
+def nats_binary() -> str:
+    try:
+        return find_binary()
+    except ConfigurationError as exc:
+        missing(str(exc))
+        raise
+
+
+@pytest.fixture(scope="session")
+def nats_server(nats_binary: str) -> Iterator[NatsServer]:
+    store = Path(tempfile.mkdtemp(prefix="fy-test-nats-"))
+    server = NatsServer(store).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(store, ignore_errors=True)
+
+
+@pytest.fixture
+def fresh_nats(nats_binary: str, tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server of the test's own, for tests that restart or break it."""
+    server = NatsServer(tmp_path / "nats").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def flowyard_cmd() -> list[str]:
+    return [sys.executable, "-m", "services.cli"]
+
+
+@pytest.fixture(scope="session")
+def docker_available() -> bool:
+    if shutil.which("docker") is None:
+        missing("docker CLI not installed")
+    probe = subprocess.run(["docker", "info"], capture_output=True, timeout=30)
+    if probe.returncode != 0:
+        missing("Docker daemon not reachable")
+    return True

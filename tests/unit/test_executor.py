@@ -1,0 +1,198 @@
+"""The executor's judgement and the process runtime, with real child processes (no servers)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from services.executor import handlers
+from services.executor.runtimes import ProcessRuntime
+from shared.contract import AgentSnapshot, Event, TaskDispatched, TaskFailed, TaskStarted, TaskSucceeded
+
+
+def task(
+    code: str,
+    *,
+    input: object = None,
+    timeout: float = 10,
+    outputs: dict | None = None,
+    inputs: dict | None = None,
+    env: dict | None = None,
+    secrets: list[str] | None = None,
+) -> TaskDispatched:
+    agent = AgentSnapshot(
+        name="t",
+        command=[sys.executable, "-c", textwrap.dedent(code)],
+        outputs=outputs or {},
+        inputs=inputs or {},
+        env=env or {},
+        secrets=secrets or [],
+    )
+    return TaskDispatched(
+        run_id="r1", workflow="w", node_id="n", attempt=1, agent=agent, input=input, timeout_s=timeout
+    )
+
+
+async def run(t: TaskDispatched, environ: dict[str, str] | None = None) -> tuple[handlers.Judgement, list[Event]]:
+    sent: list[Event] = []
+
+    async def publish(event: Event, kind: str) -> None:
+        sent.append(event)
+
+    runtime = ProcessRuntime(max_output_bytes=1024, log_tail_bytes=512)
+    verdict = await handlers.execute(
+        t, runtime=runtime, publish=publish, executor_id="x", log_tail_bytes=512, environ=environ or {}
+    )
+    return verdict, sent
+
+
+async def test_json_in_json_out_and_stderr_kept_as_log() -> None:
+    verdict, sent = await run(
+        task(
+            """
+        import json, sys
+        data = json.load(sys.stdin)
+        print("working on it", file=sys.stderr)
+        print(json.dumps({"doubled": data["n"] * 2}))
+    """,
+            input={"n": 21},
+        )
+    )
+    assert verdict.ok and verdict.output == {"doubled": 42}
+    assert isinstance(sent[0], TaskStarted)
+    assert isinstance(sent[1], TaskSucceeded) and sent[1].log == "working on it" and sent[1].output == {"doubled": 42}
+
+
+async def test_non_zero_exit_reports_code_and_stderr_tail() -> None:
+    verdict, sent = await run(task("import sys; print('disk full', file=sys.stderr); sys.exit(3)"))
+    assert not verdict.ok and verdict.reason == "exit"
+    assert verdict.error == "exited with code 3: disk full"
+    assert isinstance(sent[1], TaskFailed) and sent[1].exit_code == 3
+
+
+async def test_garbage_on_stdout_is_not_json() -> None:
+    verdict, _ = await run(task("print('hello, I am not JSON')"))
+    assert verdict.reason == "bad_output" and "not JSON" in verdict.error and "hello, I am not JSON" in verdict.error
+    assert not verdict.retryable
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("print('[1, 2]')", "printed JSON list"),
+        ("pass", "printed nothing"),
+        ("print('x' * 5000)", "more output than the executor keeps"),
+    ],
+)
+async def test_other_bad_outputs(code: str, message: str) -> None:
+    verdict, _ = await run(task(code))
+    assert not verdict.ok and message in verdict.error
+
+
+async def test_output_schema_mismatch_is_not_retryable() -> None:
+    schema = {"type": "object", "required": ["count"], "properties": {"count": {"type": "integer"}}}
+    verdict, _ = await run(task('print(\'{"count": "three"}\')', outputs=schema))
+    assert verdict.reason == "output_schema" and not verdict.retryable
+    assert "at count: 'three' is not of type 'integer'" in verdict.error
+
+
+async def test_input_schema_checked_before_running() -> None:
+    verdict, sent = await run(
+        task(
+            "raise SystemExit('must not run')",
+            input={"n": "x"},
+            inputs={"type": "object", "properties": {"n": {"type": "integer"}}},
+        )
+    )
+    assert verdict.reason == "input_schema" and "at n" in verdict.error
+    assert isinstance(sent[-1], TaskFailed)
+
+
+async def test_timeout_kills_the_agent_and_its_children(tmp_path: Path) -> None:
+    marker = tmp_path / "child.pid"
+    verdict, _ = await run(
+        task(
+            f"""
+        import subprocess, time
+        child = subprocess.Popen(["sleep", "60"])
+        open({str(marker)!r}, "w").write(str(child.pid))
+        time.sleep(60)
+    """,
+            timeout=1,
+        )
+    )
+    assert verdict.reason == "timeout" and verdict.error == "timed out after 1s and was killed"
+    pid = int(marker.read_text())
+    with pytest.raises(OSError):
+        for _ in range(50):
+            os.kill(pid, 0)  # gone (or a zombie reaped by init) within a moment
+            import time
+
+            time.sleep(0.1)
+        raise ProcessLookupError
+
+
+async def test_environment_is_scrubbed_and_temp_files_removed(tmp_path: Path) -> None:
+    os.environ["FY_TEST_LEAK"] = "leaked"
+    try:
+        verdict, _ = await run(
+            task(
+                """
+            import json, os
+            open("scratch.txt", "w").write("x")
+            print(json.dumps({"env": dict(os.environ), "cwd": os.getcwd()}))
+        """,
+                env={"MODE": "fast"},
+            )
+        )
+    finally:
+        del os.environ["FY_TEST_LEAK"]
+    env = verdict.output["env"]
+    assert "FY_TEST_LEAK" not in env and env["MODE"] == "fast" and env["FLOWYARD_NODE_ID"] == "n"
+    assert set(env) <= {
+        "PATH",
+        "HOME",
+        "TMPDIR",
+        "LANG",
+        "MODE",
+        "FLOWYARD_RUN_ID",
+        "FLOWYARD_NODE_ID",
+        "FLOWYARD_ATTEMPT",
+        "LC_CTYPE",
+    }
+    assert not Path(verdict.output["cwd"]).exists()
+
+
+async def test_secrets_reach_the_agent_but_never_the_log_or_error() -> None:
+    code = """
+        import os, sys
+        print("token is " + os.environ["API_TOKEN"], file=sys.stderr)
+        sys.exit(1)
+    """
+    verdict, sent = await run(task(code, secrets=["API_TOKEN"]), environ={"FLOWYARD_SECRET_API_TOKEN": "s3cr3t-value"})
+    assert "s3cr3t-value" not in verdict.error
+    failed = sent[-1]
+    assert isinstance(failed, TaskFailed)
+    assert "s3cr3t-value" not in failed.log and "[redacted]" in failed.log and "s3cr3t-value" not in failed.error
+
+
+async def test_missing_secret_fails_clearly_without_running() -> None:
+    verdict, _ = await run(task("raise SystemExit(9)", secrets=["DB_PASSWORD"]))
+    assert verdict.reason == "runtime" and "FLOWYARD_SECRET_DB_PASSWORD" in verdict.error
+
+
+async def test_missing_command() -> None:
+    t = TaskDispatched(
+        run_id="r",
+        workflow="w",
+        node_id="n",
+        attempt=1,
+        agent=AgentSnapshot(name="t", command=["no-such-binary-xyz"]),
+        input={},
+    )
+    verdict, _ = await run(t)
+    assert verdict.reason == "runtime" and "not on the executor's PATH" in verdict.error
