@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from services.scheduler import engine
 from shared.contract import (
     AgentSnapshot,
     Plan,
@@ -15,7 +16,6 @@ from shared.contract import (
     TaskFailed,
     TaskSucceeded,
 )
-from services.scheduler import engine
 
 NOW = "2026-01-01T00:00:00Z"
 AGENT = AgentSnapshot(name="echo", command=["cat"], timeout_s=7)
