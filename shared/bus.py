@@ -102,7 +102,9 @@ class Bus:
             "servers": [u.strip() for u in cfg.url.split(",")],
             "name": f"flowyard-{self.name}",
             "allow_reconnect": True,
-            "max_reconnect_attempts": -1,
+            # A bounded first connect (nats-py would otherwise retry it forever); unlimited
+            # reconnects are switched on below, once connected.
+            "max_reconnect_attempts": 1,
             "reconnect_time_wait": 0.5,
             "connect_timeout": 2,
             "error_cb": self._on_error,
@@ -128,6 +130,10 @@ class Bus:
                     self.nc = await nats.connect(**opts)
         except Exception as exc:
             last = exc
+        if self.nc is not None:
+            # nats-py reads this at each reconnect: never give up on a server that was reachable
+            # (its default stops after about two minutes).
+            self.nc.options["max_reconnect_attempts"] = -1
         if self.nc is None or not self.nc.is_connected:
             reason = str(last) or type(last).__name__
             if "Authorization" in reason or "authorization" in reason:
@@ -142,7 +148,9 @@ class Bus:
         self._js = self.nc.jetstream(timeout=5)
 
     async def _on_error(self, exc: Exception) -> None:
-        log.warning("nats error", service=self.name, error=str(exc) or type(exc).__name__)
+        # While the first connect is still being retried, the final error says it all.
+        level = log.debug if self.nc is None else log.warning
+        level("nats error", service=self.name, error=str(exc) or type(exc).__name__)
 
     async def _on_disconnected(self) -> None:
         if not self._closing:

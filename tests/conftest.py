@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from shared.config import TelemetryConfig
 from shared.errors import ConfigurationError
 from shared.natsserver import NatsServer, find_binary
+from shared.telemetry import configure_tracing
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRE = os.environ.get("FLOWYARD_REQUIRE_SERVERS") == "1"
@@ -35,6 +37,12 @@ def missing(what: str) -> None:
     if REQUIRE:
         pytest.fail(f"{what} (FLOWYARD_REQUIRE_SERVERS=1 makes this a failure)")
     pytest.skip(what)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tracing() -> None:
+    """As every service does at start-up: spans are real, so trace context flows in headers."""
+    configure_tracing(TelemetryConfig(), "tests")
 
 
 @pytest.fixture(scope="session")
