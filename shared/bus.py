@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,8 @@ from shared.errors import ConfigurationError, PermanentError, RetryableError
 from shared.telemetry import extract, inject, tracer
 
 log = structlog.get_logger("flowyard.bus")
+_json = msgspec.json.Encoder()
+_PULL_EXPIRES = 5.0  # seconds a pull request stays open on the server
 
 MESSAGES = Counter("flowyard_messages_total", "Messages handled by a consumer, by outcome", ["consumer", "outcome"])
 HANDLE_SECONDS = Histogram(
@@ -278,18 +281,26 @@ class Bus:
         ):
             inject(headers)
             try:
-                async for attempt in AsyncRetrying(
-                    stop=stop_after_delay(seconds(self.cfg.publish_retry_for)),
-                    wait=wait_exponential(multiplier=0.05, max=1),
-                    retry=retry_if_exception_type(_TRANSIENT),
-                    reraise=True,
-                ):
-                    with attempt:
-                        ack = await self.js.publish(subject, payload, headers=headers)
-            except _TRANSIENT as exc:
-                raise RetryableError(f"publish to {subject} failed: NATS unreachable ({exc!r})") from exc
+                ack = await self.js.publish(subject, payload, headers=headers)
+            except _TRANSIENT:
+                # NATS is restarting or the link dropped: keep trying (the de-dup id makes it safe).
+                ack = await self._publish_retrying(subject, payload, headers)
         PUBLISHED.labels(ack.stream).inc()
         return ack
+
+    async def _publish_retrying(self, subject: str, payload: bytes, headers: dict[str, str]) -> api.PubAck:
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_delay(seconds(self.cfg.publish_retry_for)),
+                wait=wait_exponential(multiplier=0.05, max=1),
+                retry=retry_if_exception_type(_TRANSIENT),
+                reraise=True,
+            ):
+                with attempt:
+                    return await self.js.publish(subject, payload, headers=headers)
+        except _TRANSIENT as exc:
+            raise RetryableError(f"publish to {subject} failed: NATS unreachable ({exc!r})") from exc
+        raise AssertionError("unreachable")
 
     async def publish_raw(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
         await self.js.publish(subject, data, headers=headers)
@@ -350,13 +361,17 @@ class Consumer:
         self._stopping = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(concurrency)
-        self._sub: JetStreamContext.PullSubscription | None = None
+        # Pull requests still open on the server: [expires_at (monotonic), messages not yet received].
+        self._pulls: deque[list[float]] = deque()
+        self._queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._ensured = False
 
     @property
     def inflight(self) -> int:
         return len(self._inflight)
 
     async def ensure(self) -> None:
+        """Create or update the durable consumer (idempotent; safe from every replica)."""
         config = api.ConsumerConfig(
             name=self.durable,
             durable_name=self.durable,
@@ -368,53 +383,102 @@ class Consumer:
             filter_subject=self.filters[0] if len(self.filters) == 1 else None,
         )
         await self.bus.js.add_consumer(self.stream, config)
-        self._sub = await self.bus.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+        self._ensured = True
 
     async def run(self) -> None:
-        """Fetch and handle until :meth:`stop`; then wait for in-flight handlers."""
-        if self._sub is None:
+        """Pull and handle until :meth:`stop`; then wait for in-flight handlers.
+
+        Pull requests stay open (``expires``) for as many messages as there are free handler
+        slots, and each message is handled the moment it arrives. nats-py's ``fetch(batch=n)``
+        would instead hold the first message until the batch fills or the request times out.
+        """
+        if not self._ensured:
             await self.ensure()
-        failures = 0
-        while not self._stopping.is_set():
-            await self._slots.acquire()
-            self._slots.release()
-            free = self._slots._value
-            try:
-                assert self._sub is not None
-                msgs = await self._sub.fetch(batch=max(free, 1), timeout=1.0)
-                failures = 0
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue  # nothing to do yet
-            except Exception as exc:  # the server restarted, lost the consumer, or is unreachable
-                failures += 1
-                log.warning("fetch failed", consumer=self.durable, error=repr(exc), failures=failures)
-                await asyncio.sleep(min(0.2 * failures, 2.0))
-                if failures >= 3 and self.bus.connected:
-                    with contextlib.suppress(Exception):
-                        await self._rebind()
-                continue
-            for msg in msgs:
+        nc = self.bus.nc
+        assert nc is not None
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox, cb=self._queue.put)
+        next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.durable}"
+        try:
+            while not self._stopping.is_set():
+                await self._top_up(next_subject, inbox)
+                try:
+                    msg = await asyncio.wait_for(self._queue.get(), timeout=0.5)
+                except TimeoutError:
+                    continue  # wake up to renew expired pulls and to notice stop()
+                status = JetStreamContext.is_status_msg(msg)
+                if status:
+                    await self._on_status(status, msg)
+                    continue
+                self._received()
                 await self._slots.acquire()
                 task = asyncio.create_task(self._handle(msg))
                 self._inflight.add(task)
                 task.add_done_callback(self._done)
-        if self._inflight:
-            await asyncio.gather(*self._inflight, return_exceptions=True)
-        if self._sub is not None:
+        finally:
             with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+                await sub.unsubscribe()
+            # Delivered to us but never started: hand back at once rather than after ack_wait.
+            while not self._queue.empty():
+                msg = self._queue.get_nowait()
+                if not JetStreamContext.is_status_msg(msg):
+                    with contextlib.suppress(Exception):
+                        await msg.nak()
+            if self._inflight:
+                await asyncio.gather(*self._inflight, return_exceptions=True)
+
+    async def _top_up(self, subject: str, inbox: str) -> None:
+        now = time.monotonic()
+        while self._pulls and self._pulls[0][0] < now:
+            # Expired without the server saying so: the server restarted or the link dropped.
+            self._pulls.popleft()
+            with contextlib.suppress(Exception):
+                await self.ensure()
+        outstanding = sum(int(p[1]) for p in self._pulls)
+        want = self.concurrency - len(self._inflight) - outstanding
+        if want <= 0 or not self.bus.connected:
+            return
+        request = {"batch": want, "expires": int(_PULL_EXPIRES * 1e9)}
+        try:
+            assert self.bus.nc is not None
+            await self.bus.nc.publish(subject, _json.encode(request), reply=inbox)
+        except Exception as exc:
+            log.warning("pull request failed", consumer=self.durable, error=repr(exc))
+            await asyncio.sleep(0.5)
+            return
+        self._pulls.append([now + _PULL_EXPIRES + 2.0, float(want)])
+
+    def _received(self) -> None:
+        for pull in self._pulls:
+            if pull[1] > 0:
+                pull[1] -= 1
+                break
+        while self._pulls and self._pulls[0][1] <= 0:
+            self._pulls.popleft()
+
+    async def _on_status(self, status: str, msg: Msg) -> None:
+        if status == "100":  # idle heartbeat
+            return
+        # 404/408/409: a pull request ended; the server says how many it did not deliver.
+        pending = header(msg.headers, "Nats-Pending-Messages")
+        if self._pulls:
+            if pending is not None:
+                self._pulls[0][1] -= int(pending)
+            else:
+                self._pulls[0][1] = 0
+            while self._pulls and self._pulls[0][1] <= 0:
+                self._pulls.popleft()
+        description = header(msg.headers, "Description") or ""
+        if status == "409" and "Deleted" in description:
+            log.warning("consumer was deleted; recreating it", consumer=self.durable)
+            with contextlib.suppress(Exception):
+                await self.ensure()
+        elif status not in ("404", "408"):
+            log.info("pull request ended", consumer=self.durable, status=status, description=description)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
         self._slots.release()
-
-    async def _rebind(self) -> None:
-        log.info("re-binding pull subscription", consumer=self.durable)
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-        self._sub = None
-        await self.ensure()
 
     def stop(self) -> None:
         self._stopping.set()

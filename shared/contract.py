@@ -124,6 +124,9 @@ class TaskDispatched(Event, tag="task.dispatched"):
     agent: AgentSnapshot
     input: Any = None
     timeout_s: float = 300.0
+    # When the scheduler decided the dispatch; a re-sent copy keeps it, so an executor can tell a
+    # dispatch older than the de-dup window and check the run record before running it.
+    dispatched_at: float = 0.0
 
     @property
     def key(self) -> str:

@@ -6,17 +6,18 @@ servers. Every failure is turned into one plain sentence an on-call engineer can
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-import jsonschema
 import msgspec
 
 from shared.contract import Event, TaskDispatched, TaskFailed, TaskStarted, TaskSucceeded
 from shared.durations import format_duration
+from shared.schemas import first_error
 
 from .runtimes.base import Outcome, Runtime
 
@@ -65,16 +66,13 @@ def _last_lines(text: str, n: int = 5) -> str:
 
 
 def check_input(task: TaskDispatched) -> str | None:
-    schema = task.agent.inputs
-    if not schema:
+    if not task.agent.inputs:
         return None
-    error = jsonschema.exceptions.best_match(
-        jsonschema.validators.validator_for(schema)(schema).iter_errors(task.input)
-    )
+    error = first_error(task.agent.inputs, task.input)
     if error is None:
         return None
-    where = "/".join(str(p) for p in error.absolute_path) or "the input"
-    return f"input does not match agent {task.agent.name!r}'s input schema at {where}: {error.message}"
+    where, message = error
+    return f"input does not match agent {task.agent.name!r}'s input schema at {where or 'the input'}: {message}"
 
 
 def judge(task: TaskDispatched, outcome: Outcome, *, log_tail_bytes: int) -> Judgement:
@@ -124,16 +122,14 @@ def judge(task: TaskDispatched, outcome: Outcome, *, log_tail_bytes: int) -> Jud
             reason="bad_output",
             retryable=False,
         )
-    schema = task.agent.outputs
-    if schema:
-        error = jsonschema.exceptions.best_match(
-            jsonschema.validators.validator_for(schema)(schema).iter_errors(output)
-        )
+    if task.agent.outputs:
+        error = first_error(task.agent.outputs, output)
         if error is not None:
-            where = "/".join(str(p) for p in error.absolute_path) or "the output"
+            where, message = error
             return Judgement(
                 False,
-                error=f"output does not match agent {task.agent.name!r}'s output schema at {where}: {error.message}",
+                error=f"output does not match agent {task.agent.name!r}'s output schema at {where or 'the output'}: "
+                f"{message}",
                 reason="output_schema",
                 retryable=False,
             )
@@ -149,9 +145,29 @@ async def execute(
     log_tail_bytes: int,
     environ: Mapping[str, str] | None = None,
 ) -> Judgement:
-    await publish(
-        TaskStarted(run_id=task.run_id, node_id=task.node_id, attempt=task.attempt, executor=executor_id), "started"
+    # "started" travels while the agent starts; it is confirmed before the result is sent, so
+    # the two are stored in order. Cancelling the attempt cancels it too.
+    started = asyncio.ensure_future(
+        publish(
+            TaskStarted(run_id=task.run_id, node_id=task.node_id, attempt=task.attempt, executor=executor_id), "started"
+        )
     )
+    try:
+        return await _attempt(task, runtime, publish, executor_id, log_tail_bytes, environ, started)
+    finally:
+        if not started.done():
+            started.cancel()
+
+
+async def _attempt(
+    task: TaskDispatched,
+    runtime: Runtime,
+    publish: Publish,
+    executor_id: str,
+    log_tail_bytes: int,
+    environ: Mapping[str, str] | None,
+    started: asyncio.Future[None],
+) -> Judgement:
     secrets, missing = resolve_secrets(task.agent.secrets, environ)
     verdict: Judgement | None = None
     log = ""
@@ -181,6 +197,7 @@ async def execute(
         verdict = dataclasses.replace(verdict, error=redact(verdict.error, secrets))
         log = redact(tail(outcome.stderr_tail, log_tail_bytes), secrets)
         duration = outcome.duration_s
+    await started
     common = {"run_id": task.run_id, "node_id": task.node_id, "attempt": task.attempt, "executor": executor_id}
     if verdict.ok:
         await publish(TaskSucceeded(**common, output=verdict.output, duration_s=duration, log=log), "succeeded")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 import nats.js.errors
 import structlog
@@ -32,6 +33,7 @@ class ExecutorService(Service):
             cfg.runtime, max_output_bytes=cfg.max_output_bytes, log_tail_bytes=cfg.log_tail_bytes
         )
         self.executor_id = f"{socket.gethostname()}:{os.getpid()}:{cfg.pool}"
+        self._dedup_window = seconds(config.bus.duplicate_window)
 
     @property
     def shutdown_grace(self) -> float:
@@ -64,7 +66,9 @@ class ExecutorService(Service):
             subjects.check_token(event.node_id, "node id")
         except ValueError as exc:
             raise PermanentError(str(exc)) from None
-        if delivery.num_delivered > 1 and await self._already_done(event):
+        # A redelivery, or a dispatch re-sent after the de-dup window, may already have run.
+        stale = event.dispatched_at and time.time() - event.dispatched_at > self._dedup_window / 2
+        if (delivery.num_delivered > 1 or stale) and await self._already_done(event):
             log.info("attempt already reported; not running it again", task=event.key)
             return
         bound = log.bind(task=event.key, agent=event.agent.name)

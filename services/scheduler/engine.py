@@ -8,6 +8,7 @@ doubles a dispatch.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import msgspec
@@ -147,6 +148,7 @@ def _dispatch(record: RunRecord, planned: PlannedNode, task_input: Any, attempt:
         agent=planned.agent,
         input=task_input,
         timeout_s=planned.timeout_s or planned.agent.timeout_s,
+        dispatched_at=time.time(),
     )
     return Outgoing(subject=subjects.dispatch(pool), msg_id=task.key, event=task)
 

@@ -11,12 +11,12 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import jsonschema
 import msgspec
 
 from shared.contract import AgentResources, AgentSnapshot, Plan, PlannedNode
 from shared.durations import parse_duration
 from shared.errors import ValidationFailed
+from shared.schemas import first_error, schema_problem
 from shared.workflow.loader import Located, line_of
 from shared.workflow.model import (
     MEMORY_RE,
@@ -71,11 +71,9 @@ def validate_agent(agent: AgentDoc, file: str = "<agent>") -> list[str]:
     except ValueError as exc:
         problems.append(f"{where}: spec.timeout: {exc}")
     for key in ("inputs", "outputs"):
-        schema = getattr(spec, key)
-        try:
-            jsonschema.validators.validator_for(schema).check_schema(schema)
-        except jsonschema.SchemaError as exc:
-            problems.append(f"{where}: spec.{key} is not a valid JSON Schema: {exc.message}")
+        problem = schema_problem(getattr(spec, key))
+        if problem:
+            problems.append(f"{where}: spec.{key} is not a valid JSON Schema: {problem}")
     if spec.resources.memory is not None and not MEMORY_RE.match(spec.resources.memory):
         problems.append(f"{where}: spec.resources.memory {spec.resources.memory!r}: write it like 256Mi, 512m or 1g")
     if spec.resources.cpus is not None and spec.resources.cpus <= 0:
@@ -307,13 +305,12 @@ def _check_with_schema(with_: Mapping[str, Any], agent: AgentDoc, where: str) ->
                     f"{where}: agent {agent.metadata.name!r} takes no input {key!r}.{_hint(key, list(props))}"
                     f" It takes: {', '.join(props) or 'nothing'}"
                 )
-    validator_cls = jsonschema.validators.validator_for(schema)
     for key, value in with_.items():
-        if key not in props or _has_template(value):
+        if key not in props or _has_template(value) or not isinstance(props[key], dict):
             continue
-        errors = list(validator_cls(props[key]).iter_errors(value))
-        if errors:
-            problems.append(f"{where}.{key}: {errors[0].message} (agent {agent.metadata.name!r} input schema)")
+        error = first_error(props[key], value)
+        if error:
+            problems.append(f"{where}.{key}: {error[1]} (agent {agent.metadata.name!r} input schema)")
     return problems
 
 

@@ -48,6 +48,7 @@ async def run(t: TaskDispatched, environ: dict[str, str] | None = None) -> tuple
     verdict = await handlers.execute(
         t, runtime=runtime, publish=publish, executor_id="x", log_tail_bytes=512, environ=environ or {}
     )
+    await runtime.close()  # waits for the scratch directory's removal
     return verdict, sent
 
 

@@ -1,0 +1,190 @@
+"""End-to-end latency of a 5-node diamond of no-op agents, and how much of it is orchestration.
+
+    .venv/bin/python bench/diamond.py [--runs 200] [--warmup 20] [--concurrent 0]
+
+Starts `flowyard up` (a private nats-server plus the services, in their own process tree) unless
+FLOWYARD_NATS_URL points at a running stack, then submits runs one after the other straight onto
+the bus and times each from request to the run's finished event. Agent time is what the executor
+measured for each attempt (process start to exit); the diamond's agent time is its critical path
+a + max(b, c, d) + e. Orchestration overhead = end-to-end minus that. Also prints the idle RSS of
+the stack it started. Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgspec
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from shared import agents as registry  # noqa: E402
+from shared import subjects  # noqa: E402
+from shared.bus import Bus  # noqa: E402
+from shared.config import BusConfig, NatsConfig  # noqa: E402
+from shared.contract import RunFinished, RunRequested, decode_event  # noqa: E402
+from shared.workflow.loader import load_bundle  # noqa: E402
+
+DIAMOND = """
+apiVersion: flowyard/v1
+kind: Agent
+metadata: {name: noop}
+spec:
+  command: [cat]
+---
+apiVersion: flowyard/v1
+kind: Workflow
+metadata: {name: bench-diamond}
+spec:
+  inputs:
+    n: {type: integer, default: 1}
+  nodes:
+    - {id: a, agent: noop, with: {n: "{{ inputs.n }}"}}
+    - {id: b, agent: noop, needs: [a], with: {n: "{{ nodes.a.output.n }}"}}
+    - {id: c, agent: noop, needs: [a], with: {n: "{{ nodes.a.output.n }}"}}
+    - {id: d, agent: noop, needs: [a], with: {n: "{{ nodes.a.output.n }}"}}
+    - {id: e, agent: noop, needs: [b, c, d], with: {parts: ["{{ nodes.b.output.n }}", "{{ nodes.c.output.n }}", "{{ nodes.d.output.n }}"]}}
+  outputs:
+    parts: "{{ nodes.e.output.parts }}"
+"""
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def rss_kib(pid: int) -> int:
+    """RSS of a process and all its descendants, from /proc."""
+    total = 0
+    pids = [pid]
+    while pids:
+        p = pids.pop()
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+            total += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+            pids.extend(int(c) for c in children)
+        except (FileNotFoundError, AttributeError):
+            continue
+    return total
+
+
+def start_stack(data: Path) -> tuple[subprocess.Popen[str], str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWYARD_")}
+    env |= {"FLOWYARD_LOG_LEVEL": "warning", "FLOWYARD_LOG_FORMAT": "json", "FLOWYARD_HTTP_PORT": "-1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "up", "--data-dir", str(data)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        m = re.search(r"export FLOWYARD_NATS_URL=(\S+)", line)
+        if m:
+            return proc, m.group(1)
+    raise SystemExit("flowyard up did not start")
+
+
+class Runner:
+    def __init__(self, bus: Bus, definition: dict) -> None:
+        self.bus = bus
+        self.definition = definition
+        self.waiting: dict[str, asyncio.Future[tuple[float, RunFinished]]] = {}
+
+    async def listen(self) -> None:
+        async def on_msg(msg) -> None:
+            event = decode_event(msg.data)
+            fut = self.waiting.pop(event.run_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result((time.perf_counter(), event))
+
+        assert self.bus.nc is not None
+        for status in ("succeeded", "failed"):
+            await self.bus.nc.subscribe(f"fy.run.*.{status}", cb=on_msg)
+
+    async def one(self, i: int) -> tuple[float, float]:
+        run_id = f"bench{time.time_ns():x}{i}"
+        fut: asyncio.Future[tuple[float, RunFinished]] = asyncio.get_running_loop().create_future()
+        self.waiting[run_id] = fut
+        request = RunRequested(run_id=run_id, workflow="bench-diamond", definition=self.definition, inputs={"n": i})
+        t0 = time.perf_counter()
+        await self.bus.publish(subjects.run_requested(run_id), request, msg_id=f"{run_id}:requested")
+        t1, finished = await asyncio.wait_for(fut, 60)
+        if finished.status != "succeeded":
+            raise SystemExit(f"run {run_id} {finished.status}: {finished.error}")
+        kv = await self.bus.kv(subjects.RUNS_BUCKET)
+        from shared.contract import decode_record
+
+        record = decode_record((await kv.get(run_id)).value)
+        dur = {k: n.duration_s or 0.0 for k, n in record.nodes.items()}
+        agent = dur["a"] + max(dur["b"], dur["c"], dur["d"]) + dur["e"]
+        return t1 - t0, agent
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--concurrent", type=int, default=0, help="also time this many runs submitted at once")
+    args = ap.parse_args()
+
+    proc = None
+    url = os.environ.get("FLOWYARD_NATS_URL")
+    tmp = tempfile.TemporaryDirectory(prefix="fy-bench-")
+    if not url:
+        proc, url = start_stack(Path(tmp.name))
+        await asyncio.sleep(3)
+        print(f"idle RSS of the embedded stack (flowyard up + nats-server): {rss_kib(proc.pid) / 1024:.1f} MiB")
+    bus = Bus(NatsConfig(url=url), BusConfig(), name="bench")
+    await bus.connect()
+    try:
+        bundle = load_bundle(DIAMOND, "bench")
+        await registry.register(bus, bundle.agents.values())
+        runner = Runner(bus, msgspec.to_builtins(bundle.workflow()))
+        await runner.listen()
+        for i in range(args.warmup):
+            await runner.one(i)
+        e2e, agent = [], []
+        for i in range(args.runs):
+            total, agent_time = await runner.one(i)
+            e2e.append(total * 1000)
+            agent.append(agent_time * 1000)
+        overhead = [t - a for t, a in zip(e2e, agent, strict=True)]
+        print(f"diamond (5 nodes, `cat` agents), {args.runs} sequential runs after {args.warmup} warm-up:")
+        print(f"  end-to-end      median {statistics.median(e2e):6.1f} ms   p95 {pct(e2e, 0.95):6.1f} ms")
+        print(f"  agent (crit.)   median {statistics.median(agent):6.1f} ms   p95 {pct(agent, 0.95):6.1f} ms")
+        print(f"  orchestration   median {statistics.median(overhead):6.1f} ms   p95 {pct(overhead, 0.95):6.1f} ms")
+        if args.concurrent:
+            t0 = time.perf_counter()
+            results = await asyncio.gather(*(runner.one(10_000 + i) for i in range(args.concurrent)))
+            makespan = time.perf_counter() - t0
+            lat = [r[0] * 1000 for r in results]
+            print(
+                f"{args.concurrent} concurrent runs: makespan {makespan * 1000:.0f} ms, run latency median "
+                f"{statistics.median(lat):.0f} ms, p95 {pct(lat, 0.95):.0f} ms"
+            )
+    finally:
+        await bus.close()
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
