@@ -1,8 +1,9 @@
 """End-to-end latency of a 5-node diamond of no-op agents, and how much of it is orchestration.
 
-    .venv/bin/python bench/diamond.py [--runs 200] [--warmup 20] [--concurrent 0]
+    .venv/bin/python bench/diamond.py [--runs 200] [--warmup 20] [--concurrent 0] [--separate]
 
-Starts `flowyard up` (a private nats-server plus the services, in their own process tree) unless
+Starts `flowyard up` (a private nats-server plus the services in one process) — or, with
+--separate, a nats-server and each service as its own `flowyard serve` process — unless
 FLOWYARD_NATS_URL points at a running stack, then submits runs one after the other straight onto
 the bus and times each from request to the run's finished event. Agent time is what the executor
 measured for each attempt (process start to exit); the diamond's agent time is its critical path
@@ -33,7 +34,8 @@ from shared import agents as registry  # noqa: E402
 from shared import subjects  # noqa: E402
 from shared.bus import Bus  # noqa: E402
 from shared.config import BusConfig, NatsConfig  # noqa: E402
-from shared.contract import RunFinished, RunRequested, decode_event  # noqa: E402
+from shared.contract import RunFinished, RunRequested, decode_event, decode_record  # noqa: E402
+from shared.natsserver import NatsServer  # noqa: E402
 from shared.workflow.loader import load_bundle  # noqa: E402
 
 DIAMOND = """
@@ -81,9 +83,29 @@ def rss_kib(pid: int) -> int:
     return total
 
 
-def start_stack(data: Path) -> tuple[subprocess.Popen[str], str]:
+def quiet_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWYARD_")}
-    env |= {"FLOWYARD_LOG_LEVEL": "warning", "FLOWYARD_LOG_FORMAT": "json", "FLOWYARD_HTTP_PORT": "-1"}
+    return env | {"FLOWYARD_LOG_LEVEL": "warning", "FLOWYARD_LOG_FORMAT": "json", "FLOWYARD_HTTP_PORT": "-1"}
+
+
+def start_separate(data: Path) -> tuple[list[subprocess.Popen[bytes]], NatsServer]:
+    server = NatsServer(data / "nats").start()
+    env = quiet_env() | {"FLOWYARD_NATS_URL": server.url}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name in ("planner", "scheduler", "executor")
+    ]
+    return procs, server
+
+
+def start_stack(data: Path) -> tuple[subprocess.Popen[str], str]:
+    env = quiet_env()
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "up", "--data-dir", str(data)],
         cwd=ROOT,
@@ -128,8 +150,6 @@ class Runner:
         if finished.status != "succeeded":
             raise SystemExit(f"run {run_id} {finished.status}: {finished.error}")
         kv = await self.bus.kv(subjects.RUNS_BUCKET)
-        from shared.contract import decode_record
-
         record = decode_record((await kv.get(run_id)).value)
         dur = {k: n.duration_s or 0.0 for k, n in record.nodes.items()}
         agent = dur["a"] + max(dur["b"], dur["c"], dur["d"]) + dur["e"]
@@ -141,14 +161,23 @@ async def main() -> None:
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--concurrent", type=int, default=0, help="also time this many runs submitted at once")
+    ap.add_argument("--separate", action="store_true", help="each service in its own process")
     args = ap.parse_args()
 
     proc = None
+    separate: list[subprocess.Popen[bytes]] = []
+    server: NatsServer | None = None
     url = os.environ.get("FLOWYARD_NATS_URL")
     tmp = tempfile.TemporaryDirectory(prefix="fy-bench-")
-    if not url:
+    if not url and args.separate:
+        separate, server = start_separate(Path(tmp.name))
+        url = server.url
+        await asyncio.sleep(4)
+        print("stack: nats-server + planner, scheduler, executor as separate processes")
+    elif not url:
         proc, url = start_stack(Path(tmp.name))
         await asyncio.sleep(3)
+        print("stack: flowyard up (nats-server + every service in one process)")
         print(f"idle RSS of the embedded stack (flowyard up + nats-server): {rss_kib(proc.pid) / 1024:.1f} MiB")
     bus = Bus(NatsConfig(url=url), BusConfig(), name="bench")
     await bus.connect()
@@ -180,9 +209,11 @@ async def main() -> None:
             )
     finally:
         await bus.close()
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
+        for p in ([proc] if proc else []) + separate:
+            p.send_signal(signal.SIGTERM)
+            p.wait(30)
+        if server is not None:
+            server.stop()
         tmp.cleanup()
 
 

@@ -39,6 +39,7 @@ from shared.telemetry import extract, inject, tracer
 log = structlog.get_logger("flowyard.bus")
 _json = msgspec.json.Encoder()
 _PULL_EXPIRES = 5.0  # seconds a pull request stays open on the server
+_WAKE: Any = object()  # queued when a handler finishes, so the pull loop tops up at once
 
 MESSAGES = Counter("flowyard_messages_total", "Messages handled by a consumer, by outcome", ["consumer", "outcome"])
 HANDLE_SECONDS = Histogram(
@@ -406,6 +407,8 @@ class Consumer:
                     msg = await asyncio.wait_for(self._queue.get(), timeout=0.5)
                 except TimeoutError:
                     continue  # wake up to renew expired pulls and to notice stop()
+                if msg is _WAKE:
+                    continue  # a handler finished: there is room to pull more
                 status = JetStreamContext.is_status_msg(msg)
                 if status:
                     await self._on_status(status, msg)
@@ -421,7 +424,7 @@ class Consumer:
             # Delivered to us but never started: hand back at once rather than after ack_wait.
             while not self._queue.empty():
                 msg = self._queue.get_nowait()
-                if not JetStreamContext.is_status_msg(msg):
+                if msg is not _WAKE and not JetStreamContext.is_status_msg(msg):
                     with contextlib.suppress(Exception):
                         await msg.nak()
             if self._inflight:
@@ -479,6 +482,7 @@ class Consumer:
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
         self._slots.release()
+        self._queue.put_nowait(_WAKE)
 
     def stop(self) -> None:
         self._stopping.set()
