@@ -76,8 +76,8 @@ def rss_kib(pid: int) -> int:
         try:
             status = Path(f"/proc/{p}/status").read_text()
             total += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
-            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
-            pids.extend(int(c) for c in children)
+            for task in Path(f"/proc/{p}/task").iterdir():  # children of every thread
+                pids.extend(int(c) for c in (task / "children").read_text().split())
         except (FileNotFoundError, AttributeError):
             continue
     return total
