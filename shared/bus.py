@@ -86,6 +86,7 @@ class Bus:
         self._js: JetStreamContext | None = None
         self._kv: dict[str, KeyValue] = {}
         self._closing = False
+        self._reconnect_hooks: list[Callable[[], None]] = []
 
     # --- connection -------------------------------------------------------------------------
 
@@ -162,6 +163,11 @@ class Bus:
 
     async def _on_reconnected(self) -> None:
         log.info("nats reconnected", service=self.name, url=str(self.nc.connected_url.netloc if self.nc else ""))
+        for hook in self._reconnect_hooks:
+            hook()
+
+    def on_reconnect(self, hook: Callable[[], None]) -> None:
+        self._reconnect_hooks.append(hook)
 
     async def close(self) -> None:
         """Flush what is buffered (acks, publishes) and close. Consumers must be stopped first."""
@@ -399,6 +405,7 @@ class Consumer:
         assert nc is not None
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox, cb=self._queue.put)
+        self.bus.on_reconnect(self._forget_pulls)
         next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.durable}"
         try:
             while not self._stopping.is_set():
@@ -432,6 +439,9 @@ class Consumer:
 
     async def _top_up(self, subject: str, inbox: str) -> None:
         now = time.monotonic()
+        if not self._ensured and self.bus.connected:
+            with contextlib.suppress(Exception):
+                await self.ensure()  # a restarted server without file storage lost the consumer
         while self._pulls and self._pulls[0][0] < now:
             # Expired without the server saying so: the server restarted or the link dropped.
             self._pulls.popleft()
@@ -450,6 +460,13 @@ class Consumer:
             await asyncio.sleep(0.5)
             return
         self._pulls.append([now + _PULL_EXPIRES + 2.0, float(want)])
+
+    def _forget_pulls(self) -> None:
+        # Pull requests do not survive a reconnect (the server may have restarted): ask again now
+        # rather than after they would have expired.
+        self._pulls.clear()
+        self._ensured = False
+        self._queue.put_nowait(_WAKE)
 
     def _received(self) -> None:
         for pull in self._pulls:

@@ -220,6 +220,7 @@ class RunRecord(Wire):
     created_at: str = ""
     updated_at: str = ""
     finished_at: str | None = None
+    rejected: list[str] = []  # the planner's reasons, when the run was rejected before it ran
     outbox: list[Outgoing] = []
 
 

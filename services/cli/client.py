@@ -21,6 +21,7 @@ from shared.contract import (
     RunRequested,
     decode_event,
     decode_record,
+    node_results,
 )
 
 
@@ -45,13 +46,20 @@ async def submit_and_follow(
     try:
         await bus.publish(subjects.run_requested(request.run_id), request, msg_id=f"{request.run_id}:requested")
         deadline = None if timeout is None else time.monotonic() + timeout
+        quiet = 0
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"run {request.run_id} did not finish within {timeout:g}s")
             try:
                 msg = await sub.next_msg(timeout=min(remaining or 1.0, 1.0))
+                quiet = 0
             except nats.errors.TimeoutError:
+                # The subscription may have lost its place (NATS restarted): the record is the
+                # truth, so after two quiet seconds look at it.
+                quiet += 1
+                if quiet % 2 == 0 and (final := await _final_from_record(bus, request.run_id)) is not None:
+                    return final
                 continue
             try:
                 event = decode_event(msg.data)
@@ -62,6 +70,25 @@ async def submit_and_follow(
                 return event
     finally:
         await sub.unsubscribe()
+
+
+async def _final_from_record(bus: Bus, run_id: str) -> RunFinished | RunRejected | None:
+    try:
+        record = await get_record(bus, run_id)
+    except Exception:
+        return None  # not reachable right now; keep following
+    if record is None or record.status == "running":
+        return None
+    if record.rejected:
+        return RunRejected(run_id=run_id, workflow=record.workflow, errors=record.rejected)
+    return RunFinished(
+        run_id=run_id,
+        workflow=record.workflow,
+        status=record.status,
+        outputs=record.outputs,
+        error=record.error,
+        nodes=node_results(record),
+    )
 
 
 async def get_record(bus: Bus, run_id: str) -> RunRecord | None:

@@ -64,6 +64,7 @@ def reject_run(event: RunRejected, *, now: str) -> RunRecord:
         created_at=now,
         updated_at=now,
         finished_at=now,
+        rejected=list(event.errors),
     )
     return msgspec.structs.replace(record, outbox=[_finished(record)])
 
