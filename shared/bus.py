@@ -33,7 +33,7 @@ from shared import subjects
 from shared.config import BusConfig, NatsConfig, seconds
 from shared.contract import Event, encode
 from shared.envelope import build_headers, header
-from shared.errors import ConfigurationError, PermanentError, RetryableError
+from shared.errors import ConfigurationError, NotYet, PermanentError, RetryableError
 from shared.telemetry import extract, inject, tracer
 
 log = structlog.get_logger("flowyard.bus")
@@ -204,6 +204,13 @@ class Bus:
                 duplicate_window=dup,
             ),
             api.StreamConfig(
+                name=subjects.TIMERS_STREAM,
+                description="Durable timers (retry back-off, run deadlines), handed back until due",
+                subjects=[subjects.TIMERS_SUBJECTS],
+                retention=api.RetentionPolicy.WORK_QUEUE,
+                duplicate_window=dup,
+            ),
+            api.StreamConfig(
                 name=subjects.DLQ_STREAM,
                 description="Dead letters: poison messages with the reason they were terminated",
                 subjects=[subjects.DLQ_SUBJECTS],
@@ -219,6 +226,7 @@ class Bus:
             await self._ensure_stream(sc)
         await self._ensure_kv(subjects.RUNS_BUCKET, "Run records kept by the scheduler", history=5)
         await self._ensure_kv(subjects.AGENTS_BUCKET, "Registered agents", history=10)
+        await self._ensure_kv(subjects.CONCURRENCY_BUCKET, "Runs admitted and queued per workflow", history=1)
 
     async def _ensure_stream(self, sc: api.StreamConfig) -> None:
         try:
@@ -256,7 +264,7 @@ class Bus:
 
     async def topology_present(self) -> bool:
         try:
-            for name in (subjects.RUNS_STREAM, subjects.TASKS_STREAM, subjects.DLQ_STREAM):
+            for name in (subjects.RUNS_STREAM, subjects.TASKS_STREAM, subjects.TIMERS_STREAM, subjects.DLQ_STREAM):
                 await self.js.stream_info(name)
         except Exception:
             return False
@@ -333,7 +341,7 @@ class Bus:
             decode=decode,
             handler=handler,
             concurrency=concurrency,
-            max_deliver=max_deliver or self.cfg.max_deliver,
+            max_deliver=max_deliver if max_deliver is not None else self.cfg.max_deliver,
         )
 
 
@@ -552,6 +560,10 @@ class Consumer:
             with contextlib.suppress(Exception):
                 await msg.nak()
             raise
+        except NotYet as exc:
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=max(exc.delay, 0.001))
+            return "not_due"
         except PermanentError as exc:
             await self._dead_letter(msg, delivery, str(exc))
             span.set_status(Status(StatusCode.ERROR, "permanent"))
@@ -560,7 +572,7 @@ class Consumer:
             retryable = isinstance(exc, RetryableError)
             if not retryable:
                 log.exception("handler crashed", consumer=self.durable, subject=delivery.subject)
-            if delivery.num_delivered >= self.max_deliver:
+            if 0 < self.max_deliver <= delivery.num_delivered:
                 await self._dead_letter(msg, delivery, f"gave up after {delivery.num_delivered} deliveries: {exc}")
                 return "terminated"
             delay = getattr(exc, "delay", None) or min(0.5 * 2 ** (delivery.num_delivered - 1), 30.0)

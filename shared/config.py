@@ -98,6 +98,9 @@ class ExecutorConfig(_Section):
     shutdown_grace: str = "20s"
     max_output_bytes: int = 1024 * 1024
     log_tail_bytes: int = 4096
+    # Secrets: one file per name in this directory (e.g. a mounted Kubernetes Secret), else
+    # FLOWYARD_SECRET_<NAME> variables of the executor.
+    secrets_dir: str | None = None
 
     def __post_init__(self) -> None:
         _duration(self.shutdown_grace, "shutdown_grace")

@@ -23,6 +23,8 @@ FailureReason = Literal[
     "template",  # a template could not be resolved from inputs or upstream outputs
     "runtime",  # the runtime could not start the agent (missing command, secret, image)
     "lost",  # the executor gave up on the attempt (shutdown past its grace period)
+    "cancelled",  # the run was cancelled or ran past its deadline while the attempt ran
+    "condition",  # a `when` condition or a `foreach` list could not be evaluated
 ]
 
 
@@ -34,13 +36,13 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     run_id: str
 
 
-class AgentResources(Wire):
+class AgentResources(Wire, kw_only=True):
     memory: str | None = None
     cpus: float | None = None
     pids: int | None = None
 
 
-class AgentSnapshot(Wire):
+class AgentSnapshot(Wire, kw_only=True):
     """An agent as registered when the run was planned: later re-registrations do not change a run."""
 
     name: str
@@ -56,23 +58,38 @@ class AgentSnapshot(Wire):
     env: dict[str, str] = {}
 
 
-class PlannedNode(Wire):
+class RetryPolicy(Wire, kw_only=True):
+    attempts: int = 1
+    backoff_s: float = 1.0
+    factor: float = 2.0
+    max_backoff_s: float = 300.0
+    jitter: bool = True
+
+
+class PlannedNode(Wire, kw_only=True):
     id: str
     agent: AgentSnapshot
     needs: list[str] = []
     with_: dict[str, Any] = msgspec.field(default_factory=dict, name="with")
     timeout_s: float | None = None
+    when: str | None = None
+    foreach: Any = None  # a template string or a literal list; None: not a fan-out
+    parallelism: int | None = None
+    retry: RetryPolicy = RetryPolicy()
+    continue_on_failure: bool = False
 
 
-class Plan(Wire):
+class Plan(Wire, kw_only=True):
     nodes: list[PlannedNode]
     outputs: dict[str, Any] = {}
+    timeout_s: float | None = None  # the whole run
+    concurrency: int | None = None  # runs of this workflow at once
 
 
 # --- run events -------------------------------------------------------------------------------
 
 
-class RunRequested(Event, tag="run.requested"):
+class RunRequested(Event, tag="run.requested", kw_only=True):
     workflow: str
     definition: dict[str, Any]
     inputs: dict[str, Any] = {}
@@ -80,33 +97,52 @@ class RunRequested(Event, tag="run.requested"):
     source: str | None = None
     requested_by: str = "cli"
     requested_at: str = ""
+    retry_of: str | None = None  # `flowyard runs retry`: the failed run this one continues
+    reuse: dict[str, Any] = {}  # node id -> output kept from retry_of (the nodes that succeeded)
 
 
-class RunPlanned(Event, tag="run.planned"):
+class RunPlanned(Event, tag="run.planned", kw_only=True):
     workflow: str
     plan: Plan
     inputs: dict[str, Any] = {}
     trigger: dict[str, Any] = {}
+    retry_of: str | None = None
+    reuse: dict[str, Any] = {}
 
 
-class RunRejected(Event, tag="run.rejected"):
+class RunCancelRequested(Event, tag="run.cancel_requested", kw_only=True):
+    requested_by: str = ""
+    reason: str = ""
+
+
+class TimerDue(Event, tag="timer", kw_only=True):
+    """A durable timer: kept in FY_TIMERS and handed back by JetStream until it is due."""
+
+    kind: Literal["retry", "deadline", "admit"]
+    due_at: float  # epoch seconds
+    node_id: str = ""
+    item: int | None = None
+    attempt: int = 0
+
+
+class RunRejected(Event, tag="run.rejected", kw_only=True):
     workflow: str
     errors: list[str]
 
 
-class RunStarted(Event, tag="run.started"):
+class RunStarted(Event, tag="run.started", kw_only=True):
     workflow: str
     nodes: list[str] = []
 
 
-class NodeResult(Wire):
+class NodeResult(Wire, kw_only=True):
     status: NodeStatus = "pending"
     attempts: int = 0
     output: Any = None
     error: str | None = None
 
 
-class RunFinished(Event, tag="run.finished"):
+class RunFinished(Event, tag="run.finished", kw_only=True):
     workflow: str
     status: FinalRunStatus
     outputs: dict[str, Any] = {}
@@ -117,10 +153,11 @@ class RunFinished(Event, tag="run.finished"):
 # --- task events ------------------------------------------------------------------------------
 
 
-class TaskDispatched(Event, tag="task.dispatched"):
+class TaskDispatched(Event, tag="task.dispatched", kw_only=True):
     workflow: str
     node_id: str
     attempt: int
+    item: int | None = None  # foreach: the item's index
     agent: AgentSnapshot
     input: Any = None
     timeout_s: float = 300.0
@@ -129,29 +166,37 @@ class TaskDispatched(Event, tag="task.dispatched"):
     dispatched_at: float = 0.0
 
     @property
+    def unit(self) -> str:
+        """The node, or ``node#index`` for a foreach item: the token used in task subjects."""
+        return unit_token(self.node_id, self.item)
+
+    @property
     def key(self) -> str:
         """The effectively-once key: de-dup id, container name and process tag all use it."""
-        return f"{self.run_id}:{self.node_id}:{self.attempt}"
+        return f"{self.run_id}:{self.unit}:{self.attempt}"
 
 
-class TaskStarted(Event, tag="task.started"):
+class TaskStarted(Event, tag="task.started", kw_only=True):
     node_id: str
     attempt: int
+    item: int | None = None
     executor: str = ""
 
 
-class TaskSucceeded(Event, tag="task.succeeded"):
+class TaskSucceeded(Event, tag="task.succeeded", kw_only=True):
     node_id: str
     attempt: int
+    item: int | None = None
     output: Any = None
     duration_s: float = 0.0
     log: str = ""
     executor: str = ""
 
 
-class TaskFailed(Event, tag="task.failed"):
+class TaskFailed(Event, tag="task.failed", kw_only=True):
     node_id: str
     attempt: int
+    item: int | None = None
     error: str
     reason: FailureReason = "exit"
     retryable: bool = True
@@ -164,6 +209,8 @@ class TaskFailed(Event, tag="task.failed"):
 AnyEvent = (
     RunRequested
     | RunPlanned
+    | RunCancelRequested
+    | TimerDue
     | RunRejected
     | RunStarted
     | RunFinished
@@ -175,6 +222,8 @@ AnyEvent = (
 EVENT_TYPES: tuple[type[Event], ...] = (
     RunRequested,
     RunPlanned,
+    RunCancelRequested,
+    TimerDue,
     RunRejected,
     RunStarted,
     RunFinished,
@@ -188,7 +237,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
 # --- the run record (KV ``fy_runs``, key = run id) ---------------------------------------------
 
 
-class Outgoing(Wire):
+class Outgoing(Wire, kw_only=True):
     """A message the scheduler has decided to send; kept in the record until it is sent."""
 
     subject: str
@@ -196,7 +245,7 @@ class Outgoing(Wire):
     event: AnyEvent
 
 
-class NodeRecord(Wire):
+class NodeRecord(Wire, kw_only=True):
     status: NodeStatus = "pending"
     attempts: int = 0
     output: Any = None
@@ -205,9 +254,13 @@ class NodeRecord(Wire):
     started_at: str | None = None
     finished_at: str | None = None
     duration_s: float | None = None
+    retry_at: float | None = None  # set while waiting out a retry back-off (epoch seconds)
+    input: Any = None  # the resolved input of the attempts (kept so a retry sends the same)
+    items: list[NodeRecord] | None = None  # foreach: one record per item, in order
+    reused_from: str | None = None  # `runs retry`: the run whose output this node kept
 
 
-class RunRecord(Wire):
+class RunRecord(Wire, kw_only=True):
     run_id: str
     workflow: str
     status: RunStatus = "running"
@@ -221,7 +274,13 @@ class RunRecord(Wire):
     updated_at: str = ""
     finished_at: str | None = None
     rejected: list[str] = []  # the planner's reasons, when the run was rejected before it ran
+    queued: bool = False  # waiting for a place under the workflow's `concurrency`
+    retry_of: str | None = None
     outbox: list[Outgoing] = []
+
+
+def unit_token(node_id: str, item: int | None) -> str:
+    return node_id if item is None else f"{node_id}#{item}"
 
 
 def node_results(record: RunRecord) -> dict[str, NodeResult]:

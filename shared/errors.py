@@ -19,6 +19,14 @@ class RetryableError(FlowyardError):
         self.delay = delay
 
 
+class NotYet(FlowyardError):
+    """Not an error: the message (a timer) is not due; hand it back for ``delay`` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(f"not due for {delay:.3f}s")
+        self.delay = delay
+
+
 class PermanentError(FlowyardError):
     """The input can never be handled; the message goes to the dead-letter subject."""
 

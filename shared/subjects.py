@@ -12,13 +12,16 @@ import re
 RUNS_STREAM = "FY_RUNS"
 TASKS_STREAM = "FY_TASKS"
 DLQ_STREAM = "FY_DLQ"
+TIMERS_STREAM = "FY_TIMERS"
 
 RUNS_BUCKET = "fy_runs"
 AGENTS_BUCKET = "fy_agents"
+CONCURRENCY_BUCKET = "fy_concurrency"
 
 RUNS_SUBJECTS = "fy.run.>"
 TASKS_SUBJECTS = "fy.task.>"
 DLQ_SUBJECTS = "fy.dlq.>"
+TIMERS_SUBJECTS = "fy.timer.>"
 
 TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
@@ -53,9 +56,17 @@ def run_finished(run_id: str, status: str) -> str:
     return f"fy.run.{run_id}.{status}"
 
 
-def task_event(run_id: str, node_id: str, kind: str) -> str:
-    """``kind`` is ``started``, ``succeeded`` or ``failed``."""
-    return f"fy.run.{run_id}.task.{node_id}.{kind}"
+def task_event(run_id: str, unit: str, kind: str) -> str:
+    """``unit`` is a node id, or ``node#index`` for a foreach item; ``kind`` is started, succeeded or failed."""
+    return f"fy.run.{run_id}.task.{unit}.{kind}"
+
+
+def run_cancel(run_id: str) -> str:
+    return f"fy.run.{run_id}.cancel"
+
+
+def timer(run_id: str) -> str:
+    return f"fy.timer.{run_id}"
 
 
 def run_events(run_id: str) -> str:
@@ -75,9 +86,13 @@ PLANNER_FILTERS = ["fy.run.*.requested"]
 SCHEDULER_FILTERS = [
     "fy.run.*.planned",
     "fy.run.*.rejected",
+    "fy.run.*.cancel",
     "fy.run.*.task.*.succeeded",
     "fy.run.*.task.*.failed",
 ]
+TIMER_FILTERS = [TIMERS_SUBJECTS]
+# Executors listen (core NATS, not durable) for runs that end while their attempts still run.
+RUN_ENDED = ["fy.run.*.failed", "fy.run.*.cancelled"]
 
 
 def executor_filters(pool: str) -> list[str]:

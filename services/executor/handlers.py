@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -20,9 +19,9 @@ from shared.durations import format_duration
 from shared.schemas import first_error
 
 from .runtimes.base import Outcome, Runtime
+from .secrets import SecretSource
 
 Publish = Callable[[Event, str], Awaitable[None]]  # (event, "started" | "succeeded" | "failed")
-SECRET_ENV_PREFIX = "FLOWYARD_SECRET_"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,19 +32,6 @@ class Judgement:
     reason: str = "exit"
     retryable: bool = True
     exit_code: int | None = None
-
-
-def resolve_secrets(names: list[str], environ: Mapping[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
-    """Secret values for the agent's declared names, from ``FLOWYARD_SECRET_<NAME>``; and the missing ones."""
-    environ = os.environ if environ is None else environ
-    found, missing = {}, []
-    for name in names:
-        value = environ.get(SECRET_ENV_PREFIX + name)
-        if value is None:
-            missing.append(name)
-        else:
-            found[name] = value
-    return found, missing
 
 
 def redact(text: str, secrets: Mapping[str, str]) -> str:
@@ -143,17 +129,20 @@ async def execute(
     publish: Publish,
     executor_id: str,
     log_tail_bytes: int,
-    environ: Mapping[str, str] | None = None,
+    secrets: SecretSource | None = None,
 ) -> Judgement:
     # "started" travels while the agent starts; it is confirmed before the result is sent, so
     # the two are stored in order. Cancelling the attempt cancels it too.
     started = asyncio.ensure_future(
         publish(
-            TaskStarted(run_id=task.run_id, node_id=task.node_id, attempt=task.attempt, executor=executor_id), "started"
+            TaskStarted(
+                run_id=task.run_id, node_id=task.node_id, item=task.item, attempt=task.attempt, executor=executor_id
+            ),
+            "started",
         )
     )
     try:
-        return await _attempt(task, runtime, publish, executor_id, log_tail_bytes, environ, started)
+        return await _attempt(task, runtime, publish, executor_id, log_tail_bytes, secrets or SecretSource(), started)
     finally:
         if not started.done():
             started.cancel()
@@ -165,16 +154,16 @@ async def _attempt(
     publish: Publish,
     executor_id: str,
     log_tail_bytes: int,
-    environ: Mapping[str, str] | None,
+    source: SecretSource,
     started: asyncio.Future[None],
 ) -> Judgement:
-    secrets, missing = resolve_secrets(task.agent.secrets, environ)
+    secrets, missing = await source.resolve(task.agent.secrets)
     verdict: Judgement | None = None
     log = ""
     duration = 0.0
     if missing:
         names = ", ".join(missing)
-        env_names = ", ".join(SECRET_ENV_PREFIX + m for m in missing)
+        env_names = "; ".join(source.where(m) for m in missing)
         verdict = Judgement(
             False,
             error=f"secret(s) {names} not available to the executor; set {env_names}",
@@ -198,7 +187,13 @@ async def _attempt(
         log = redact(tail(outcome.stderr_tail, log_tail_bytes), secrets)
         duration = outcome.duration_s
     await started
-    common = {"run_id": task.run_id, "node_id": task.node_id, "attempt": task.attempt, "executor": executor_id}
+    common = {
+        "run_id": task.run_id,
+        "node_id": task.node_id,
+        "item": task.item,
+        "attempt": task.attempt,
+        "executor": executor_id,
+    }
     if verdict.ok:
         await publish(TaskSucceeded(**common, output=verdict.output, duration_s=duration, log=log), "succeeded")
     else:

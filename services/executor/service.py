@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
 import time
 
 import nats.js.errors
 import structlog
+from nats.aio.msg import Msg
 
 from shared import subjects
 from shared.bus import Delivery
@@ -18,6 +21,7 @@ from shared.service import Service
 
 from . import handlers
 from .runtimes import Runtime, make_runtime
+from .secrets import SecretSource
 
 log = structlog.get_logger("flowyard.executor")
 
@@ -34,6 +38,9 @@ class ExecutorService(Service):
         )
         self.executor_id = f"{socket.gethostname()}:{os.getpid()}:{cfg.pool}"
         self._dedup_window = seconds(config.bus.duplicate_window)
+        self.secrets = SecretSource(config.executor.secrets_dir)
+        self._running: dict[str, set[asyncio.Task[handlers.Judgement]]] = {}
+        self._ended: set[asyncio.Task[handlers.Judgement]] = set()
 
     @property
     def shutdown_grace(self) -> float:
@@ -58,6 +65,21 @@ class ExecutorService(Service):
         await super().stop()
         await self.runtime.close()
 
+    async def start(self) -> None:
+        await super().start()
+        assert self.bus.nc is not None
+        for subject in subjects.RUN_ENDED:
+            await self.bus.nc.subscribe(subject, cb=self._on_run_ended)
+
+    async def _on_run_ended(self, msg: Msg) -> None:
+        # A run that failed or was cancelled while its attempts still run: stop them, the
+        # scheduler will not use their results. Core NATS is enough: a missed notice only means
+        # the attempt runs to its timeout.
+        run_id = msg.subject.split(".")[2]
+        for attempt in list(self._running.get(run_id, ())):
+            self._ended.add(attempt)
+            attempt.cancel()
+
     async def handle(self, event: AnyEvent, delivery: Delivery) -> None:
         if not isinstance(event, TaskDispatched):
             raise PermanentError(f"the executor runs task dispatches only, got {type(event).__name__}")
@@ -75,18 +97,38 @@ class ExecutorService(Service):
         bound.info("attempt starting", delivery=delivery.num_delivered)
 
         async def publish(ev: Event, kind: str) -> None:
-            subject = subjects.task_event(event.run_id, event.node_id, kind)
+            subject = subjects.task_event(event.run_id, event.unit, kind)
             # Success and failure share one id: one attempt can never be reported both ways.
             suffix = "started" if kind == "started" else "result"
             await self.bus.publish(subject, ev, msg_id=f"{event.key}:{suffix}")
 
-        verdict = await handlers.execute(
-            event,
-            runtime=self.runtime,
-            publish=publish,
-            executor_id=self.executor_id,
-            log_tail_bytes=self.config.executor.log_tail_bytes,
+        attempt = asyncio.create_task(
+            handlers.execute(
+                event,
+                runtime=self.runtime,
+                publish=publish,
+                executor_id=self.executor_id,
+                log_tail_bytes=self.config.executor.log_tail_bytes,
+                secrets=self.secrets,
+            )
         )
+        running = self._running.setdefault(event.run_id, set())
+        running.add(attempt)
+        try:
+            verdict = await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            if attempt in self._ended:
+                bound.info("attempt stopped: the run ended")
+                return  # the agent is gone; the message is done with
+            attempt.cancel()  # shutting down: stop the agent, hand the message back
+            with contextlib.suppress(BaseException):
+                await attempt
+            raise
+        finally:
+            running.discard(attempt)
+            self._ended.discard(attempt)
+            if not running:
+                self._running.pop(event.run_id, None)
         bound.info(
             "attempt finished",
             ok=verdict.ok,
@@ -102,5 +144,10 @@ class ExecutorService(Service):
             return False
         if not entry.value:
             return False
-        node = decode_record(entry.value).nodes.get(task.node_id)
+        record = decode_record(entry.value)
+        node = record.nodes.get(task.node_id)
+        if node is not None and task.item is not None:
+            node = node.items[task.item] if node.items and task.item < len(node.items) else None
+        if record.status != "running":
+            return True
         return node is not None and (node.attempts != task.attempt or node.status != "running")

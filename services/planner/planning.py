@@ -32,4 +32,6 @@ async def plan_run(request: RunRequested, load_agents: AgentLoader) -> RunPlanne
         plan=plan_workflow(workflow, agents),
         inputs=inputs,
         trigger=request.trigger,
+        retry_of=request.retry_of,
+        reuse={k: v for k, v in request.reuse.items() if k in {n.id for n in workflow.spec.nodes}},
     )

@@ -1,14 +1,20 @@
 """The run state machine, as pure functions of a record and an event.
 
 Each function returns the next record with its ``outbox``: the messages that must be published
-because of this transition. The service writes the record with compare-and-set *before*
-publishing, and every message carries a de-dup id, so a crash at any point neither loses nor
-doubles a dispatch.
+because of this transition (dispatches, timers, run events). The service stores the record with
+compare-and-set *before* publishing, and every message carries a de-dup id, so a crash at any
+point neither loses nor doubles a dispatch. Functions return None when the event changes nothing
+(a repeat, or a result for an attempt that is no longer current): events are idempotent.
+
+A *slot* is what runs: a node, or one item of a ``foreach`` node. Time comes in as ``Clock``
+(wall-clock text for the record, epoch seconds for timers), so replicas replaying the same event
+decide the same thing; retry jitter is seeded by run, slot and attempt for the same reason.
 """
 
 from __future__ import annotations
 
-import time
+import random
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -18,6 +24,8 @@ from shared.contract import (
     NodeRecord,
     Outgoing,
     PlannedNode,
+    RetryPolicy,
+    RunCancelRequested,
     RunFinished,
     RunPlanned,
     RunRecord,
@@ -26,153 +34,399 @@ from shared.contract import (
     TaskDispatched,
     TaskFailed,
     TaskSucceeded,
+    TimerDue,
     node_results,
+    unit_token,
 )
+from shared.durations import format_duration
+from shared.workflow.expressions import ExpressionError, evaluate
 from shared.workflow.templates import TemplateError, render
 
-_DONE = ("succeeded", "failed", "skipped", "cancelled")
+DONE = ("succeeded", "failed", "skipped", "cancelled")
+replace = msgspec.structs.replace
 
 
-def start_run(event: RunPlanned, *, now: str, pool: str) -> RunRecord:
-    assert event.plan is not None
+@dataclass(frozen=True, slots=True)
+class Clock:
+    now: str  # RFC 3339, for the record
+    epoch: float  # seconds, for timers
+    pool: str = "default"
+
+
+# --- entry points -------------------------------------------------------------------------------
+
+
+def start_run(event: RunPlanned, clock: Clock, *, queued: bool = False) -> RunRecord:
+    nodes = {}
+    for n in event.plan.nodes:
+        if n.id in event.reuse:
+            nodes[n.id] = NodeRecord(
+                status="succeeded", output=event.reuse[n.id], reused_from=event.retry_of, finished_at=clock.now
+            )
+        else:
+            nodes[n.id] = NodeRecord()
     record = RunRecord(
         run_id=event.run_id,
         workflow=event.workflow,
-        status="running",
         inputs=event.inputs,
         trigger=event.trigger,
         plan=event.plan,
-        nodes={n.id: NodeRecord() for n in event.plan.nodes},
-        created_at=now,
-        updated_at=now,
+        nodes=nodes,
+        created_at=clock.now,
+        updated_at=clock.now,
+        queued=queued,
+        retry_of=event.retry_of,
     )
-    started = Outgoing(
-        subject=subjects.run_started(event.run_id),
-        msg_id=f"{event.run_id}:started",
-        event=RunStarted(run_id=event.run_id, workflow=event.workflow, nodes=[n.id for n in event.plan.nodes]),
-    )
-    return advance(record, now=now, pool=pool, outbox=[started])
+    if queued:
+        return record  # waits for `admit` under the workflow's concurrency
+    return _begin(record, clock)
 
 
-def reject_run(event: RunRejected, *, now: str) -> RunRecord:
+def admit(record: RunRecord, clock: Clock) -> RunRecord | None:
+    """A queued run's turn has come."""
+    if not record.queued or record.status != "running":
+        return None
+    return _begin(replace(record, queued=False), clock)
+
+
+def reject_run(event: RunRejected, clock: Clock) -> RunRecord:
     error = "the workflow was rejected before it ran:\n" + "\n".join(event.errors)
     record = RunRecord(
         run_id=event.run_id,
         workflow=event.workflow,
         status="failed",
         error=error,
-        created_at=now,
-        updated_at=now,
-        finished_at=now,
+        created_at=clock.now,
+        updated_at=clock.now,
+        finished_at=clock.now,
         rejected=list(event.errors),
     )
-    return msgspec.structs.replace(record, outbox=[_finished(record)])
+    return replace(record, outbox=[_finished(record)])
 
 
-def apply_result(record: RunRecord, event: TaskSucceeded | TaskFailed, *, now: str, pool: str) -> RunRecord | None:
+def apply_result(record: RunRecord, event: TaskSucceeded | TaskFailed, clock: Clock) -> RunRecord | None:
     """The record after a task result, or None when the result is stale or already applied."""
-    node = record.nodes.get(event.node_id)
-    if node is None or node.status != "running" or node.attempts != event.attempt or record.status != "running":
+    if record.status != "running" or record.queued or record.plan is None:
         return None
+    slot = _slot(record, event.node_id, event.item)
+    if slot is None or slot.status != "running" or slot.attempts != event.attempt or slot.retry_at is not None:
+        return None
+    outbox: list[Outgoing] = []
     if isinstance(event, TaskSucceeded):
-        updated = msgspec.structs.replace(
-            node, status="succeeded", output=event.output, error=None, finished_at=now, duration_s=event.duration_s
-        )
-    else:
-        updated = msgspec.structs.replace(
-            node,
-            status="failed",
-            error=event.error,
-            errors=[*node.errors, f"attempt {event.attempt}: {event.error}"],
-            finished_at=now,
+        slot = replace(
+            slot,
+            status="succeeded",
+            output=event.output,
+            error=None,
+            finished_at=clock.now,
             duration_s=event.duration_s,
         )
-    record = msgspec.structs.replace(record, nodes={**record.nodes, event.node_id: updated})
-    return advance(record, now=now, pool=pool, outbox=[])
+    else:
+        planned = _planned(record, event.node_id)
+        slot = replace(
+            slot, errors=[*slot.errors, f"attempt {event.attempt}: {event.error}"], duration_s=event.duration_s
+        )
+        if event.retryable and event.attempt < planned.retry.attempts:
+            due = clock.epoch + backoff(planned.retry, event.attempt, f"{record.run_id}:{event.node_id}:{event.item}")
+            slot = replace(slot, retry_at=due, error=event.error)
+            outbox.append(_timer(record.run_id, "retry", due, event.node_id, event.item, event.attempt + 1))
+        else:
+            slot = replace(slot, status="failed", error=event.error, finished_at=clock.now)
+    record = _put_slot(record, event.node_id, event.item, slot)
+    return advance(record, clock, outbox)
 
 
-def advance(record: RunRecord, *, now: str, pool: str, outbox: list[Outgoing]) -> RunRecord:
-    """Skip what can no longer run, dispatch what is ready, and finish the run when nothing is left."""
+def fire_timer(record: RunRecord, timer: TimerDue, clock: Clock) -> RunRecord | None:
+    if timer.kind == "admit":
+        return admit(record, clock)
+    if record.status != "running" or record.plan is None:
+        return None
+    if timer.kind == "deadline":
+        if record.queued:
+            return None
+        limit = format_duration(record.plan.timeout_s or 0)
+        return _stop(
+            record,
+            clock,
+            status="failed",
+            error=f"the run exceeded its timeout of {limit}; running nodes were cancelled",
+        )
+    slot = _slot(record, timer.node_id, timer.item)
+    if slot is None or slot.status != "running" or slot.retry_at is None or slot.attempts != timer.attempt - 1:
+        return None
+    slot = replace(slot, attempts=timer.attempt, retry_at=None, started_at=clock.now)
+    record = _put_slot(record, timer.node_id, timer.item, slot)
+    planned = _planned(record, timer.node_id)
+    return advance(record, clock, [_dispatch(record, planned, timer.item, slot.input, timer.attempt, clock)])
+
+
+def cancel(record: RunRecord, event: RunCancelRequested, clock: Clock) -> RunRecord | None:
+    if record.status != "running":
+        return None
+    who = f" by {event.requested_by}" if event.requested_by else ""
+    why = f": {event.reason}" if event.reason else ""
+    return _stop(record, clock, status="cancelled", error=f"cancelled{who}{why}")
+
+
+# --- the core -----------------------------------------------------------------------------------
+
+
+def advance(record: RunRecord, clock: Clock, outbox: list[Outgoing]) -> RunRecord:
+    """Skip what can no longer run, start what is ready, finish the run when nothing is left."""
     assert record.plan is not None
     nodes = dict(record.nodes)
-    plan = {n.id: n for n in record.plan.nodes}
     changed = True
-    while changed:  # a skip or a template failure can unblock further decisions
+    while changed:  # a skip or an instant failure can unblock further decisions
         changed = False
-        for node_id, planned in plan.items():
-            state = nodes[node_id]
-            if state.status != "pending":
-                continue
-            deps = [nodes[d].status for d in planned.needs]
-            if any(s in ("failed", "skipped", "cancelled") for s in deps):
-                blocked = [d for d in planned.needs if nodes[d].status != "succeeded"]
-                nodes[node_id] = msgspec.structs.replace(
-                    state,
-                    status="skipped",
-                    error=f"not run: upstream {', '.join(blocked)} did not succeed",
-                    finished_at=now,
-                )
-                changed = True
-            elif all(s == "succeeded" for s in deps):
-                try:
-                    task_input = render(planned.with_, _context(record, nodes))
-                except TemplateError as exc:
-                    nodes[node_id] = msgspec.structs.replace(
-                        state, status="failed", error=f"cannot build the input: {exc}", finished_at=now
-                    )
-                    changed = True
-                    continue
-                attempt = state.attempts + 1
-                nodes[node_id] = msgspec.structs.replace(state, status="running", attempts=attempt, started_at=now)
-                outbox.append(_dispatch(record, planned, task_input, attempt, pool))
-    record = msgspec.structs.replace(record, nodes=nodes, updated_at=now)
-    if all(n.status in _DONE for n in nodes.values()):
-        record = _finish(record, now=now)
+        for planned in record.plan.nodes:
+            state = nodes[planned.id]
+            if state.status == "pending":
+                new = _decide(record, nodes, planned, clock, outbox)
+                if new is not state:
+                    nodes[planned.id] = new
+                    changed = changed or new.status in DONE
+            if planned.foreach is not None and nodes[planned.id].status == "running":
+                new = _fan_out(record, nodes[planned.id], planned, clock, outbox)
+                if new is not nodes[planned.id]:
+                    nodes[planned.id] = new
+                    changed = changed or new.status in DONE
+    record = replace(record, nodes=nodes, updated_at=clock.now)
+    if all(n.status in DONE for n in nodes.values()):
+        record = _finish(record, clock)
         outbox.append(_finished(record))
-    return msgspec.structs.replace(record, outbox=outbox)
+    return replace(record, outbox=outbox)
+
+
+def _decide(
+    record: RunRecord, nodes: dict[str, NodeRecord], planned: PlannedNode, clock: Clock, outbox: list[Outgoing]
+) -> NodeRecord:
+    state = nodes[planned.id]
+    deps = {d: nodes[d] for d in planned.needs}
+    plan = {p.id: p for p in record.plan.nodes} if record.plan else {}
+    # A need that ended any way but success (or a failure it may continue on) means this node
+    # can never run: say so at once rather than when the other needs are done.
+    blocked = [
+        d
+        for d, s in deps.items()
+        if s.status in DONE and not (s.status == "succeeded" or (s.status == "failed" and plan[d].continue_on_failure))
+    ]
+    if blocked:
+        why = ", ".join(f"{d} {deps[d].status}" for d in blocked)
+        return replace(state, status="skipped", error=f"not run: upstream {why}", finished_at=clock.now)
+    if any(d.status not in DONE for d in deps.values()):
+        return state
+    context = _context(record, nodes)
+    if planned.when is not None:
+        try:
+            go = evaluate(planned.when, context)
+        except ExpressionError as exc:
+            return replace(state, status="failed", error=f"cannot evaluate `when`: {exc}", finished_at=clock.now)
+        if not go:
+            return replace(
+                state, status="skipped", error=f"not run: `when` is false ({planned.when})", finished_at=clock.now
+            )
+    if planned.foreach is not None:
+        try:
+            values = render(planned.foreach, context)
+        except TemplateError as exc:
+            return replace(state, status="failed", error=f"cannot build the foreach list: {exc}", finished_at=clock.now)
+        if not isinstance(values, list):
+            return replace(
+                state,
+                status="failed",
+                finished_at=clock.now,
+                error=f"foreach must yield a list, but {planned.foreach!r} is {type(values).__name__}",
+            )
+        if not values:
+            return replace(state, status="succeeded", output=[], items=[], finished_at=clock.now, started_at=clock.now)
+        items = []
+        for index, value in enumerate(values):
+            try:
+                item_input = render(planned.with_, {**context, "item": value, "index": index})
+            except TemplateError as exc:
+                items.append(NodeRecord(status="failed", error=f"cannot build the input: {exc}", finished_at=clock.now))
+                continue
+            items.append(NodeRecord(input=item_input))
+        return replace(state, status="running", items=items, started_at=clock.now)
+    try:
+        task_input = render(planned.with_, context)
+    except TemplateError as exc:
+        return replace(state, status="failed", error=f"cannot build the input: {exc}", finished_at=clock.now)
+    outbox.append(_dispatch(record, planned, None, task_input, 1, clock))
+    return replace(state, status="running", attempts=1, input=task_input, started_at=clock.now)
+
+
+def _fan_out(
+    record: RunRecord, state: NodeRecord, planned: PlannedNode, clock: Clock, outbox: list[Outgoing]
+) -> NodeRecord:
+    """Start pending items up to `parallelism`; complete the node when every item is done."""
+    items = state.items or []
+    running = sum(1 for it in items if it.status == "running")
+    room = (planned.parallelism or len(items)) - running
+    started: dict[int, NodeRecord] = {}
+    if room > 0:
+        for index, item in enumerate(items):
+            if room <= 0:
+                break
+            if item.status == "pending":
+                outbox.append(_dispatch(record, planned, index, item.input, 1, clock))
+                started[index] = replace(item, status="running", attempts=1, started_at=clock.now)
+                room -= 1
+    if started:
+        items = [started.get(i, it) for i, it in enumerate(items)]
+    if any(it.status not in DONE for it in items):
+        return replace(state, items=items) if started else state
+    failed = [i for i, it in enumerate(items) if it.status != "succeeded"]
+    if failed:
+        first = items[failed[0]]
+        error = f"{len(failed)} of {len(items)} items did not succeed; item {failed[0]}: {first.error}"
+        return replace(
+            state, items=items, status="failed", error=error, finished_at=clock.now, output=[it.output for it in items]
+        )
+    return replace(
+        state,
+        items=items,
+        status="succeeded",
+        output=[it.output for it in items],
+        finished_at=clock.now,
+        attempts=max((it.attempts for it in items), default=0),
+    )
+
+
+def _begin(record: RunRecord, clock: Clock) -> RunRecord:
+    assert record.plan is not None
+    outbox = [
+        Outgoing(
+            subject=subjects.run_started(record.run_id),
+            msg_id=f"{record.run_id}:started",
+            event=RunStarted(run_id=record.run_id, workflow=record.workflow, nodes=[n.id for n in record.plan.nodes]),
+        )
+    ]
+    if record.plan.timeout_s:
+        outbox.append(_timer(record.run_id, "deadline", clock.epoch + record.plan.timeout_s, "", None, 0))
+    return advance(record, clock, outbox)
+
+
+def _stop(record: RunRecord, clock: Clock, *, status: str, error: str) -> RunRecord:
+    """End the run now: what runs or waits is cancelled."""
+
+    def stop(slot: NodeRecord) -> NodeRecord:
+        if slot.status in DONE:
+            return slot
+        items = [stop(it) for it in slot.items] if slot.items is not None else None
+        return replace(
+            slot,
+            status="cancelled",
+            items=items,
+            retry_at=None,
+            finished_at=clock.now,
+            error=slot.error if slot.status == "running" and slot.error else error,
+        )
+
+    nodes = {nid: stop(n) for nid, n in record.nodes.items()}
+    record = replace(
+        record, nodes=nodes, status=status, error=error, finished_at=clock.now, updated_at=clock.now, queued=False
+    )
+    record = replace(record, outputs=_outputs(record)[0])
+    return replace(record, outbox=[_finished(record)])
+
+
+def _finish(record: RunRecord, clock: Clock) -> RunRecord:
+    assert record.plan is not None
+    plan = {p.id: p for p in record.plan.nodes}
+    failed = [nid for nid, n in record.nodes.items() if n.status == "failed" and not plan[nid].continue_on_failure]
+    outputs, output_error = _outputs(record)
+    error: str | None = None
+    if failed:
+        first = record.nodes[failed[0]]
+        error = f"node {failed[0]!r} failed: {first.error}"
+        if len(failed) > 1:
+            error += f" (and {len(failed) - 1} more: {', '.join(failed[1:])})"
+    elif output_error:
+        error = output_error
+    status = "failed" if error else "succeeded"
+    return replace(record, status=status, outputs=outputs, error=error, finished_at=clock.now)
+
+
+def _outputs(record: RunRecord) -> tuple[dict[str, Any], str | None]:
+    assert record.plan is not None
+    outputs: dict[str, Any] = {}
+    first_error = None
+    context = _context(record, record.nodes)
+    for name, template in record.plan.outputs.items():
+        try:
+            outputs[name] = render(template, context)
+        except TemplateError as exc:
+            first_error = first_error or f"output {name!r}: {exc}"
+    return outputs, first_error
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def backoff(policy: RetryPolicy, attempt: int, seed: str) -> float:
+    """Seconds to wait after failed attempt ``attempt`` (1-based) before the next one."""
+    delay = min(policy.backoff_s * policy.factor ** (attempt - 1), policy.max_backoff_s)
+    if policy.jitter:
+        delay *= random.Random(f"{seed}:{attempt}").uniform(0.5, 1.0)
+    return delay
 
 
 def _context(record: RunRecord, nodes: dict[str, NodeRecord]) -> dict[str, Any]:
     return {
         "inputs": record.inputs,
         "trigger": record.trigger,
-        "nodes": {nid: {"output": n.output, "status": n.status} for nid, n in nodes.items() if n.status in _DONE},
+        "nodes": {nid: {"output": n.output, "status": n.status} for nid, n in nodes.items() if n.status in DONE},
     }
 
 
-def _dispatch(record: RunRecord, planned: PlannedNode, task_input: Any, attempt: int, pool: str) -> Outgoing:
+def _planned(record: RunRecord, node_id: str) -> PlannedNode:
+    assert record.plan is not None
+    return next(n for n in record.plan.nodes if n.id == node_id)
+
+
+def _slot(record: RunRecord, node_id: str, item: int | None) -> NodeRecord | None:
+    node = record.nodes.get(node_id)
+    if node is None or item is None:
+        return node if item is None else None
+    if node.items is None or not 0 <= item < len(node.items):
+        return None
+    return node.items[item]
+
+
+def _put_slot(record: RunRecord, node_id: str, item: int | None, slot: NodeRecord) -> RunRecord:
+    if item is None:
+        return replace(record, nodes={**record.nodes, node_id: slot})
+    node = record.nodes[node_id]
+    items = list(node.items or [])
+    items[item] = slot
+    return replace(record, nodes={**record.nodes, node_id: replace(node, items=items)})
+
+
+def _dispatch(
+    record: RunRecord, planned: PlannedNode, item: int | None, task_input: Any, attempt: int, clock: Clock
+) -> Outgoing:
     task = TaskDispatched(
         run_id=record.run_id,
         workflow=record.workflow,
         node_id=planned.id,
+        item=item,
         attempt=attempt,
         agent=planned.agent,
         input=task_input,
         timeout_s=planned.timeout_s or planned.agent.timeout_s,
-        dispatched_at=time.time(),
+        dispatched_at=clock.epoch,
     )
-    return Outgoing(subject=subjects.dispatch(pool), msg_id=task.key, event=task)
+    return Outgoing(subject=subjects.dispatch(clock.pool), msg_id=task.key, event=task)
 
 
-def _finish(record: RunRecord, *, now: str) -> RunRecord:
-    failed = [nid for nid, n in record.nodes.items() if n.status == "failed"]
-    outputs: dict[str, Any] = {}
-    error: str | None = None
-    context = _context(record, record.nodes)
-    assert record.plan is not None
-    for name, template in record.plan.outputs.items():
-        try:
-            outputs[name] = render(template, context)
-        except TemplateError as exc:
-            if not failed:
-                error = f"output {name!r}: {exc}"
-    if failed:
-        first = record.nodes[failed[0]]
-        error = f"node {failed[0]!r} failed: {first.error}"
-        if len(failed) > 1:
-            error += f" (and {len(failed) - 1} more: {', '.join(failed[1:])})"
-    status = "failed" if error else "succeeded"
-    return msgspec.structs.replace(record, status=status, outputs=outputs, error=error, finished_at=now)
+def _timer(run_id: str, kind: str, due: float, node_id: str, item: int | None, attempt: int) -> Outgoing:
+    unit = unit_token(node_id, item) if node_id else "-"
+    return Outgoing(
+        subject=subjects.timer(run_id),
+        msg_id=f"{run_id}:timer:{kind}:{unit}:{attempt}",
+        event=TimerDue(run_id=run_id, kind=kind, due_at=due, node_id=node_id, item=item, attempt=attempt),  # type: ignore[arg-type]
+    )
 
 
 def _finished(record: RunRecord) -> Outgoing:

@@ -1,10 +1,13 @@
-"""Wires run and task events to the engine, with the run record in KV under compare-and-set.
+"""Wires run, task and timer events to the engine, with the run record in KV under compare-and-set.
 
 Write-then-publish with an outbox: a transition is first stored with its messages (CAS on the
 revision, so two replicas never lose an update), then the messages are published with de-dup
 ids, and only then is the event acked. A crash in between leaves the outbox in the record; the
 event is redelivered, and whoever touches the run next publishes that outbox again (JetStream
-drops the repeats).
+drops the repeats). See docs/adr/0001-run-records-and-outbox.md.
+
+Events of one run that arrive together (a fan-in, a 1,000-item foreach) are applied as one
+batch: one KV write for all of them.
 """
 
 from __future__ import annotations
@@ -24,25 +27,30 @@ from shared.bus import Delivery
 from shared.config import seconds
 from shared.contract import (
     AnyEvent,
+    Outgoing,
+    RunCancelRequested,
+    RunFinished,
     RunPlanned,
     RunRecord,
     RunRejected,
     TaskDispatched,
     TaskFailed,
     TaskSucceeded,
+    TimerDue,
     decode_event,
     decode_record,
     encode,
 )
 from shared.envelope import now_rfc3339
-from shared.errors import PermanentError, RetryableError
+from shared.errors import NotYet, PermanentError, RetryableError
 from shared.service import Service
 
 from . import engine
+from .admission import Admission
 
 log = structlog.get_logger("flowyard.scheduler")
 
-Transition = Callable[[RunRecord | None], RunRecord | None]
+Transition = Callable[[RunRecord | None, engine.Clock], RunRecord | None]
 _MAX_CONFLICTS = 50
 _CACHE_RUNS = 10_000
 
@@ -51,12 +59,15 @@ class SchedulerService(Service):
     name = "scheduler"
 
     async def setup(self) -> None:
+        self.records: KeyValue = await self.bus.kv(subjects.RUNS_BUCKET)
+        self.admission = Admission(await self.bus.kv(subjects.CONCURRENCY_BUCKET))
         self._locks: dict[str, asyncio.Lock] = {}
+        self._waiting: dict[str, list[tuple[Transition, asyncio.Future[None]]]] = {}
         # The last record this replica wrote per run, with its revision and whether its outbox
-        # went out: saves a KV read and an outbox-clearing write per step. CAS catches staleness.
+        # went out: saves a KV read per step. CAS catches a copy gone stale.
         self._cache: OrderedDict[str, tuple[int, RunRecord, bool]] = OrderedDict()
         self._dedup_window = seconds(self.config.bus.duplicate_window)
-        self.records: KeyValue = await self.bus.kv(subjects.RUNS_BUCKET)
+        concurrency = self.config.scheduler.concurrency
         self.consumers.append(
             self.bus.consumer(
                 durable="scheduler",
@@ -64,46 +75,87 @@ class SchedulerService(Service):
                 filters=subjects.SCHEDULER_FILTERS,
                 decode=decode_event,
                 handler=self.handle,
-                concurrency=self.config.scheduler.concurrency,
+                concurrency=concurrency,
+            )
+        )
+        # Timers are handed back by JetStream until due; they never run out of deliveries.
+        self.consumers.append(
+            self.bus.consumer(
+                durable="scheduler-timers",
+                stream=subjects.TIMERS_STREAM,
+                filters=subjects.TIMER_FILTERS,
+                decode=decode_event,
+                handler=self.handle_timer,
+                concurrency=concurrency,
+                max_deliver=-1,
             )
         )
 
+    def clock(self) -> engine.Clock:
+        return engine.Clock(now=now_rfc3339(), epoch=time.time(), pool=self.config.scheduler.pool)
+
     async def handle(self, event: AnyEvent, delivery: Delivery) -> None:
-        pool = self.config.scheduler.pool
         match event:
             case RunPlanned():
-                await self.mutate(
-                    event.run_id,
-                    lambda rec: engine.start_run(event, now=now_rfc3339(), pool=pool) if rec is None else None,
-                )
+                await self._plan(event)
             case RunRejected():
-                await self.mutate(
-                    event.run_id, lambda rec: engine.reject_run(event, now=now_rfc3339()) if rec is None else None
-                )
+                await self.mutate(event.run_id, lambda rec, clk: engine.reject_run(event, clk) if rec is None else None)
             case TaskSucceeded() | TaskFailed():
-                await self.mutate(
-                    event.run_id,
-                    lambda rec: engine.apply_result(rec, event, now=now_rfc3339(), pool=pool) if rec else None,
-                )
+                await self.mutate(event.run_id, lambda rec, clk: engine.apply_result(rec, event, clk) if rec else None)
+            case RunCancelRequested():
+                await self.mutate(event.run_id, lambda rec, clk: engine.cancel(rec, event, clk) if rec else None)
             case _:
                 raise PermanentError(f"the scheduler does not handle {type(event).__name__}")
+
+    async def handle_timer(self, event: AnyEvent, delivery: Delivery) -> None:
+        if not isinstance(event, TimerDue):
+            raise PermanentError(f"the timer consumer handles timers only, got {type(event).__name__}")
+        wait = event.due_at - time.time()
+        if wait > 0.001:
+            raise NotYet(wait)
+        await self.mutate(event.run_id, lambda rec, clk: engine.fire_timer(rec, event, clk) if rec else None)
+
+    async def _plan(self, event: RunPlanned) -> None:
+        limit = event.plan.concurrency
+        queued = False
+        if limit is not None:
+            queued = not await self.admission.enter(event.workflow, event.run_id, limit)
+            if queued:
+                log.info("run queued", run_id=event.run_id, workflow=event.workflow, concurrency=limit)
+        await self.mutate(
+            event.run_id, lambda rec, clk: engine.start_run(event, clk, queued=queued) if rec is None else None
+        )
+
+    # --- the record under compare-and-set ------------------------------------------------------
 
     async def mutate(self, run_id: str, transition: Transition) -> None:
         try:
             subjects.check_token(run_id, "run id")
         except ValueError as exc:
             raise PermanentError(str(exc)) from None
-        # Results of one run arriving together (a fan-in) would otherwise race each other into
-        # CAS conflicts inside this replica; CAS still arbitrates between replicas.
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(run_id, []).append((transition, done))
         lock = self._locks.setdefault(run_id, asyncio.Lock())
-        try:
-            async with lock:
-                await self._mutate(run_id, transition)
-        finally:
-            if not lock.locked() and not lock._waiters:
-                self._locks.pop(run_id, None)
+        async with lock:
+            if not done.done():
+                # Everything queued for this run while the previous batch was written goes in one write.
+                batch = self._waiting.pop(run_id, [])
+                try:
+                    await self._apply(run_id, [t for t, _ in batch])
+                except BaseException as exc:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                else:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_result(None)
+        if not lock.locked() and not self._waiting.get(run_id):
+            self._locks.pop(run_id, None)
+            self._waiting.pop(run_id, None)
+        await done
 
-    async def _mutate(self, run_id: str, transition: Transition) -> None:
+    async def _apply(self, run_id: str, transitions: list[Transition]) -> None:
         for _ in range(_MAX_CONFLICTS):
             cached = self._cache.get(run_id)
             if cached is not None:
@@ -113,13 +165,23 @@ class SchedulerService(Service):
                 sent = False
             if record is not None and record.outbox and not sent:
                 await self._flush_foreign(record)
-            new = transition(record)
-            if new is None:
+            clock = self.clock()
+            new, outbox = record, []
+            for transition in transitions:
+                step = transition(new, clock)
+                if step is not None:
+                    new = step
+                    outbox.extend(step.outbox)
+            if new is record:
                 if cached is not None:
-                    # Our copy may be behind another replica's: judge the event on the stored one.
+                    # Our copy may be behind another replica's: judge the events on the stored one.
                     self._cache.pop(run_id, None)
                     continue
+                if record is not None and record.status != "running":
+                    await self._release(record)  # in case a crash came between finishing and releasing
                 return
+            assert new is not None
+            new = engine.replace(new, outbox=outbox)
             try:
                 if record is None:
                     revision = await self.records.create(run_id, encode(new))
@@ -129,34 +191,31 @@ class SchedulerService(Service):
                 self._cache.pop(run_id, None)
                 continue  # another replica moved the record on; apply to its version
             self._remember(run_id, revision, new, sent=False)
-            await self._flush(new)
+            await self._publish(new.outbox)
             if new.status == "running":
                 self._remember(run_id, revision, new, sent=True)
-            else:
-                self._cache.pop(run_id, None)
-                if record is None or record.status == "running":
-                    log.info("run finished", run_id=run_id, workflow=new.workflow, status=new.status, error=new.error)
+                return
+            self._cache.pop(run_id, None)
+            if record is None or record.status == "running":
+                log.info("run finished", run_id=run_id, workflow=new.workflow, status=new.status, error=new.error)
+            await self._release(new)
             return
         raise RetryableError(f"run {run_id}: record kept changing under {_MAX_CONFLICTS} attempts", delay=0.2)
+
+    async def _release(self, record: RunRecord) -> None:
+        """A finished run leaves its workflow's concurrency; the next queued run is admitted."""
+        if record.plan is None or record.plan.concurrency is None:
+            return
+        admitted = await self.admission.leave(record.workflow, record.run_id, record.plan.concurrency)
+        for run_id in admitted:
+            timer = TimerDue(run_id=run_id, kind="admit", due_at=0.0)
+            await self.bus.publish(subjects.timer(run_id), timer, msg_id=f"{run_id}:timer:admit")
 
     def _remember(self, run_id: str, revision: int, record: RunRecord, *, sent: bool) -> None:
         self._cache[run_id] = (revision, record, sent)
         self._cache.move_to_end(run_id)
         while len(self._cache) > _CACHE_RUNS:
             self._cache.popitem(last=False)
-
-    async def _flush_foreign(self, record: RunRecord) -> None:
-        """Publish an outbox another writer (or an earlier life of this one) stored.
-
-        Outboxes are not cleared after publishing (that would cost a KV write per step), so this
-        is usually a repeat that JetStream drops as a duplicate. Past the de-dup window only
-        dispatches are re-sent: executors check the run record before running an old dispatch.
-        """
-        age = time.time() - _epoch(record.updated_at)
-        fresh = age < self._dedup_window
-        for out in record.outbox:
-            if fresh or isinstance(out.event, TaskDispatched):
-                await self.bus.publish(out.subject, out.event, msg_id=out.msg_id)
 
     async def _load(self, run_id: str) -> tuple[RunRecord | None, int]:
         try:
@@ -167,9 +226,26 @@ class SchedulerService(Service):
             return None, entry.revision or 0
         return decode_record(entry.value), entry.revision or 0
 
-    async def _flush(self, record: RunRecord) -> None:
-        for out in record.outbox:
-            await self.bus.publish(out.subject, out.event, msg_id=out.msg_id)
+    async def _publish(self, outbox: list[Outgoing]) -> None:
+        """Publish concurrently (a fan-out is hundreds of dispatches); the run's end goes last."""
+        first = [o for o in outbox if not isinstance(o.event, RunFinished)]
+        last = [o for o in outbox if isinstance(o.event, RunFinished)]
+        for chunk in (first[i : i + 256] for i in range(0, len(first), 256)):
+            await asyncio.gather(*(self.bus.publish(o.subject, o.event, msg_id=o.msg_id) for o in chunk))
+        for o in last:
+            await self.bus.publish(o.subject, o.event, msg_id=o.msg_id)
+
+    async def _flush_foreign(self, record: RunRecord) -> None:
+        """Publish an outbox another writer (or an earlier life of this one) stored.
+
+        Outboxes are not cleared after publishing (that would cost a KV write per step), so this
+        is usually a repeat that JetStream drops as a duplicate. Past the de-dup window only
+        dispatches and timers are re-sent: executors check the run record before running an old
+        dispatch, and timers are idempotent.
+        """
+        age = time.time() - _epoch(record.updated_at)
+        fresh = age < self._dedup_window
+        await self._publish([o for o in record.outbox if fresh or isinstance(o.event, TaskDispatched | TimerDue)])
 
 
 def _epoch(rfc3339: str) -> float:

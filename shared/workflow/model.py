@@ -70,9 +70,22 @@ class InputDef(_Doc, kw_only=True):
         return self.default is msgspec.UNSET
 
 
+class RetrySpec(_Doc, kw_only=True):
+    attempts: int = 1  # total tries, the first included
+    backoff: str = "1s"  # wait before the second try
+    factor: float = 2.0  # each further wait is this many times the previous one
+    max_backoff: str = "5m"
+    jitter: bool = True  # wait a random 50-100% of the computed back-off
+
+
+class Defaults(_Doc, kw_only=True):
+    retry: RetrySpec | None = None
+    timeout: str | None = None  # per node attempt, unless the node says otherwise
+
+
 # Keys reserved for later releases; present so they are not "unknown", refused until implemented.
-RESERVED_NODE_KEYS = ("when", "foreach", "parallelism", "retry", "approval", "continue_on_failure")
-RESERVED_SPEC_KEYS = ("triggers", "defaults", "concurrency", "timeout")
+RESERVED_NODE_KEYS = ("approval",)
+RESERVED_SPEC_KEYS = ("triggers",)
 
 
 class NodeDef(_Doc, kw_only=True):
@@ -82,12 +95,12 @@ class NodeDef(_Doc, kw_only=True):
     needs: list[str] = []
     with_: dict[str, Any] = msgspec.field(default_factory=dict, name="with")
     timeout: str | None = None
-    when: Any = None
-    foreach: Any = None
-    parallelism: Any = None
-    retry: Any = None
+    when: str | None = None  # a condition over inputs, trigger and upstream nodes
+    foreach: str | list[Any] | None = None  # a template yielding a list, or a list
+    parallelism: int | None = None  # at most this many foreach items at once
+    retry: RetrySpec | None = None
+    continue_on_failure: bool = False
     approval: Any = None
-    continue_on_failure: Any = None
 
 
 class WorkflowSpec(_Doc, kw_only=True):
@@ -95,10 +108,10 @@ class WorkflowSpec(_Doc, kw_only=True):
     inputs: dict[str, InputDef] = {}
     nodes: list[NodeDef]
     outputs: dict[str, Any] = {}
+    defaults: Defaults | None = None
+    concurrency: int | None = None  # runs of this workflow at once; more wait their turn
+    timeout: str | None = None  # the whole run
     triggers: Any = None
-    defaults: Any = None
-    concurrency: Any = None
-    timeout: Any = None
 
 
 class WorkflowDoc(_Doc, kw_only=True):
@@ -111,5 +124,16 @@ class WorkflowDoc(_Doc, kw_only=True):
 # Every key a document may hold, for did-you-mean hints on unknown ones.
 KNOWN_KEYS: dict[str, list[str]] = {
     t.__name__: [f.encode_name for f in msgspec.structs.fields(t)]
-    for t in (Metadata, Resources, AgentSpec, AgentDoc, InputDef, NodeDef, WorkflowSpec, WorkflowDoc)
+    for t in (
+        Metadata,
+        Resources,
+        AgentSpec,
+        AgentDoc,
+        InputDef,
+        NodeDef,
+        WorkflowSpec,
+        WorkflowDoc,
+        RetrySpec,
+        Defaults,
+    )
 }

@@ -1,4 +1,5 @@
-"""``{{ inputs.NAME }}`` and ``{{ nodes.ID.output.FIELD... }}`` templates, evaluated without eval.
+"""``{{ inputs.NAME }}``, ``{{ nodes.ID.output.FIELD... }}``, ``{{ nodes.ID.status }}``, ``{{ trigger... }}``
+and, in a foreach node, ``{{ item... }}`` and ``{{ index }}`` — templates, evaluated without eval.
 
 A string that is exactly one template keeps the JSON type of the value (list, object, number,
 bool); otherwise each value is interpolated into the string (strings as they are, anything else as
@@ -17,7 +18,8 @@ from typing import Any
 _TEMPLATE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 _SEGMENT = re.compile(r"\s*(?:\.?\s*([A-Za-z_][A-Za-z0-9_-]*)|\[\s*(\d+)\s*\]|\[\s*\"([^\"]*)\"\s*\]|\.(\d+))")
 
-ROOTS = ("inputs", "nodes", "trigger")
+ROOTS = ("inputs", "nodes", "trigger", "item", "index")
+FOREACH_ROOTS = ("item", "index")  # only inside a node with `foreach`
 
 
 class TemplateError(ValueError):

@@ -13,10 +13,11 @@ from typing import Any
 
 import msgspec
 
-from shared.contract import AgentResources, AgentSnapshot, Plan, PlannedNode
+from shared.contract import AgentResources, AgentSnapshot, Plan, PlannedNode, RetryPolicy
 from shared.durations import parse_duration
 from shared.errors import ValidationFailed
 from shared.schemas import first_error, schema_problem
+from shared.workflow.expressions import ExpressionError, parse, references
 from shared.workflow.loader import Located, line_of
 from shared.workflow.model import (
     MEMORY_RE,
@@ -26,9 +27,10 @@ from shared.workflow.model import (
     RESERVED_SPEC_KEYS,
     AgentDoc,
     InputDef,
+    RetrySpec,
     WorkflowDoc,
 )
-from shared.workflow.templates import TemplateError, find_refs
+from shared.workflow.templates import FOREACH_ROOTS, Ref, TemplateError, find_refs
 
 SECRET_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -180,6 +182,19 @@ def validate_workflow(
                 f"{at(key=key)}: spec.{key} is reserved for a later release of flowyard and not "
                 "supported yet; remove it"
             )
+    if spec.timeout is not None:
+        problems.extend(f"{at(key='timeout')}: spec.timeout: {p}" for p in _duration_problems(spec.timeout))
+    if spec.concurrency is not None and spec.concurrency < 1:
+        problems.append(f"{at(key='concurrency')}: spec.concurrency must be at least 1 (runs at once)")
+    if spec.defaults is not None:
+        if spec.defaults.timeout is not None:
+            problems.extend(
+                f"{at(key='defaults')}: spec.defaults.timeout: {p}" for p in _duration_problems(spec.defaults.timeout)
+            )
+        if spec.defaults.retry is not None:
+            problems.extend(
+                f"{at(key='defaults')}: spec.defaults.retry: {p}" for p in _retry_problems(spec.defaults.retry)
+            )
     for name, idef in spec.inputs.items():
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_-]*$", name):
             problems.append(f"{at(key='inputs')}: input {name!r}: names are letters, digits, '_' and '-'")
@@ -207,6 +222,10 @@ def validate_workflow(
         else:
             seen[node.id] = i
     needs = {n.id: list(n.needs) for n in spec.nodes}
+
+    def upstream_of(node_id: str) -> set[str]:
+        return _upstream(needs, node_id)
+
     for i, node in enumerate(spec.nodes):
         label = f"node {node.id!r}"
         for key in RESERVED_NODE_KEYS:
@@ -226,11 +245,31 @@ def validate_workflow(
         if len(set(node.needs)) != len(node.needs):
             problems.append(f"{at(i, 'needs')}: {label}: lists the same node twice in needs")
         if node.timeout is not None:
+            problems.extend(f"{at(i, 'timeout')}: {label}: timeout: {p}" for p in _duration_problems(node.timeout))
+        if node.retry is not None:
+            problems.extend(f"{at(i, 'retry')}: {label}: retry: {p}" for p in _retry_problems(node.retry))
+        if node.parallelism is not None:
+            if node.foreach is None:
+                problems.append(f"{at(i, 'parallelism')}: {label}: parallelism only applies with foreach")
+            elif node.parallelism < 1:
+                problems.append(f"{at(i, 'parallelism')}: {label}: parallelism must be at least 1")
+        if node.foreach is not None:
+            problems.extend(_check_foreach(node.foreach, f"{at(i, 'foreach')}: {label}: foreach"))
+            problems.extend(
+                _check_refs(
+                    node.foreach, spec.inputs, ids, upstream_of(node.id), f"{at(i, 'foreach')}: {label}: foreach"
+                )
+            )
+        if node.when is not None:
+            where = f"{at(i, 'when')}: {label}: when"
             try:
-                if parse_duration(node.timeout) <= 0:
-                    raise ValueError("must be more than zero")
-            except ValueError as exc:
-                problems.append(f"{at(i, 'timeout')}: {label}: timeout: {exc}")
+                tree = parse(node.when)
+            except ExpressionError as exc:
+                problems.append(f"{where}: {exc}")
+            else:
+                problems.extend(
+                    _check_ref_list(list(references(tree, node.when)), spec.inputs, ids, upstream_of(node.id), where)
+                )
         agent = agents.get(node.agent)
         if agent is None:
             known = sorted(agents)
@@ -240,7 +279,16 @@ def validate_workflow(
                 f"{listing} Define it with `kind: Agent` in this file or register it first"
             )
         upstream = _upstream(needs, node.id)
-        problems.extend(_check_refs(node.with_, spec.inputs, ids, upstream, f"{at(i, 'with')}: {label}: with"))
+        problems.extend(
+            _check_refs(
+                node.with_,
+                spec.inputs,
+                ids,
+                upstream,
+                f"{at(i, 'with')}: {label}: with",
+                foreach=node.foreach is not None,
+            )
+        )
         if agent is not None:
             problems.extend(_check_with_schema(node.with_, agent, f"{at(i, 'with')}: {label}: with"))
     cycle = find_cycle(needs)
@@ -254,17 +302,38 @@ def validate_workflow(
 
 
 def _check_refs(
-    value: Any, inputs: Mapping[str, InputDef], ids: list[str], upstream: set[str], where: str
+    value: Any,
+    inputs: Mapping[str, InputDef],
+    ids: list[str],
+    upstream: set[str],
+    where: str,
+    *,
+    foreach: bool = False,
 ) -> list[str]:
     problems: list[str] = []
-    refs = []
+    refs: list[Ref] = []
     for leaf in _strings(value):
         try:
             refs.extend(find_refs(leaf))
         except TemplateError as exc:
             problems.append(f"{where}: {exc}")
+    return problems + _check_ref_list(refs, inputs, ids, upstream, where, foreach=foreach)
+
+
+def _check_ref_list(
+    refs: list[Ref],
+    inputs: Mapping[str, InputDef],
+    ids: list[str],
+    upstream: set[str],
+    where: str,
+    *,
+    foreach: bool = False,
+) -> list[str]:
+    problems: list[str] = []
     for ref in refs:
-        if ref.root == "inputs":
+        if ref.root in FOREACH_ROOTS and not foreach:
+            problems.append(f"{where}: {ref.text}: `{ref.root}` only exists in a node with foreach")
+        elif ref.root == "inputs":
             if not ref.path:
                 problems.append(f"{where}: {ref.text}: name the input, e.g. {{{{ inputs.NAME }}}}")
             elif ref.path[0] not in inputs:
@@ -284,8 +353,48 @@ def _check_refs(
                     f"{where}: {ref.text}: node {node!r} is not upstream of this node, so its output "
                     f"is not ready yet; add {node!r} to needs"
                 )
-            elif len(ref.path) < 2 or ref.path[1] != "output":
-                problems.append(f"{where}: {ref.text}: only nodes.{node}.output (and fields below it) can be used")
+            elif (
+                len(ref.path) < 2
+                or ref.path[1] not in ("output", "status")
+                or (ref.path[1] == "status" and len(ref.path) > 2)
+            ):
+                problems.append(
+                    f"{where}: {ref.text}: use nodes.{node}.output (and fields below it) or nodes.{node}.status"
+                )
+    return problems
+
+
+def _check_foreach(value: Any, where: str) -> list[str]:
+    if isinstance(value, list):
+        return []
+    text = value.strip()
+    if not (text.startswith("{{") and text.endswith("}}") and text.count("{{") == 1):
+        return [
+            f'{where}: write one template that yields a list, e.g. "{{{{ nodes.ID.output.items }}}}", or a YAML list'
+        ]
+    return []
+
+
+def _duration_problems(value: str) -> list[str]:
+    try:
+        if parse_duration(value) <= 0:
+            return ["must be more than zero"]
+    except ValueError as exc:
+        return [str(exc)]
+    return []
+
+
+def _retry_problems(retry: RetrySpec) -> list[str]:
+    problems = []
+    if not 1 <= retry.attempts <= 100:
+        problems.append(f"attempts is {retry.attempts}; it counts every try, from 1 (no retry) to 100")
+    for name in ("backoff", "max_backoff"):
+        try:
+            parse_duration(getattr(retry, name))
+        except ValueError as exc:
+            problems.append(f"{name}: {exc}")
+    if retry.factor < 1:
+        problems.append("factor must be at least 1 (each wait at least as long as the one before)")
     return problems
 
 
@@ -368,15 +477,42 @@ def check_inputs(wf: WorkflowDoc, given: Mapping[str, Any], *, file: str = "<wor
     return resolved
 
 
+def retry_policy(spec: RetrySpec | None) -> RetryPolicy:
+    if spec is None:
+        return RetryPolicy()
+    return RetryPolicy(
+        attempts=spec.attempts,
+        backoff_s=parse_duration(spec.backoff),
+        factor=spec.factor,
+        max_backoff_s=parse_duration(spec.max_backoff),
+        jitter=spec.jitter,
+    )
+
+
 def plan_workflow(wf: WorkflowDoc, agents: Mapping[str, AgentDoc]) -> Plan:
-    nodes = [
-        PlannedNode(
-            id=n.id,
-            agent=snapshot(agents[n.agent]),
-            needs=list(n.needs),
-            with_=dict(n.with_),
-            timeout_s=parse_duration(n.timeout) if n.timeout else None,
+    defaults = wf.spec.defaults
+    default_retry = defaults.retry if defaults else None
+    default_timeout = defaults.timeout if defaults else None
+    nodes = []
+    for n in wf.spec.nodes:
+        timeout = n.timeout or default_timeout
+        nodes.append(
+            PlannedNode(
+                id=n.id,
+                agent=snapshot(agents[n.agent]),
+                needs=list(n.needs),
+                with_=dict(n.with_),
+                timeout_s=parse_duration(timeout) if timeout else None,
+                when=n.when,
+                foreach=n.foreach,
+                parallelism=n.parallelism,
+                retry=retry_policy(n.retry or default_retry),
+                continue_on_failure=n.continue_on_failure,
+            )
         )
-        for n in wf.spec.nodes
-    ]
-    return Plan(nodes=nodes, outputs=dict(wf.spec.outputs))
+    return Plan(
+        nodes=nodes,
+        outputs=dict(wf.spec.outputs),
+        timeout_s=parse_duration(wf.spec.timeout) if wf.spec.timeout else None,
+        concurrency=wf.spec.concurrency,
+    )

@@ -18,6 +18,7 @@ from shared.contract import (
 )
 
 NOW = "2026-01-01T00:00:00Z"
+CLOCK = engine.Clock(now=NOW, epoch=1_000_000.0, pool="default")
 AGENT = AgentSnapshot(name="echo", command=["cat"], timeout_s=7)
 
 
@@ -42,15 +43,13 @@ def dispatched(record: RunRecord) -> list[TaskDispatched]:
 
 
 def ok(rec: RunRecord, node: str, output: object, attempt: int = 1) -> RunRecord:
-    out = engine.apply_result(
-        rec, TaskSucceeded(run_id="r1", node_id=node, attempt=attempt, output=output), now=NOW, pool="default"
-    )
+    out = engine.apply_result(rec, TaskSucceeded(run_id="r1", node_id=node, attempt=attempt, output=output), CLOCK)
     assert out is not None
     return out
 
 
 def test_start_dispatches_roots_with_templates_resolved() -> None:
-    rec = engine.start_run(diamond(), now=NOW, pool="default")
+    rec = engine.start_run(diamond(), CLOCK)
     assert isinstance(rec.outbox[0].event, RunStarted)
     tasks = dispatched(rec)
     assert [(t.node_id, t.attempt, t.input) for t in tasks] == [("a", 1, {"n": 2})]
@@ -61,7 +60,7 @@ def test_start_dispatches_roots_with_templates_resolved() -> None:
 
 
 def test_diamond_runs_to_success_passing_data() -> None:
-    rec = engine.start_run(diamond(), now=NOW, pool="p")
+    rec = engine.start_run(diamond(), CLOCK)
     rec = ok(rec, "a", {"v": 5})
     assert [(t.node_id, t.input) for t in dispatched(rec)] == [("b", {"v": 5}), ("c", {"v": 5, "s": "c=5"})]
     rec = ok(rec, "b", {"x": 1})
@@ -77,10 +76,10 @@ def test_diamond_runs_to_success_passing_data() -> None:
 
 
 def test_a_failure_skips_dependants_and_fails_the_run_after_running_nodes_finish() -> None:
-    rec = engine.start_run(diamond(), now=NOW, pool="p")
+    rec = engine.start_run(diamond(), CLOCK)
     rec = ok(rec, "a", {"v": 1})
     failed = TaskFailed(run_id="r1", node_id="b", attempt=1, error="exited with code 3: boom")
-    rec = engine.apply_result(rec, failed, now=NOW, pool="p")
+    rec = engine.apply_result(rec, failed, CLOCK)
     assert rec is not None
     assert rec.nodes["d"].status == "skipped" and "upstream b" in (rec.nodes["d"].error or "")
     assert rec.status == "running"  # c is still running
@@ -92,18 +91,18 @@ def test_a_failure_skips_dependants_and_fails_the_run_after_running_nodes_finish
 
 
 def test_stale_and_repeated_results_change_nothing() -> None:
-    rec = engine.start_run(diamond(), now=NOW, pool="p")
+    rec = engine.start_run(diamond(), CLOCK)
     rec = ok(rec, "a", {"v": 1})
     again = TaskSucceeded(run_id="r1", node_id="a", attempt=1, output={"v": 99})
-    assert engine.apply_result(rec, again, now=NOW, pool="p") is None
+    assert engine.apply_result(rec, again, CLOCK) is None
     wrong_attempt = TaskSucceeded(run_id="r1", node_id="b", attempt=2, output={})
-    assert engine.apply_result(rec, wrong_attempt, now=NOW, pool="p") is None
+    assert engine.apply_result(rec, wrong_attempt, CLOCK) is None
     unknown = TaskSucceeded(run_id="r1", node_id="zz", attempt=1, output={})
-    assert engine.apply_result(rec, unknown, now=NOW, pool="p") is None
+    assert engine.apply_result(rec, unknown, CLOCK) is None
 
 
 def test_a_template_that_cannot_resolve_fails_the_node_in_plain_words() -> None:
-    rec = engine.start_run(diamond(), now=NOW, pool="p")
+    rec = engine.start_run(diamond(), CLOCK)
     rec = ok(rec, "a", {"w": 1})  # no field v
     assert rec.nodes["b"].status == "failed"
     assert "nodes.a.output has no field 'v' (it has: w)" in (rec.nodes["b"].error or "")
@@ -112,6 +111,6 @@ def test_a_template_that_cannot_resolve_fails_the_node_in_plain_words() -> None:
 
 
 def test_rejected_runs_are_recorded_as_failed_with_the_reasons() -> None:
-    rec = engine.reject_run(RunRejected(run_id="r2", workflow="w", errors=["x.yaml:3: bad"]), now=NOW)
+    rec = engine.reject_run(RunRejected(run_id="r2", workflow="w", errors=["x.yaml:3: bad"]), CLOCK)
     assert rec.status == "failed" and "x.yaml:3: bad" in (rec.error or "")
     assert rec.outbox[0].subject == "fy.run.r2.failed"

@@ -12,6 +12,7 @@ import pytest
 
 from services.executor import handlers
 from services.executor.runtimes import ProcessRuntime
+from services.executor.secrets import SecretSource
 from shared.contract import AgentSnapshot, Event, TaskDispatched, TaskFailed, TaskStarted, TaskSucceeded
 
 
@@ -46,7 +47,12 @@ async def run(t: TaskDispatched, environ: dict[str, str] | None = None) -> tuple
 
     runtime = ProcessRuntime(max_output_bytes=1024, log_tail_bytes=512)
     verdict = await handlers.execute(
-        t, runtime=runtime, publish=publish, executor_id="x", log_tail_bytes=512, environ=environ or {}
+        t,
+        runtime=runtime,
+        publish=publish,
+        executor_id="x",
+        log_tail_bytes=512,
+        secrets=SecretSource(None, environ or {}),
     )
     await runtime.close()  # waits for the scratch directory's removal
     return verdict, sent
