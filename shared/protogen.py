@@ -17,6 +17,7 @@ import yaml
 from shared import subjects
 from shared.contract import (
     EVENT_TYPES,
+    RunCancelRequested,
     RunFinished,
     RunPlanned,
     RunRecord,
@@ -27,16 +28,24 @@ from shared.contract import (
     TaskFailed,
     TaskStarted,
     TaskSucceeded,
+    TimerDue,
 )
 
 PROTO = Path(__file__).resolve().parent.parent / "proto"
-RUN, NODE, POOL, SERVICE, STATUS = "{run_id}", "{node_id}", "{pool}", "{service}", "{status}"
+RUN, NODE, POOL, SERVICE, STATUS = "{run_id}", "{unit}", "{pool}", "{service}", "{status}"
 
 # channel address -> (message type, who publishes, who consumes, description)
 CHANNELS: list[tuple[str, type, str, str, str]] = [
     (subjects.run_requested(RUN), RunRequested, "cli, gateway", "planner", "A run is asked for."),
     (subjects.run_planned(RUN), RunPlanned, "planner", "scheduler", "The workflow is valid; the frozen plan."),
     (subjects.run_rejected(RUN), RunRejected, "planner", "scheduler, cli", "The workflow or inputs are invalid."),
+    (
+        subjects.run_cancel(RUN),
+        RunCancelRequested,
+        "cli, gateway",
+        "scheduler",
+        "Stop a run: running nodes are stopped, pending ones cancelled.",
+    ),
     (subjects.run_started(RUN), RunStarted, "scheduler", "cli, notifier", "The run's record exists; nodes start."),
     (
         subjects.run_finished(RUN, STATUS),
@@ -51,6 +60,13 @@ CHANNELS: list[tuple[str, type, str, str, str]] = [
         "scheduler",
         "executor",
         "One attempt of one node, for the executors of a pool (work queue).",
+    ),
+    (
+        subjects.timer(RUN),
+        TimerDue,
+        "scheduler",
+        "scheduler",
+        "A durable timer (retry back-off, run deadline, admission), handed back by JetStream until due.",
     ),
     (subjects.task_event(RUN, NODE, "started"), TaskStarted, "executor", "cli", "An attempt began."),
     (subjects.task_event(RUN, NODE, "succeeded"), TaskSucceeded, "executor", "scheduler", "An attempt succeeded."),
@@ -68,6 +84,11 @@ STREAMS = {
         "retention": "workqueue",
         "description": "Task dispatches, one work queue per pool",
     },
+    subjects.TIMERS_STREAM: {
+        "subjects": [subjects.TIMERS_SUBJECTS],
+        "retention": "workqueue",
+        "description": "Durable timers, nak'ed with a delay until due",
+    },
     subjects.DLQ_STREAM: {
         "subjects": [subjects.DLQ_SUBJECTS],
         "retention": "limits",
@@ -77,10 +98,20 @@ STREAMS = {
 CONSUMERS = {
     "planner": {"stream": subjects.RUNS_STREAM, "filter_subjects": subjects.PLANNER_FILTERS},
     "scheduler": {"stream": subjects.RUNS_STREAM, "filter_subjects": subjects.SCHEDULER_FILTERS},
+    "scheduler-timers": {
+        "stream": subjects.TIMERS_STREAM,
+        "filter_subjects": subjects.TIMER_FILTERS,
+        "max_deliver": -1,
+    },
     "executor-{pool}": {"stream": subjects.TASKS_STREAM, "filter_subjects": subjects.executor_filters(POOL)},
 }
 BUCKETS = {
     subjects.RUNS_BUCKET: {"key": "run id", "value": "RunRecord", "writer": "scheduler (compare-and-set)"},
+    subjects.CONCURRENCY_BUCKET: {
+        "key": "workflow name",
+        "value": "running and queued run ids",
+        "writer": "scheduler (compare-and-set)",
+    },
     subjects.AGENTS_BUCKET: {
         "key": "agent name",
         "value": "Agent document (apiVersion flowyard/v1)",
@@ -98,6 +129,15 @@ HEADERS = {
     "Nats-Msg-Id": "de-duplication id (run:node:attempt based)",
     "traceparent": "W3C trace context",
     "tracestate": "W3C trace context (optional)",
+}
+
+
+PARAMETERS = {
+    "run_id": "the run id",
+    "unit": "the node id, or node#index for an item of a foreach node",
+    "pool": "the executor pool",
+    "status": "succeeded, failed or cancelled",
+    "service": "the service that gave up on the message",
 }
 
 
@@ -128,7 +168,7 @@ def _asyncapi() -> dict[str, Any]:
         tag = typ.__struct_config__.tag
         key = address.replace(".", "_").replace("{", "").replace("}", "")
         params = {
-            p.strip("{}"): {"description": p.strip("{}").replace("_", " ")}
+            p.strip("{}"): {"description": PARAMETERS[p.strip("{}")]}
             for p in address.split(".")
             if p.startswith("{")
         }
