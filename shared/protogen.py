@@ -168,9 +168,7 @@ def _asyncapi() -> dict[str, Any]:
         tag = typ.__struct_config__.tag
         key = address.replace(".", "_").replace("{", "").replace("}", "")
         params = {
-            p.strip("{}"): {"description": PARAMETERS[p.strip("{}")]}
-            for p in address.split(".")
-            if p.startswith("{")
+            p.strip("{}"): {"description": PARAMETERS[p.strip("{}")]} for p in address.split(".") if p.startswith("{")
         }
         channels[key] = {
             "address": address,

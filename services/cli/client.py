@@ -15,6 +15,7 @@ from shared import subjects
 from shared.bus import Bus
 from shared.contract import (
     AnyEvent,
+    NodeRecord,
     RunFinished,
     RunRecord,
     RunRejected,
@@ -91,6 +92,25 @@ async def _final_from_record(bus: Bus, run_id: str) -> RunFinished | RunRejected
     )
 
 
+async def get_request(bus: Bus, run_id: str) -> RunRequested | None:
+    """The request that started a run, from the run events stream (the audit log)."""
+    try:
+        msg = await bus.js.get_last_msg(subjects.RUNS_STREAM, subjects.run_requested(run_id))
+    except nats.js.errors.NotFoundError:
+        return None
+    event = decode_event(msg.data or b"")
+    return event if isinstance(event, RunRequested) else None
+
+
+async def wait_for_end(bus: Bus, run_id: str, *, timeout: float) -> RunRecord:
+    deadline = time.monotonic() + timeout
+    while True:
+        record = await get_record(bus, run_id)
+        if record is not None and (record.status != "running" or time.monotonic() > deadline):
+            return record
+        await asyncio.sleep(0.1)
+
+
 async def get_record(bus: Bus, run_id: str) -> RunRecord | None:
     kv = await bus.kv(subjects.RUNS_BUCKET)
     try:
@@ -118,20 +138,37 @@ async def list_records(bus: Bus, limit: int) -> list[RunRecord]:
 
 
 def result_json(record: RunRecord) -> dict[str, Any]:
-    """The ``--json`` shape: run_id, workflow, status, outputs, nodes{status, attempts, output, error}."""
+    """The ``--json`` shape: run_id, workflow, status, outputs, nodes{status, attempts, output, error}.
+
+    Each node also lists ``errors`` (one line per failed attempt) and, for a foreach node,
+    ``items`` (the same fields per item).
+    """
     return {
         "run_id": record.run_id,
         "workflow": record.workflow,
         "status": record.status,
         "outputs": record.outputs,
         "error": record.error,
-        "nodes": {
-            nid: {"status": n.status, "attempts": n.attempts, "output": n.output, "error": n.error}
-            for nid, n in record.nodes.items()
-        },
+        "nodes": {nid: _node_json(n) for nid, n in record.nodes.items()},
         "created_at": record.created_at,
         "finished_at": record.finished_at,
+        "retry_of": record.retry_of,
     }
+
+
+def _node_json(n: NodeRecord) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "status": n.status,
+        "attempts": n.attempts,
+        "output": n.output,
+        "error": n.error,
+        "errors": n.errors,
+    }
+    if n.items is not None:
+        out["items"] = [_node_json(it) for it in n.items]
+    if n.reused_from:
+        out["reused_from"] = n.reused_from
+    return out
 
 
 def finished_json(event: RunFinished) -> dict[str, Any]:

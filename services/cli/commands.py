@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import signal
 import sys
 from pathlib import Path
@@ -11,9 +12,10 @@ from pathlib import Path
 import msgspec
 
 from shared import agents as agent_registry
+from shared import subjects
 from shared.bus import Bus
 from shared.config import Config
-from shared.contract import RunRejected, RunRequested
+from shared.contract import RunCancelRequested, RunRejected, RunRequested
 from shared.durations import parse_duration
 from shared.envelope import now_rfc3339
 from shared.errors import ConfigurationError, ValidationFailed
@@ -63,25 +65,104 @@ async def run_workflow(
             definition=msgspec.to_builtins(workflow),
             inputs=inputs,
             source=str(file),
-            requested_by="cli",
+            requested_by=_user(),
             requested_at=now_rfc3339(),
         )
-        progress = render.Progress(sys.stderr if as_json else sys.stdout)
-        final = await client.submit_and_follow(
-            bus, request, (lambda _e: None) if as_json else progress, timeout=wait_for
-        )
-        if isinstance(final, RunRejected):
-            raise ValidationFailed(final.errors)
-        if as_json:
-            record = await client.get_record(bus, final.run_id)
-            echo_json(client.result_json(record) if record else client.finished_json(final))
-        else:
-            render.print_outcome(final.status, final.outputs, final.error)
-        return EXIT_OK if final.status == "succeeded" else EXIT_FAILED
+        return await _submit(bus, request, as_json=as_json, wait_for=wait_for)
     finally:
         await bus.close()
         if stack is not None:
             await stack.stop()
+
+
+async def _submit(bus: Bus, request: RunRequested, *, as_json: bool, wait_for: float | None) -> int:
+    """Submit, show progress (or stay quiet for --json), print the result; the exit code."""
+    progress = render.Progress(sys.stderr if as_json else sys.stdout)
+    final = await client.submit_and_follow(bus, request, (lambda _e: None) if as_json else progress, timeout=wait_for)
+    if isinstance(final, RunRejected):
+        raise ValidationFailed(final.errors)
+    if as_json:
+        record = await client.get_record(bus, final.run_id)
+        echo_json(client.result_json(record) if record else client.finished_json(final))
+    else:
+        render.print_outcome(final.status, final.outputs, final.error)
+    return EXIT_OK if final.status == "succeeded" else EXIT_FAILED
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+async def cancel_run(config: Config, run_id: str, *, reason: str, as_json: bool) -> int:
+    configure(config, "cli", quiet=True)
+    bus = Bus(config.nats, config.bus, name="cli")
+    await bus.connect()
+    try:
+        record = await client.get_record(bus, run_id)
+        if record is None:
+            return _no_run(run_id)
+        if record.status == "running":
+            event = RunCancelRequested(run_id=run_id, requested_by=_user(), reason=reason)
+            await bus.publish(subjects.run_cancel(run_id), event, msg_id=f"{run_id}:cancel")
+            record = await client.wait_for_end(bus, run_id, timeout=60)
+        else:
+            print(f"flowyard: run {run_id} already {record.status}; nothing to cancel", file=sys.stderr)
+            return EXIT_FAILED
+    finally:
+        await bus.close()
+    if as_json:
+        echo_json(client.result_json(record))
+    else:
+        render.print_record(record)
+    return EXIT_OK if record.status == "cancelled" else EXIT_FAILED
+
+
+async def retry_run(config: Config, run_id: str, *, as_json: bool, timeout: str | None) -> int:
+    """A new run of a failed or cancelled one: succeeded nodes keep their outputs, the rest run again."""
+    configure(config, "cli", quiet=True)
+    bus = Bus(config.nats, config.bus, name="cli")
+    await bus.connect()
+    try:
+        record = await client.get_record(bus, run_id)
+        if record is None:
+            return _no_run(run_id)
+        if record.status not in ("failed", "cancelled"):
+            print(
+                f"flowyard: run {run_id} is {record.status}; only failed or cancelled runs can be retried",
+                file=sys.stderr,
+            )
+            return EXIT_INVALID
+        original = await client.get_request(bus, run_id)
+        if original is None or record.plan is None:
+            print(
+                f"flowyard: run {run_id} never started (it was rejected, or its request has expired from the "
+                "stream); fix the workflow and use `flowyard run`",
+                file=sys.stderr,
+            )
+            return EXIT_INVALID
+        reuse = {nid: node.output for nid, node in record.nodes.items() if node.status == "succeeded"}
+        request = msgspec.structs.replace(
+            original,
+            run_id=client.new_run_id(),
+            requested_by=_user(),
+            requested_at=now_rfc3339(),
+            retry_of=run_id,
+            reuse=reuse,
+        )
+        if not as_json:
+            kept = ", ".join(reuse) or "none"
+            print(f"retrying run {run_id} as {request.run_id} (keeping the outputs of: {kept})")
+        return await _submit(bus, request, as_json=as_json, wait_for=parse_duration(timeout) if timeout else None)
+    finally:
+        await bus.close()
+
+
+def _no_run(run_id: str) -> int:
+    print(f"flowyard: no run {run_id!r}; `flowyard runs list` shows the runs this stack knows", file=sys.stderr)
+    return EXIT_INVALID
 
 
 async def _load_remote(bus: Bus, file: Path) -> Bundle:
@@ -115,8 +196,7 @@ async def show_run(config: Config, run_id: str, *, as_json: bool) -> int:
     finally:
         await bus.close()
     if record is None:
-        print(f"flowyard: no run {run_id!r}; `flowyard runs list` shows the runs this stack knows", file=sys.stderr)
-        return EXIT_INVALID
+        return _no_run(run_id)
     if as_json:
         echo_json(client.result_json(record))
     else:

@@ -196,6 +196,30 @@ def runs_show(obj: Ctx, run_id: str, as_json: bool) -> None:
     _run(show_run(obj.config(), run_id, as_json=as_json))
 
 
+@runs.command("cancel")
+@click.argument("run_id")
+@click.option("--reason", default="", help="Why; recorded with the run.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def runs_cancel(obj: Ctx, run_id: str, reason: str, as_json: bool) -> None:
+    """Stop a run: running nodes are stopped, pending ones cancelled. Exit 0 once it is cancelled."""
+    from .commands import cancel_run
+
+    _run(cancel_run(obj.config(), run_id, reason=reason, as_json=as_json))
+
+
+@runs.command("retry")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--timeout", default=None, metavar="DURATION", help="Give up waiting after this long.")
+@click.pass_obj
+def runs_retry(obj: Ctx, run_id: str, as_json: bool, timeout: str | None) -> None:
+    """Run a failed or cancelled run again as a new run, keeping the outputs of the nodes that succeeded."""
+    from .commands import retry_run
+
+    _run(retry_run(obj.config(), run_id, as_json=as_json, timeout=timeout))
+
+
 # --- up / serve -----------------------------------------------------------------------------
 
 

@@ -29,18 +29,18 @@ class Progress:
             case RunPlanned():
                 self.width = max([len(n.id) for n in event.plan.nodes] + [4])
                 self.line(f"run {event.run_id}: workflow {event.workflow!r}, {len(event.plan.nodes)} nodes")
-            case TaskStarted():
+            case TaskStarted() if event.item is None:
                 again = f" (attempt {event.attempt})" if event.attempt > 1 else ""
                 self.line(f"  ▶ {event.node_id:<{self.width}} started{again}")
-            case TaskSucceeded():
+            case TaskSucceeded() if event.item is None:
                 self.reported.add(event.node_id)
                 self.line(f"  ✓ {event.node_id:<{self.width}} succeeded in {event.duration_s * 1000:.0f} ms")
             case TaskFailed():
-                self.reported.add(event.node_id)
-                self.line(f"  ✗ {event.node_id:<{self.width}} failed: {event.error}")
+                unit = event.node_id if event.item is None else f"{event.node_id}[{event.item}]"
+                self.line(f"  ✗ {unit:<{self.width}} attempt {event.attempt} failed: {event.error}")
             case RunFinished():
                 for nid, node in event.nodes.items():
-                    if nid not in self.reported and node.status != "succeeded":
+                    if nid not in self.reported:
                         why = f": {node.error}" if node.error else ""
                         self.line(f"  {_MARK.get(node.status, '?')} {nid:<{self.width}} {node.status}{why}")
             case _:
