@@ -66,6 +66,12 @@ def judge(task: TaskDispatched, outcome: Outcome, *, log_tail_bytes: int) -> Jud
     if outcome.start_error:
         return Judgement(False, error=outcome.start_error, reason="runtime", retryable=False)
     stderr = tail(outcome.stderr_tail, log_tail_bytes)
+    if outcome.lost:
+        return Judgement(
+            False,
+            error="the agent's process ended without an exit status (killed from outside the executor?)",
+            reason="lost",
+        )
     if outcome.timed_out:
         return Judgement(
             False, error=f"timed out after {format_duration(task.timeout_s)} and was killed", reason="timeout"

@@ -34,7 +34,11 @@ class ExecutorService(Service):
         cfg = config.executor
         # Refuse to start on an unknown runtime before touching NATS.
         self.runtime: Runtime = make_runtime(
-            cfg.runtime, max_output_bytes=cfg.max_output_bytes, log_tail_bytes=cfg.log_tail_bytes
+            cfg.runtime,
+            max_output_bytes=cfg.max_output_bytes,
+            log_tail_bytes=cfg.log_tail_bytes,
+            state_dir=cfg.state_dir,
+            spool_retention=seconds(cfg.spool_retention),
         )
         self.executor_id = f"{socket.gethostname()}:{os.getpid()}:{cfg.pool}"
         self._dedup_window = seconds(config.bus.duplicate_window)
@@ -62,6 +66,9 @@ class ExecutorService(Service):
         )
 
     async def stop(self) -> None:
+        # Attempts still running after the grace period are left running and handed back: the
+        # executor that gets them next adopts them rather than starting them again.
+        self.runtime.detach = True
         await super().stop()
         await self.runtime.close()
 

@@ -31,6 +31,7 @@ class Stack:
             "FLOWYARD_HTTP_PORT": "0",
             "FLOWYARD_LOG_FORMAT": "json",
             "FLOWYARD_EXECUTOR_SHUTDOWN_GRACE": "5s",
+            "FLOWYARD_EXECUTOR_STATE_DIR": str(workdir / "executor-state"),
             **env,
         }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import os
 import sys
 import textwrap
@@ -45,7 +46,7 @@ async def run(t: TaskDispatched, environ: dict[str, str] | None = None) -> tuple
     async def publish(event: Event, kind: str) -> None:
         sent.append(event)
 
-    runtime = ProcessRuntime(max_output_bytes=1024, log_tail_bytes=512)
+    runtime = ProcessRuntime(max_output_bytes=1024, log_tail_bytes=512, state_dir=tempfile.mkdtemp(prefix="fy-spool-"))
     verdict = await handlers.execute(
         t,
         runtime=runtime,
@@ -177,6 +178,7 @@ async def test_environment_is_scrubbed_and_temp_files_removed(tmp_path: Path) ->
         "FLOWYARD_NODE_ID",
         "FLOWYARD_ATTEMPT",
         "LC_CTYPE",
+        "PWD",
     }
     assert not Path(verdict.output["cwd"]).exists()
 

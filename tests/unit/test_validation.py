@@ -262,3 +262,50 @@ def test_string_inputs_keep_the_text_as_typed() -> None:
 
     wf = load_bundle(AGENTS + workflow("- {id: a, agent: echo}\n", "inputs:\n  version: {type: string}\n")).workflow()
     assert parse_inputs(["version=1.10"], wf) == {"version": "1.10"}
+
+
+def test_conditions_fan_out_and_retry_are_checked(tmp_path: Path) -> None:
+    nodes = """\
+        - {id: a, agent: echo}
+        - {id: b, agent: echo, needs: [a], when: "nodes.a.output.n + 1 > 2"}
+        - {id: c, agent: echo, needs: [a], when: "nodes.zz.output.ok"}
+        - {id: d, agent: echo, foreach: "not a template"}
+        - {id: e, agent: echo, parallelism: 2}
+        - {id: f, agent: echo, with: {h: "{{ item }}"}}
+        - {id: g, agent: echo, retry: {attempts: 0, backoff: soon, factor: 0.5}}
+        - {id: h, agent: echo, when: "nodes.a.output.ok"}
+        """
+    found = "\n".join(problems(write(tmp_path, workflow(nodes, "timeout: forever\nconcurrency: 0\n"))))
+    assert "node 'b': when: 'nodes.a.output.n + 1 > 2': BinOp is not allowed" in found
+    assert "node 'c': when: nodes.zz.output.ok: unknown node 'zz'" in found
+    assert "node 'd': foreach: write one template that yields a list" in found
+    assert "node 'e': parallelism only applies with foreach" in found
+    assert "node 'f': with: {{ item }}: `item` only exists in a node with foreach" in found
+    assert "node 'g': retry: attempts is 0" in found and "backoff: invalid duration 'soon'" in found
+    assert "factor must be at least 1" in found
+    assert "node 'h': when: nodes.a.output.ok: node 'a' is not upstream" in found
+    assert "spec.timeout: invalid duration 'forever'" in found
+    assert "spec.concurrency must be at least 1" in found
+
+
+def test_a_valid_fan_out_with_retries_and_defaults_plans(tmp_path: Path) -> None:
+    nodes = """\
+        - {id: a, agent: echo}
+        - id: b
+          agent: echo
+          needs: [a]
+          when: "nodes.a.status == 'succeeded' and len(nodes.a.output.hosts) > 0"
+          foreach: "{{ nodes.a.output.hosts }}"
+          parallelism: 3
+          continue_on_failure: true
+          with: {host: "{{ item.name }}", n: "{{ index }}"}
+        - {id: c, agent: echo, needs: [b], with: {seen: "{{ nodes.b.status }}"}, retry: {attempts: 4, backoff: 1s}}
+        """
+    extra = "defaults:\n  retry: {attempts: 2, backoff: 500ms, jitter: false}\n  timeout: 45s\ntimeout: 10m\nconcurrency: 2\n"
+    bundle = load_and_check(write(tmp_path, workflow(nodes, extra)))
+    plan = plan_workflow(bundle.workflow(), bundle.agents)
+    a, b, c = plan.nodes
+    assert (a.retry.attempts, a.retry.backoff_s, a.retry.jitter, a.timeout_s) == (2, 0.5, False, 45)
+    assert (b.foreach, b.parallelism, b.continue_on_failure) == ("{{ nodes.a.output.hosts }}", 3, True)
+    assert (c.retry.attempts, c.retry.backoff_s) == (4, 1)
+    assert (plan.timeout_s, plan.concurrency) == (600, 2)

@@ -10,9 +10,21 @@ from .process import ProcessRuntime
 __all__ = ["Outcome", "ProcessRuntime", "Runtime", "make_runtime"]
 
 
-def make_runtime(name: str, *, max_output_bytes: int, log_tail_bytes: int) -> Runtime:
+def make_runtime(
+    name: str,
+    *,
+    max_output_bytes: int,
+    log_tail_bytes: int,
+    state_dir: str | None = None,
+    spool_retention: float = 3600.0,
+) -> Runtime:
     if name == "process":
-        return ProcessRuntime(max_output_bytes=max_output_bytes, log_tail_bytes=log_tail_bytes)
+        return ProcessRuntime(
+            max_output_bytes=max_output_bytes,
+            log_tail_bytes=log_tail_bytes,
+            state_dir=state_dir,
+            spool_retention=spool_retention,
+        )
     raise ConfigurationError(
         f"runtime {name!r} is not available in this build of flowyard (the Docker runtime is tracked "
         "separately); use --runtime process"

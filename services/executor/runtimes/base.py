@@ -18,10 +18,12 @@ class Outcome:
     timed_out: bool = False
     stdout_overflow: bool = False
     start_error: str | None = None  # the agent could not be started at all
+    lost: bool = False  # the agent's process vanished without an exit status
 
 
 class Runtime(ABC):
     name: str
+    detach: bool = False  # shutting down: leave running agents for the next executor to adopt
 
     @abstractmethod
     async def run(self, task: TaskDispatched, *, stdin: bytes, env: Mapping[str, str], timeout_s: float) -> Outcome:

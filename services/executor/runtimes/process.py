@@ -2,8 +2,16 @@
 
 NOT A SANDBOX. It exists for development and engine tests: the agent runs with the executor's
 user and can reach its filesystem and network. What it does do: a scrubbed environment (only
-what the agent declares), a private temporary working directory removed afterwards, its own
-process group killed on timeout or cancellation, and death with the executor (PDEATHSIG).
+what the agent declares), a private working directory, its own process group killed on timeout
+or when its run ends, and output capped in size.
+
+Effectively once: every attempt gets a spool directory named after its key (run, node, item,
+attempt) under ``executor.state_dir``. A small ``sh`` wrapper records its pid, feeds the input,
+collects stdout and stderr into files and writes the exit status last. An executor that is
+killed leaves the agent running; when the dispatch is redelivered, the executor that gets it (on
+the same machine) finds the spool and waits for that agent, or reads the result it already left,
+instead of starting the attempt a second time. Spools are removed ``spool_retention`` after they
+were written.
 """
 
 from __future__ import annotations
@@ -15,10 +23,10 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 
 import structlog
 
@@ -29,31 +37,22 @@ from .base import Outcome, Runtime
 log = structlog.get_logger("flowyard.executor.process")
 
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
-
-
-# The agent must die with the executor (SIGKILL included). util-linux's setpriv sets the
-# parent-death signal and then execs the agent: about 0.5 ms, where a Python preexec_fn would
-# force a full fork and cost several.
-_SETPRIV = shutil.which("setpriv")
-
-
-def _argv(program: str, args: list[str]) -> list[str]:
-    if _SETPRIV and sys.platform.startswith("linux"):
-        return [_SETPRIV, "--pdeathsig", "KILL", "--", program, *args]
-    return [program, *args]
+SH = "/bin/sh"
+# $1 is the spool; the rest is the agent's command. The exit status is written last, atomically,
+# so its presence means "finished"; the pid is written first, so an adopter can find the agent.
+WRAPPER = r"""
+spool=$1; shift
+echo $$ > "$spool/pid.tmp" && mv "$spool/pid.tmp" "$spool/pid"
+"$@" < "$spool/input.json" > "$spool/stdout" 2> "$spool/stderr"
+echo $? > "$spool/rc.tmp" && mv "$spool/rc.tmp" "$spool/rc"
+"""
+_POLL = 0.02
 
 
 @functools.lru_cache(maxsize=256)
 def _which(name: str) -> str | None:
     # The executor's own PATH does not change while it runs; a lookup per attempt would.
     return shutil.which(name)
-
-
-def _remove_dir(path: str) -> None:
-    try:
-        os.rmdir(path)  # most agents leave nothing behind
-    except OSError:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _watch_children_with_pidfd() -> None:
@@ -77,117 +76,184 @@ def _watch_children_with_pidfd() -> None:
         asyncio.set_child_watcher(watcher)
 
 
+def spool_name(key: str) -> str:
+    return key.replace(":", ".").replace("#", "@")
+
+
 class ProcessRuntime(Runtime):
     name = "process"
 
-    def __init__(self, *, max_output_bytes: int, log_tail_bytes: int) -> None:
+    def __init__(
+        self,
+        *,
+        max_output_bytes: int,
+        log_tail_bytes: int,
+        state_dir: str | Path | None = None,
+        spool_retention: float = 3600.0,
+    ) -> None:
         self.max_output_bytes = max_output_bytes
         self.stderr_keep = max(log_tail_bytes * 4, 16384)
-        self._cleanups: set[asyncio.Task[None]] = set()
+        self.state_dir = Path(state_dir) if state_dir else Path.home() / ".local/state/flowyard/executor"
+        self.spool_retention = spool_retention
+        # Set while the executor shuts down: running agents are left for the next executor to adopt.
+        self.detach = False
         self._watcher_ready = False
-
-    async def close(self) -> None:
-        if self._cleanups:
-            await asyncio.gather(*self._cleanups, return_exceptions=True)
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def run(self, task: TaskDispatched, *, stdin: bytes, env: Mapping[str, str], timeout_s: float) -> Outcome:
         if not self._watcher_ready:
             _watch_children_with_pidfd()
+            await asyncio.to_thread(self.state_dir.mkdir, parents=True, exist_ok=True, mode=0o700)
+            self._sweeper = asyncio.create_task(self._sweep_forever())
             self._watcher_ready = True
+        spool = self.state_dir / spool_name(task.key)
+        if await asyncio.to_thread(spool.exists):
+            adopted = await self._adopt(task, spool)
+            if adopted is not None:
+                return adopted
         command = task.agent.command
         if not command:
             return Outcome(None, b"", b"", 0.0, start_error=f"agent {task.agent.name!r} has no `command` to run")
         program = _which(command[0]) if os.sep not in command[0] else command[0]
         if program is None:
             return Outcome(None, b"", b"", 0.0, start_error=f"command {command[0]!r} is not on the executor's PATH")
-        workdir = await asyncio.to_thread(tempfile.mkdtemp, prefix="fy-agent-")
-        child_env = {"PATH": SAFE_PATH, "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8", **env}
         started = time.monotonic()
+        await asyncio.to_thread(_prepare, spool, stdin, time.time() + timeout_s)
+        work = spool / "work"
+        child_env = {"PATH": SAFE_PATH, "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8", **env}
         try:
-            try:
-                proc = await asyncio.create_subprocess_exec(
-                    *_argv(program, command[1:]),
-                    stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE,
-                    cwd=workdir,
-                    env=child_env,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                return Outcome(None, b"", b"", 0.0, start_error=f"cannot start {command[0]!r}: {exc.strerror}")
-            try:
-                return await self._supervise(proc, stdin, timeout_s, started)
-            finally:
-                # Cancelled, or leftovers the agent started in the background: leave nothing behind.
-                _kill_group(proc)
-                if proc.returncode is None:
-                    with contextlib.suppress(Exception):
-                        await asyncio.shield(proc.wait())
-        finally:
-            # Off the critical path: the result does not wait for the scratch directory to go.
-            cleanup = asyncio.create_task(asyncio.to_thread(_remove_dir, workdir))
-            self._cleanups.add(cleanup)
-            cleanup.add_done_callback(self._cleanups.discard)
-
-    async def _supervise(
-        self, proc: asyncio.subprocess.Process, stdin: bytes, timeout_s: float, started: float
-    ) -> Outcome:
-        out = bytearray()
-        err = bytearray()
-        overflow = False
-
-        async def feed() -> None:
-            assert proc.stdin is not None
-            # An agent may exit without reading its input; that is its business, not an error.
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                proc.stdin.write(stdin)
-                await proc.stdin.drain()
-                proc.stdin.close()
-
-        async def read_out() -> None:
-            nonlocal overflow
-            assert proc.stdout is not None
-            while chunk := await proc.stdout.read(65536):
-                if len(out) + len(chunk) > self.max_output_bytes:
-                    overflow = True
-                    continue  # keep draining so the agent is not blocked on a full pipe
-                out.extend(chunk)
-
-        async def read_err() -> None:
-            assert proc.stderr is not None
-            while chunk := await proc.stderr.read(65536):
-                err.extend(chunk)
-                if len(err) > self.stderr_keep:
-                    del err[: len(err) - self.stderr_keep]
-
-        io = asyncio.gather(feed(), read_out(), read_err(), proc.wait())
+            proc = await asyncio.create_subprocess_exec(
+                SH,
+                "-c",
+                WRAPPER,
+                "flowyard-agent",
+                str(spool),
+                program,
+                *command[1:],
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+                cwd=work,
+                env=child_env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            return Outcome(None, b"", b"", 0.0, start_error=f"cannot start {command[0]!r}: {exc.strerror}")
         timed_out = False
         try:
-            await asyncio.wait_for(asyncio.shield(io), timeout=timeout_s)
+            await asyncio.wait_for(proc.wait(), timeout=timeout_s)
         except TimeoutError:
             timed_out = True
-            _kill_group(proc)
-            # Children of the agent may hold the pipes open; do not wait on them forever.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(io, timeout=5)
-            if not io.done():
-                io.cancel()
+            _kill_group(proc.pid)
+            await proc.wait()
         except asyncio.CancelledError:
-            io.cancel()
+            if not self.detach:  # the run ended: nothing may keep running for it
+                _kill_group(proc.pid)
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(proc.wait())
             raise
-        return Outcome(
-            exit_code=proc.returncode,
-            stdout=bytes(out),
-            stderr_tail=bytes(err),
-            duration_s=time.monotonic() - started,
-            timed_out=timed_out,
-            stdout_overflow=overflow,
-        )
+        _kill_group(proc.pid)  # leftovers the agent started in the background
+        return await self._collect(spool, time.monotonic() - started, timed_out=timed_out)
+
+    async def _adopt(self, task: TaskDispatched, spool: Path) -> Outcome | None:
+        """Wait for the agent a previous executor started, or read what it left. None: start afresh."""
+        log.info("adopting an attempt started before", task=task.key)
+        began = time.monotonic()
+        deadline = await asyncio.to_thread(_read_float, spool / "deadline")
+        while True:
+            if await asyncio.to_thread((spool / "rc").exists):
+                return await self._collect(spool, time.monotonic() - began, timed_out=False)
+            pid = await asyncio.to_thread(_read_int, spool / "pid")
+            if pid is None:
+                if time.monotonic() - began > 5:
+                    # Prepared but never started (the executor died in between): start it now.
+                    await asyncio.to_thread(shutil.rmtree, spool, True)
+                    return None
+            elif not await asyncio.to_thread(_is_wrapper, pid, spool):
+                if await asyncio.to_thread((spool / "rc").exists):
+                    continue
+                timed_out = deadline is not None and time.time() > deadline
+                outcome = await self._collect(spool, time.monotonic() - began, timed_out=timed_out)
+                return outcome if timed_out else _lost(outcome)
+            elif deadline is not None and time.time() > deadline:
+                _kill_group(pid)
+                return await self._collect(spool, time.monotonic() - began, timed_out=True)
+            await asyncio.sleep(_POLL)
+
+    async def _collect(self, spool: Path, duration: float, *, timed_out: bool) -> Outcome:
+        return await asyncio.to_thread(_collect, spool, duration, timed_out, self.max_output_bytes, self.stderr_keep)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(_sweep, self.state_dir, self.spool_retention)
+            await asyncio.sleep(min(self.spool_retention / 4, 600))
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
 
 
-def _kill_group(proc: asyncio.subprocess.Process) -> None:
+def _prepare(spool: Path, stdin: bytes, deadline: float) -> None:
+    (spool / "work").mkdir(parents=True, mode=0o700)
+    (spool / "input.json").write_bytes(stdin)
+    (spool / "deadline").write_text(repr(deadline))
+
+
+def _collect(spool: Path, duration: float, timed_out: bool, max_out: int, keep_err: int) -> Outcome:
+    rc = _read_int(spool / "rc")
+    out = b""
+    overflow = False
+    with contextlib.suppress(FileNotFoundError), (spool / "stdout").open("rb") as f:
+        out = f.read(max_out + 1)
+        overflow = len(out) > max_out
+        out = out[:max_out]
+    err = b""
+    with contextlib.suppress(FileNotFoundError), (spool / "stderr").open("rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - keep_err))
+        err = f.read()
+    # The work directory goes now; the rest stays until swept, for a redelivery to read.
+    shutil.rmtree(spool / "work", ignore_errors=True)
+    exit_code = None if timed_out or rc is None else (rc if rc < 128 else -(rc - 128))
+    return Outcome(exit_code, out, err, duration, timed_out=timed_out, stdout_overflow=overflow)
+
+
+def _lost(outcome: Outcome) -> Outcome:
+    return Outcome(None, outcome.stdout, outcome.stderr_tail, outcome.duration_s, lost=True)
+
+
+def _sweep(state_dir: Path, retention: float) -> None:
+    cutoff = time.time() - retention
+    for spool in state_dir.iterdir():
+        with contextlib.suppress(OSError):
+            if spool.stat().st_mtime < cutoff and (spool / "rc").exists():
+                shutil.rmtree(spool, ignore_errors=True)
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _read_float(path: Path) -> float | None:
+    try:
+        return float(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _is_wrapper(pid: int, spool: Path) -> bool:
+    """Is ``pid`` alive and our wrapper for this spool (not a recycled pid)?"""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state != "Z" and str(spool).encode() in cmdline
+
+
+def _kill_group(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        proc.kill()
+        os.killpg(pid, signal.SIGKILL)
