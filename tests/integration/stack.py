@@ -51,6 +51,20 @@ class Stack:
         log.close()
         self.wait_for_log(name, "service started")
 
+    def start_replica(self, name: str) -> None:
+        """A second process of the same service (its logs under NAME-2)."""
+        replica = f"{name}-2"
+        self.starts[replica] = self.starts.get(replica, 0) + 1
+        log = self.log_path(replica).open("wb")
+        self.procs[replica] = subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}"], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        self.wait_for_log(replica, "service started")
+
+    def replica_log(self, name: str) -> str:
+        return "".join(p.read_text(errors="replace") for p in self.workdir.glob(f"{name}.*.log"))
+
     def wait_for_log(self, name: str, text: str, timeout: float = 30) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -1,0 +1,102 @@
+"""Any one service SIGKILLed at a random point of a run and restarted: the run finishes with the
+right outputs, no attempt's side effect happens twice, and timers survive. Two schedulers and
+two executors share the work without doing anything twice."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.natsserver import NatsServer
+
+from .stack import Stack
+
+WORKFLOWS = Path(__file__).parent / "workflows"
+SEED = random.randrange(1_000_000)
+
+
+@pytest.fixture
+def stack(nats_binary: str, tmp_path: Path) -> Iterator[Stack]:
+    server = NatsServer(tmp_path / "nats").start()
+    s = Stack(server, tmp_path)
+    try:
+        yield s
+    finally:
+        s.stop_all()
+        server.stop()
+
+
+def check_once(markers: Path, result: dict) -> None:
+    assert result["status"] == "succeeded", result
+    assert result["outputs"] == {"total": 7}
+    for node in "abcde":
+        lines = (markers / node).read_text().splitlines()
+        assert lines == ["1"], f"node {node} ran {lines} (seed {SEED})"
+        assert result["nodes"][node]["attempts"] == 1
+
+
+@pytest.mark.parametrize("victim", ["planner", "scheduler", "executor"])
+def test_a_service_killed_at_a_random_point_and_restarted(stack: Stack, tmp_path: Path, victim: str) -> None:
+    rng = random.Random(f"{SEED}:{victim}")
+    stack.start_all()
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    run = stack.cli_background("run", str(WORKFLOWS / "slow-diamond.yaml"), "-i", f"dir={markers}", "-i", "sleep=0.7",
+                               "--json")
+    # Anywhere from before planning to the fan-in: the run takes about 2.5 s.
+    time.sleep(rng.uniform(0.0, 2.4))
+    stack.kill(victim, signal.SIGKILL)
+    time.sleep(rng.uniform(0.0, 1.5))
+    stack.start(victim)
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 0, f"{err}\n(seed {SEED})"
+    check_once(markers, json.loads(out))
+
+
+def test_retry_backoff_survives_a_scheduler_restart(stack: Stack, tmp_path: Path) -> None:
+    stack.start_all()
+    code_dir = tmp_path / "markers"
+    code_dir.mkdir()
+    run = stack.cli_background("run", str(WORKFLOWS / "retry-later.yaml"), "-i", f"dir={code_dir}", "--json")
+    for _ in range(200):
+        if (code_dir / "tries").exists():
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)  # the first attempt has failed; its 3 s back-off timer is pending
+    stack.kill("scheduler", signal.SIGKILL)
+    time.sleep(0.5)
+    stack.start("scheduler")
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == 0, err
+    result = json.loads(out)
+    assert result["nodes"]["flaky"]["attempts"] == 2
+    stamps = [float(x) for x in (code_dir / "tries").read_text().split()]
+    assert len(stamps) == 2 and stamps[1] - stamps[0] >= 1.5 * 0.9, "the back-off was not waited out"
+
+
+def test_two_schedulers_and_two_executors_share_the_work(stack: Stack, tmp_path: Path) -> None:
+    stack.start("planner")
+    stack.start("scheduler")
+    stack.start("executor")
+    # Second replicas: the same services again, as separate processes.
+    stack.start_replica("scheduler")
+    stack.start_replica("executor")
+    runs = []
+    for i in range(6):
+        markers = tmp_path / f"m{i}"
+        markers.mkdir()
+        runs.append((markers, stack.cli_background("run", str(WORKFLOWS / "slow-diamond.yaml"), "-i",
+                                                   f"dir={markers}", "-i", "sleep=0.2", "--json")))
+    for markers, run in runs:
+        out, err = run.communicate(timeout=120)
+        assert run.returncode == 0, err
+        check_once(markers, json.loads(out))
+    # Both executors took work.
+    worked = [stack.replica_log(name).count('"attempt finished"') for name in ("executor", "executor-2")]
+    assert all(n > 0 for n in worked), worked
