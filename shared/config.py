@@ -101,10 +101,11 @@ class ExecutorConfig(_Section):
     # Secrets: one file per name in this directory (e.g. a mounted Kubernetes Secret), else
     # FLOWYARD_SECRET_<NAME> variables of the executor.
     secrets_dir: str | None = None
-    # Where each attempt's spool lives (default ~/.local/state/flowyard/executor), so that an
-    # executor restarted after a crash adopts the agents it started rather than running them twice.
+    # Where each attempt's spool lives (default: $XDG_RUNTIME_DIR or /dev/shm, else
+    # ~/.local/state), so that an executor restarted after a crash adopts the agents it started
+    # rather than running them twice.
     state_dir: str | None = None
-    spool_retention: str = "1h"
+    spool_retention: str = "15m"
 
     def __post_init__(self) -> None:
         _duration(self.shutdown_grace, "shutdown_grace")

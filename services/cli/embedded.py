@@ -28,20 +28,22 @@ class EmbeddedStack:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.server.start)
-        executor = self.base_config.executor
-        if executor.state_dir is None:
-            executor = msgspec.structs.replace(executor, state_dir=str(self.data_dir / "executor"))
-        self.config = msgspec.structs.replace(
-            self.base_config,
-            nats=msgspec.structs.replace(self.base_config.nats, url=self.server.url),
-            executor=executor,
-        )
-        services = [PlannerService(self.config), SchedulerService(self.config), ExecutorService(self.config)]
-        self.host = ServiceHost(self.config, services)
         try:
+            executor = self.base_config.executor
+            if executor.state_dir is None:
+                executor = msgspec.structs.replace(executor, state_dir=str(self.data_dir / "executor"))
+            self.config = msgspec.structs.replace(
+                self.base_config,
+                nats=msgspec.structs.replace(self.base_config.nats, url=self.server.url),
+                executor=executor,
+            )
+            services = [PlannerService(self.config), SchedulerService(self.config), ExecutorService(self.config)]
+            self.host = ServiceHost(self.config, services)
             await self.host.start()
         except BaseException:
+            # Never leave a private nats-server behind when the stack cannot come up.
             await asyncio.to_thread(self.server.stop)
+            self.host = None
             raise
 
     async def stop(self) -> None:

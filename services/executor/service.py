@@ -39,6 +39,7 @@ class ExecutorService(Service):
             log_tail_bytes=cfg.log_tail_bytes,
             state_dir=cfg.state_dir,
             spool_retention=seconds(cfg.spool_retention),
+            concurrency=cfg.concurrency,
         )
         self.executor_id = f"{socket.gethostname()}:{os.getpid()}:{cfg.pool}"
         self._dedup_window = seconds(config.bus.duplicate_window)

@@ -47,8 +47,9 @@ def test_a_service_killed_at_a_random_point_and_restarted(stack: Stack, tmp_path
     stack.start_all()
     markers = tmp_path / "markers"
     markers.mkdir()
-    run = stack.cli_background("run", str(WORKFLOWS / "slow-diamond.yaml"), "-i", f"dir={markers}", "-i", "sleep=0.7",
-                               "--json")
+    run = stack.cli_background(
+        "run", str(WORKFLOWS / "slow-diamond.yaml"), "-i", f"dir={markers}", "-i", "sleep=0.7", "--json"
+    )
     # Anywhere from before planning to the fan-in: the run takes about 2.5 s.
     time.sleep(rng.uniform(0.0, 2.4))
     stack.kill(victim, signal.SIGKILL)
@@ -91,8 +92,14 @@ def test_two_schedulers_and_two_executors_share_the_work(stack: Stack, tmp_path:
     for i in range(6):
         markers = tmp_path / f"m{i}"
         markers.mkdir()
-        runs.append((markers, stack.cli_background("run", str(WORKFLOWS / "slow-diamond.yaml"), "-i",
-                                                   f"dir={markers}", "-i", "sleep=0.2", "--json")))
+        runs.append(
+            (
+                markers,
+                stack.cli_background(
+                    "run", str(WORKFLOWS / "slow-diamond.yaml"), "-i", f"dir={markers}", "-i", "sleep=0.2", "--json"
+                ),
+            )
+        )
     for markers, run in runs:
         out, err = run.communicate(timeout=120)
         assert run.returncode == 0, err

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import os
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 

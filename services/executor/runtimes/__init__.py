@@ -16,7 +16,8 @@ def make_runtime(
     max_output_bytes: int,
     log_tail_bytes: int,
     state_dir: str | None = None,
-    spool_retention: float = 3600.0,
+    spool_retention: float = 900.0,
+    concurrency: int = 8,
 ) -> Runtime:
     if name == "process":
         return ProcessRuntime(
@@ -24,6 +25,7 @@ def make_runtime(
             log_tail_bytes=log_tail_bytes,
             state_dir=state_dir,
             spool_retention=spool_retention,
+            file_threads=min(max(concurrency, 2), 32),
         )
     raise ConfigurationError(
         f"runtime {name!r} is not available in this build of flowyard (the Docker runtime is tracked "

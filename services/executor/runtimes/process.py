@@ -26,6 +26,7 @@ import sys
 import time
 import warnings
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import structlog
@@ -89,14 +90,18 @@ class ProcessRuntime(Runtime):
         max_output_bytes: int,
         log_tail_bytes: int,
         state_dir: str | Path | None = None,
-        spool_retention: float = 3600.0,
+        spool_retention: float = 900.0,
+        file_threads: int = 8,
     ) -> None:
         self.max_output_bytes = max_output_bytes
         self.stderr_keep = max(log_tail_bytes * 4, 16384)
-        self.state_dir = Path(state_dir) if state_dir else Path.home() / ".local/state/flowyard/executor"
+        self.state_dir = Path(state_dir) if state_dir else default_state_dir()
         self.spool_retention = spool_retention
         # Set while the executor shuts down: running agents are left for the next executor to adopt.
         self.detach = False
+        # Spool files are small and many: their own threads, so they never queue behind other
+        # blocking work of the process (asyncio's default pool has only cpu_count + 4 threads).
+        self._files = ThreadPoolExecutor(max_workers=file_threads, thread_name_prefix="fy-spool")
         self._watcher_ready = False
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -106,19 +111,20 @@ class ProcessRuntime(Runtime):
             await asyncio.to_thread(self.state_dir.mkdir, parents=True, exist_ok=True, mode=0o700)
             self._sweeper = asyncio.create_task(self._sweep_forever())
             self._watcher_ready = True
-        spool = self.state_dir / spool_name(task.key)
-        if await asyncio.to_thread(spool.exists):
-            adopted = await self._adopt(task, spool)
-            if adopted is not None:
-                return adopted
         command = task.agent.command
         if not command:
             return Outcome(None, b"", b"", 0.0, start_error=f"agent {task.agent.name!r} has no `command` to run")
         program = _which(command[0]) if os.sep not in command[0] else command[0]
         if program is None:
             return Outcome(None, b"", b"", 0.0, start_error=f"command {command[0]!r} is not on the executor's PATH")
+        spool = self.state_dir / spool_name(task.key)
         started = time.monotonic()
-        await asyncio.to_thread(_prepare, spool, stdin, time.time() + timeout_s)
+        loop = asyncio.get_running_loop()
+        while not await loop.run_in_executor(self._files, _prepare, spool, stdin, time.time() + timeout_s):
+            # The spool exists: an executor before us started this attempt.
+            adopted = await self._adopt(task, spool)
+            if adopted is not None:
+                return adopted
         work = spool / "work"
         child_env = {"PATH": SAFE_PATH, "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8", **env}
         try:
@@ -181,7 +187,9 @@ class ProcessRuntime(Runtime):
             await asyncio.sleep(_POLL)
 
     async def _collect(self, spool: Path, duration: float, *, timed_out: bool) -> Outcome:
-        return await asyncio.to_thread(_collect, spool, duration, timed_out, self.max_output_bytes, self.stderr_keep)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._files, _collect, spool, duration, timed_out, self.max_output_bytes, self.stderr_keep
+        )
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -192,12 +200,27 @@ class ProcessRuntime(Runtime):
     async def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        self._files.shutdown(wait=False)
 
 
-def _prepare(spool: Path, stdin: bytes, deadline: float) -> None:
-    (spool / "work").mkdir(parents=True, mode=0o700)
+def _prepare(spool: Path, stdin: bytes, deadline: float) -> bool:
+    """Create the spool for a fresh start; False when it already exists (adopt instead)."""
+    try:
+        spool.mkdir(mode=0o700)
+    except FileExistsError:
+        return False
+    (spool / "work").mkdir(mode=0o700)
     (spool / "input.json").write_bytes(stdin)
     (spool / "deadline").write_text(repr(deadline))
+    return True
+
+
+def default_state_dir() -> Path:
+    """Spools outlive the executor, not the machine: a per-user directory on tmpfs when there is one."""
+    for base in (os.environ.get("XDG_RUNTIME_DIR"), "/dev/shm"):
+        if base and os.path.isdir(base) and os.access(base, os.W_OK):
+            return Path(base) / f"flowyard-{os.getuid()}" / "executor"
+    return Path.home() / ".local/state/flowyard/executor"
 
 
 def _collect(spool: Path, duration: float, timed_out: bool, max_out: int, keep_err: int) -> Outcome:

@@ -1,0 +1,90 @@
+"""A stack for benchmarks: `flowyard up`, or one `flowyard serve` process per service."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import TracebackType
+
+from shared.natsserver import NatsServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def quiet_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWYARD_")}
+    return (
+        env
+        | {"FLOWYARD_LOG_LEVEL": "warning", "FLOWYARD_LOG_FORMAT": "json", "FLOWYARD_HTTP_PORT": "-1"}
+        | (extra or {})
+    )
+
+
+class BenchStack:
+    def __init__(self, data: Path, *, separate: bool, env: dict[str, str] | None = None) -> None:
+        self.data = data
+        self.separate = separate
+        self.env = env or {}
+        self.procs: list[subprocess.Popen[str]] = []
+        self.server: NatsServer | None = None
+        self.url = ""
+
+    def describe(self) -> str:
+        return "nats-server + one process per service" if self.separate else "flowyard up (one process)"
+
+    async def __aenter__(self) -> BenchStack:
+        if self.separate:
+            self.server = await asyncio.to_thread(NatsServer(self.data / "nats").start)
+            self.url = self.server.url
+            env = quiet_env(
+                self.env | {"FLOWYARD_NATS_URL": self.url, "FLOWYARD_EXECUTOR_STATE_DIR": str(self.data / "spool")}
+            )
+            for name in ("planner", "scheduler", "executor"):
+                self.procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", f"services.{name}"],
+                        cwd=ROOT,
+                        env=env,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                        text=True,
+                    )
+                )
+            await asyncio.sleep(4)
+            return self
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "up", "--data-dir", str(self.data)],
+            cwd=ROOT,
+            env=quiet_env(self.env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self.procs.append(proc)
+        assert proc.stdout is not None
+        line = await asyncio.to_thread(proc.stdout.readline)
+        while line and "export FLOWYARD_NATS_URL=" not in line:
+            line = await asyncio.to_thread(proc.stdout.readline)
+        m = re.search(r"export FLOWYARD_NATS_URL=(\S+)", line)
+        if not m:
+            raise SystemExit("flowyard up did not start")
+        self.url = m.group(1)
+        await asyncio.sleep(1)
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.procs[0].pid
+
+    async def __aexit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        for p in self.procs:
+            p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            await asyncio.to_thread(p.wait, 30)
+        if self.server is not None:
+            await asyncio.to_thread(self.server.stop)
