@@ -29,13 +29,8 @@ class EmbeddedStack:
     async def start(self) -> None:
         await asyncio.to_thread(self.server.start)
         try:
-            executor = self.base_config.executor
-            if executor.state_dir is None:
-                executor = msgspec.structs.replace(executor, state_dir=str(self.data_dir / "executor"))
             self.config = msgspec.structs.replace(
-                self.base_config,
-                nats=msgspec.structs.replace(self.base_config.nats, url=self.server.url),
-                executor=executor,
+                self.base_config, nats=msgspec.structs.replace(self.base_config.nats, url=self.server.url)
             )
             services = [PlannerService(self.config), SchedulerService(self.config), ExecutorService(self.config)]
             self.host = ServiceHost(self.config, services)
