@@ -20,6 +20,7 @@ class Progress:
         self.out = out
         self.width = 12
         self.reported: set[str] = set()
+        self.fanning: set[str] = set()
 
     def line(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -29,6 +30,9 @@ class Progress:
             case RunPlanned():
                 self.width = max([len(n.id) for n in event.plan.nodes] + [4])
                 self.line(f"run {event.run_id}: workflow {event.workflow!r}, {len(event.plan.nodes)} nodes")
+            case TaskStarted() if event.item is not None and event.node_id not in self.fanning:
+                self.fanning.add(event.node_id)
+                self.line(f"  ▶ {event.node_id:<{self.width}} started (one attempt per foreach item)")
             case TaskStarted() if event.item is None:
                 again = f" (attempt {event.attempt})" if event.attempt > 1 else ""
                 self.line(f"  ▶ {event.node_id:<{self.width}} started{again}")

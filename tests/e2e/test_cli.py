@@ -110,3 +110,17 @@ def test_up_serves_runs_and_shuts_down_cleanly(tmp_path: Path) -> None:
     assert code == 0
     # The data directory keeps the runs: a second `up` on it still knows the run.
     assert (tmp_path / "data" / "nats" / "jetstream").is_dir()
+
+
+def test_the_fleet_example_shows_fan_out_retry_conditions_and_optional_steps() -> None:
+    done = flowyard("run", str(ROOT / "examples/fleet-check.yaml"), "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    check = result["nodes"]["check"]
+    assert [item["output"]["host"] for item in check["items"]] == ["web-1", "web-2", "flaky-cache", "db-1", "db-2"]
+    assert check["items"][2]["attempts"] == 2
+    assert result["nodes"]["ticket"]["status"] == "failed"  # continue_on_failure: the run still succeeds
+    assert result["nodes"]["page"]["status"] == "succeeded"
+    assert result["status"] == "succeeded" and result["outputs"]["checked"] == 5
+    quiet = flowyard("run", str(ROOT / "examples/fleet-check.yaml"), "-i", "env=staging", "--json")
+    assert json.loads(quiet.stdout)["nodes"]["page"]["status"] == "skipped"
