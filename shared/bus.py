@@ -227,6 +227,8 @@ class Bus:
         await self._ensure_kv(subjects.RUNS_BUCKET, "Run records kept by the scheduler", history=5)
         await self._ensure_kv(subjects.AGENTS_BUCKET, "Registered agents", history=10)
         await self._ensure_kv(subjects.CONCURRENCY_BUCKET, "Runs admitted and queued per workflow", history=1)
+        await self._ensure_kv(subjects.APPROVALS_BUCKET, "Approval requests and every decision on them", history=5)
+        await self._ensure_kv(subjects.NOTIFY_BUCKET, "Notifications delivered, per sink and event", history=1)
 
     async def _ensure_stream(self, sc: api.StreamConfig) -> None:
         try:

@@ -36,7 +36,7 @@ def _duration(value: str | float, name: str) -> float:
         raise ValueError(f"{name}: {exc}") from None
 
 
-class NatsConfig(_Section):
+class NatsConfig(_Section, kw_only=True):
     url: str = "nats://127.0.0.1:4222"
     # How long the first connect keeps trying before giving up with a clear error.
     connect_timeout: str = "10s"
@@ -54,7 +54,7 @@ class NatsConfig(_Section):
         return f"NatsConfig(url={self.url!r}, user={self.user!r})"
 
 
-class BusConfig(_Section):
+class BusConfig(_Section, kw_only=True):
     storage: Literal["file", "memory"] = "file"
     replicas: int = 1
     ack_wait: str = "30s"
@@ -74,13 +74,13 @@ class BusConfig(_Section):
             raise ValueError("max_deliver must be at least 1")
 
 
-class LogConfig(_Section):
+class LogConfig(_Section, kw_only=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     # auto: readable on a terminal, JSON otherwise (containers, CI, files).
     format: Literal["auto", "json", "console"] = "auto"
 
 
-class HttpConfig(_Section):
+class HttpConfig(_Section, kw_only=True):
     host: str = "127.0.0.1"
     # Port for /healthz, /readyz and /metrics; 0 picks a free port, -1 disables the endpoint.
     port: int = 0
@@ -90,7 +90,7 @@ class HttpConfig(_Section):
             raise ValueError("port must be -1 (off), 0 (any free port) or 1-65535")
 
 
-class ExecutorConfig(_Section):
+class ExecutorConfig(_Section, kw_only=True):
     runtime: Literal["process", "docker"] = "process"
     pool: str = "default"
     concurrency: int = 8
@@ -114,21 +114,83 @@ class ExecutorConfig(_Section):
             raise ValueError("concurrency must be at least 1")
 
 
-class SchedulerConfig(_Section):
+class SchedulerConfig(_Section, kw_only=True):
     concurrency: int = 16
     pool: str = "default"
 
 
-class PlannerConfig(_Section):
+class PlannerConfig(_Section, kw_only=True):
     concurrency: int = 8
 
 
-class TelemetryConfig(_Section):
+class ApproverConfig(_Section, kw_only=True):
+    concurrency: int = 8
+    # group name -> user names, for approvers written as group:NAME
+    groups: dict[str, list[str]] = {}
+
+
+class SinkConfig(_Section, kw_only=True):
+    type: Literal["webhook", "slack", "smtp", "log"]
+    url: str | None = None  # webhook / slack; or url_secret
+    url_secret: str | None = None  # a secret name holding the URL (secrets never in config files)
+    signing_secret: str | None = None  # webhook: secret name for the HMAC-SHA256 signature header
+    host: str | None = None  # smtp
+    port: int = 25
+    starttls: bool = False
+    username: str | None = None
+    password_secret: str | None = None
+    sender: str | None = None
+    to: list[str] = []
+    timeout: str = "10s"
+
+
+class NotifyRule(_Section, kw_only=True):
+    on: list[
+        Literal[
+            "run.succeeded",
+            "run.failed",
+            "run.cancelled",
+            "node.failed",
+            "approval.requested",
+            "approval.granted",
+            "approval.rejected",
+            "approval.expired",
+        ]
+    ]
+    workflows: list[str] = msgspec.field(default_factory=lambda: ["*"])  # glob patterns
+    sinks: list[str]
+
+
+class NotifierConfig(_Section, kw_only=True):
+    sinks: dict[str, SinkConfig] = {}
+    rules: list[NotifyRule] = []
+    attempts: int = 5  # deliveries tried per event and sink before giving up
+    backoff: str = "500ms"
+    max_backoff: str = "30s"
+    concurrency: int = 8
+    secrets_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("backoff", "max_backoff"):
+            _duration(getattr(self, name), name)
+        for rule in self.rules:
+            for sink in rule.sinks:
+                if sink not in self.sinks:
+                    known = ", ".join(self.sinks) or "none"
+                    raise ValueError(f"rule sends to unknown sink {sink!r}; defined sinks: {known}")
+        for name, sink in self.sinks.items():
+            if sink.type in ("webhook", "slack") and not (sink.url or sink.url_secret):
+                raise ValueError(f"sink {name!r}: a {sink.type} sink needs url or url_secret")
+            if sink.type == "smtp" and not (sink.host and sink.to and sink.sender):
+                raise ValueError(f"sink {name!r}: an smtp sink needs host, sender and to")
+
+
+class TelemetryConfig(_Section, kw_only=True):
     # none: spans are created (trace context still flows through NATS headers) but not exported.
     exporter: Literal["none", "console"] = "none"
 
 
-class Config(_Section):
+class Config(_Section, kw_only=True):
     nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
     bus: BusConfig = msgspec.field(default_factory=BusConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
@@ -136,6 +198,8 @@ class Config(_Section):
     executor: ExecutorConfig = msgspec.field(default_factory=ExecutorConfig)
     scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
     planner: PlannerConfig = msgspec.field(default_factory=PlannerConfig)
+    approver: ApproverConfig = msgspec.field(default_factory=ApproverConfig)
+    notifier: NotifierConfig = msgspec.field(default_factory=NotifierConfig)
     telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
 
 

@@ -13,7 +13,8 @@ import msgspec
 
 RunStatus = Literal["running", "succeeded", "failed", "cancelled"]
 FinalRunStatus = Literal["succeeded", "failed", "cancelled"]
-NodeStatus = Literal["pending", "running", "succeeded", "failed", "skipped", "cancelled"]
+NodeStatus = Literal["pending", "running", "succeeded", "failed", "skipped", "cancelled", "rejected"]
+ApprovalStatus = Literal["pending", "granted", "rejected", "expired"]
 FailureReason = Literal[
     "exit",  # the agent exited non-zero
     "timeout",  # the attempt ran past its timeout and was killed
@@ -66,6 +67,17 @@ class RetryPolicy(Wire, kw_only=True):
     jitter: bool = True
 
 
+class ApprovalPolicy(Wire, kw_only=True):
+    """Who must approve a node before it runs (agent risk `approval_required`, or `approval:`)."""
+
+    approvers: list[str] = []  # user names or group:NAME; empty: anyone but the run's requester
+    min_approvals: int = 1
+    expires_in_s: float = 3600.0
+    on_expiry: Literal["reject", "approve"] = "reject"
+    allow_self_approval: bool = False
+    reason: str = ""
+
+
 class PlannedNode(Wire, kw_only=True):
     id: str
     agent: AgentSnapshot
@@ -77,6 +89,7 @@ class PlannedNode(Wire, kw_only=True):
     parallelism: int | None = None
     retry: RetryPolicy = RetryPolicy()
     continue_on_failure: bool = False
+    approval: ApprovalPolicy | None = None
 
 
 class Plan(Wire, kw_only=True):
@@ -108,6 +121,7 @@ class RunPlanned(Event, tag="run.planned", kw_only=True):
     trigger: dict[str, Any] = {}
     retry_of: str | None = None
     reuse: dict[str, Any] = {}
+    requested_by: str = ""
 
 
 class RunCancelRequested(Event, tag="run.cancel_requested", kw_only=True):
@@ -118,11 +132,62 @@ class RunCancelRequested(Event, tag="run.cancel_requested", kw_only=True):
 class TimerDue(Event, tag="timer", kw_only=True):
     """A durable timer: kept in FY_TIMERS and handed back by JetStream until it is due."""
 
-    kind: Literal["retry", "deadline", "admit"]
+    kind: Literal["retry", "deadline", "admit", "expiry"]
     due_at: float  # epoch seconds
     node_id: str = ""
     item: int | None = None
     attempt: int = 0
+    approval_id: str = ""
+
+
+class ApprovalRequested(Event, tag="approval.requested", kw_only=True):
+    """Everything a person needs to decide whether a risky node may run."""
+
+    approval_id: str
+    workflow: str
+    node_id: str
+    agent: str
+    risk: str = "auto"
+    reason: str = ""
+    inputs: Any = None  # the resolved input (for foreach, the list of item inputs), secrets masked
+    inputs_hash: str = ""
+    policy: ApprovalPolicy = ApprovalPolicy()
+    expires_at: float = 0.0  # epoch seconds
+    requested_by: str = ""  # who started the run
+    requested_at: str = ""
+
+
+class Decision(Wire, kw_only=True):
+    user: str
+    at: str
+    comment: str = ""
+
+
+class ApprovalDecided(Event, tag="approval.decided", kw_only=True):
+    approval_id: str
+    workflow: str
+    node_id: str
+    outcome: Literal["granted", "rejected", "expired"]
+    approvals: list[Decision] = []
+    rejection: Decision | None = None
+    inputs_hash: str = ""
+    summary: str = ""  # e.g. "rejected by ann: wrong cluster"
+
+
+class NodeFailed(Event, tag="node.failed", kw_only=True):
+    """A node ended failed (after its retries): for people and their notification rules."""
+
+    workflow: str
+    node_id: str
+    error: str
+    attempts: int = 0
+
+
+class NotificationFailed(Event, tag="notification.failed", kw_only=True):
+    sink: str
+    event_type: str
+    error: str
+    attempts: int = 0
 
 
 class RunRejected(Event, tag="run.rejected", kw_only=True):
@@ -211,6 +276,10 @@ AnyEvent = (
     | RunPlanned
     | RunCancelRequested
     | TimerDue
+    | ApprovalRequested
+    | ApprovalDecided
+    | NodeFailed
+    | NotificationFailed
     | RunRejected
     | RunStarted
     | RunFinished
@@ -224,6 +293,10 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     RunPlanned,
     RunCancelRequested,
     TimerDue,
+    ApprovalRequested,
+    ApprovalDecided,
+    NodeFailed,
+    NotificationFailed,
     RunRejected,
     RunStarted,
     RunFinished,
@@ -258,6 +331,8 @@ class NodeRecord(Wire, kw_only=True):
     input: Any = None  # the resolved input of the attempts (kept so a retry sends the same)
     items: list[NodeRecord] | None = None  # foreach: one record per item, in order
     reused_from: str | None = None  # `runs retry`: the run whose output this node kept
+    approval_id: str | None = None  # set once an approval was requested for the node
+    approval: ApprovalStatus | None = None
 
 
 class RunRecord(Wire, kw_only=True):
@@ -276,7 +351,20 @@ class RunRecord(Wire, kw_only=True):
     rejected: list[str] = []  # the planner's reasons, when the run was rejected before it ran
     queued: bool = False  # waiting for a place under the workflow's `concurrency`
     retry_of: str | None = None
+    requested_by: str = ""
     outbox: list[Outgoing] = []
+
+
+class ApprovalRecord(Wire, kw_only=True):
+    """The approver's record of one request (KV ``fy_approvals``, key = approval id)."""
+
+    request: ApprovalRequested
+    status: ApprovalStatus = "pending"
+    approvals: list[Decision] = []
+    rejection: Decision | None = None
+    decided_at: str | None = None
+    summary: str = ""
+    published: bool = False  # the decision event went out
 
 
 def unit_token(node_id: str, item: int | None) -> str:
@@ -294,6 +382,7 @@ def node_results(record: RunRecord) -> dict[str, NodeResult]:
 _encoder = msgspec.json.Encoder()
 _event_decoder = msgspec.json.Decoder(AnyEvent)
 _record_decoder = msgspec.json.Decoder(RunRecord)
+_approval_decoder = msgspec.json.Decoder(ApprovalRecord)
 
 
 def encode(obj: msgspec.Struct) -> bytes:
@@ -307,6 +396,10 @@ def decode_event(data: bytes) -> AnyEvent:
 
 def decode_record(data: bytes) -> RunRecord:
     return _record_decoder.decode(data)
+
+
+def decode_approval(data: bytes) -> ApprovalRecord:
+    return _approval_decoder.decode(data)
 
 
 def event_type(event: Event) -> str:

@@ -17,6 +17,11 @@ import yaml
 from shared import subjects
 from shared.contract import (
     EVENT_TYPES,
+    ApprovalDecided,
+    ApprovalRecord,
+    ApprovalRequested,
+    NodeFailed,
+    NotificationFailed,
     RunCancelRequested,
     RunFinished,
     RunPlanned,
@@ -33,6 +38,7 @@ from shared.contract import (
 
 PROTO = Path(__file__).resolve().parent.parent / "proto"
 RUN, NODE, POOL, SERVICE, STATUS = "{run_id}", "{unit}", "{pool}", "{service}", "{status}"
+NODE_ID, OUTCOME, APPROVAL = "{node_id}", "{outcome}", "{approval_id}"
 
 # channel address -> (message type, who publishes, who consumes, description)
 CHANNELS: list[tuple[str, type, str, str, str]] = [
@@ -67,6 +73,34 @@ CHANNELS: list[tuple[str, type, str, str, str]] = [
         "scheduler",
         "scheduler",
         "A durable timer (retry back-off, run deadline, admission), handed back by JetStream until due.",
+    ),
+    (
+        subjects.approval_requested(RUN, NODE_ID),
+        ApprovalRequested,
+        "scheduler",
+        "approver, notifier, cli",
+        "A node waits for approval; the request holds what a person needs to decide.",
+    ),
+    (
+        subjects.approval_decided(RUN, NODE_ID, OUTCOME),
+        ApprovalDecided,
+        "approver",
+        "scheduler, notifier",
+        "The decision: granted, rejected or expired, with who decided and why.",
+    ),
+    (
+        subjects.node_failed(RUN, NODE_ID),
+        NodeFailed,
+        "scheduler",
+        "notifier",
+        "A node ended failed, after its retries.",
+    ),
+    (
+        subjects.notification_failed(RUN),
+        NotificationFailed,
+        "notifier",
+        "operators",
+        "A notification could not be delivered after its retries.",
     ),
     (subjects.task_event(RUN, NODE, "started"), TaskStarted, "executor", "cli", "An attempt began."),
     (subjects.task_event(RUN, NODE, "succeeded"), TaskSucceeded, "executor", "scheduler", "An attempt succeeded."),
@@ -103,6 +137,13 @@ CONSUMERS = {
         "filter_subjects": subjects.TIMER_FILTERS,
         "max_deliver": -1,
     },
+    "approver": {"stream": subjects.RUNS_STREAM, "filter_subjects": subjects.APPROVER_FILTERS},
+    "approver-timers": {
+        "stream": subjects.TIMERS_STREAM,
+        "filter_subjects": subjects.APPROVER_TIMER_FILTERS,
+        "max_deliver": -1,
+    },
+    "notifier": {"stream": subjects.RUNS_STREAM, "filter_subjects": subjects.NOTIFIER_FILTERS},
     "executor-{pool}": {"stream": subjects.TASKS_STREAM, "filter_subjects": subjects.executor_filters(POOL)},
 }
 BUCKETS = {
@@ -112,6 +153,12 @@ BUCKETS = {
         "value": "running and queued run ids",
         "writer": "scheduler (compare-and-set)",
     },
+    subjects.APPROVALS_BUCKET: {
+        "key": "approval id",
+        "value": "ApprovalRecord",
+        "writer": "approver (compare-and-set)",
+    },
+    subjects.NOTIFY_BUCKET: {"key": "sink and event digest", "value": "delivered | failed", "writer": "notifier"},
     subjects.AGENTS_BUCKET: {
         "key": "agent name",
         "value": "Agent document (apiVersion flowyard/v1)",
@@ -138,6 +185,8 @@ PARAMETERS = {
     "pool": "the executor pool",
     "status": "succeeded, failed or cancelled",
     "service": "the service that gave up on the message",
+    "node_id": "the node id",
+    "outcome": "granted, rejected or expired",
 }
 
 
@@ -148,7 +197,7 @@ def _schema_name(t: type) -> str:
 def render() -> dict[str, str]:
     """Every file under proto/, by relative path, as text."""
     files: dict[str, str] = {}
-    for t in (*EVENT_TYPES, RunRecord):
+    for t in (*EVENT_TYPES, RunRecord, ApprovalRecord):
         schema = msgspec.json.schema(t)
         schema = {
             "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -195,6 +244,12 @@ def _asyncapi() -> dict[str, Any]:
         "description": "A terminated message, unchanged, with fy-dlq-reason, fy-dlq-subject, fy-dlq-consumer, "
         "fy-dlq-stream-seq and fy-dlq-deliveries headers.",
         "parameters": {"service": {"description": "the service that gave up on it"}},
+    }
+    channels["fy_decide_approval"] = {
+        "address": subjects.DECIDE,
+        "description": "Request/reply (core NATS, in no stream): a DecisionRequest JSON body "
+        "{approval_id, decision: approve|reject, user, comment, reason}; the reply is "
+        "{ok, status, message, approval}.",
     }
     return {
         "asyncapi": "3.0.0",

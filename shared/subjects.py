@@ -17,6 +17,8 @@ TIMERS_STREAM = "FY_TIMERS"
 RUNS_BUCKET = "fy_runs"
 AGENTS_BUCKET = "fy_agents"
 CONCURRENCY_BUCKET = "fy_concurrency"
+APPROVALS_BUCKET = "fy_approvals"
+NOTIFY_BUCKET = "fy_notify"
 
 RUNS_SUBJECTS = "fy.run.>"
 TASKS_SUBJECTS = "fy.task.>"
@@ -66,7 +68,33 @@ def run_cancel(run_id: str) -> str:
 
 
 def timer(run_id: str) -> str:
-    return f"fy.timer.{run_id}"
+    return f"fy.timer.run.{run_id}"
+
+
+def approval_timer(approval_id: str) -> str:
+    return f"fy.timer.approval.{approval_id}"
+
+
+def approval_requested(run_id: str, node_id: str) -> str:
+    return f"fy.run.{run_id}.approval.{node_id}.requested"
+
+
+def approval_decided(run_id: str, node_id: str, outcome: str) -> str:
+    """``outcome`` is granted, rejected or expired."""
+    return f"fy.run.{run_id}.approval.{node_id}.{outcome}"
+
+
+def node_failed(run_id: str, node_id: str) -> str:
+    return f"fy.run.{run_id}.node.{node_id}.failed"
+
+
+def notification_failed(run_id: str) -> str:
+    return f"fy.run.{run_id}.notification.failed"
+
+
+# Decisions are NATS requests with a reply (core NATS, outside every stream, so that no stream
+# answers them): the CLI, the gateway and chat bots all decide through it.
+DECIDE = "fy.decide.approval"
 
 
 def run_events(run_id: str) -> str:
@@ -89,8 +117,20 @@ SCHEDULER_FILTERS = [
     "fy.run.*.cancel",
     "fy.run.*.task.*.succeeded",
     "fy.run.*.task.*.failed",
+    "fy.run.*.approval.*.granted",
+    "fy.run.*.approval.*.rejected",
+    "fy.run.*.approval.*.expired",
 ]
-TIMER_FILTERS = [TIMERS_SUBJECTS]
+TIMER_FILTERS = ["fy.timer.run.>"]
+APPROVER_FILTERS = ["fy.run.*.approval.*.requested"]
+APPROVER_TIMER_FILTERS = ["fy.timer.approval.>"]
+NOTIFIER_FILTERS = [
+    "fy.run.*.succeeded",
+    "fy.run.*.failed",
+    "fy.run.*.cancelled",
+    "fy.run.*.node.*.failed",
+    "fy.run.*.approval.*.*",
+]
 # Executors listen (core NATS, not durable) for runs that end while their attempts still run.
 RUN_ENDED = ["fy.run.*.failed", "fy.run.*.cancelled"]
 

@@ -33,5 +33,6 @@ async def plan_run(request: RunRequested, load_agents: AgentLoader) -> RunPlanne
         inputs=inputs,
         trigger=request.trigger,
         retry_of=request.retry_of,
+        requested_by=request.requested_by,
         reuse={k: v for k, v in request.reuse.items() if k in {n.id for n in workflow.spec.nodes}},
     )

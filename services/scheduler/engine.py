@@ -13,6 +13,7 @@ decide the same thing; retry jitter is seeded by run, slot and attempt for the s
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,8 @@ import msgspec
 
 from shared import subjects
 from shared.contract import (
+    ApprovalDecided,
+    ApprovalRequested,
     NodeRecord,
     Outgoing,
     PlannedNode,
@@ -42,7 +45,7 @@ from shared.durations import format_duration
 from shared.workflow.expressions import ExpressionError, evaluate
 from shared.workflow.templates import TemplateError, render
 
-DONE = ("succeeded", "failed", "skipped", "cancelled")
+DONE = ("succeeded", "failed", "skipped", "cancelled", "rejected")
 replace = msgspec.structs.replace
 
 
@@ -76,6 +79,7 @@ def start_run(event: RunPlanned, clock: Clock, *, queued: bool = False) -> RunRe
         updated_at=clock.now,
         queued=queued,
         retry_of=event.retry_of,
+        requested_by=event.requested_by,
     )
     if queued:
         return record  # waits for `admit` under the workflow's concurrency
@@ -201,6 +205,8 @@ def _decide(
     record: RunRecord, nodes: dict[str, NodeRecord], planned: PlannedNode, clock: Clock, outbox: list[Outgoing]
 ) -> NodeRecord:
     state = nodes[planned.id]
+    if state.approval is not None:
+        return state  # waiting for the approver's decision
     deps = {d: nodes[d] for d in planned.needs}
     plan = {p.id: p for p in record.plan.nodes} if record.plan else {}
     # A need that ended any way but success (or a failure it may continue on) means this node
@@ -247,13 +253,105 @@ def _decide(
                 items.append(NodeRecord(status="failed", error=f"cannot build the input: {exc}", finished_at=clock.now))
                 continue
             items.append(NodeRecord(input=item_input))
+        if planned.approval is not None:
+            return _request_approval(record, replace(state, items=items), planned, clock, outbox)
         return replace(state, status="running", items=items, started_at=clock.now)
     try:
         task_input = render(planned.with_, context)
     except TemplateError as exc:
         return replace(state, status="failed", error=f"cannot build the input: {exc}", finished_at=clock.now)
+    if planned.approval is not None:
+        return _request_approval(record, replace(state, input=task_input), planned, clock, outbox)
     outbox.append(_dispatch(record, planned, None, task_input, 1, clock))
     return replace(state, status="running", attempts=1, input=task_input, started_at=clock.now)
+
+
+def _request_approval(
+    record: RunRecord, state: NodeRecord, planned: PlannedNode, clock: Clock, outbox: list[Outgoing]
+) -> NodeRecord:
+    """Hold the node (still pending) until the approver's decision arrives."""
+    assert planned.approval is not None
+    inputs = [it.input for it in state.items] if state.items is not None else state.input
+    approval_id = f"{record.run_id}-{planned.id}"
+    request = ApprovalRequested(
+        run_id=record.run_id,
+        approval_id=approval_id,
+        workflow=record.workflow,
+        node_id=planned.id,
+        agent=planned.agent.name,
+        risk=planned.agent.risk,
+        reason=planned.approval.reason,
+        inputs=mask_secrets(inputs),
+        inputs_hash=inputs_hash(inputs),
+        policy=planned.approval,
+        expires_at=clock.epoch + planned.approval.expires_in_s,
+        requested_by=record.requested_by,
+        requested_at=clock.now,
+    )
+    outbox.append(
+        Outgoing(
+            subject=subjects.approval_requested(record.run_id, planned.id),
+            msg_id=f"{approval_id}:requested",
+            event=request,
+        )
+    )
+    return replace(state, approval_id=approval_id, approval="pending")
+
+
+def decide(record: RunRecord, event: ApprovalDecided, clock: Clock) -> RunRecord | None:
+    """The approver's decision on a held node: run it, or mark it rejected."""
+    if record.status != "running" or record.plan is None:
+        return None
+    state = record.nodes.get(event.node_id)
+    if (
+        state is None
+        or state.status != "pending"
+        or state.approval != "pending"
+        or state.approval_id != event.approval_id
+    ):
+        return None
+    planned = _planned(record, event.node_id)
+    outbox: list[Outgoing] = []
+    inputs = [it.input for it in state.items] if state.items is not None else state.input
+    if event.outcome == "granted" and event.inputs_hash == inputs_hash(inputs):
+        if state.items is not None:
+            state = replace(state, approval="granted", status="running", started_at=clock.now)
+        else:
+            outbox.append(_dispatch(record, planned, None, state.input, 1, clock))
+            state = replace(state, approval="granted", status="running", attempts=1, started_at=clock.now)
+    elif event.outcome == "granted":
+        # Approved inputs are not the inputs the node would run with: never run unapproved input.
+        state = replace(
+            state,
+            approval="rejected",
+            status="rejected",
+            finished_at=clock.now,
+            error="approval was for different inputs than the node has; request a new approval",
+        )
+    else:
+        status = "expired" if event.outcome == "expired" else "rejected"
+        state = replace(state, approval=status, status="rejected", finished_at=clock.now, error=event.summary)
+    record = replace(record, nodes={**record.nodes, event.node_id: state})
+    return advance(record, clock, outbox)
+
+
+_SECRET_KEYS = ("password", "passwd", "secret", "token", "apikey", "api_key", "private_key", "credential")
+
+
+def mask_secrets(value: Any) -> Any:
+    """What approvers see: values under secret-looking keys replaced by [masked]."""
+    if isinstance(value, dict):
+        return {
+            k: "[masked]" if any(s in str(k).lower().replace("-", "_") for s in _SECRET_KEYS) else mask_secrets(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [mask_secrets(v) for v in value]
+    return value
+
+
+def inputs_hash(value: Any) -> str:
+    return "sha256:" + hashlib.sha256(msgspec.json.encode(value, order="sorted")).hexdigest()
 
 
 def _fan_out(
@@ -334,12 +432,17 @@ def _stop(record: RunRecord, clock: Clock, *, status: str, error: str) -> RunRec
 def _finish(record: RunRecord, clock: Clock) -> RunRecord:
     assert record.plan is not None
     plan = {p.id: p for p in record.plan.nodes}
-    failed = [nid for nid, n in record.nodes.items() if n.status == "failed" and not plan[nid].continue_on_failure]
+    failed = [
+        nid
+        for nid, n in record.nodes.items()
+        if (n.status == "failed" and not plan[nid].continue_on_failure) or n.status == "rejected"
+    ]
     outputs, output_error = _outputs(record)
     error: str | None = None
     if failed:
         first = record.nodes[failed[0]]
-        error = f"node {failed[0]!r} failed: {first.error}"
+        verb = "was rejected" if first.status == "rejected" else "failed"
+        error = f"node {failed[0]!r} {verb}: {first.error}"
         if len(failed) > 1:
             error += f" (and {len(failed) - 1} more: {', '.join(failed[1:])})"
     elif output_error:

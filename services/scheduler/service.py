@@ -27,6 +27,8 @@ from shared.bus import Delivery
 from shared.config import seconds
 from shared.contract import (
     AnyEvent,
+    ApprovalDecided,
+    NodeFailed,
     Outgoing,
     RunCancelRequested,
     RunFinished,
@@ -104,6 +106,8 @@ class SchedulerService(Service):
                 await self.mutate(event.run_id, lambda rec, clk: engine.apply_result(rec, event, clk) if rec else None)
             case RunCancelRequested():
                 await self.mutate(event.run_id, lambda rec, clk: engine.cancel(rec, event, clk) if rec else None)
+            case ApprovalDecided():
+                await self.mutate(event.run_id, lambda rec, clk: engine.decide(rec, event, clk) if rec else None)
             case _:
                 raise PermanentError(f"the scheduler does not handle {type(event).__name__}")
 
@@ -181,7 +185,7 @@ class SchedulerService(Service):
                     await self._release(record)  # in case a crash came between finishing and releasing
                 return
             assert new is not None
-            new = engine.replace(new, outbox=outbox)
+            new = engine.replace(new, outbox=outbox + _node_failures(record, new))
             try:
                 if record is None:
                     revision = await self.records.create(run_id, encode(new))
@@ -246,6 +250,28 @@ class SchedulerService(Service):
         age = time.time() - _epoch(record.updated_at)
         fresh = age < self._dedup_window
         await self._publish([o for o in record.outbox if fresh or isinstance(o.event, TaskDispatched | TimerDue)])
+
+
+def _node_failures(before: RunRecord | None, after: RunRecord) -> list[Outgoing]:
+    """A `node.failed` event for each node this step left failed (after its retries)."""
+    out = []
+    for nid, node in after.nodes.items():
+        if node.status == "failed" and (
+            before is None or before.nodes.get(nid) is None or before.nodes[nid].status != "failed"
+        ):
+            event = NodeFailed(
+                run_id=after.run_id,
+                workflow=after.workflow,
+                node_id=nid,
+                error=node.error or "",
+                attempts=node.attempts,
+            )
+            out.append(
+                Outgoing(
+                    subject=subjects.node_failed(after.run_id, nid), msg_id=f"{after.run_id}:{nid}:failed", event=event
+                )
+            )
+    return out
 
 
 def _epoch(rfc3339: str) -> float:

@@ -83,8 +83,17 @@ class Defaults(_Doc, kw_only=True):
     timeout: str | None = None  # per node attempt, unless the node says otherwise
 
 
+class ApprovalSpec(_Doc, kw_only=True):
+    approvers: list[str] = []  # user names or group:NAME (groups in the approver's config)
+    min_approvals: int = 1
+    expires_in: str = "1h"
+    on_expiry: Literal["reject", "approve"] = "reject"
+    allow_self_approval: bool = False
+    reason: str = ""  # shown to the approvers
+
+
 # Keys reserved for later releases; present so they are not "unknown", refused until implemented.
-RESERVED_NODE_KEYS = ("approval",)
+RESERVED_NODE_KEYS: tuple[str, ...] = ()
 RESERVED_SPEC_KEYS = ("triggers",)
 
 
@@ -100,7 +109,7 @@ class NodeDef(_Doc, kw_only=True):
     parallelism: int | None = None  # at most this many foreach items at once
     retry: RetrySpec | None = None
     continue_on_failure: bool = False
-    approval: Any = None
+    approval: ApprovalSpec | None = None
 
 
 class WorkflowSpec(_Doc, kw_only=True):

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from shared.contract import AgentResources, AgentSnapshot, Plan, PlannedNode, RetryPolicy
+from shared.contract import AgentResources, AgentSnapshot, ApprovalPolicy, Plan, PlannedNode, RetryPolicy
 from shared.durations import parse_duration
 from shared.errors import ValidationFailed
 from shared.schemas import first_error, schema_problem
@@ -26,6 +26,7 @@ from shared.workflow.model import (
     RESERVED_NODE_KEYS,
     RESERVED_SPEC_KEYS,
     AgentDoc,
+    ApprovalSpec,
     InputDef,
     RetrySpec,
     WorkflowDoc,
@@ -248,6 +249,8 @@ def validate_workflow(
             problems.extend(f"{at(i, 'timeout')}: {label}: timeout: {p}" for p in _duration_problems(node.timeout))
         if node.retry is not None:
             problems.extend(f"{at(i, 'retry')}: {label}: retry: {p}" for p in _retry_problems(node.retry))
+        if node.approval is not None:
+            problems.extend(f"{at(i, 'approval')}: {label}: approval: {p}" for p in _approval_problems(node.approval))
         if node.parallelism is not None:
             if node.foreach is None:
                 problems.append(f"{at(i, 'parallelism')}: {label}: parallelism only applies with foreach")
@@ -384,6 +387,19 @@ def _duration_problems(value: str) -> list[str]:
     return []
 
 
+def _approval_problems(spec: ApprovalSpec) -> list[str]:
+    problems = _duration_problems(spec.expires_in)
+    if spec.min_approvals < 1:
+        problems.append("min_approvals must be at least 1")
+    people = [a for a in spec.approvers if not a.startswith("group:")]
+    if spec.approvers and len(people) == len(spec.approvers) and spec.min_approvals > len(people):
+        problems.append(f"min_approvals is {spec.min_approvals} but only {len(people)} approver(s) are named")
+    for a in spec.approvers:
+        if not a or (a.startswith("group:") and len(a) == len("group:")):
+            problems.append(f"approver {a!r}: write a user name or group:NAME")
+    return problems
+
+
 def _retry_problems(retry: RetrySpec) -> list[str]:
     problems = []
     if not 1 <= retry.attempts <= 100:
@@ -489,6 +505,27 @@ def retry_policy(spec: RetrySpec | None) -> RetryPolicy:
     )
 
 
+def approval_policy(spec: ApprovalSpec | None, agent: AgentDoc) -> ApprovalPolicy | None:
+    """A node needs approval when it says so, or when its agent's risk requires it."""
+    if spec is None:
+        if agent.spec.risk != "approval_required":
+            return None
+        return ApprovalPolicy(reason=f"agent {agent.metadata.name!r} is marked risk: approval_required")
+    reason = spec.reason or (
+        f"agent {agent.metadata.name!r} is marked risk: approval_required"
+        if agent.spec.risk == "approval_required"
+        else "the workflow asks for approval of this step"
+    )
+    return ApprovalPolicy(
+        approvers=list(spec.approvers),
+        min_approvals=spec.min_approvals,
+        expires_in_s=parse_duration(spec.expires_in),
+        on_expiry=spec.on_expiry,
+        allow_self_approval=spec.allow_self_approval,
+        reason=reason,
+    )
+
+
 def plan_workflow(wf: WorkflowDoc, agents: Mapping[str, AgentDoc]) -> Plan:
     defaults = wf.spec.defaults
     default_retry = defaults.retry if defaults else None
@@ -508,6 +545,7 @@ def plan_workflow(wf: WorkflowDoc, agents: Mapping[str, AgentDoc]) -> Plan:
                 parallelism=n.parallelism,
                 retry=retry_policy(n.retry or default_retry),
                 continue_on_failure=n.continue_on_failure,
+                approval=approval_policy(n.approval, agents[n.agent]),
             )
         )
     return Plan(

@@ -191,8 +191,8 @@ def test_missing_file_and_not_yaml(tmp_path: Path) -> None:
 
 
 def test_reserved_keys_are_refused_until_implemented(tmp_path: Path) -> None:
-    path = write(tmp_path, workflow("- {id: a, agent: echo, approval: {approvers: [ann]}}\n"))
-    assert any("`approval` is reserved" in p for p in problems(path))
+    path = write(tmp_path, workflow("- {id: a, agent: echo}\n", "triggers: [{nats: fy.alerts}]\n"))
+    assert any("spec.triggers is reserved" in p for p in problems(path))
 
 
 def test_agent_input_schema_is_checked_before_the_run(tmp_path: Path) -> None:
