@@ -39,6 +39,7 @@ async def run_workflow(
     workflow_name: str | None,
     timeout: str | None,
     verbose: bool,
+    user: str | None = None,
 ) -> int:
     configure(config, "cli", quiet=not verbose)
     wait_for = parse_duration(timeout) if timeout else None
@@ -65,19 +66,23 @@ async def run_workflow(
             definition=msgspec.to_builtins(workflow),
             inputs=inputs,
             source=str(file),
-            requested_by=_user(),
+            requested_by=user or _user(),
             requested_at=now_rfc3339(),
         )
-        return await _submit(bus, request, as_json=as_json, wait_for=wait_for)
+        return await _submit(
+            bus, request, as_json=as_json, wait_for=wait_for, nats_url=stack.server.url if stack else None
+        )
     finally:
         await bus.close()
         if stack is not None:
             await stack.stop()
 
 
-async def _submit(bus: Bus, request: RunRequested, *, as_json: bool, wait_for: float | None) -> int:
+async def _submit(
+    bus: Bus, request: RunRequested, *, as_json: bool, wait_for: float | None, nats_url: str | None = None
+) -> int:
     """Submit, show progress (or stay quiet for --json), print the result; the exit code."""
-    progress = render.Progress(sys.stderr if as_json else sys.stdout)
+    progress = render.Progress(sys.stderr if as_json else sys.stdout, nats_url=nats_url)
     final = await client.submit_and_follow(bus, request, (lambda _e: None) if as_json else progress, timeout=wait_for)
     if isinstance(final, RunRejected):
         raise ValidationFailed(final.errors)
@@ -225,12 +230,20 @@ async def run_up(config: Config, data_dir: Path, nats_port: int) -> int:
 
 
 async def run_service(config: Config, name: str) -> int:
+    from services.approver.service import ApproverService
     from services.executor.service import ExecutorService
+    from services.notifier.service import NotifierService
     from services.planner.service import PlannerService
     from services.scheduler.service import SchedulerService
 
     configure(config, name)
-    kinds = {"planner": PlannerService, "scheduler": SchedulerService, "executor": ExecutorService}
+    kinds = {
+        "planner": PlannerService,
+        "scheduler": SchedulerService,
+        "executor": ExecutorService,
+        "approver": ApproverService,
+        "notifier": NotifierService,
+    }
     try:
         service = kinds[name](config)
     except ConfigurationError:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import msgspec
 
+from services.approver.service import ApproverService
 from services.executor.service import ExecutorService
+from services.notifier.service import NotifierService
 from services.planner.service import PlannerService
 from services.scheduler.service import SchedulerService
 from shared.config import Config
@@ -32,7 +34,13 @@ class EmbeddedStack:
             self.config = msgspec.structs.replace(
                 self.base_config, nats=msgspec.structs.replace(self.base_config.nats, url=self.server.url)
             )
-            services = [PlannerService(self.config), SchedulerService(self.config), ExecutorService(self.config)]
+            services = [
+                PlannerService(self.config),
+                SchedulerService(self.config),
+                ExecutorService(self.config),
+                ApproverService(self.config),
+                NotifierService(self.config),
+            ]
             self.host = ServiceHost(self.config, services)
             await self.host.start()
         except BaseException:

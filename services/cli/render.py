@@ -6,7 +6,17 @@ import json
 import sys
 from typing import Any, TextIO
 
-from shared.contract import AnyEvent, RunFinished, RunPlanned, RunRecord, TaskFailed, TaskStarted, TaskSucceeded
+from shared.contract import (
+    AnyEvent,
+    ApprovalDecided,
+    ApprovalRequested,
+    RunFinished,
+    RunPlanned,
+    RunRecord,
+    TaskFailed,
+    TaskStarted,
+    TaskSucceeded,
+)
 
 _MARK = {"succeeded": "✓", "failed": "✗", "skipped": "–", "cancelled": "⊘", "running": "▶", "pending": "·"}
 
@@ -16,8 +26,9 @@ def _dump(value: Any) -> str:
 
 
 class Progress:
-    def __init__(self, out: TextIO = sys.stdout) -> None:
+    def __init__(self, out: TextIO = sys.stdout, *, nats_url: str | None = None) -> None:
         self.out = out
+        self.nats_url = nats_url  # the embedded stack's, for deciding from another terminal
         self.width = 12
         self.reported: set[str] = set()
         self.fanning: set[str] = set()
@@ -42,6 +53,16 @@ class Progress:
             case TaskFailed():
                 unit = event.node_id if event.item is None else f"{event.node_id}[{event.item}]"
                 self.line(f"  ✗ {unit:<{self.width}} attempt {event.attempt} failed: {event.error}")
+            case ApprovalRequested():
+                who = ", ".join(event.policy.approvers) or "anyone but the requester"
+                self.line(f"  ⏸ {event.node_id:<{self.width}} waits for approval ({who}); decide with:")
+                self.line(f"      flowyard approvals approve {event.approval_id} --as USER")
+                self.line(f"      flowyard approvals reject {event.approval_id} --as USER --reason TEXT")
+                if self.nats_url:
+                    self.line(f"    (from another terminal, after: export FLOWYARD_NATS_URL={self.nats_url})")
+            case ApprovalDecided():
+                mark = "✓" if event.outcome == "granted" else "✗"
+                self.line(f"  {mark} {event.node_id:<{self.width}} {event.summary}")
             case RunFinished():
                 for nid, node in event.nodes.items():
                     if nid not in self.reported:

@@ -17,9 +17,9 @@ import msgspec
 from shared.contract import Event, TaskDispatched, TaskFailed, TaskStarted, TaskSucceeded
 from shared.durations import format_duration
 from shared.schemas import first_error
+from shared.secrets import SecretSource
 
 from .runtimes.base import Outcome, Runtime
-from .secrets import SecretSource
 
 Publish = Callable[[Event, str], Awaitable[None]]  # (event, "started" | "succeeded" | "failed")
 

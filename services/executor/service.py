@@ -17,11 +17,11 @@ from shared.bus import Delivery
 from shared.config import Config, seconds
 from shared.contract import AnyEvent, Event, TaskDispatched, decode_event, decode_record
 from shared.errors import PermanentError
+from shared.secrets import SecretSource
 from shared.service import Service
 
 from . import handlers
 from .runtimes import Runtime, make_runtime
-from .secrets import SecretSource
 
 log = structlog.get_logger("flowyard.executor")
 

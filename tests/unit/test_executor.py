@@ -13,8 +13,8 @@ import pytest
 
 from services.executor import handlers
 from services.executor.runtimes import ProcessRuntime
-from services.executor.secrets import SecretSource
 from shared.contract import AgentSnapshot, Event, TaskDispatched, TaskFailed, TaskStarted, TaskSucceeded
+from shared.secrets import SecretSource
 
 
 def task(

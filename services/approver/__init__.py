@@ -1,0 +1,1 @@
+"""The approver: keeps approval requests, enforces who may decide, counts approvals, expires them."""

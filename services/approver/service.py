@@ -1,0 +1,200 @@
+"""Wires approval requests, expiry timers and decision requests to :mod:`decisions`.
+
+Each request is a record in KV ``fy_approvals`` changed with compare-and-set. A decision that
+settles it is stored first, then published (``fy.run.<run>.approval.<node>.<outcome>``), then
+marked published; on start the approver re-publishes anything settled but not marked, so a
+crash in between delays a decision but never loses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+
+import msgspec
+import nats.js.errors
+import structlog
+from nats.aio.msg import Msg
+from nats.js.kv import KeyValue
+
+from shared import subjects
+from shared.bus import Delivery
+from shared.contract import (
+    AnyEvent,
+    ApprovalDecided,
+    ApprovalRecord,
+    ApprovalRequested,
+    TimerDue,
+    decode_approval,
+    decode_event,
+    encode,
+)
+from shared.envelope import now_rfc3339
+from shared.errors import NotYet, PermanentError, RetryableError
+from shared.service import Service
+
+from . import decisions
+
+log = structlog.get_logger("flowyard.approver")
+
+_decode_request = msgspec.json.Decoder(decisions.DecisionRequest).decode
+_encode = msgspec.json.Encoder().encode
+
+
+class ApproverService(Service):
+    name = "approver"
+
+    async def setup(self) -> None:
+        self.records: KeyValue = await self.bus.kv(subjects.APPROVALS_BUCKET)
+        cfg = self.config.approver
+        self.consumers.append(
+            self.bus.consumer(
+                durable="approver",
+                stream=subjects.RUNS_STREAM,
+                filters=subjects.APPROVER_FILTERS,
+                decode=decode_event,
+                handler=self.handle_request,
+                concurrency=cfg.concurrency,
+            )
+        )
+        self.consumers.append(
+            self.bus.consumer(
+                durable="approver-timers",
+                stream=subjects.TIMERS_STREAM,
+                filters=subjects.APPROVER_TIMER_FILTERS,
+                decode=decode_event,
+                handler=self.handle_timer,
+                concurrency=cfg.concurrency,
+                max_deliver=-1,
+            )
+        )
+
+    async def start(self) -> None:
+        await super().start()
+        assert self.bus.nc is not None
+        # A queue group: any replica answers a decision; KV compare-and-set keeps them consistent.
+        await self.bus.nc.subscribe(subjects.DECIDE, queue="approver", cb=self._on_decide)
+        await self._republish_settled()
+
+    async def handle_request(self, event: AnyEvent, delivery: Delivery) -> None:
+        if not isinstance(event, ApprovalRequested):
+            raise PermanentError(f"the approver handles approval requests only, got {type(event).__name__}")
+        try:
+            await self.records.create(event.approval_id, encode(ApprovalRecord(request=event)))
+            log.info(
+                "approval requested",
+                approval=event.approval_id,
+                workflow=event.workflow,
+                node=event.node_id,
+                approvers=event.policy.approvers or "anyone but the requester",
+            )
+        except nats.js.errors.KeyWrongLastSequenceError:
+            pass  # a redelivery: the record exists already
+        timer = TimerDue(run_id=event.run_id, kind="expiry", due_at=event.expires_at, approval_id=event.approval_id)
+        await self.bus.publish(subjects.approval_timer(event.approval_id), timer, msg_id=f"{event.approval_id}:expiry")
+
+    async def handle_timer(self, event: AnyEvent, delivery: Delivery) -> None:
+        if not isinstance(event, TimerDue) or event.kind != "expiry":
+            raise PermanentError(f"the approver's timers are expiries only, got {type(event).__name__}")
+        wait = event.due_at - time.time()
+        if wait > 0.001:
+            raise NotYet(wait)
+        await self.mutate(event.approval_id, lambda rec: decisions.expire(rec, now=now_rfc3339()))
+
+    async def _on_decide(self, msg: Msg) -> None:
+        reply = await self.decide(msg.data)
+        if msg.reply:
+            await self.bus.nc.publish(msg.reply, _encode(reply))  # type: ignore[union-attr]
+
+    async def decide(self, data: bytes) -> decisions.DecisionReply:
+        try:
+            req = _decode_request(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return decisions.DecisionReply(ok=False, status="unknown", message=f"malformed decision: {exc}")
+        groups = self.config.approver.groups
+        try:
+            record = await self.mutate(
+                req.approval_id,
+                lambda rec: decisions.apply(rec, req, now=now_rfc3339(), epoch=time.time(), groups=groups),
+            )
+        except decisions.Refused as exc:
+            current = await self.get(req.approval_id)
+            log.info("decision refused", approval=req.approval_id, user=req.user, reason=str(exc))
+            return decisions.DecisionReply(
+                ok=False, status=current.status if current else "unknown", message=str(exc), approval=current
+            )
+        except KeyError:
+            return decisions.DecisionReply(
+                ok=False, status="unknown", message=f"no approval {req.approval_id!r}; see `flowyard approvals list`"
+            )
+        assert record is not None
+        log.info("decision taken", approval=req.approval_id, user=req.user, decision=req.decision, status=record.status)
+        return decisions.DecisionReply(ok=True, status=record.status, message=record.summary, approval=record)
+
+    async def get(self, approval_id: str) -> ApprovalRecord | None:
+        try:
+            entry = await self.records.get(approval_id)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.InvalidKeyError):
+            return None
+        return decode_approval(entry.value) if entry.value else None
+
+    async def mutate(
+        self, approval_id: str, change: Callable[[ApprovalRecord], ApprovalRecord | None]
+    ) -> ApprovalRecord | None:
+        for _ in range(50):
+            try:
+                entry = await self.records.get(approval_id)
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.InvalidKeyError):
+                raise KeyError(approval_id) from None
+            record = decode_approval(entry.value or b"")
+            new = change(record)
+            if new is None:
+                if record.status != "pending" and not record.published:
+                    await self._publish(record, entry.revision or 0)
+                return record
+            try:
+                revision = await self.records.update(approval_id, encode(new), last=entry.revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+            if new.status != "pending":
+                await self._publish(new, revision)
+            return new
+        raise RetryableError(f"approval {approval_id}: record kept changing", delay=0.2)
+
+    async def _publish(self, record: ApprovalRecord, revision: int) -> None:
+        req = record.request
+        outcome = record.status
+        assert outcome in ("granted", "rejected", "expired")
+        event = ApprovalDecided(
+            run_id=req.run_id,
+            approval_id=req.approval_id,
+            workflow=req.workflow,
+            node_id=req.node_id,
+            outcome=outcome,
+            approvals=record.approvals,
+            rejection=record.rejection,
+            inputs_hash=req.inputs_hash,
+            summary=record.summary,
+        )
+        await self.bus.publish(
+            subjects.approval_decided(req.run_id, req.node_id, outcome), event, msg_id=f"{req.approval_id}:decided"
+        )
+        # On a conflict someone else moved the record on; whoever holds it re-publishes if needed.
+        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+            marked = msgspec.structs.replace(record, published=True)
+            await self.records.update(req.approval_id, encode(marked), last=revision)
+
+    async def _republish_settled(self) -> None:
+        try:
+            keys = await self.records.keys()
+        except nats.js.errors.NoKeysError:
+            return
+        for key in keys:
+            try:
+                entry = await self.records.get(key)
+            except nats.js.errors.KeyNotFoundError:
+                continue
+            record = decode_approval(entry.value or b"")
+            if record.status != "pending" and not record.published:
+                await self._publish(record, entry.revision or 0)

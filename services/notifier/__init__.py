@@ -1,0 +1,1 @@
+"""The notifier: tells people what happened, through the sinks and rules in its configuration."""

@@ -1,0 +1,3 @@
+from services.cli.main import serve_main
+
+serve_main("notifier")

@@ -1,0 +1,127 @@
+"""Which events people hear about, and the words they get: pure functions, no I/O."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from shared.config import NotifierConfig
+from shared.contract import AnyEvent, ApprovalDecided, ApprovalRequested, NodeFailed, RunFinished
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    type: str  # run.succeeded, node.failed, approval.requested ...
+    run_id: str
+    workflow: str
+    status: str
+    summary: str
+    details: dict[str, Any]
+
+    def payload(self, event_id: str) -> dict[str, Any]:
+        """The webhook body: at least type, run_id, workflow, status and summary."""
+        return {
+            "type": self.type,
+            "id": event_id,
+            "run_id": self.run_id,
+            "workflow": self.workflow,
+            "status": self.status,
+            "summary": self.summary,
+            **self.details,
+        }
+
+
+def notice(event: AnyEvent) -> Notice | None:
+    match event:
+        case RunFinished():
+            failed = [nid for nid, n in event.nodes.items() if n.status in ("failed", "rejected")]
+            text = f"Run {event.run_id} of workflow {event.workflow} {event.status}"
+            text += f": {event.error}" if event.error else "."
+            return Notice(
+                f"run.{event.status}",
+                event.run_id,
+                event.workflow,
+                event.status,
+                text,
+                {"error": event.error, "failed_nodes": failed, "outputs": event.outputs},
+            )
+        case NodeFailed():
+            tries = f"after {event.attempts} attempt{'s' if event.attempts != 1 else ''}" if event.attempts else ""
+            text = (
+                f"Node {event.node_id} of workflow {event.workflow} (run {event.run_id}) failed {tries}: {event.error}"
+            )
+            return Notice(
+                "node.failed",
+                event.run_id,
+                event.workflow,
+                "failed",
+                " ".join(text.split()),
+                {"node": event.node_id, "error": event.error, "attempts": event.attempts},
+            )
+        case ApprovalRequested():
+            who = ", ".join(event.policy.approvers) or "anyone but the requester"
+            text = (
+                f"Step {event.node_id} of workflow {event.workflow} (run {event.run_id}, started by "
+                f"{event.requested_by or 'unknown'}) needs approval: {event.reason}. Approvers: {who}. "
+                f"Approve with: flowyard approvals approve {event.approval_id} --as USER"
+            )
+            return Notice(
+                "approval.requested",
+                event.run_id,
+                event.workflow,
+                "pending",
+                text,
+                {
+                    "node": event.node_id,
+                    "approval_id": event.approval_id,
+                    "approvers": event.policy.approvers,
+                    "approve_command": f"flowyard approvals approve {event.approval_id} --as USER",
+                    "reject_command": f"flowyard approvals reject {event.approval_id} --as USER --reason TEXT",
+                },
+            )
+        case ApprovalDecided():
+            text = f"Step {event.node_id} of workflow {event.workflow} (run {event.run_id}): {event.summary}"
+            return Notice(
+                f"approval.{event.outcome}",
+                event.run_id,
+                event.workflow,
+                event.outcome,
+                text,
+                {
+                    "node": event.node_id,
+                    "approval_id": event.approval_id,
+                    "approvals": [msgspec.to_builtins(d) for d in event.approvals],
+                    "rejection": msgspec.to_builtins(event.rejection) if event.rejection else None,
+                },
+            )
+    return None
+
+
+def sinks_for(config: NotifierConfig, n: Notice) -> list[str]:
+    """The sinks the rules send this notice to, each once, in rule order."""
+    out: list[str] = []
+    for rule in config.rules:
+        if n.type in rule.on and any(fnmatch.fnmatchcase(n.workflow, glob) for glob in rule.workflows):
+            out.extend(s for s in rule.sinks if s not in out)
+    return out
+
+
+def slack_text(n: Notice) -> str:
+    icon = {
+        "succeeded": ":white_check_mark:",
+        "failed": ":x:",
+        "cancelled": ":no_entry_sign:",
+        "pending": ":raised_hand:",
+        "granted": ":white_check_mark:",
+        "rejected": ":x:",
+        "expired": ":hourglass:",
+    }
+    lines = [f"{icon.get(n.status, ':information_source:')} *{n.workflow}* — {n.type} (run `{n.run_id}`)", n.summary]
+    if n.details.get("failed_nodes"):
+        lines.append("Failed: " + ", ".join(n.details["failed_nodes"]))
+    if n.details.get("approve_command"):
+        lines.append(f"`{n.details['approve_command']}`")
+    return "\n".join(lines)

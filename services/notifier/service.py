@@ -1,0 +1,97 @@
+"""Wires run, node and approval events to the configured sinks, with retries and de-duplication.
+
+A notice goes to each sink its rules name. Delivery is retried with exponential back-off and
+jitter up to ``notifier.attempts`` times; then it is given up, and the failure is published as a
+``notification.failed`` event and logged. A KV entry per (sink, event) records delivered and
+given-up notices, so a redelivered event is never sent twice to the same sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import nats.js.errors
+import structlog
+from nats.js.kv import KeyValue
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from shared import subjects
+from shared.bus import Delivery
+from shared.config import seconds
+from shared.contract import AnyEvent, NotificationFailed, decode_event
+from shared.envelope import header
+from shared.secrets import SecretSource
+from shared.service import Service
+
+from .messages import Notice, notice, sinks_for
+from .sinks import DeliveryError, Sinks
+
+log = structlog.get_logger("flowyard.notifier")
+
+
+class NotifierService(Service):
+    name = "notifier"
+
+    async def setup(self) -> None:
+        cfg = self.config.notifier
+        self.sinks = Sinks(cfg.sinks, SecretSource(cfg.secrets_dir))
+        self.marks: KeyValue = await self.bus.kv(subjects.NOTIFY_BUCKET)
+        if not cfg.rules:
+            log.info("no notification rules configured; events are read and dropped")
+        self.consumers.append(
+            self.bus.consumer(
+                durable="notifier",
+                stream=subjects.RUNS_STREAM,
+                filters=subjects.NOTIFIER_FILTERS,
+                decode=decode_event,
+                handler=self.handle,
+                concurrency=cfg.concurrency,
+            )
+        )
+
+    async def stop(self) -> None:
+        await super().stop()
+        await self.sinks.close()
+
+    async def handle(self, event: AnyEvent, delivery: Delivery) -> None:
+        n = notice(event)
+        if n is None:
+            return
+        targets = sinks_for(self.config.notifier, n)
+        if not targets:
+            return
+        event_id = header(delivery.headers, "Nats-Msg-Id") or f"{delivery.subject}:{delivery.stream_seq}"
+        await asyncio.gather(*(self._once(sink, n, event_id) for sink in targets))
+
+    async def _once(self, sink: str, n: Notice, event_id: str) -> None:
+        key = f"{sink}.{hashlib.sha256(event_id.encode()).hexdigest()[:32]}"
+        try:
+            await self.marks.get(key)
+            return  # delivered (or given up) before
+        except nats.js.errors.KeyNotFoundError:
+            pass
+        cfg = self.config.notifier
+        attempts = 0
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(cfg.attempts),
+                wait=wait_exponential_jitter(initial=seconds(cfg.backoff), max=seconds(cfg.max_backoff)),
+                retry=retry_if_exception_type(DeliveryError),
+                reraise=True,
+            ):
+                with attempt:
+                    attempts = attempt.retry_state.attempt_number
+                    await self.sinks.deliver(sink, n, event_id)
+        except DeliveryError as exc:
+            log.error(
+                "notification given up", sink=sink, type=n.type, run_id=n.run_id, attempts=attempts, error=str(exc)
+            )
+            failure = NotificationFailed(
+                run_id=n.run_id, sink=sink, event_type=n.type, error=str(exc), attempts=attempts
+            )
+            await self.bus.publish(subjects.notification_failed(n.run_id), failure, msg_id=f"{key}:failed")
+            await self.marks.put(key, b"failed")
+            return
+        await self.marks.put(key, b"delivered")
+        log.info("notification delivered", sink=sink, type=n.type, run_id=n.run_id, attempts=attempts)
