@@ -136,6 +136,13 @@ def validate(obj: Ctx, files: tuple[Path, ...], inputs: tuple[str, ...]) -> None
 @click.option("--workflow", "workflow_name", default=None, help="Which workflow, when FILE holds several.")
 @click.option("--timeout", default=None, metavar="DURATION", help="Give up waiting after this long (e.g. 10m).")
 @click.option("-v", "--verbose", is_flag=True, help="Show the services' logs (embedded stack).")
+@click.option(
+    "--as",
+    "as_user",
+    default=None,
+    metavar="USER",
+    help="Who starts the run (default: your user name); they may not approve its steps.",
+)
 @click.pass_obj
 def run(
     obj: Ctx,
@@ -146,6 +153,7 @@ def run(
     workflow_name: str | None,
     timeout: str | None,
     verbose: bool,
+    as_user: str | None,
 ) -> None:
     """Run the workflow in FILE and wait for it; exit 0 when it succeeded, 1 when it failed."""
     from .commands import run_workflow
@@ -162,6 +170,7 @@ def run(
             workflow_name=workflow_name,
             timeout=timeout,
             verbose=verbose,
+            user=as_user,
         )
     )
 
