@@ -17,6 +17,7 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
+from shared import yamlio
 from shared.durations import parse_duration
 from shared.errors import ConfigurationError
 
@@ -245,7 +246,7 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         except OSError as exc:
             raise ConfigurationError(f"config file {path}: cannot read it ({exc.strerror})") from None
         try:
-            loaded = yaml.safe_load(text) or {}
+            loaded = yamlio.safe_load(text) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f" line {mark.line + 1}" if mark else ""

@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 import yaml
 
+from shared import yamlio
 from shared.errors import ValidationFailed
 from shared.workflow.model import API_VERSION, KNOWN_KEYS, AgentDoc, InputDef, NodeDef, WorkflowDoc
 
@@ -32,7 +33,7 @@ class LocatedList(list[Any]):
     lines: list[int]
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(yamlio.SafeLoader):
     pass
 
 
