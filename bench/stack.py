@@ -26,7 +26,15 @@ def quiet_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 class BenchStack:
-    def __init__(self, data: Path, *, separate: bool, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data: Path,
+        *,
+        separate: bool,
+        env: dict[str, str] | None = None,
+        services: tuple[str, ...] = ("planner", "scheduler", "executor"),
+    ) -> None:
+        self.services = services
         self.data = data
         self.separate = separate
         self.env = env or {}
@@ -44,7 +52,7 @@ class BenchStack:
             env = quiet_env(
                 self.env | {"FLOWYARD_NATS_URL": self.url, "FLOWYARD_EXECUTOR_STATE_DIR": str(self.data / "spool")}
             )
-            for name in ("planner", "scheduler", "executor"):
+            for name in self.services:
                 self.procs.append(
                     subprocess.Popen(
                         [sys.executable, "-m", f"services.{name}"],
