@@ -25,9 +25,9 @@ def stack(nats_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     config.write_text("approver:\n  groups:\n    sre: [sam, sue]\n")
     server = NatsServer(workdir / "nats").start()
     s = Stack(server, workdir, FLOWYARD_CONFIG=str(config))
-    for name in ("planner", "scheduler", "executor", "approver"):
-        s.start(name)
     try:
+        for name in ("planner", "scheduler", "executor", "approver"):
+            s.start(name)
         yield s
     finally:
         s.stop_all()

@@ -15,8 +15,9 @@ WORKFLOWS = Path(__file__).parent / "workflows"
 
 def test_nats_server_restart_mid_run(nats_binary: str, tmp_path: Path) -> None:
     server = NatsServer(tmp_path / "nats").start()
-    stack = Stack(server, tmp_path).start_all()
+    stack = Stack(server, tmp_path)
     try:
+        stack.start_all()
         markers = tmp_path / "markers"
         markers.mkdir()
         run = stack.cli_background(

@@ -104,9 +104,9 @@ notifier:
         FLOWYARD_SECRET_HOOK_KEY=KEY,
         FLOWYARD_SECRET_SLACK_URL=f"http://127.0.0.1:{hooks.port}/slack",
     )
-    for name in ("planner", "scheduler", "executor", "notifier"):
-        s.start(name)
     try:
+        for name in ("planner", "scheduler", "executor", "notifier"):
+            s.start(name)
         yield s, hooks, mailbox
     finally:
         s.stop_all()

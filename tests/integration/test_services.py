@@ -21,9 +21,9 @@ WORKFLOWS = Path(__file__).parent / "workflows"
 def stack(nats_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("stack")
     server = NatsServer(workdir / "nats").start()
-    s = Stack(server, workdir).start_all()
+    s = Stack(server, workdir)
     try:
-        yield s
+        yield s.start_all()
     finally:
         s.stop_all()
         server.stop()
