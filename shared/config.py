@@ -159,6 +159,7 @@ class NotifyRule(_Section, kw_only=True):
         ]
     ]
     workflows: list[str] = msgspec.field(default_factory=lambda: ["*"])  # glob patterns
+    labels: dict[str, str] = {}  # every one must match the workflow's metadata.labels
     sinks: list[str]
 
 

@@ -122,6 +122,7 @@ class RunPlanned(Event, tag="run.planned", kw_only=True):
     retry_of: str | None = None
     reuse: dict[str, Any] = {}
     requested_by: str = ""
+    labels: dict[str, str] = {}  # the workflow's metadata.labels, for notification rules
 
 
 class RunCancelRequested(Event, tag="run.cancel_requested", kw_only=True):
@@ -155,6 +156,7 @@ class ApprovalRequested(Event, tag="approval.requested", kw_only=True):
     expires_at: float = 0.0  # epoch seconds
     requested_by: str = ""  # who started the run
     requested_at: str = ""
+    labels: dict[str, str] = {}
 
 
 class Decision(Wire, kw_only=True):
@@ -172,6 +174,7 @@ class ApprovalDecided(Event, tag="approval.decided", kw_only=True):
     rejection: Decision | None = None
     inputs_hash: str = ""
     summary: str = ""  # e.g. "rejected by ann: wrong cluster"
+    labels: dict[str, str] = {}
 
 
 class NodeFailed(Event, tag="node.failed", kw_only=True):
@@ -181,6 +184,7 @@ class NodeFailed(Event, tag="node.failed", kw_only=True):
     node_id: str
     error: str
     attempts: int = 0
+    labels: dict[str, str] = {}
 
 
 class NotificationFailed(Event, tag="notification.failed", kw_only=True):
@@ -213,6 +217,7 @@ class RunFinished(Event, tag="run.finished", kw_only=True):
     outputs: dict[str, Any] = {}
     error: str | None = None
     nodes: dict[str, NodeResult] = {}
+    labels: dict[str, str] = {}
 
 
 # --- task events ------------------------------------------------------------------------------
@@ -352,6 +357,7 @@ class RunRecord(Wire, kw_only=True):
     queued: bool = False  # waiting for a place under the workflow's `concurrency`
     retry_of: str | None = None
     requested_by: str = ""
+    labels: dict[str, str] = {}
     outbox: list[Outgoing] = []
 
 

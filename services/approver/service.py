@@ -176,6 +176,7 @@ class ApproverService(Service):
             rejection=record.rejection,
             inputs_hash=req.inputs_hash,
             summary=record.summary,
+            labels=req.labels,
         )
         await self.bus.publish(
             subjects.approval_decided(req.run_id, req.node_id, outcome), event, msg_id=f"{req.approval_id}:decided"

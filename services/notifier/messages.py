@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -12,7 +12,7 @@ from shared.config import NotifierConfig
 from shared.contract import AnyEvent, ApprovalDecided, ApprovalRequested, NodeFailed, RunFinished
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Notice:
     type: str  # run.succeeded, node.failed, approval.requested ...
     run_id: str
@@ -20,6 +20,7 @@ class Notice:
     status: str
     summary: str
     details: dict[str, Any]
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def payload(self, event_id: str) -> dict[str, Any]:
         """The webhook body: at least type, run_id, workflow, status and summary."""
@@ -30,11 +31,17 @@ class Notice:
             "workflow": self.workflow,
             "status": self.status,
             "summary": self.summary,
+            "labels": self.labels,
             **self.details,
         }
 
 
 def notice(event: AnyEvent) -> Notice | None:
+    n = _notice(event)
+    return dataclasses.replace(n, labels=dict(getattr(event, "labels", {}))) if n else None
+
+
+def _notice(event: AnyEvent) -> Notice | None:
     match event:
         case RunFinished():
             failed = [nid for nid, n in event.nodes.items() if n.status in ("failed", "rejected")]
@@ -104,7 +111,8 @@ def sinks_for(config: NotifierConfig, n: Notice) -> list[str]:
     """The sinks the rules send this notice to, each once, in rule order."""
     out: list[str] = []
     for rule in config.rules:
-        if n.type in rule.on and any(fnmatch.fnmatchcase(n.workflow, glob) for glob in rule.workflows):
+        labelled = all(n.labels.get(k) == v for k, v in rule.labels.items())
+        if n.type in rule.on and labelled and any(fnmatch.fnmatchcase(n.workflow, g) for g in rule.workflows):
             out.extend(s for s in rule.sinks if s not in out)
     return out
 

@@ -34,5 +34,6 @@ async def plan_run(request: RunRequested, load_agents: AgentLoader) -> RunPlanne
         trigger=request.trigger,
         retry_of=request.retry_of,
         requested_by=request.requested_by,
+        labels=dict(workflow.metadata.labels),
         reuse={k: v for k, v in request.reuse.items() if k in {n.id for n in workflow.spec.nodes}},
     )

@@ -80,6 +80,7 @@ def start_run(event: RunPlanned, clock: Clock, *, queued: bool = False) -> RunRe
         queued=queued,
         retry_of=event.retry_of,
         requested_by=event.requested_by,
+        labels=event.labels,
     )
     if queued:
         return record  # waits for `admit` under the workflow's concurrency
@@ -287,6 +288,7 @@ def _request_approval(
         expires_at=clock.epoch + planned.approval.expires_in_s,
         requested_by=record.requested_by,
         requested_at=clock.now,
+        labels=record.labels,
     )
     outbox.append(
         Outgoing(
@@ -545,5 +547,6 @@ def _finished(record: RunRecord) -> Outgoing:
             outputs=record.outputs,
             error=record.error,
             nodes=node_results(record),
+            labels=record.labels,
         ),
     )

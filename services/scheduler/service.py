@@ -265,6 +265,7 @@ def _node_failures(before: RunRecord | None, after: RunRecord) -> list[Outgoing]
                 node_id=nid,
                 error=node.error or "",
                 attempts=node.attempts,
+                labels=after.labels,
             )
             out.append(
                 Outgoing(

@@ -164,4 +164,13 @@ def test_notices_and_routing() -> None:
     assert sinks_for(cfg, n) == ["a", "b"] and sinks_for(cfg, failed) == ["a"]
     other = notice(RunFinished(run_id="r2", workflow="nightly", status="succeeded"))
     assert other is not None and sinks_for(cfg, other) == []
+    labelled = NotifierConfig(
+        sinks={"a": SinkConfig(type="log")},
+        rules=[NotifyRule(on=["run.failed"], labels={"team": "payments"}, sinks=["a"])],
+    )
+    theirs = notice(RunFinished(run_id="r3", workflow="x", status="failed", labels={"team": "payments", "tier": "1"}))
+    ours = notice(RunFinished(run_id="r4", workflow="x", status="failed", labels={"team": "search"}))
+    assert theirs is not None and ours is not None
+    assert sinks_for(labelled, theirs) == ["a"] and sinks_for(labelled, ours) == []
+    assert theirs.payload("e")["labels"] == {"team": "payments", "tier": "1"}
     assert ":x: *deploy-api*" in slack_text(n)
