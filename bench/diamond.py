@@ -17,9 +17,7 @@ import argparse
 import asyncio
 import os
 import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,12 +28,12 @@ import msgspec
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.stack import BenchStack  # noqa: E402
 from shared import agents as registry  # noqa: E402
 from shared import subjects  # noqa: E402
 from shared.bus import Bus  # noqa: E402
 from shared.config import BusConfig, NatsConfig  # noqa: E402
 from shared.contract import RunFinished, RunRequested, decode_event, decode_record  # noqa: E402
-from shared.natsserver import NatsServer  # noqa: E402
 from shared.workflow.loader import load_bundle  # noqa: E402
 
 DIAMOND = """
@@ -83,45 +81,6 @@ def rss_kib(pid: int) -> int:
     return total
 
 
-def quiet_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWYARD_")}
-    return env | {"FLOWYARD_LOG_LEVEL": "warning", "FLOWYARD_LOG_FORMAT": "json", "FLOWYARD_HTTP_PORT": "-1"}
-
-
-def start_separate(data: Path) -> tuple[list[subprocess.Popen[bytes]], NatsServer]:
-    server = NatsServer(data / "nats").start()
-    env = quiet_env() | {"FLOWYARD_NATS_URL": server.url}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", f"services.{name}"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for name in ("planner", "scheduler", "executor")
-    ]
-    return procs, server
-
-
-def start_stack(data: Path) -> tuple[subprocess.Popen[str], str]:
-    env = quiet_env()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "up", "--data-dir", str(data)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        m = re.search(r"export FLOWYARD_NATS_URL=(\S+)", line)
-        if m:
-            return proc, m.group(1)
-    raise SystemExit("flowyard up did not start")
-
-
 class Runner:
     def __init__(self, bus: Bus, definition: dict) -> None:
         self.bus = bus
@@ -164,21 +123,22 @@ async def main() -> None:
     ap.add_argument("--separate", action="store_true", help="each service in its own process")
     args = ap.parse_args()
 
-    proc = None
-    separate: list[subprocess.Popen[bytes]] = []
-    server: NatsServer | None = None
-    url = os.environ.get("FLOWYARD_NATS_URL")
-    tmp = tempfile.TemporaryDirectory(prefix="fy-bench-")
-    if not url and args.separate:
-        separate, server = start_separate(Path(tmp.name))
-        url = server.url
-        await asyncio.sleep(4)
-        print("stack: nats-server + planner, scheduler, executor as separate processes")
-    elif not url:
-        proc, url = start_stack(Path(tmp.name))
-        await asyncio.sleep(3)
-        print("stack: flowyard up (nats-server + every service in one process)")
-        print(f"idle RSS of the embedded stack (flowyard up + nats-server): {rss_kib(proc.pid) / 1024:.1f} MiB")
+    external = os.environ.get("FLOWYARD_NATS_URL")
+    with tempfile.TemporaryDirectory(prefix="fy-bench-") as tmp:
+        if external:
+            await measure(external, args)
+            return
+        async with BenchStack(Path(tmp), separate=args.separate) as stack:
+            print(f"stack: {stack.describe()}")
+            if not args.separate:
+                await asyncio.sleep(2)
+                print(
+                    f"idle RSS of the embedded stack (flowyard up + nats-server): {rss_kib(stack.pid) / 1024:.1f} MiB"
+                )
+            await measure(stack.url, args)
+
+
+async def measure(url: str, args: argparse.Namespace) -> None:
     bus = Bus(NatsConfig(url=url), BusConfig(), name="bench")
     await bus.connect()
     try:
@@ -209,12 +169,6 @@ async def main() -> None:
             )
     finally:
         await bus.close()
-        for p in ([proc] if proc else []) + separate:
-            p.send_signal(signal.SIGTERM)
-            p.wait(30)
-        if server is not None:
-            server.stop()
-        tmp.cleanup()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ from shared.bus import Bus
 from shared.config import Config
 from shared.contract import ApprovalRecord, decode_approval
 
-from .main import EXIT_BROKEN, EXIT_FAILED, EXIT_INVALID, EXIT_OK, configure, echo_json
+from .client import connected
+from .main import EXIT_BROKEN, EXIT_FAILED, EXIT_INVALID, EXIT_OK, echo_json
 
 _reply_decoder = msgspec.json.Decoder()
 
@@ -64,13 +65,8 @@ async def _records(bus: Bus) -> list[ApprovalRecord]:
 
 
 async def list_approvals(config: Config, *, show_all: bool, as_json: bool) -> int:
-    configure(config, "cli", quiet=True)
-    bus = Bus(config.nats, config.bus, name="cli")
-    await bus.connect()
-    try:
+    async with connected(config) as bus:
         records = [r for r in await _records(bus) if show_all or r.status == "pending"]
-    finally:
-        await bus.close()
     if as_json:
         echo_json([approval_json(r) for r in records])
     elif not records:
@@ -87,18 +83,13 @@ async def list_approvals(config: Config, *, show_all: bool, as_json: bool) -> in
 
 
 async def show_approval(config: Config, approval_id: str, *, as_json: bool) -> int:
-    configure(config, "cli", quiet=True)
-    bus = Bus(config.nats, config.bus, name="cli")
-    await bus.connect()
-    try:
+    async with connected(config) as bus:
         kv = await bus.kv(subjects.APPROVALS_BUCKET)
         try:
             entry = await kv.get(approval_id)
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.InvalidKeyError):
             print(f"flowyard: no approval {approval_id!r}; `flowyard approvals list` shows them", file=sys.stderr)
             return EXIT_INVALID
-    finally:
-        await bus.close()
     a = approval_json(decode_approval(entry.value or b""))
     if as_json:
         echo_json(a)
@@ -120,25 +111,21 @@ async def show_approval(config: Config, approval_id: str, *, as_json: bool) -> i
 
 
 async def decide(config: Config, approval_id: str, decision: str, *, user: str, text: str, as_json: bool) -> int:
-    configure(config, "cli", quiet=True)
-    bus = Bus(config.nats, config.bus, name="cli")
-    await bus.connect()
     body = {"approval_id": approval_id, "decision": decision, "user": user}
     body["comment" if decision == "approve" else "reason"] = text
-    try:
-        assert bus.nc is not None
-        msg = await bus.nc.request(subjects.DECIDE, json.dumps(body).encode(), timeout=10)
-    except nats.errors.NoRespondersError:
-        print(
-            "flowyard: no approver is running to take the decision; start one (`flowyard serve approver`)",
-            file=sys.stderr,
-        )
-        return EXIT_BROKEN
-    except nats.errors.TimeoutError:
-        print("flowyard: the approver did not answer within 10s; try again", file=sys.stderr)
-        return EXIT_BROKEN
-    finally:
-        await bus.close()
+    async with connected(config) as bus:
+        try:
+            assert bus.nc is not None
+            msg = await bus.nc.request(subjects.DECIDE, json.dumps(body).encode(), timeout=10)
+        except nats.errors.NoRespondersError:
+            print(
+                "flowyard: no approver is running to take the decision; start one (`flowyard serve approver`)",
+                file=sys.stderr,
+            )
+            return EXIT_BROKEN
+        except nats.errors.TimeoutError:
+            print("flowyard: the approver did not answer within 10s; try again", file=sys.stderr)
+            return EXIT_BROKEN
     reply = _reply_decoder.decode(msg.data)
     if as_json:
         echo_json(reply)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import nats.errors
@@ -13,6 +14,7 @@ import nats.js.errors
 
 from shared import subjects
 from shared.bus import Bus
+from shared.config import Config
 from shared.contract import (
     AnyEvent,
     NodeRecord,
@@ -24,6 +26,20 @@ from shared.contract import (
     decode_record,
     node_results,
 )
+
+
+@contextlib.asynccontextmanager
+async def connected(config: Config) -> AsyncIterator[Bus]:
+    """A quiet connection to the stack the configuration names, closed on the way out."""
+    from .main import configure  # the CLI's logging set-up; imported late, main imports us
+
+    configure(config, "cli", quiet=True)
+    bus = Bus(config.nats, config.bus, name="cli")
+    await bus.connect()
+    try:
+        yield bus
+    finally:
+        await bus.close()
 
 
 def new_run_id() -> str:

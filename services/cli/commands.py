@@ -24,6 +24,7 @@ from shared.workflow.loader import Bundle, load_file
 from shared.workflow.validate import check_inputs
 
 from . import client, render
+from .client import connected
 from .embedded import EmbeddedStack
 from .inputs import load_and_check, parse_inputs
 from .main import EXIT_FAILED, EXIT_INVALID, EXIT_OK, configure, echo_json
@@ -102,10 +103,7 @@ def _user() -> str:
 
 
 async def cancel_run(config: Config, run_id: str, *, reason: str, as_json: bool) -> int:
-    configure(config, "cli", quiet=True)
-    bus = Bus(config.nats, config.bus, name="cli")
-    await bus.connect()
-    try:
+    async with connected(config) as bus:
         record = await client.get_record(bus, run_id)
         if record is None:
             return _no_run(run_id)
@@ -116,8 +114,6 @@ async def cancel_run(config: Config, run_id: str, *, reason: str, as_json: bool)
         else:
             print(f"flowyard: run {run_id} already {record.status}; nothing to cancel", file=sys.stderr)
             return EXIT_FAILED
-    finally:
-        await bus.close()
     if as_json:
         echo_json(client.result_json(record))
     else:
@@ -127,10 +123,7 @@ async def cancel_run(config: Config, run_id: str, *, reason: str, as_json: bool)
 
 async def retry_run(config: Config, run_id: str, *, as_json: bool, timeout: str | None) -> int:
     """A new run of a failed or cancelled one: succeeded nodes keep their outputs, the rest run again."""
-    configure(config, "cli", quiet=True)
-    bus = Bus(config.nats, config.bus, name="cli")
-    await bus.connect()
-    try:
+    async with connected(config) as bus:
         record = await client.get_record(bus, run_id)
         if record is None:
             return _no_run(run_id)
@@ -161,8 +154,6 @@ async def retry_run(config: Config, run_id: str, *, as_json: bool, timeout: str 
             kept = ", ".join(reuse) or "none"
             print(f"retrying run {run_id} as {request.run_id} (keeping the outputs of: {kept})")
         return await _submit(bus, request, as_json=as_json, wait_for=parse_duration(timeout) if timeout else None)
-    finally:
-        await bus.close()
 
 
 def _no_run(run_id: str) -> int:
@@ -178,13 +169,8 @@ async def _load_remote(bus: Bus, file: Path) -> Bundle:
 
 
 async def list_runs(config: Config, *, limit: int, as_json: bool) -> int:
-    configure(config, "cli", quiet=True)
-    bus = Bus(config.nats, config.bus, name="cli")
-    await bus.connect()
-    try:
+    async with connected(config) as bus:
         records = await client.list_records(bus, limit)
-    finally:
-        await bus.close()
     if as_json:
         echo_json([client.result_json(r) for r in records])
     else:
@@ -193,13 +179,8 @@ async def list_runs(config: Config, *, limit: int, as_json: bool) -> int:
 
 
 async def show_run(config: Config, run_id: str, *, as_json: bool) -> int:
-    configure(config, "cli", quiet=True)
-    bus = Bus(config.nats, config.bus, name="cli")
-    await bus.connect()
-    try:
+    async with connected(config) as bus:
         record = await client.get_record(bus, run_id)
-    finally:
-        await bus.close()
     if record is None:
         return _no_run(run_id)
     if as_json:
