@@ -45,7 +45,7 @@ async def run_workflow(
     configure(config, "cli", quiet=not verbose)
     wait_for = parse_duration(timeout) if timeout else None
     # Check everything we can before starting anything: a bad file costs no server start.
-    bundle = load_and_check(file) if not remote else None
+    bundle = await asyncio.to_thread(load_and_check, file) if not remote else None
     stack: EmbeddedStack | None = None
     if not remote:
         no_http = msgspec.structs.replace(config.http, port=-1)
@@ -163,9 +163,10 @@ def _no_run(run_id: str) -> int:
 
 async def _load_remote(bus: Bus, file: Path) -> Bundle:
     """Validate FILE against the agents it defines plus those the stack has registered."""
-    names = {n.agent for wf in load_file(file).workflows for n in wf.spec.nodes}
+    loaded = await asyncio.to_thread(load_file, file)
+    names = {n.agent for wf in loaded.workflows for n in wf.spec.nodes}
     registered = await agent_registry.lookup(bus, names)
-    return load_and_check(file, registered)
+    return await asyncio.to_thread(load_and_check, file, registered)
 
 
 async def list_runs(config: Config, *, limit: int, as_json: bool) -> int:
