@@ -72,6 +72,15 @@ def judge(task: TaskDispatched, outcome: Outcome, *, log_tail_bytes: int) -> Jud
             error="the agent's process ended without an exit status (killed from outside the executor?)",
             reason="lost",
         )
+    if outcome.oom:
+        limit = f" of {outcome.memory_limit // (1024 * 1024)} MiB" if outcome.memory_limit else ""
+        return Judgement(
+            False,
+            error=f"ran out of memory (its limit{limit}) and was killed; raise "
+            "resources.memory or make the agent use less",
+            reason="exit",
+            exit_code=outcome.exit_code,
+        )
     if outcome.timed_out:
         return Judgement(
             False, error=f"timed out after {format_duration(task.timeout_s)} and was killed", reason="timeout"
@@ -188,6 +197,11 @@ async def _attempt(
         }
         stdin = msgspec.json.encode(task.input)
         outcome = await runtime.run(task, stdin=stdin, env=env, timeout_s=task.timeout_s)
+        if secrets:
+            # A secret the agent prints must not reach an event: not its output, not its log.
+            outcome = dataclasses.replace(
+                outcome, stdout=redact(outcome.stdout.decode("utf-8", "replace"), secrets).encode()
+            )
         verdict = judge(task, outcome, log_tail_bytes=log_tail_bytes)
         verdict = dataclasses.replace(verdict, error=redact(verdict.error, secrets))
         log = redact(tail(outcome.stderr_tail, log_tail_bytes), secrets)

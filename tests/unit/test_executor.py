@@ -196,6 +196,16 @@ async def test_secrets_reach_the_agent_but_never_the_log_or_error() -> None:
     assert "s3cr3t-value" not in failed.log and "[redacted]" in failed.log and "s3cr3t-value" not in failed.error
 
 
+async def test_a_secret_printed_on_stdout_is_redacted_from_the_output() -> None:
+    code = """
+        import json, os
+        print(json.dumps({"leak": os.environ["API_TOKEN"], "ok": True}))
+    """
+    verdict, sent = await run(task(code, secrets=["API_TOKEN"]), environ={"FLOWYARD_SECRET_API_TOKEN": "s3cr3t-value"})
+    assert verdict.ok and verdict.output == {"leak": "[redacted]", "ok": True}
+    assert "s3cr3t-value" not in repr(sent)
+
+
 async def test_missing_secret_fails_clearly_without_running() -> None:
     verdict, _ = await run(task("raise SystemExit(9)", secrets=["DB_PASSWORD"]))
     assert verdict.reason == "runtime" and "FLOWYARD_SECRET_DB_PASSWORD" in verdict.error

@@ -5,9 +5,10 @@ from __future__ import annotations
 from shared.errors import ConfigurationError
 
 from .base import Outcome, Runtime
+from .docker import DockerRuntime
 from .process import ProcessRuntime
 
-__all__ = ["Outcome", "ProcessRuntime", "Runtime", "make_runtime"]
+__all__ = ["DockerRuntime", "Outcome", "ProcessRuntime", "Runtime", "make_runtime"]
 
 
 def make_runtime(
@@ -27,7 +28,8 @@ def make_runtime(
             spool_retention=spool_retention,
             file_threads=min(max(concurrency, 2), 32),
         )
-    raise ConfigurationError(
-        f"runtime {name!r} is not available in this build of flowyard (the Docker runtime is tracked "
-        "separately); use --runtime process"
-    )
+    if name == "docker":
+        return DockerRuntime(
+            max_output_bytes=max_output_bytes, log_tail_bytes=log_tail_bytes, retention=spool_retention
+        )
+    raise ConfigurationError(f"unknown runtime {name!r}; use process or docker")

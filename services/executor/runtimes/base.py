@@ -19,6 +19,8 @@ class Outcome:
     stdout_overflow: bool = False
     start_error: str | None = None  # the agent could not be started at all
     lost: bool = False  # the agent's process vanished without an exit status
+    oom: bool = False  # killed for using more memory than its limit
+    memory_limit: int | None = None
 
 
 class Runtime(ABC):

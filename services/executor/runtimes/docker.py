@@ -1,0 +1,230 @@
+"""The Docker runtime: each attempt is one locked-down container, named after its key.
+
+Locked down by default: no network (`network: egress` opts into the default bridge), read-only
+root file system, a size-capped tmpfs /tmp, every capability dropped, no-new-privileges, the
+non-root user 10001, memory (no swap), CPU and pids limits from the agent spec with defaults,
+no host mounts at all, and a capped log. The input goes in on stdin through an attach.
+
+Effectively once: the container is named after the attempt's key (run, node, item, attempt)
+and labelled with it. An executor that gets a redelivered dispatch finds the container a
+previous executor started, waits for it and reads its result, instead of starting another.
+Exited containers are removed after ``retention``; nothing is pulled (no registry is assumed):
+a missing image is a clear error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import aiodocker
+import structlog
+
+from shared.contract import TaskDispatched
+
+from .base import Outcome, Runtime
+
+log = structlog.get_logger("flowyard.executor.docker")
+
+AGENT_USER = "10001:10001"
+DEFAULT_MEMORY = 512 * 1024 * 1024
+DEFAULT_PIDS = 256
+DEFAULT_CPUS = 1.0
+TMPFS = "rw,noexec,nosuid,nodev,size=64m"
+LABEL = "io.flowyard"
+_MEMORY = re.compile(r"^(\d+(?:\.\d+)?)\s*([kKmMgG]?)(i?)[bB]?$")
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def memory_bytes(text: str | None) -> int:
+    if not text:
+        return DEFAULT_MEMORY
+    m = _MEMORY.match(text.strip())
+    if not m:
+        raise ValueError(f"memory {text!r}: write it like 256Mi, 512m or 1g")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def container_name(key: str) -> str:
+    return "fy-" + re.sub(r"[^a-zA-Z0-9_.-]", "_", key.replace("#", "_i"))
+
+
+class DockerRuntime(Runtime):
+    name = "docker"
+
+    def __init__(self, *, max_output_bytes: int, log_tail_bytes: int, retention: float = 900.0) -> None:
+        self.max_output_bytes = max_output_bytes
+        self.stderr_keep = max(log_tail_bytes * 4, 16384)
+        self.retention = retention
+        self.detach = False
+        self._docker: aiodocker.Docker | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def docker(self) -> aiodocker.Docker:
+        if self._docker is None:
+            self._docker = aiodocker.Docker()
+            self._sweeper = asyncio.create_task(self._sweep_forever())
+        return self._docker
+
+    def spec(self, task: TaskDispatched, env: Mapping[str, str]) -> dict[str, Any]:
+        agent = task.agent
+        res = agent.resources
+        return {
+            "Image": agent.image,
+            "Entrypoint": agent.command or None,
+            "Cmd": [] if agent.command else None,
+            "User": AGENT_USER,
+            "WorkingDir": "/tmp",
+            "Env": [f"{k}={v}" for k, v in {"HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8", **env}.items()],
+            "OpenStdin": True,
+            "StdinOnce": True,
+            "AttachStdin": True,
+            "Tty": False,
+            "NetworkDisabled": agent.network == "none",
+            "Labels": {
+                f"{LABEL}.key": task.key,
+                f"{LABEL}.run": task.run_id,
+                f"{LABEL}.node": task.node_id,
+                f"{LABEL}.attempt": str(task.attempt),
+                f"{LABEL}.workflow": task.workflow,
+                f"{LABEL}.timeout": repr(task.timeout_s),
+            },
+            "HostConfig": {
+                "NetworkMode": "none" if agent.network == "none" else "bridge",
+                "ReadonlyRootfs": True,
+                "Tmpfs": {"/tmp": TMPFS},
+                "CapDrop": ["ALL"],
+                "SecurityOpt": ["no-new-privileges"],
+                "Memory": memory_bytes(res.memory),
+                "MemorySwap": memory_bytes(res.memory),
+                "NanoCpus": int((res.cpus or DEFAULT_CPUS) * 1e9),
+                "PidsLimit": res.pids or DEFAULT_PIDS,
+                "Privileged": False,
+                "Init": True,
+                "LogConfig": {"Type": "json-file", "Config": {"max-size": str(self.max_output_bytes * 2 + 65536)}},
+            },
+        }
+
+    async def run(self, task: TaskDispatched, *, stdin: bytes, env: Mapping[str, str], timeout_s: float) -> Outcome:
+        if not task.agent.image:
+            return Outcome(None, b"", b"", 0.0, start_error=f"agent {task.agent.name!r} has no `image` to run")
+        name = container_name(task.key)
+        started = time.monotonic()
+        container = await self._existing(name)
+        if container is None:
+            try:
+                container = await self.docker.containers.create(self.spec(task, env), name=name)
+            except aiodocker.DockerError as exc:
+                if exc.status == 404:
+                    return Outcome(
+                        None,
+                        b"",
+                        b"",
+                        0.0,
+                        start_error=(
+                            f"image {task.agent.image!r} is not present on this executor; build it "
+                            "(`docker build` or deploy/base-image/build.sh) — nothing is pulled"
+                        ),
+                    )
+                if exc.status == 409:  # created by another executor a moment ago
+                    container = await self._existing(name)
+                if container is None:
+                    return Outcome(None, b"", b"", 0.0, start_error=f"Docker refused the container: {exc.message}")
+        info = await container.show()
+        state = info["State"]
+        try:
+            if state["Status"] == "created":
+                await self._start(container, stdin)
+                deadline = time.time() + timeout_s
+            else:
+                log.info("adopting a container started before", container=name, status=state["Status"])
+                deadline = _epoch(state.get("StartedAt")) + timeout_s
+            timed_out = False
+            if state["Status"] in ("created", "running", "restarting", "paused"):
+                try:
+                    await asyncio.wait_for(container.wait(), timeout=max(deadline - time.time(), 0.01))
+                except TimeoutError:
+                    timed_out = True
+                    with contextlib.suppress(aiodocker.DockerError):
+                        await container.kill(signal="SIGKILL")
+                    await container.wait()
+        except asyncio.CancelledError:
+            if not self.detach:  # the run ended: nothing may keep running for it
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(container.kill(signal="SIGKILL"))
+            raise
+        return await self._collect(container, time.monotonic() - started, timed_out)
+
+    async def _existing(self, name: str) -> Any:
+        try:
+            return await self.docker.containers.get(name)
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def _start(self, container: Any, stdin: bytes) -> None:
+        stream = container.attach(stdin=True, stdout=False, stderr=False)
+        await stream._init()
+        await container.start()
+        await stream.write_in(stdin)
+        await stream.close()  # StdinOnce: the agent sees end of input
+
+    async def _collect(self, container: Any, duration: float, timed_out: bool) -> Outcome:
+        info = await container.show()
+        state = info["State"]
+        out = "".join(await container.log(stdout=True, stderr=False)).encode()
+        err = "".join(await container.log(stdout=False, stderr=True)).encode()[-self.stderr_keep :]
+        overflow = len(out) > self.max_output_bytes
+        code = None if timed_out else state.get("ExitCode")
+        oom = bool(state.get("OOMKilled"))
+        return Outcome(
+            code,
+            out[: self.max_output_bytes],
+            err,
+            duration,
+            timed_out=timed_out,
+            stdout_overflow=overflow,
+            oom=oom,
+            memory_limit=info["HostConfig"].get("Memory"),
+        )
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(min(self.retention / 4, 300))
+            with contextlib.suppress(Exception):
+                await self.sweep()
+
+    async def sweep(self, older_than: float | None = None) -> int:
+        """Remove exited flowyard containers that finished more than ``retention`` ago."""
+        cutoff = time.time() - (self.retention if older_than is None else older_than)
+        removed = 0
+        for c in await self.docker.containers.list(
+            all=True, filters={"label": [f"{LABEL}.key"], "status": ["exited", "dead", "created"]}
+        ):
+            info = await c.show()
+            if _epoch(info["State"].get("FinishedAt")) < cutoff:
+                with contextlib.suppress(aiodocker.DockerError):
+                    await c.delete(force=True)
+                    removed += 1
+        return removed
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._docker is not None:
+            await self._docker.close()
+
+
+def _epoch(text: str | None) -> float:
+    if not text or text.startswith("0001-"):
+        return 0.0
+    # Docker gives nanoseconds; Python's parser takes up to microseconds.
+    main, _, rest = text.rstrip("Z").partition(".")
+    return datetime.fromisoformat(main + "+00:00").timestamp() + float("0." + (rest or "0")[:6])

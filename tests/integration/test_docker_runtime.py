@@ -1,0 +1,232 @@
+"""The Docker runtime against a real daemon: the agent protocol, every escape attempt, adoption."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from services.executor import handlers
+from services.executor.runtimes.docker import LABEL, DockerRuntime
+from shared.contract import AgentResources, AgentSnapshot, TaskDispatched
+
+pytestmark = pytest.mark.docker
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE = "flowyard/base:bookworm"
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_available: bool) -> str:
+    """The offline base image (debootstrap + docker import); built once, reused after."""
+    done = subprocess.run(
+        [str(ROOT / "deploy/base-image/build.sh"), IMAGE], capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr
+    return IMAGE
+
+
+@pytest.fixture
+async def runtime(base_image: str) -> AsyncIterator[DockerRuntime]:
+    rt = DockerRuntime(max_output_bytes=1024 * 1024, log_tail_bytes=4096)
+    yield rt
+    await rt.sweep(older_than=-1)  # remove every finished flowyard container
+    await rt.close()
+
+
+_seq = iter(range(1_000_000))
+
+
+def task(
+    code: str,
+    *,
+    memory: str | None = None,
+    pids: int | None = None,
+    timeout: float = 30,
+    network: str = "none",
+    run_id: str | None = None,
+) -> TaskDispatched:
+    agent = AgentSnapshot(
+        name="probe",
+        image=IMAGE,
+        command=["python3", "-c", textwrap.dedent(code)],
+        resources=AgentResources(memory=memory, pids=pids),
+        network=network,
+    )  # type: ignore[arg-type]
+    return TaskDispatched(
+        run_id=run_id or f"rdock{next(_seq)}",
+        workflow="w",
+        node_id="n",
+        attempt=1,
+        agent=agent,
+        input={"n": 21},
+        timeout_s=timeout,
+    )
+
+
+async def verdict(rt: DockerRuntime, t: TaskDispatched) -> handlers.Judgement:
+    outcome = await rt.run(t, stdin=b'{"n": 21}', env={}, timeout_s=t.timeout_s)
+    return handlers.judge(t, outcome, log_tail_bytes=4096)
+
+
+async def test_json_in_json_out_stderr_as_log(runtime: DockerRuntime) -> None:
+    v = await verdict(
+        runtime,
+        task("""
+        import json, sys
+        print("thinking", file=sys.stderr)
+        print(json.dumps({"doubled": json.load(sys.stdin)["n"] * 2}))
+    """),
+    )
+    assert v.ok and v.output == {"doubled": 42}
+
+
+async def test_failures_say_what_happened(runtime: DockerRuntime) -> None:
+    v = await verdict(runtime, task("import sys; print('disk full', file=sys.stderr); sys.exit(4)"))
+    assert v.error == "exited with code 4: disk full"
+    v = await verdict(runtime, task("print('not json')"))
+    assert "not JSON" in v.error
+    v = await verdict(runtime, task("import time; time.sleep(60)", timeout=1))
+    assert v.reason == "timeout" and v.error == "timed out after 1s and was killed"
+
+
+ESCAPES = {
+    "network": (
+        """
+        import socket
+        interfaces = {line.split(":")[0].strip() for line in open("/proc/net/dev").readlines()[2:]}
+        assert interfaces == {"lo"}, interfaces
+        socket.create_connection(("10.0.0.1", 53), timeout=2)
+        print('{"escaped": true}')
+    """,
+        "Network is unreachable",
+    ),
+    "root file system": (
+        """
+        open("/etc/flowyard-was-here", "w").write("x")
+        print('{"escaped": true}')
+    """,
+        "Read-only file system",
+    ),
+    "host files": (
+        """
+        import os
+        assert not os.path.exists("/var/run/docker.sock"), "docker socket visible"
+        assert not os.path.exists("/work"), "host tree visible"
+        raise SystemExit("no host mounts")
+    """,
+        "no host mounts",
+    ),
+    "capabilities": (
+        """
+        caps = [l for l in open("/proc/self/status") if l.startswith(("CapEff", "CapPrm", "CapBnd"))]
+        assert all(l.split()[1] == "0000000000000000" for l in caps), caps
+        raise SystemExit("no capabilities")
+    """,
+        "no capabilities",
+    ),
+    "root user": (
+        """
+        import os
+        assert os.getuid() == 10001 and os.geteuid() == 10001, os.getuid()
+        raise SystemExit("not root")
+    """,
+        "not root",
+    ),
+}
+
+
+@pytest.mark.parametrize("escape", list(ESCAPES))
+async def test_escape_attempts_fail(runtime: DockerRuntime, escape: str) -> None:
+    code, expected = ESCAPES[escape]
+    v = await verdict(runtime, task(code))
+    assert not v.ok and expected in v.error, v.error
+
+
+async def test_eating_memory_is_an_oom_kill(runtime: DockerRuntime) -> None:
+    v = await verdict(runtime, task("x = bytearray(300 * 1024 * 1024); print('{}')", memory="64Mi"))
+    assert not v.ok and "ran out of memory (its limit of 64 MiB)" in v.error
+
+
+async def test_a_fork_bomb_is_stopped_by_the_pids_limit(runtime: DockerRuntime) -> None:
+    v = await verdict(
+        runtime,
+        task(
+            """
+        import os, sys, time
+        children = 0
+        try:
+            while True:
+                if os.fork() == 0:
+                    time.sleep(30)
+                    os._exit(0)
+                children += 1
+        except OSError as exc:
+            print(f"stopped after {children} processes: {exc}", file=sys.stderr)
+            sys.exit(3)
+    """,
+            pids=32,
+        ),
+    )
+    assert not v.ok and "stopped after" in v.error and "Resource temporarily unavailable" in v.error
+
+
+async def test_a_restarted_executor_adopts_the_running_container(base_image: str) -> None:
+    t = task("import json, sys, time; time.sleep(2); print(json.dumps({'once': True}))")
+    first = DockerRuntime(max_output_bytes=1 << 20, log_tail_bytes=4096)
+    running = asyncio.create_task(first.run(t, stdin=b"{}", env={}, timeout_s=30))
+    await asyncio.sleep(0.8)
+    first.detach = True  # the executor goes away; its container must not
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    await first.close()
+    second = DockerRuntime(max_output_bytes=1 << 20, log_tail_bytes=4096)
+    try:
+        outcome = await second.run(t, stdin=b"{}", env={}, timeout_s=30)
+        assert handlers.judge(t, outcome, log_tail_bytes=4096).output == {"once": True}
+        mine = await second.docker.containers.list(all=True, filters={"label": [f"{LABEL}.key={t.key}"]})
+        assert len(mine) == 1, "a second container was started for the same attempt"
+    finally:
+        await second.sweep(older_than=-1)
+        await second.close()
+
+
+def test_a_workflow_runs_in_containers_and_secrets_never_leave(
+    base_image: str, nats_binary: str, tmp_path: Path
+) -> None:
+    import json
+    import os
+    import sys
+
+    secret = "tok-9f8e7d6c5b4a"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWYARD_")}
+    env |= {"FLOWYARD_SECRET_DEMO_TOKEN": secret}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "run",
+            str(ROOT / "tests/integration/workflows/in-containers.yaml"),
+            "--runtime",
+            "docker",
+            "--json",
+            "-v",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["outputs"] == {"count": 4}
+    assert result["nodes"]["leaky"]["output"] == {"echo": "[redacted]"}
+    assert secret not in done.stdout and secret not in done.stderr  # events, record, logs
+    subprocess.run(f"docker ps -aq --filter label={LABEL}.run={result['run_id']} | xargs -r docker rm -f",
+                   shell=True, check=False, capture_output=True)
