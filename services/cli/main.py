@@ -285,6 +285,15 @@ def approvals_reject(obj: Ctx, approval_id: str, user: str, reason: str, as_json
     _run(decide(obj.config(), approval_id, "reject", user=user, text=reason, as_json=as_json))
 
 
+@cli.command()
+@click.pass_obj
+def doctor(obj: Ctx) -> None:
+    """Check what running needs (NATS, Docker, agent images, secrets) and say how to fix it."""
+    from .doctor import doctor as run_doctor
+
+    _run(run_doctor(obj.config()))
+
+
 # --- up / serve -----------------------------------------------------------------------------
 
 

@@ -228,5 +228,9 @@ def test_a_workflow_runs_in_containers_and_secrets_never_leave(
     assert result["outputs"] == {"count": 4}
     assert result["nodes"]["leaky"]["output"] == {"echo": "[redacted]"}
     assert secret not in done.stdout and secret not in done.stderr  # events, record, logs
-    subprocess.run(f"docker ps -aq --filter label={LABEL}.run={result['run_id']} | xargs -r docker rm -f",
-                   shell=True, check=False, capture_output=True)
+    subprocess.run(
+        f"docker ps -aq --filter label={LABEL}.run={result['run_id']} | xargs -r docker rm -f",
+        shell=True,
+        check=False,
+        capture_output=True,
+    )

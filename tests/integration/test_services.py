@@ -140,3 +140,19 @@ def test_scheduler_killed_mid_run_restarts_and_the_run_finishes_once(stack: Stac
     for node in "abcde":
         assert (markers / node).read_text() == "1\n", f"node {node} ran more than once"
         assert result["nodes"][node]["attempts"] == 1
+
+
+def test_doctor_checks_nats_agents_and_secrets(stack: Stack) -> None:
+    stack.run_json(str(ROOT / "examples/incident-digest.yaml"))
+    done = stack.cli("doctor")
+    assert done.returncode == 0, done.stdout
+    assert "ok   NATS reachable" in done.stdout and "registered agent(s)" in done.stdout
+    import subprocess
+    import sys
+
+    env = {**stack.env, "FLOWYARD_NATS_URL": "nats://127.0.0.1:1", "FLOWYARD_NATS_CONNECT_TIMEOUT": "1s"}
+    gone = subprocess.run(
+        [sys.executable, "-m", "services.cli", "doctor"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert gone.returncode == 1 and "FIX  NATS reachable at nats://127.0.0.1:1" in gone.stdout
+    assert "cannot reach NATS" in gone.stdout

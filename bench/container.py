@@ -1,0 +1,149 @@
+"""Container node overhead: a one-node run in the Docker runtime, minus a bare container cycle.
+
+    .venv/bin/python bench/container.py [--runs 50] [--parallel 20]
+
+Needs Docker and the base image (deploy/base-image/build.sh). Measures (a) a bare
+create + start + wait + delete of `cat` in flowyard/base:bookworm through the Docker API, (b)
+the end-to-end latency of a one-node run whose agent is that same `cat` in the Docker runtime
+(request to the run's end, through planner, scheduler and executor), and reports (b) minus the
+median of (a); then N container nodes at once on one executor (a foreach of N items, executor
+concurrency N). Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiodocker
+import msgspec
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.stack import BenchStack  # noqa: E402
+from shared import agents as registry  # noqa: E402
+from shared import subjects  # noqa: E402
+from shared.bus import Bus  # noqa: E402
+from shared.config import BusConfig, NatsConfig  # noqa: E402
+from shared.contract import RunRequested, decode_record  # noqa: E402
+from shared.workflow.loader import load_bundle  # noqa: E402
+
+IMAGE = "flowyard/base:bookworm"
+WORKFLOWS = """
+apiVersion: flowyard/v1
+kind: Agent
+metadata: {name: c-noop}
+spec:
+  image: flowyard/base:bookworm
+  command: [cat]
+---
+apiVersion: flowyard/v1
+kind: Workflow
+metadata: {name: one-container}
+spec:
+  nodes:
+    - {id: only, agent: c-noop, with: {n: 1}}
+---
+apiVersion: flowyard/v1
+kind: Workflow
+metadata: {name: many-containers}
+spec:
+  inputs:
+    n: {type: integer}
+  nodes:
+    - {id: each, agent: c-noop, foreach: "{{ inputs.n_items }}", with: {i: "{{ item }}"}}
+"""
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def bare_cycles(runs: int) -> list[float]:
+    docker = aiodocker.Docker()
+    out = []
+    try:
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            c = await docker.containers.create({"Image": IMAGE, "Cmd": ["cat"], "HostConfig": {"NetworkMode": "none"}})
+            await c.start()
+            await c.wait()
+            await c.delete(force=True)
+            out.append((time.perf_counter() - t0) * 1000)
+    finally:
+        await docker.close()
+    return out
+
+
+async def run_once(bus: Bus, definition: dict, inputs: dict, tag: str) -> tuple[float, object]:
+    kv = await bus.kv(subjects.RUNS_BUCKET)
+    run_id = f"{tag}{time.time_ns():x}"
+    t0 = time.perf_counter()
+    await bus.publish(
+        subjects.run_requested(run_id),
+        RunRequested(run_id=run_id, workflow=definition["metadata"]["name"], definition=definition, inputs=inputs),
+        msg_id=f"{run_id}:requested",
+    )
+    while True:
+        try:
+            record = decode_record((await kv.get(run_id)).value)
+            if record.status != "running":
+                return (time.perf_counter() - t0) * 1000, record
+        except Exception:
+            pass
+        await asyncio.sleep(0.002)
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--parallel", type=int, default=20)
+    args = ap.parse_args()
+    bare = await bare_cycles(args.runs)
+    print(f"bare create+start+wait+delete: median {statistics.median(bare):.0f} ms, p95 {pct(bare, 0.95):.0f} ms")
+    bundle = load_bundle(WORKFLOWS.replace("n: {type: integer}", "n_items: {type: array}"), "bench")
+    one = msgspec.to_builtins(bundle.workflow("one-container"))
+    many = msgspec.to_builtins(bundle.workflow("many-containers"))
+    env = {"FLOWYARD_EXECUTOR_RUNTIME": "docker", "FLOWYARD_EXECUTOR_CONCURRENCY": str(args.parallel)}
+    with tempfile.TemporaryDirectory(prefix="fy-bench-") as tmp:
+        async with BenchStack(Path(tmp), separate=True, env=env) as stack:
+            bus = Bus(NatsConfig(url=stack.url), BusConfig(), name="bench")
+            await bus.connect()
+            await registry.register(bus, bundle.agents.values())
+            for _ in range(3):
+                await run_once(bus, one, {}, "warm")
+            e2e = []
+            for _ in range(args.runs):
+                ms, record = await run_once(bus, one, {}, "one")
+                assert record.status == "succeeded", record.error
+                e2e.append(ms)
+            base = statistics.median(bare)
+            over = [x - base for x in e2e]
+            print(
+                f"one-node run in the Docker runtime: median {statistics.median(e2e):.0f} ms, p95 {pct(e2e, 0.95):.0f} ms"
+            )
+            print(
+                f"container node overhead (run minus median bare cycle): median {statistics.median(over):.0f} ms, "
+                f"p95 {pct(over, 0.95):.0f} ms"
+            )
+            ms, record = await run_once(bus, many, {"n_items": list(range(args.parallel))}, "many")
+            assert record.status == "succeeded", record.error
+            print(f"{args.parallel} container nodes at once on one executor: whole run {ms:.0f} ms")
+            await bus.close()
+    docker = aiodocker.Docker()
+    try:
+        for c in await docker.containers.list(all=True, filters={"label": ["io.flowyard.key"]}):
+            await c.delete(force=True)
+    finally:
+        await docker.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

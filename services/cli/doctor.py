@@ -1,0 +1,96 @@
+"""``flowyard doctor``: check what running needs, and say how to fix what is missing."""
+
+from __future__ import annotations
+
+import msgspec
+import nats.js.errors
+
+from shared import subjects
+from shared.bus import Bus
+from shared.config import Config
+from shared.errors import ConfigurationError
+from shared.secrets import SecretSource
+from shared.workflow.model import AgentDoc
+
+from .main import EXIT_FAILED, EXIT_OK, configure
+
+_agent = msgspec.json.Decoder(AgentDoc)
+
+
+async def doctor(config: Config) -> int:
+    configure(config, "cli", quiet=True)
+    problems = 0
+
+    def report(ok: bool, what: str, fix: str = "") -> None:
+        nonlocal problems
+        problems += not ok
+        print(f"{'ok ' if ok else 'FIX'}  {what}" + (f"\n     {fix}" if fix and not ok else ""))
+
+    bus = Bus(config.nats, config.bus, name="doctor")
+    agents: list[AgentDoc] = []
+    try:
+        await bus.connect()
+        report(True, f"NATS reachable at {config.nats.url}")
+        present = await bus.topology_present()
+        report(present, "JetStream streams present", "start any service once (they create them), or `flowyard up`")
+        try:
+            kv = await bus.kv(subjects.AGENTS_BUCKET)
+            for key in await kv.keys():
+                entry = await kv.get(key)
+                if entry.value:
+                    agents.append(_agent.decode(entry.value))
+        except (ConfigurationError, nats.js.errors.NoKeysError):
+            pass
+        report(True, f"{len(agents)} registered agent(s)")
+    except ConfigurationError as exc:
+        report(False, f"NATS reachable at {config.nats.url}", str(exc))
+    finally:
+        await bus.close()
+
+    if config.executor.runtime == "docker":
+        await _docker_checks(config, agents, report)
+    else:
+        print("     (executor.runtime is process: Docker and agent images are not needed)")
+    source = SecretSource(config.executor.secrets_dir)
+    for agent in agents:
+        if agent.spec.secrets:
+            _, missing = await source.resolve(agent.spec.secrets)
+            for name in missing:
+                report(False, f"agent {agent.metadata.name}: secret {name}", f"provide {source.where(name)}")
+            if not missing:
+                report(True, f"agent {agent.metadata.name}: secrets {', '.join(agent.spec.secrets)} resolvable")
+    print(f"\n{problems} problem(s)" if problems else "\nall good")
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+async def _docker_checks(config: Config, agents: list[AgentDoc], report) -> None:
+    import aiodocker
+
+    needed = True
+    try:
+        docker = aiodocker.Docker()
+    except Exception as exc:  # no socket at all
+        report(not needed, "Docker daemon reachable", f"start dockerd ({exc})")
+        return
+    try:
+        try:
+            version = await docker.version()
+        except Exception as exc:
+            report(not needed, "Docker daemon reachable", f"start dockerd, or check /var/run/docker.sock ({exc})")
+            return
+        report(True, f"Docker daemon reachable (version {version.get('Version')})")
+        for agent in agents:
+            image = agent.spec.image
+            if not image:
+                continue
+            try:
+                await docker.images.inspect(image)
+                report(True, f"agent {agent.metadata.name}: image {image} present")
+            except aiodocker.DockerError:
+                report(
+                    False,
+                    f"agent {agent.metadata.name}: image {image} present",
+                    "build it on this machine (nothing is pulled); the base: deploy/base-image/build.sh",
+                )
+    finally:
+        await docker.close()
