@@ -234,3 +234,48 @@ def test_a_workflow_runs_in_containers_and_secrets_never_leave(
         check=False,
         capture_output=True,
     )
+
+
+def test_executor_sigkilled_while_its_container_runs(base_image: str, nats_binary: str, tmp_path: Path) -> None:
+    """After a restart, the executor adopts the container: the run completes and the agent ran once."""
+    import json
+    import signal
+    import time
+
+    from shared.natsserver import NatsServer
+
+    from .stack import Stack
+
+    workflow = tmp_path / "slow.yaml"
+    workflow.write_text(
+        "apiVersion: flowyard/v1\nkind: Agent\nmetadata: {name: c-slow}\nspec:\n"
+        f"  image: {IMAGE}\n"
+        "  command: [python3, -c, \"import json, sys, time; time.sleep(3); print(json.dumps({'done': True}))\"]\n"
+        "---\napiVersion: flowyard/v1\nkind: Workflow\nmetadata: {name: slow-container}\nspec:\n"
+        "  nodes:\n    - {id: work, agent: c-slow}\n"
+    )
+    server = NatsServer(tmp_path / "nats").start()
+    stack = Stack(server, tmp_path, FLOWYARD_EXECUTOR_RUNTIME="docker")
+    try:
+        stack.start_all()
+        run = stack.cli_background("run", str(workflow), "--json")
+        time.sleep(1.5)  # the container is running
+        stack.kill("executor", signal.SIGKILL)
+        time.sleep(0.5)
+        stack.start("executor")
+        out, err = run.communicate(timeout=120)
+        assert run.returncode == 0, err
+        result = json.loads(out)
+        assert result["nodes"]["work"]["output"] == {"done": True} and result["nodes"]["work"]["attempts"] == 1
+        listed = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"label={LABEL}.run={result['run_id']}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert len(listed.stdout.split()) == 1, "the attempt got a second container"
+        assert "adopting a container started before" in stack.replica_log("executor")
+        subprocess.run(["docker", "rm", "-f", *listed.stdout.split()], capture_output=True, check=False)
+    finally:
+        stack.stop_all()
+        server.stop()
