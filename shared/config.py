@@ -107,10 +107,15 @@ class ExecutorConfig(_Section, kw_only=True):
     # rather than running them twice.
     state_dir: str | None = None
     spool_retention: str = "15m"
+    # Docker runtime: after this many failures in a row to start an image, refuse its work
+    # (failing nodes fast, with the reason) for the cool-down.
+    breaker_threshold: int = 3
+    breaker_cooldown: str = "60s"
 
     def __post_init__(self) -> None:
         _duration(self.shutdown_grace, "shutdown_grace")
         _duration(self.spool_retention, "spool_retention")
+        _duration(self.breaker_cooldown, "breaker_cooldown")
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
 

@@ -137,6 +137,23 @@ def judge(task: TaskDispatched, outcome: Outcome, *, log_tail_bytes: int) -> Jud
     return Judgement(True, output=output)
 
 
+async def fail_fast(task: TaskDispatched, *, publish: Publish, executor_id: str, error: str) -> None:
+    """Report the attempt failed without running it (the executor refuses its image for now)."""
+    await publish(
+        TaskFailed(
+            run_id=task.run_id,
+            node_id=task.node_id,
+            item=task.item,
+            attempt=task.attempt,
+            error=error,
+            reason="runtime",
+            retryable=False,
+            executor=executor_id,
+        ),
+        "failed",
+    )
+
+
 async def execute(
     task: TaskDispatched,
     *,

@@ -21,6 +21,7 @@ from shared.secrets import SecretSource
 from shared.service import Service
 
 from . import handlers
+from .breaker import Breaker
 from .runtimes import Runtime, make_runtime
 
 log = structlog.get_logger("flowyard.executor")
@@ -44,6 +45,7 @@ class ExecutorService(Service):
         self.executor_id = f"{socket.gethostname()}:{os.getpid()}:{cfg.pool}"
         self._dedup_window = seconds(config.bus.duplicate_window)
         self.secrets = SecretSource(config.executor.secrets_dir)
+        self.breaker = Breaker(threshold=cfg.breaker_threshold, cooldown=seconds(cfg.breaker_cooldown))
         self._running: dict[str, set[asyncio.Task[handlers.Judgement]]] = {}
         self._ended: set[asyncio.Task[handlers.Judgement]] = set()
 
@@ -110,6 +112,12 @@ class ExecutorService(Service):
             suffix = "started" if kind == "started" else "result"
             await self.bus.publish(subject, ev, msg_id=f"{event.key}:{suffix}")
 
+        image = event.agent.image or event.agent.name
+        refusal = self.breaker.refusal(image)
+        if refusal is not None:
+            bound.warning("refused: circuit open", image=image)
+            await handlers.fail_fast(event, publish=publish, executor_id=self.executor_id, error=refusal)
+            return
         attempt = asyncio.create_task(
             handlers.execute(
                 event,
@@ -137,6 +145,9 @@ class ExecutorService(Service):
             self._ended.discard(attempt)
             if not running:
                 self._running.pop(event.run_id, None)
+        # The runtime could not start the agent (image missing, daemon error): not the agent's fault.
+        infrastructure = verdict.reason == "runtime" and not verdict.error.startswith("secret")
+        self.breaker.record(image, infrastructure_failure=infrastructure, error=verdict.error)
         bound.info(
             "attempt finished",
             ok=verdict.ok,

@@ -279,3 +279,36 @@ def test_executor_sigkilled_while_its_container_runs(base_image: str, nats_binar
     finally:
         stack.stop_all()
         server.stop()
+
+
+def test_a_missing_image_fails_clearly_then_trips_the_breaker(
+    base_image: str, nats_binary: str, tmp_path: Path
+) -> None:
+    import json
+
+    from shared.natsserver import NatsServer
+
+    from .stack import Stack
+
+    workflow = tmp_path / "missing.yaml"
+    workflow.write_text(
+        "apiVersion: flowyard/v1\nkind: Agent\nmetadata: {name: ghost}\nspec:\n"
+        "  image: flowyard/does-not-exist:1\n  command: [cat]\n"
+        "---\napiVersion: flowyard/v1\nkind: Workflow\nmetadata: {name: ghost}\nspec:\n"
+        "  nodes:\n    - {id: a, agent: ghost}\n"
+    )
+    server = NatsServer(tmp_path / "nats").start()
+    stack = Stack(server, tmp_path, FLOWYARD_EXECUTOR_RUNTIME="docker", FLOWYARD_EXECUTOR_BREAKER_THRESHOLD="2")
+    try:
+        stack.start_all()
+        errors = []
+        for _ in range(3):
+            code, result, _ = stack.run_json(str(workflow))
+            assert code == 1
+            errors.append(result["nodes"]["a"]["error"])
+        assert "image 'flowyard/does-not-exist:1' is not present on this executor" in errors[0]
+        assert "stopped taking work for flowyard/does-not-exist:1 after 2 failures in a row" in errors[2]
+        assert json.loads(stack.cli("runs", "list", "--json").stdout)
+    finally:
+        stack.stop_all()
+        server.stop()

@@ -222,3 +222,21 @@ async def test_missing_command() -> None:
     )
     verdict, _ = await run(t)
     assert verdict.reason == "runtime" and "not on the executor's PATH" in verdict.error
+
+
+def test_the_breaker_opens_after_consecutive_infrastructure_failures_and_closes_after_cooldown() -> None:
+    from services.executor.breaker import Breaker
+
+    now = [100.0]
+    breaker = Breaker(threshold=3, cooldown=60, clock=lambda: now[0])
+    for _ in range(2):
+        breaker.record("img:1", infrastructure_failure=True, error="image missing")
+    assert breaker.refusal("img:1") is None
+    breaker.record("img:1", infrastructure_failure=False)  # a success resets the count
+    for _ in range(3):
+        breaker.record("img:1", infrastructure_failure=True, error="image missing")
+    refusal = breaker.refusal("img:1")
+    assert refusal is not None and "3 failures in a row" in refusal and "image missing" in refusal
+    assert breaker.refusal("other:1") is None
+    now[0] += 61
+    assert breaker.refusal("img:1") is None
