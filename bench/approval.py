@@ -95,11 +95,11 @@ async def main() -> None:
                 await asyncio.wait_for(requested, 30)
                 while True:  # a person decides later than this: wait until the approver has the request
                     try:
-                        await approvals.get(f"{run_id}-deploy")
+                        await approvals.get(f"{run_id}.deploy")
                         break
                     except Exception:
                         await asyncio.sleep(0.005)
-                body = {"approval_id": f"{run_id}-deploy", "decision": "approve", "user": "approver"}
+                body = {"approval_id": f"{run_id}.deploy", "decision": "approve", "user": "approver"}
                 t_request = time.perf_counter()
                 reply = await bus.nc.request(subjects.DECIDE, json.dumps(body).encode(), timeout=10)
                 assert json.loads(reply.data)["ok"], reply.data

@@ -14,7 +14,7 @@ import msgspec
 RunStatus = Literal["running", "succeeded", "failed", "cancelled"]
 FinalRunStatus = Literal["succeeded", "failed", "cancelled"]
 NodeStatus = Literal["pending", "running", "succeeded", "failed", "skipped", "cancelled", "rejected"]
-ApprovalStatus = Literal["pending", "granted", "rejected", "expired"]
+ApprovalStatus = Literal["pending", "granted", "rejected", "expired", "closed"]  # closed: the run ended first
 FailureReason = Literal[
     "exit",  # the agent exited non-zero
     "timeout",  # the attempt ran past its timeout and was killed

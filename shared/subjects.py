@@ -122,7 +122,7 @@ SCHEDULER_FILTERS = [
     "fy.run.*.approval.*.expired",
 ]
 TIMER_FILTERS = ["fy.timer.run.>"]
-APPROVER_FILTERS = ["fy.run.*.approval.*.requested"]
+APPROVER_FILTERS = ["fy.run.*.approval.*.requested", "fy.run.*.failed", "fy.run.*.cancelled"]
 APPROVER_TIMER_FILTERS = ["fy.timer.approval.>"]
 NOTIFIER_FILTERS = [
     "fy.run.*.succeeded",

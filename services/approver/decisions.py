@@ -88,6 +88,15 @@ def apply(
     return replace(record, approvals=approvals, summary=f"{len(approvals)} of {policy.min_approvals} approvals")
 
 
+def close(record: ApprovalRecord, *, now: str, how: str) -> ApprovalRecord | None:
+    """The run ended before anyone decided: no decision is needed any more."""
+    if record.status != "pending":
+        return None
+    return replace(
+        record, status="closed", decided_at=now, published=True, summary=f"closed without a decision: the run {how}"
+    )
+
+
 def expire(record: ApprovalRecord, *, now: str) -> ApprovalRecord | None:
     """At the deadline: reject (the default) or approve, as the workflow said; None if decided."""
     if record.status != "pending":

@@ -25,6 +25,7 @@ from shared.contract import (
     ApprovalDecided,
     ApprovalRecord,
     ApprovalRequested,
+    RunFinished,
     TimerDue,
     decode_approval,
     decode_event,
@@ -78,6 +79,9 @@ class ApproverService(Service):
         await self._republish_settled()
 
     async def handle_request(self, event: AnyEvent, delivery: Delivery) -> None:
+        if isinstance(event, RunFinished):
+            await self._close_for(event)
+            return
         if not isinstance(event, ApprovalRequested):
             raise PermanentError(f"the approver handles approval requests only, got {type(event).__name__}")
         try:
@@ -93,6 +97,17 @@ class ApproverService(Service):
             pass  # a redelivery: the record exists already
         timer = TimerDue(run_id=event.run_id, kind="expiry", due_at=event.expires_at, approval_id=event.approval_id)
         await self.bus.publish(subjects.approval_timer(event.approval_id), timer, msg_id=f"{event.approval_id}:expiry")
+
+    async def _close_for(self, finished: RunFinished) -> None:
+        """A run that failed or was cancelled leaves no request waiting for a decision."""
+        prefix = f"{finished.run_id}."
+        try:
+            # nats-py filters keys by substring; the prefix test below is the real one.
+            keys = await self.records.keys(filters=[prefix])
+        except nats.js.errors.NoKeysError:
+            return
+        for key in (k for k in keys if k.startswith(prefix)):
+            await self.mutate(key, lambda rec: decisions.close(rec, now=now_rfc3339(), how=finished.status))
 
     async def handle_timer(self, event: AnyEvent, delivery: Delivery) -> None:
         if not isinstance(event, TimerDue) or event.kind != "expiry":
@@ -150,14 +165,14 @@ class ApproverService(Service):
             record = decode_approval(entry.value or b"")
             new = change(record)
             if new is None:
-                if record.status != "pending" and not record.published:
+                if record.status not in ("pending", "closed") and not record.published:
                     await self._publish(record, entry.revision or 0)
                 return record
             try:
                 revision = await self.records.update(approval_id, encode(new), last=entry.revision)
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue
-            if new.status != "pending":
+            if new.status != "pending" and not new.published:
                 await self._publish(new, revision)
             return new
         raise RetryableError(f"approval {approval_id}: record kept changing", delay=0.2)

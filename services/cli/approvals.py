@@ -64,13 +64,13 @@ async def _records(bus: Bus) -> list[ApprovalRecord]:
     return out
 
 
-async def list_approvals(config: Config, *, show_all: bool, as_json: bool) -> int:
+async def list_approvals(config: Config, *, pending_only: bool, as_json: bool) -> int:
     async with connected(config) as bus:
-        records = [r for r in await _records(bus) if show_all or r.status == "pending"]
+        records = [r for r in await _records(bus) if not pending_only or r.status == "pending"]
     if as_json:
         echo_json([approval_json(r) for r in records])
     elif not records:
-        print("no approvals waiting" if not show_all else "no approvals yet")
+        print("no approvals waiting" if pending_only else "no approvals yet")
     else:
         for r in records:
             a = approval_json(r)

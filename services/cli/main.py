@@ -238,14 +238,14 @@ def approvals() -> None:
 
 
 @approvals.command("list")
-@click.option("--all", "show_all", is_flag=True, help="Also the decided ones.")
+@click.option("--pending", is_flag=True, help="Only the requests still waiting for a decision.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def approvals_list(obj: Ctx, show_all: bool, as_json: bool) -> None:
-    """Pending approvals (all of them with --all), newest first."""
+def approvals_list(obj: Ctx, pending: bool, as_json: bool) -> None:
+    """Approval requests, newest first, with their status (pending, granted, rejected, expired, closed)."""
     from .approvals import list_approvals
 
-    _run(list_approvals(obj.config(), show_all=show_all, as_json=as_json))
+    _run(list_approvals(obj.config(), pending_only=pending, as_json=as_json))
 
 
 @approvals.command("show")
@@ -337,6 +337,31 @@ def serve(obj: Ctx, service: str, runtime: str | None, pool: str | None, http_po
         executor["pool"] = pool
     config = obj.config(executor=executor, http={"port": http_port} if http_port is not None else {})
     _run(run_service(config, service))
+
+
+def _config_here(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.find_object(Ctx).config_path = value  # type: ignore[union-attr]
+
+
+def _accept_config_everywhere(group: click.Group) -> None:
+    """`--config FILE` works after any command too (`flowyard run wf.yaml --config my.yaml`)."""
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            _accept_config_everywhere(command)
+        else:
+            command.params.append(
+                click.Option(
+                    ["--config"],
+                    metavar="FILE",
+                    expose_value=False,
+                    callback=_config_here,
+                    help="YAML configuration file (FLOWYARD_* variables override it).",
+                )
+            )
+
+
+_accept_config_everywhere(cli)
 
 
 def configure(config: Config, service: str, *, quiet: bool = False) -> None:

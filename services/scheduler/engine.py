@@ -273,7 +273,8 @@ def _request_approval(
     """Hold the node (still pending) until the approver's decision arrives."""
     assert planned.approval is not None
     inputs = [it.input for it in state.items] if state.items is not None else state.input
-    approval_id = f"{record.run_id}-{planned.id}"
+    # run.node: a KV key whose first token is the run, so the approver finds a run's requests.
+    approval_id = f"{record.run_id}.{planned.id}"
     request = ApprovalRequested(
         run_id=record.run_id,
         approval_id=approval_id,

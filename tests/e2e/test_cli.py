@@ -124,3 +124,11 @@ def test_the_fleet_example_shows_fan_out_retry_conditions_and_optional_steps() -
     assert result["status"] == "succeeded" and result["outputs"]["checked"] == 5
     quiet = flowyard("run", str(ROOT / "examples/fleet-check.yaml"), "-i", "env=staging", "--json")
     assert json.loads(quiet.stdout)["nodes"]["page"]["status"] == "skipped"
+
+
+def test_config_is_accepted_before_or_after_the_command(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("executor:\n  concurency: 2\n")
+    for args in (["--config", str(bad), "run", str(EXAMPLE)], ["run", str(EXAMPLE), "--config", str(bad)]):
+        done = flowyard(*args)
+        assert done.returncode == 2 and "unknown setting 'concurency'" in done.stderr and "Did you mean" in done.stderr

@@ -136,3 +136,25 @@ def test_scheduler_restarted_while_waiting_resumes_on_the_decision(stack: Stack)
     assert stack.cli("approvals", "approve", a["id"], "--as", "dave").returncode == 0
     code, result = finish(run)
     assert code == 0 and result["nodes"]["after"]["status"] == "succeeded"
+
+
+def test_a_decision_after_the_run_ended_is_refused(stack: Stack) -> None:
+    run = start(stack, "gate-default")
+    a = pending(stack, "gate-default")
+    assert a["id"] == f"{a['run_id']}.deploy"
+    cancelled = stack.cli("runs", "cancel", a["run_id"], "--reason", "not today")
+    assert cancelled.returncode == 0, cancelled.stderr
+    code, result = finish(run)
+    assert code == 1 and result["status"] == "cancelled"
+    for _ in range(100):
+        shown = json.loads(stack.cli("approvals", "show", a["id"], "--json").stdout)
+        if shown["status"] == "closed":
+            break
+        time.sleep(0.1)
+    assert shown["status"] == "closed" and "the run cancelled" in shown["summary"]
+    late = stack.cli("approvals", "approve", a["id"], "--as", "dave")
+    assert late.returncode == 1 and "already closed" in late.stderr
+    listed = json.loads(stack.cli("approvals", "list", "--json").stdout)
+    assert any(x["id"] == a["id"] and x["status"] == "closed" for x in listed)
+    waiting = json.loads(stack.cli("approvals", "list", "--pending", "--json").stdout)
+    assert all(x["status"] == "pending" for x in waiting)

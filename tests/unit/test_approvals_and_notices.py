@@ -30,7 +30,7 @@ GROUPS = {"sre": ["sam"]}
 def record(**policy: object) -> ApprovalRecord:
     req = ApprovalRequested(
         run_id="r",
-        approval_id="r-deploy",
+        approval_id="r.deploy",
         workflow="w",
         node_id="deploy",
         agent="deploy",
@@ -42,7 +42,7 @@ def record(**policy: object) -> ApprovalRecord:
 
 
 def decide(rec: ApprovalRecord, decision: str, user: str, *, at: float = 10.0, reason: str = "") -> ApprovalRecord:
-    req = DecisionRequest(approval_id="r-deploy", decision=decision, user=user, reason=reason)  # type: ignore[arg-type]
+    req = DecisionRequest(approval_id="r.deploy", decision=decision, user=user, reason=reason)  # type: ignore[arg-type]
     return decisions.apply(rec, req, now="t", epoch=at, groups=GROUPS)
 
 
@@ -115,7 +115,7 @@ def test_the_gate_holds_the_node_and_runs_exactly_the_approved_input() -> None:
     ]
     forged = ApprovalDecided(
         run_id="r",
-        approval_id="r-deploy",
+        approval_id="r.deploy",
         workflow="w",
         node_id="deploy",
         outcome="granted",
@@ -125,7 +125,7 @@ def test_the_gate_holds_the_node_and_runs_exactly_the_approved_input() -> None:
     assert refused is not None and refused.nodes["deploy"].status == "rejected"
     good = ApprovalDecided(
         run_id="r",
-        approval_id="r-deploy",
+        approval_id="r.deploy",
         workflow="w",
         node_id="deploy",
         outcome="granted",
