@@ -17,8 +17,9 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
-from shared.bus import Bus, Consumer
+from shared.bus import Bus, Consumer, Handler
 from shared.config import Config
+from shared.contract import decode_event
 
 log = structlog.get_logger("flowyard.service")
 
@@ -37,6 +38,29 @@ class Service(ABC):
     @property
     def shutdown_grace(self) -> float:
         return 10.0
+
+    def consume(
+        self,
+        durable: str,
+        stream: str,
+        filters: list[str],
+        handler: Handler,
+        *,
+        concurrency: int,
+        max_deliver: int | None = None,
+    ) -> None:
+        """Add a durable consumer of events (decoded with the contract's union decoder)."""
+        self.consumers.append(
+            self.bus.consumer(
+                durable=durable,
+                stream=stream,
+                filters=filters,
+                decode=decode_event,
+                handler=handler,
+                concurrency=concurrency,
+                max_deliver=max_deliver,
+            )
+        )
 
     @abstractmethod
     async def setup(self) -> None:

@@ -28,7 +28,6 @@ from shared.contract import (
     RunFinished,
     TimerDue,
     decode_approval,
-    decode_event,
     encode,
 )
 from shared.envelope import now_rfc3339
@@ -49,26 +48,20 @@ class ApproverService(Service):
     async def setup(self) -> None:
         self.records: KeyValue = await self.bus.kv(subjects.APPROVALS_BUCKET)
         cfg = self.config.approver
-        self.consumers.append(
-            self.bus.consumer(
-                durable="approver",
-                stream=subjects.RUNS_STREAM,
-                filters=subjects.APPROVER_FILTERS,
-                decode=decode_event,
-                handler=self.handle_request,
-                concurrency=cfg.concurrency,
-            )
+        self.consume(
+            "approver",
+            subjects.RUNS_STREAM,
+            subjects.APPROVER_FILTERS,
+            self.handle_request,
+            concurrency=cfg.concurrency,
         )
-        self.consumers.append(
-            self.bus.consumer(
-                durable="approver-timers",
-                stream=subjects.TIMERS_STREAM,
-                filters=subjects.APPROVER_TIMER_FILTERS,
-                decode=decode_event,
-                handler=self.handle_timer,
-                concurrency=cfg.concurrency,
-                max_deliver=-1,
-            )
+        self.consume(
+            "approver-timers",
+            subjects.TIMERS_STREAM,
+            subjects.APPROVER_TIMER_FILTERS,
+            self.handle_timer,
+            concurrency=cfg.concurrency,
+            max_deliver=-1,
         )
 
     async def start(self) -> None:

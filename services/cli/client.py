@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -64,6 +65,7 @@ async def submit_and_follow(
         await bus.publish(subjects.run_requested(request.run_id), request, msg_id=f"{request.run_id}:requested")
         deadline = None if timeout is None else time.monotonic() + timeout
         quiet = 0
+        heard = False
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -75,6 +77,13 @@ async def submit_and_follow(
                 # The subscription may have lost its place (NATS restarted): the record is the
                 # truth, so after two quiet seconds look at it.
                 quiet += 1
+                if quiet == 10 and not heard:
+                    print(
+                        f"flowyard: run {request.run_id} was requested but nothing has answered for 10s; "
+                        "is a planner running for this NATS (`flowyard serve planner`, or `flowyard up`)?",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 if quiet % 2 == 0 and (final := await _final_from_record(bus, request.run_id)) is not None:
                     return final
                 continue
@@ -82,6 +91,7 @@ async def submit_and_follow(
                 event = decode_event(msg.data)
             except Exception:
                 continue  # not ours to judge here; the services dead-letter poison
+            heard = heard or not isinstance(event, RunRequested)
             on_event(event)
             if isinstance(event, RunFinished | RunRejected):
                 return event

@@ -41,6 +41,8 @@ def _run(coro: Coroutine[Any, Any, int]) -> NoReturn:
         text = str(exc)
         code = EXIT_INVALID if text.startswith(("invalid configuration", "config file")) else EXIT_BROKEN
         _fail(text, code)
+    except TimeoutError as exc:
+        _fail(f"{exc}; it goes on without us: `flowyard runs show` follows it", EXIT_BROKEN)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     sys.exit(code)

@@ -64,7 +64,7 @@ def check_input(task: TaskDispatched) -> str | None:
 def judge(task: TaskDispatched, outcome: Outcome, *, log_tail_bytes: int) -> Judgement:
     """Turn a raw outcome into success or a one-sentence failure."""
     if outcome.start_error:
-        return Judgement(False, error=outcome.start_error, reason="runtime", retryable=False)
+        return Judgement(False, error=outcome.start_error, reason="runtime", retryable=outcome.start_retryable)
     stderr = tail(outcome.stderr_tail, log_tail_bytes)
     if outcome.lost:
         return Judgement(

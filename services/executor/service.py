@@ -15,7 +15,7 @@ from nats.aio.msg import Msg
 from shared import subjects
 from shared.bus import Delivery
 from shared.config import Config, seconds
-from shared.contract import AnyEvent, Event, TaskDispatched, decode_event, decode_record
+from shared.contract import AnyEvent, Event, TaskDispatched, decode_record
 from shared.errors import PermanentError
 from shared.secrets import SecretSource
 from shared.service import Service
@@ -57,15 +57,12 @@ class ExecutorService(Service):
         pool = self.config.executor.pool
         subjects.check_token(pool, "executor pool")
         self.records = await self.bus.kv(subjects.RUNS_BUCKET)
-        self.consumers.append(
-            self.bus.consumer(
-                durable=f"executor-{pool}",
-                stream=subjects.TASKS_STREAM,
-                filters=subjects.executor_filters(pool),
-                decode=decode_event,
-                handler=self.handle,
-                concurrency=self.config.executor.concurrency,
-            )
+        self.consume(
+            f"executor-{pool}",
+            subjects.TASKS_STREAM,
+            subjects.executor_filters(pool),
+            self.handle,
+            concurrency=self.config.executor.concurrency,
         )
 
     async def stop(self) -> None:
@@ -132,6 +129,19 @@ class ExecutorService(Service):
         running.add(attempt)
         try:
             verdict = await asyncio.shield(attempt)
+        except Exception as exc:
+            if delivery.num_delivered < self.config.bus.max_deliver:
+                raise  # handed back; another delivery tries again
+            # The last delivery: report the attempt failed rather than let the run wait forever
+            # on a dispatch that went to the dead-letter stream.
+            bound.error("attempt could not be run", error=repr(exc))
+            await handlers.fail_fast(
+                event,
+                publish=publish,
+                executor_id=self.executor_id,
+                error=f"the executor could not run the attempt: {exc!r}",
+            )
+            return
         except asyncio.CancelledError:
             if attempt in self._ended:
                 bound.info("attempt stopped: the run ended")

@@ -19,7 +19,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from shared import subjects
 from shared.bus import Delivery
 from shared.config import seconds
-from shared.contract import AnyEvent, NotificationFailed, decode_event
+from shared.contract import AnyEvent, NotificationFailed
 from shared.envelope import header
 from shared.secrets import SecretSource
 from shared.service import Service
@@ -39,15 +39,8 @@ class NotifierService(Service):
         self.marks: KeyValue = await self.bus.kv(subjects.NOTIFY_BUCKET)
         if not cfg.rules:
             log.info("no notification rules configured; events are read and dropped")
-        self.consumers.append(
-            self.bus.consumer(
-                durable="notifier",
-                stream=subjects.RUNS_STREAM,
-                filters=subjects.NOTIFIER_FILTERS,
-                decode=decode_event,
-                handler=self.handle,
-                concurrency=cfg.concurrency,
-            )
+        self.consume(
+            "notifier", subjects.RUNS_STREAM, subjects.NOTIFIER_FILTERS, self.handle, concurrency=cfg.concurrency
         )
 
     async def stop(self) -> None:

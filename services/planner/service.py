@@ -8,7 +8,7 @@ import structlog
 
 from shared import agents, subjects
 from shared.bus import Delivery
-from shared.contract import AnyEvent, RunPlanned, RunRequested, decode_event
+from shared.contract import AnyEvent, RunPlanned, RunRequested
 from shared.errors import PermanentError
 from shared.service import Service
 from shared.workflow.model import AgentDoc
@@ -22,15 +22,12 @@ class PlannerService(Service):
     name = "planner"
 
     async def setup(self) -> None:
-        self.consumers.append(
-            self.bus.consumer(
-                durable="planner",
-                stream=subjects.RUNS_STREAM,
-                filters=subjects.PLANNER_FILTERS,
-                decode=decode_event,
-                handler=self.handle,
-                concurrency=self.config.planner.concurrency,
-            )
+        self.consume(
+            "planner",
+            subjects.RUNS_STREAM,
+            subjects.PLANNER_FILTERS,
+            self.handle,
+            concurrency=self.config.planner.concurrency,
         )
 
     async def _load_agents(self, names: Iterable[str]) -> dict[str, AgentDoc]:

@@ -39,7 +39,6 @@ from shared.contract import (
     TaskFailed,
     TaskSucceeded,
     TimerDue,
-    decode_event,
     decode_record,
     encode,
 )
@@ -70,27 +69,17 @@ class SchedulerService(Service):
         self._cache: OrderedDict[str, tuple[int, RunRecord, bool]] = OrderedDict()
         self._dedup_window = seconds(self.config.bus.duplicate_window)
         concurrency = self.config.scheduler.concurrency
-        self.consumers.append(
-            self.bus.consumer(
-                durable="scheduler",
-                stream=subjects.RUNS_STREAM,
-                filters=subjects.SCHEDULER_FILTERS,
-                decode=decode_event,
-                handler=self.handle,
-                concurrency=concurrency,
-            )
+        self.consume(
+            "scheduler", subjects.RUNS_STREAM, subjects.SCHEDULER_FILTERS, self.handle, concurrency=concurrency
         )
         # Timers are handed back by JetStream until due; they never run out of deliveries.
-        self.consumers.append(
-            self.bus.consumer(
-                durable="scheduler-timers",
-                stream=subjects.TIMERS_STREAM,
-                filters=subjects.TIMER_FILTERS,
-                decode=decode_event,
-                handler=self.handle_timer,
-                concurrency=concurrency,
-                max_deliver=-1,
-            )
+        self.consume(
+            "scheduler-timers",
+            subjects.TIMERS_STREAM,
+            subjects.TIMER_FILTERS,
+            self.handle_timer,
+            concurrency=concurrency,
+            max_deliver=-1,
         )
 
     def clock(self) -> engine.Clock:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -183,3 +184,25 @@ async def test_oversized_payloads_are_refused_with_the_limit(bus: Bus) -> None:
             await small.publish("fy.run.rbig.started", RunStarted(run_id="rbig", workflow="w" * 500), msg_id="big")
     finally:
         await small.close()
+
+
+def test_a_run_nobody_plans_says_so_and_gives_up_at_its_timeout(nats_server: NatsServer) -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWYARD_")} | {
+        "FLOWYARD_NATS_URL": nats_server.url
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", "run", str(root / "examples/incident-digest.yaml"), "--timeout", "12s"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=60,
+    )
+    assert done.returncode == 3
+    assert "nothing has answered for 10s; is a planner running" in done.stderr
+    assert "did not finish within 12s" in done.stderr and "Traceback" not in done.stderr

@@ -18,6 +18,7 @@ class Outcome:
     timed_out: bool = False
     stdout_overflow: bool = False
     start_error: str | None = None  # the agent could not be started at all
+    start_retryable: bool = False  # ... for a reason that may pass (the Docker daemon restarting)
     lost: bool = False  # the agent's process vanished without an exit status
     oom: bool = False  # killed for using more memory than its limit
     memory_limit: int | None = None

@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 import aiodocker
+import aiohttp
 import structlog
 
 from shared.contract import TaskDispatched
@@ -112,6 +113,15 @@ class DockerRuntime(Runtime):
         }
 
     async def run(self, task: TaskDispatched, *, stdin: bytes, env: Mapping[str, str], timeout_s: float) -> Outcome:
+        try:
+            return await self._run(task, stdin=stdin, env=env, timeout_s=timeout_s)
+        except (aiohttp.ClientConnectionError, OSError) as exc:
+            # The daemon is down or restarting: the attempt never ran; a retry may well work.
+            return Outcome(
+                None, b"", b"", 0.0, start_error=f"cannot reach the Docker daemon ({exc})", start_retryable=True
+            )
+
+    async def _run(self, task: TaskDispatched, *, stdin: bytes, env: Mapping[str, str], timeout_s: float) -> Outcome:
         if not task.agent.image:
             return Outcome(None, b"", b"", 0.0, start_error=f"agent {task.agent.name!r} has no `image` to run")
         name = container_name(task.key)
