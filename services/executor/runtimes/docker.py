@@ -219,7 +219,10 @@ class DockerRuntime(Runtime):
             all=True, filters={"label": [f"{LABEL}.key"], "status": ["exited", "dead", "created"]}
         ):
             info = await c.show()
-            if _epoch(info["State"].get("FinishedAt")) < cutoff:
+            # A container only created has no finish time: judge it by its creation, or a sweep
+            # could remove one a live executor is about to start.
+            ended = _epoch(info["State"].get("FinishedAt")) or _epoch(info.get("Created"))
+            if ended < cutoff:
                 with contextlib.suppress(aiodocker.DockerError):
                     await c.delete(force=True)
                     removed += 1
