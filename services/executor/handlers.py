@@ -16,6 +16,7 @@ import msgspec
 
 from shared.contract import Event, TaskDispatched, TaskFailed, TaskStarted, TaskSucceeded
 from shared.durations import format_duration
+from shared.errors import PermanentError
 from shared.schemas import first_error
 from shared.secrets import SecretSource
 
@@ -232,18 +233,23 @@ async def _attempt(
         "executor": executor_id,
     }
     if verdict.ok:
-        await publish(TaskSucceeded(**common, output=verdict.output, duration_s=duration, log=log), "succeeded")
-    else:
-        await publish(
-            TaskFailed(
-                **common,
-                error=verdict.error,
-                reason=verdict.reason,  # type: ignore[arg-type]
-                retryable=verdict.retryable,
-                exit_code=verdict.exit_code,
-                duration_s=duration,
-                log=log,
-            ),
-            "failed",
-        )
+        try:
+            await publish(TaskSucceeded(**common, output=verdict.output, duration_s=duration, log=log), "succeeded")
+            return verdict
+        except PermanentError as exc:  # the output is too large to travel: say so, do not drop it
+            verdict = Judgement(
+                False, error=f"its output could not be reported: {exc}", reason="bad_output", retryable=False
+            )
+    await publish(
+        TaskFailed(
+            **common,
+            error=verdict.error,
+            reason=verdict.reason,  # type: ignore[arg-type]
+            retryable=verdict.retryable,
+            exit_code=verdict.exit_code,
+            duration_s=duration,
+            log=log[-1024:] if verdict.reason == "bad_output" else log,
+        ),
+        "failed",
+    )
     return verdict

@@ -165,6 +165,21 @@ def fire_timer(record: RunRecord, timer: TimerDue, clock: Clock) -> RunRecord | 
     return advance(record, clock, [_dispatch(record, planned, timer.item, slot.input, timer.attempt, clock)])
 
 
+def overflow(record: RunRecord, clock: Clock, *, size: int, limit: int) -> RunRecord:
+    """The record grew past what the bus carries: end the run, saying why, without the outputs."""
+
+    def strip(slot: NodeRecord) -> NodeRecord:
+        items = [strip(it) for it in slot.items] if slot.items is not None else None
+        return replace(slot, output=None, input=None, items=items)
+
+    lean = replace(record, nodes={nid: strip(n) for nid, n in record.nodes.items()}, outputs={})
+    error = (
+        f"the run's state grew to {size} bytes, over the {limit}-byte limit (bus.max_payload): its agents "
+        "return too much data; return references (paths, ids) instead, or raise bus.max_payload"
+    )
+    return _stop(lean, clock, status="failed", error=error)
+
+
 def cancel(record: RunRecord, event: RunCancelRequested, clock: Clock) -> RunRecord | None:
     if record.status != "running":
         return None

@@ -175,11 +175,15 @@ class SchedulerService(Service):
                 return
             assert new is not None
             new = engine.replace(new, outbox=outbox + _node_failures(record, new))
+            data = encode(new)
+            if len(data) > self.config.bus.max_payload:
+                new = engine.overflow(new, clock, size=len(data), limit=self.config.bus.max_payload)
+                data = encode(new)
             try:
                 if record is None:
-                    revision = await self.records.create(run_id, encode(new))
+                    revision = await self.records.create(run_id, data)
                 else:
-                    revision = await self.records.update(run_id, encode(new), last=revision)
+                    revision = await self.records.update(run_id, data, last=revision)
             except nats.js.errors.KeyWrongLastSequenceError:
                 self._cache.pop(run_id, None)
                 continue  # another replica moved the record on; apply to its version

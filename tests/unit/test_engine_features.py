@@ -215,3 +215,12 @@ def test_retry_of_a_run_reuses_succeeded_outputs() -> None:
     rec = engine.start_run(event, clock())
     assert rec.nodes["a"].status == "succeeded" and rec.nodes["a"].reused_from == "old"
     assert [(t.node_id, t.input) for t in tasks(rec)] == [("b", {"v": 7})]
+
+
+def test_a_record_too_large_for_the_bus_ends_the_run_with_the_reason() -> None:
+    rec = start(node("a"), node("b", ["a"]))
+    rec = ok(rec, "a", {"blob": "x" * 1000})
+    ended = engine.overflow(rec, clock(), size=2_000_000, limit=1_048_576)
+    assert ended.status == "failed" and "over the 1048576-byte limit (bus.max_payload)" in (ended.error or "")
+    assert ended.nodes["a"].output is None and ended.nodes["b"].status == "cancelled"
+    assert isinstance(ended.outbox[-1].event, RunFinished)

@@ -240,3 +240,27 @@ def test_the_breaker_opens_after_consecutive_infrastructure_failures_and_closes_
     assert breaker.refusal("other:1") is None
     now[0] += 61
     assert breaker.refusal("img:1") is None
+
+
+async def test_an_output_too_large_to_report_fails_the_node_instead_of_vanishing() -> None:
+    from shared.errors import PermanentError
+
+    sent: list[Event] = []
+
+    async def publish(event: Event, kind: str) -> None:
+        if isinstance(event, TaskSucceeded):
+            raise PermanentError("TaskSucceeded for run r1 is 2000000 bytes, over the 1048576-byte limit")
+        sent.append(event)
+
+    runtime = ProcessRuntime(max_output_bytes=1024, log_tail_bytes=512, state_dir=tempfile.mkdtemp(prefix="fy-spool-"))
+    verdict = await handlers.execute(
+        task("print('{}')"),
+        runtime=runtime,
+        publish=publish,
+        executor_id="x",
+        log_tail_bytes=512,
+        secrets=SecretSource(None, {}),
+    )
+    await runtime.close()
+    assert not verdict.ok and "could not be reported" in verdict.error
+    assert isinstance(sent[-1], TaskFailed) and sent[-1].reason == "bad_output" and not sent[-1].retryable
