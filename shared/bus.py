@@ -77,6 +77,15 @@ Handler = Callable[[Any, Delivery], Awaitable[None]]
 Decoder = Callable[[bytes], Any]
 
 
+class NatsUnavailable(RetryableError):
+    """NATS could not be reached for longer than ``bus.publish_retry_for``."""
+
+
+def is_outage(exc: BaseException) -> bool:
+    """NATS down or restarting: nothing to do with the message being handled."""
+    return isinstance(exc, (*_TRANSIENT, NatsUnavailable))
+
+
 class Bus:
     def __init__(self, nats_cfg: NatsConfig, bus_cfg: BusConfig, *, name: str) -> None:
         self.nats_cfg = nats_cfg
@@ -316,7 +325,7 @@ class Bus:
                 with attempt:
                     return await self.js.publish(subject, payload, headers=headers)
         except _TRANSIENT as exc:
-            raise RetryableError(f"publish to {subject} failed: NATS unreachable ({exc!r})") from exc
+            raise NatsUnavailable(f"publish to {subject} failed: NATS unreachable ({exc!r})") from exc
         raise AssertionError("unreachable")
 
     async def publish_raw(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
@@ -394,7 +403,10 @@ class Consumer:
             durable_name=self.durable,
             ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=self.ack_wait,
-            max_deliver=self.max_deliver,
+            # Unlimited on the server: giving up is decided here (handler failures are counted,
+            # NATS being unreachable is not), and a given-up message is dead-lettered, never
+            # left unacknowledged where nobody will deliver it again.
+            max_deliver=-1,
             max_ack_pending=max(self.concurrency * 4, 64),
             filter_subjects=self.filters if len(self.filters) > 1 else None,
             filter_subject=self.filters[0] if len(self.filters) == 1 else None,
@@ -572,9 +584,12 @@ class Consumer:
             return "terminated"
         except Exception as exc:
             retryable = isinstance(exc, RetryableError)
-            if not retryable:
+            # NATS itself down or restarting (a KV read timing out, a publish with no responders)
+            # says nothing about the message: wait it out rather than dead-letter a run's step.
+            outage = is_outage(exc)
+            if not retryable and not outage:
                 log.exception("handler crashed", consumer=self.durable, subject=delivery.subject)
-            if 0 < self.max_deliver <= delivery.num_delivered:
+            if not outage and 0 < self.max_deliver <= delivery.num_delivered:
                 await self._dead_letter(msg, delivery, f"gave up after {delivery.num_delivered} deliveries: {exc}")
                 return "terminated"
             delay = getattr(exc, "delay", None) or min(0.5 * 2 ** (delivery.num_delivered - 1), 30.0)

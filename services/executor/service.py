@@ -13,7 +13,7 @@ import structlog
 from nats.aio.msg import Msg
 
 from shared import subjects
-from shared.bus import Delivery
+from shared.bus import Delivery, is_outage
 from shared.config import Config, seconds
 from shared.contract import AnyEvent, Event, TaskDispatched, decode_record
 from shared.errors import PermanentError
@@ -130,7 +130,7 @@ class ExecutorService(Service):
         try:
             verdict = await asyncio.shield(attempt)
         except Exception as exc:
-            if delivery.num_delivered < self.config.bus.max_deliver:
+            if delivery.num_delivered < self.config.bus.max_deliver or is_outage(exc):
                 raise  # handed back; another delivery tries again
             # The last delivery: report the attempt failed rather than let the run wait forever
             # on a dispatch that went to the dead-letter stream.

@@ -206,3 +206,25 @@ def test_a_run_nobody_plans_says_so_and_gives_up_at_its_timeout(nats_server: Nat
     assert done.returncode == 3
     assert "nothing has answered for 10s; is a planner running" in done.stderr
     assert "did not finish within 12s" in done.stderr and "Traceback" not in done.stderr
+
+
+async def test_a_nats_outage_in_a_handler_is_waited_out_not_dead_lettered(bus: Bus) -> None:
+    import nats.errors
+
+    calls: list[int] = []
+
+    async def handler(event: RunStarted, d: Delivery) -> None:
+        calls.append(d.num_delivered)
+        if len(calls) <= 4:  # more than max_deliver (3) failures, all of them NATS being away
+            raise nats.errors.TimeoutError
+
+    run, consumer, task = await consume(bus, handler, max_deliver=3)
+    await bus.publish(subjects.run_started(run), started(run), msg_id=f"{run}:o")
+
+    async def handled() -> bool:
+        return len(calls) == 5
+
+    await eventually(handled, timeout=30)
+    consumer.stop()
+    await task
+    assert not any(run in x.get("fy-dlq-subject", "") for x in await dead_letters(bus))
