@@ -227,6 +227,15 @@ class Bus:
                 max_age=seconds(cfg.retention),
                 duplicate_window=dup,
             ),
+            api.StreamConfig(
+                name=subjects.LOGS_STREAM,
+                description="Agents' stderr while they run, for `flowyard logs`",
+                subjects=[subjects.LOGS_SUBJECTS],
+                retention=api.RetentionPolicy.LIMITS,
+                max_age=seconds(cfg.logs_retention),
+                max_bytes=cfg.logs_store_bytes,
+                discard=api.DiscardPolicy.OLD,
+            ),
         ]
         for sc in streams:
             sc.storage = storage
@@ -238,6 +247,21 @@ class Bus:
         await self._ensure_kv(subjects.CONCURRENCY_BUCKET, "Runs admitted and queued per workflow", history=1)
         await self._ensure_kv(subjects.APPROVALS_BUCKET, "Approval requests and every decision on them", history=5)
         await self._ensure_kv(subjects.NOTIFY_BUCKET, "Notifications delivered, per sink and event", history=1)
+        await self._ensure_object_store(subjects.WORKSPACES_BUCKET, storage)
+
+    async def _ensure_object_store(self, bucket: str, storage: api.StorageType) -> None:
+        config = api.ObjectStoreConfig(
+            description="Run workspaces, one object per version",
+            ttl=seconds(self.cfg.workspace_retention),
+            max_bytes=self.cfg.workspace_store_bytes,
+            storage=storage,
+            replicas=self.cfg.replicas,
+        )
+        try:
+            await self.js.create_object_store(bucket, config=config)
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code != 10058:  # exists with other settings: keep it as the operator left it
+                raise
 
     async def _ensure_stream(self, sc: api.StreamConfig) -> None:
         try:

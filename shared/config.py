@@ -65,9 +65,24 @@ class BusConfig(_Section, kw_only=True):
     max_payload: int = 1024 * 1024
     # How long a publish keeps retrying while NATS is unreachable before the handler gives up.
     publish_retry_for: str = "30s"
+    # Workspaces (`flowyard run --workspace DIR`): the largest version, packed (gzipped tar); how
+    # long versions are kept; and the most the whole store holds.
+    workspace_max_bytes: int = 64 * 1024 * 1024
+    workspace_retention: str = "7d"
+    workspace_store_bytes: int = 4 * 1024 * 1024 * 1024
+    # Agents' stderr, for `flowyard logs`: how long it is kept, and the most the stream holds.
+    logs_retention: str = "7d"
+    logs_store_bytes: int = 1024 * 1024 * 1024
 
     def __post_init__(self) -> None:
-        for name in ("ack_wait", "duplicate_window", "retention", "publish_retry_for"):
+        for name in (
+            "ack_wait",
+            "duplicate_window",
+            "retention",
+            "publish_retry_for",
+            "workspace_retention",
+            "logs_retention",
+        ):
             _duration(getattr(self, name), name)
         if not 1 <= self.replicas <= 5:
             raise ValueError("replicas must be between 1 and 5")
@@ -111,6 +126,9 @@ class ExecutorConfig(_Section, kw_only=True):
     # (failing nodes fast, with the reason) for the cool-down.
     breaker_threshold: int = 3
     breaker_cooldown: str = "60s"
+    # An attempt's stderr streamed to `flowyard logs`: at most this much per attempt (the rest is
+    # dropped with a note); the tail kept in the task event is log_tail_bytes.
+    log_max_bytes: int = 1024 * 1024
 
     def __post_init__(self) -> None:
         _duration(self.shutdown_grace, "shutdown_grace")

@@ -57,6 +57,10 @@ class AgentSnapshot(Wire, kw_only=True):
     network: Literal["none", "egress"] = "none"
     secrets: list[str] = []
     env: dict[str, str] = {}
+    workspace: Literal["none", "ro", "rw"] = "none"
+    stdout: Literal["json", "text"] = "json"
+    command_input: str | None = None
+    image_input: str | None = None
 
 
 class RetryPolicy(Wire, kw_only=True):
@@ -112,6 +116,7 @@ class RunRequested(Event, tag="run.requested", kw_only=True):
     requested_at: str = ""
     retry_of: str | None = None  # `flowyard runs retry`: the failed run this one continues
     reuse: dict[str, Any] = {}  # node id -> output kept from retry_of (the nodes that succeeded)
+    workspace: str | None = None  # object name in FY_WORKSPACES: the files the run starts with
 
 
 class RunPlanned(Event, tag="run.planned", kw_only=True):
@@ -123,6 +128,7 @@ class RunPlanned(Event, tag="run.planned", kw_only=True):
     reuse: dict[str, Any] = {}
     requested_by: str = ""
     labels: dict[str, str] = {}  # the workflow's metadata.labels, for notification rules
+    workspace: str | None = None
 
 
 class RunCancelRequested(Event, tag="run.cancel_requested", kw_only=True):
@@ -234,6 +240,7 @@ class TaskDispatched(Event, tag="task.dispatched", kw_only=True):
     # When the scheduler decided the dispatch; a re-sent copy keeps it, so an executor can tell a
     # dispatch older than the de-dup window and check the run record before running it.
     dispatched_at: float = 0.0
+    workspace: str | None = None  # the workspace version to copy in (agents with `workspace`)
 
     @property
     def unit(self) -> str:
@@ -261,6 +268,7 @@ class TaskSucceeded(Event, tag="task.succeeded", kw_only=True):
     duration_s: float = 0.0
     log: str = ""
     executor: str = ""
+    workspace: str | None = None  # an `rw` agent changed the workspace: the new version
 
 
 class TaskFailed(Event, tag="task.failed", kw_only=True):
@@ -274,6 +282,17 @@ class TaskFailed(Event, tag="task.failed", kw_only=True):
     duration_s: float = 0.0
     log: str = ""
     executor: str = ""
+
+
+class TaskLog(Event, tag="task.log", kw_only=True):
+    """Lines an agent wrote to stderr while it ran, in order (``seq``), secrets redacted."""
+
+    node_id: str
+    attempt: int
+    item: int | None = None
+    seq: int = 0
+    lines: list[str] = []
+    truncated: bool = False  # the attempt reached executor.log_max_bytes: later lines were dropped
 
 
 AnyEvent = (
@@ -292,6 +311,7 @@ AnyEvent = (
     | TaskStarted
     | TaskSucceeded
     | TaskFailed
+    | TaskLog
 )
 EVENT_TYPES: tuple[type[Event], ...] = (
     RunRequested,
@@ -309,6 +329,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     TaskStarted,
     TaskSucceeded,
     TaskFailed,
+    TaskLog,
 )
 
 
@@ -358,6 +379,8 @@ class RunRecord(Wire, kw_only=True):
     retry_of: str | None = None
     requested_by: str = ""
     labels: dict[str, str] = {}
+    workspace: str | None = None  # the latest workspace version (object name), if the run has one
+    workspace_version: int = 0  # how many times `rw` agents changed it
     outbox: list[Outgoing] = []
 
 

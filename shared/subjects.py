@@ -13,17 +13,20 @@ RUNS_STREAM = "FY_RUNS"
 TASKS_STREAM = "FY_TASKS"
 DLQ_STREAM = "FY_DLQ"
 TIMERS_STREAM = "FY_TIMERS"
+LOGS_STREAM = "FY_LOGS"
 
 RUNS_BUCKET = "fy_runs"
 AGENTS_BUCKET = "fy_agents"
 CONCURRENCY_BUCKET = "fy_concurrency"
 APPROVALS_BUCKET = "fy_approvals"
 NOTIFY_BUCKET = "fy_notify"
+WORKSPACES_BUCKET = "fy_workspaces"  # an object store: run workspaces, one object per version
 
 RUNS_SUBJECTS = "fy.run.>"
 TASKS_SUBJECTS = "fy.task.>"
 DLQ_SUBJECTS = "fy.dlq.>"
 TIMERS_SUBJECTS = "fy.timer.>"
+LOGS_SUBJECTS = "fy.log.>"
 
 TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
@@ -99,6 +102,15 @@ DECIDE = "fy.decide.approval"
 
 def run_events(run_id: str) -> str:
     return f"fy.run.{run_id}.>"
+
+
+def task_log(run_id: str, unit: str) -> str:
+    """An agent's stderr lines while it runs (FY_LOGS, outside the run's audit stream)."""
+    return f"fy.log.{run_id}.{unit}"
+
+
+def run_logs(run_id: str) -> str:
+    return f"fy.log.{run_id}.*"
 
 
 def dispatch(pool: str) -> str:

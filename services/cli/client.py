@@ -179,6 +179,7 @@ def result_json(record: RunRecord) -> dict[str, Any]:
         "created_at": record.created_at,
         "finished_at": record.finished_at,
         "retry_of": record.retry_of,
+        "workspace": {"version": record.workspace_version, "object": record.workspace} if record.workspace else None,
     }
 
 

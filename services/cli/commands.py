@@ -13,6 +13,7 @@ import msgspec
 
 from shared import agents as agent_registry
 from shared import subjects
+from shared import workspace as ws
 from shared.bus import Bus
 from shared.config import Config
 from shared.contract import RunCancelRequested, RunRejected, RunRequested
@@ -23,7 +24,7 @@ from shared.service import ServiceHost
 from shared.workflow.loader import Bundle, load_file
 from shared.workflow.validate import check_inputs
 
-from . import client, render
+from . import client, render, workspaces
 from .client import connected
 from .embedded import EmbeddedStack
 from .inputs import load_and_check, parse_inputs
@@ -41,11 +42,17 @@ async def run_workflow(
     timeout: str | None,
     verbose: bool,
     user: str | None = None,
+    workspace: Path | None = None,
+    exclude: tuple[str, ...] = (),
+    workspace_out: Path | None = None,
 ) -> int:
     configure(config, "cli", quiet=not verbose)
     wait_for = parse_duration(timeout) if timeout else None
     # Check everything we can before starting anything: a bad file costs no server start.
     bundle = await asyncio.to_thread(load_and_check, file) if not remote else None
+    if workspace_out is not None:
+        await asyncio.to_thread(workspaces.check_out_dir, workspace_out)
+    packed = await workspaces.pack(workspace, config, exclude) if workspace is not None else None
     stack: EmbeddedStack | None = None
     if not remote:
         no_http = msgspec.structs.replace(config.http, port=-1)
@@ -61,8 +68,14 @@ async def run_workflow(
         workflow = bundle.workflow(workflow_name)
         inputs = check_inputs(workflow, parse_inputs(pairs, workflow), file=str(file))
         await agent_registry.register(bus, bundle.agents.values())
+        run_id = client.new_run_id()
+        first = None
+        if packed is not None:
+            store = ws.WorkspaceStore(bus, max_bytes=config.bus.workspace_max_bytes)
+            first = await store.store(ws.first_version(run_id), packed)
         request = RunRequested(
-            run_id=client.new_run_id(),
+            run_id=run_id,
+            workspace=first,
             workflow=workflow.metadata.name,
             definition=msgspec.to_builtins(workflow),
             inputs=inputs,
@@ -70,9 +83,18 @@ async def run_workflow(
             requested_by=user or _user(),
             requested_at=now_rfc3339(),
         )
-        return await _submit(
+        code = await _submit(
             bus, request, as_json=as_json, wait_for=wait_for, nats_url=stack.server.url if stack else None
         )
+        if workspace_out is not None:
+            record = await client.get_record(bus, run_id)
+            if record is not None and record.workspace:
+                await workspaces.write_out(bus, config, record.workspace, workspace_out)
+                if not as_json:
+                    print(f"workspace (version {record.workspace_version}) written to {workspace_out}")
+            elif not as_json:
+                print("the run has no workspace; nothing written", file=sys.stderr)
+        return code
     finally:
         await bus.close()
         if stack is not None:
@@ -149,6 +171,8 @@ async def retry_run(config: Config, run_id: str, *, as_json: bool, timeout: str 
             requested_at=now_rfc3339(),
             retry_of=run_id,
             reuse=reuse,
+            # Carry on from the files as the failed run left them.
+            workspace=record.workspace or original.workspace,
         )
         if not as_json:
             kept = ", ".join(reuse) or "none"

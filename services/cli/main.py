@@ -145,6 +145,26 @@ def validate(obj: Ctx, files: tuple[Path, ...], inputs: tuple[str, ...]) -> None
     metavar="USER",
     help="Who starts the run (default: your user name); they may not approve its steps.",
 )
+@click.option(
+    "--workspace",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Copy DIR in as the run's workspace (agents with `workspace: ro|rw` get it at /workspace).",
+)
+@click.option(
+    "--exclude",
+    multiple=True,
+    metavar="PATTERN",
+    help="Leave matching paths out of the workspace (glob on the relative path or the name; repeatable).",
+)
+@click.option(
+    "--workspace-out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="When the run ends, write its final workspace to DIR (new or empty).",
+)
 @click.pass_obj
 def run(
     obj: Ctx,
@@ -156,6 +176,9 @@ def run(
     timeout: str | None,
     verbose: bool,
     as_user: str | None,
+    workspace: Path | None,
+    exclude: tuple[str, ...],
+    workspace_out: Path | None,
 ) -> None:
     """Run the workflow in FILE and wait for it; exit 0 when it succeeded, 1 when it failed."""
     from .commands import run_workflow
@@ -173,6 +196,9 @@ def run(
             timeout=timeout,
             verbose=verbose,
             user=as_user,
+            workspace=workspace,
+            exclude=exclude,
+            workspace_out=workspace_out,
         )
     )
 
@@ -229,6 +255,36 @@ def runs_retry(obj: Ctx, run_id: str, as_json: bool, timeout: str | None) -> Non
     from .commands import retry_run
 
     _run(retry_run(obj.config(), run_id, as_json=as_json, timeout=timeout))
+
+
+@runs.command("workspace")
+@click.argument("run_id")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Where to write the files (a new or empty folder).",
+)
+@click.pass_obj
+def runs_workspace(obj: Ctx, run_id: str, out: Path) -> None:
+    """Write the run's latest workspace version (what its `rw` agents left) to DIR."""
+    from .workspaces import save_workspace
+
+    _run(save_workspace(obj.config(), run_id, out))
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--node", default=None, metavar="ID", help="Only this node's agent (every item of a foreach).")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the run ends.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line: node, item, attempt, line.")
+@click.pass_obj
+def logs(obj: Ctx, run_id: str, node: str | None, follow: bool, as_json: bool) -> None:
+    """What the run's agents wrote to stderr, prefixed with node and attempt."""
+    from .logs import show_logs
+
+    _run(show_logs(obj.config(), run_id, node=node, follow=follow, as_json=as_json))
 
 
 # --- approvals ------------------------------------------------------------------------------

@@ -11,18 +11,35 @@ import dataclasses
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import msgspec
 
+from shared import workspace as ws
 from shared.contract import Event, TaskDispatched, TaskFailed, TaskStarted, TaskSucceeded
 from shared.durations import format_duration
 from shared.errors import PermanentError
 from shared.schemas import first_error
 from shared.secrets import SecretSource
 
-from .runtimes.base import Outcome, Runtime
+from .logstream import LogStream
+from .runtimes.base import Outcome, Runtime, WorkspaceCopy
 
 Publish = Callable[[Event, str], Awaitable[None]]  # (event, "started" | "succeeded" | "failed")
+
+
+class Workspaces(Protocol):
+    """Where workspace versions live (the object store; a dict in unit tests)."""
+
+    max_bytes: int
+
+    async def fetch(self, name: str) -> bytes: ...
+
+    async def store(self, name: str, data: bytes) -> str: ...
+
+
+# Makes the stream for one attempt's stderr (see logstream); None: logs are not streamed.
+LogFactory = Callable[[TaskDispatched, Mapping[str, str]], LogStream]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +77,32 @@ def check_input(task: TaskDispatched) -> str | None:
         return None
     where, message = error
     return f"input does not match agent {task.agent.name!r}'s input schema at {where or 'the input'}: {message}"
+
+
+def resolve_overrides(task: TaskDispatched) -> TaskDispatched | str:
+    """The task with the command and image its input chose (`command_input`, `image_input`), or why not."""
+    agent = task.agent
+    if not (agent.command_input or agent.image_input):
+        return task
+    given = task.input if isinstance(task.input, dict) else {}
+    changes: dict[str, object] = {}
+    if agent.command_input and (command := given.get(agent.command_input)) is not None:
+        if isinstance(command, str) and command.strip():
+            changes["command"] = ["sh", "-c", command]
+        elif isinstance(command, list) and command and all(isinstance(c, str) for c in command):
+            changes["command"] = command
+        else:
+            return (
+                f"input {agent.command_input!r} must be a command line (a string, run by sh -c) or a "
+                f"non-empty list of strings, got {command!r}"
+            )
+    if agent.image_input and (image := given.get(agent.image_input)) is not None:
+        if not isinstance(image, str) or not image.strip() or any(c.isspace() for c in image):
+            return f"input {agent.image_input!r} must be an image name like flowyard/base:bookworm, got {image!r}"
+        changes["image"] = image
+    if not changes:
+        return task
+    return msgspec.structs.replace(task, agent=msgspec.structs.replace(agent, **changes))
 
 
 def judge(task: TaskDispatched, outcome: Outcome, *, log_tail_bytes: int) -> Judgement:
@@ -100,6 +143,8 @@ def judge(task: TaskDispatched, outcome: Outcome, *, log_tail_bytes: int) -> Jud
             retryable=False,
         )
     text = outcome.stdout.decode("utf-8", errors="replace").strip()
+    if task.agent.stdout == "text":
+        return Judgement(True, output={"stdout": text, "exit_code": outcome.exit_code})
     if not text:
         return Judgement(
             False,
@@ -138,6 +183,26 @@ def judge(task: TaskDispatched, outcome: Outcome, *, log_tail_bytes: int) -> Jud
     return Judgement(True, output=output)
 
 
+async def _workspace_copy(
+    task: TaskDispatched, workspaces: Workspaces | None
+) -> tuple[WorkspaceCopy | None, Judgement | None]:
+    if workspaces is None:
+        return None, Judgement(False, error="this executor has no workspace store", reason="runtime")
+    try:
+        data = await workspaces.fetch(task.workspace) if task.workspace else None
+    except ws.WorkspaceError as exc:
+        return None, Judgement(False, error=str(exc), reason="runtime", retryable=False)
+    return WorkspaceCopy(data, writable=task.agent.workspace == "rw", max_bytes=workspaces.max_bytes), None
+
+
+async def _keep_workspace(task: TaskDispatched, copy: WorkspaceCopy, data: bytes, workspaces: Workspaces) -> str | None:
+    """Store what an `rw` agent left as the run's next version; None when it changed nothing."""
+    before, after = await asyncio.gather(asyncio.to_thread(ws.digest, copy.data), asyncio.to_thread(ws.digest, data))
+    if before == after:
+        return None
+    return await workspaces.store(ws.version_name(task.run_id, task.unit, task.attempt), data)
+
+
 async def fail_fast(task: TaskDispatched, *, publish: Publish, executor_id: str, error: str) -> None:
     """Report the attempt failed without running it (the executor refuses its image for now)."""
     await publish(
@@ -163,6 +228,8 @@ async def execute(
     executor_id: str,
     log_tail_bytes: int,
     secrets: SecretSource | None = None,
+    workspaces: Workspaces | None = None,
+    logs: LogFactory | None = None,
 ) -> Judgement:
     # "started" travels while the agent starts; it is confirmed before the result is sent, so
     # the two are stored in order. Cancelling the attempt cancels it too.
@@ -175,7 +242,9 @@ async def execute(
         )
     )
     try:
-        return await _attempt(task, runtime, publish, executor_id, log_tail_bytes, secrets or SecretSource(), started)
+        return await _attempt(
+            task, runtime, publish, executor_id, log_tail_bytes, secrets or SecretSource(), started, workspaces, logs
+        )
     finally:
         if not started.done():
             started.cancel()
@@ -189,11 +258,16 @@ async def _attempt(
     log_tail_bytes: int,
     source: SecretSource,
     started: asyncio.Future[None],
+    workspaces: Workspaces | None,
+    logs: LogFactory | None,
 ) -> Judgement:
     secrets, missing = await source.resolve(task.agent.secrets)
-    verdict: Judgement | None = None
     log = ""
     duration = 0.0
+    new_version: str | None = None
+    resolved = resolve_overrides(task)
+    copy: WorkspaceCopy | None = None
+    verdict: Judgement | None = None
     if missing:
         names = ", ".join(missing)
         env_names = "; ".join(source.where(m) for m in missing)
@@ -205,7 +279,11 @@ async def _attempt(
         )
     elif (problem := check_input(task)) is not None:
         verdict = Judgement(False, error=problem, reason="input_schema", retryable=False)
-    else:
+    elif isinstance(resolved, str):
+        verdict = Judgement(False, error=resolved, reason="input_schema", retryable=False)
+    elif task.agent.workspace != "none":
+        copy, verdict = await _workspace_copy(task, workspaces)
+    if verdict is None:  # nothing refused it: run it
         env = {
             **task.agent.env,
             **secrets,
@@ -214,13 +292,30 @@ async def _attempt(
             "FLOWYARD_ATTEMPT": str(task.attempt),
         }
         stdin = msgspec.json.encode(task.input)
-        outcome = await runtime.run(task, stdin=stdin, env=env, timeout_s=task.timeout_s)
+        assert not isinstance(resolved, str)  # refused above
+        stream = logs(task, secrets) if logs is not None else None
+        try:
+            outcome = await runtime.run(
+                resolved,
+                stdin=stdin,
+                env=env,
+                timeout_s=task.timeout_s,
+                workspace=copy,
+                on_log=stream.feed if stream is not None else None,
+            )
+        finally:
+            if stream is not None:
+                await asyncio.shield(stream.close())
         if secrets:
             # A secret the agent prints must not reach an event: not its output, not its log.
             outcome = dataclasses.replace(
                 outcome, stdout=redact(outcome.stdout.decode("utf-8", "replace"), secrets).encode()
             )
-        verdict = judge(task, outcome, log_tail_bytes=log_tail_bytes)
+        verdict = judge(resolved, outcome, log_tail_bytes=log_tail_bytes)
+        if verdict.ok and outcome.workspace_error:
+            verdict = Judgement(False, error=outcome.workspace_error, reason="bad_output", retryable=False)
+        elif verdict.ok and workspaces is not None and outcome.workspace is not None and copy is not None:
+            new_version = await _keep_workspace(task, copy, outcome.workspace, workspaces)
         verdict = dataclasses.replace(verdict, error=redact(verdict.error, secrets))
         log = redact(tail(outcome.stderr_tail, log_tail_bytes), secrets)
         duration = outcome.duration_s
@@ -234,7 +329,10 @@ async def _attempt(
     }
     if verdict.ok:
         try:
-            await publish(TaskSucceeded(**common, output=verdict.output, duration_s=duration, log=log), "succeeded")
+            await publish(
+                TaskSucceeded(**common, output=verdict.output, duration_s=duration, log=log, workspace=new_version),
+                "succeeded",
+            )
             return verdict
         except PermanentError as exc:  # the output is too large to travel: say so, do not drop it
             verdict = Judgement(

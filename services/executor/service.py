@@ -7,21 +7,24 @@ import contextlib
 import os
 import socket
 import time
+from collections.abc import Mapping
 
 import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
 
 from shared import subjects
+from shared import workspace as ws
 from shared.bus import Delivery, is_outage
 from shared.config import Config, seconds
-from shared.contract import AnyEvent, Event, TaskDispatched, decode_record
+from shared.contract import AnyEvent, Event, TaskDispatched, TaskLog, decode_record
 from shared.errors import PermanentError
 from shared.secrets import SecretSource
 from shared.service import Service
 
 from . import handlers
 from .breaker import Breaker
+from .logstream import LogStream
 from .runtimes import Runtime, make_runtime
 
 log = structlog.get_logger("flowyard.executor")
@@ -57,6 +60,7 @@ class ExecutorService(Service):
         pool = self.config.executor.pool
         subjects.check_token(pool, "executor pool")
         self.records = await self.bus.kv(subjects.RUNS_BUCKET)
+        self.workspaces = ws.WorkspaceStore(self.bus, max_bytes=self.config.bus.workspace_max_bytes)
         self.consume(
             f"executor-{pool}",
             subjects.TASKS_STREAM,
@@ -123,6 +127,8 @@ class ExecutorService(Service):
                 executor_id=self.executor_id,
                 log_tail_bytes=self.config.executor.log_tail_bytes,
                 secrets=self.secrets,
+                workspaces=self.workspaces,
+                logs=self._log_stream,
             )
         )
         running = self._running.setdefault(event.run_id, set())
@@ -164,6 +170,14 @@ class ExecutorService(Service):
             error=verdict.error or None,
             reason=verdict.reason if not verdict.ok else None,
         )
+
+    def _log_stream(self, task: TaskDispatched, secrets: Mapping[str, str]) -> LogStream:
+        subject = subjects.task_log(task.run_id, task.unit)
+
+        async def publish(event: TaskLog) -> None:
+            await self.bus.publish(subject, event, msg_id=f"{task.key}:log:{event.seq}")
+
+        return LogStream(task, publish, secrets=secrets, max_bytes=self.config.executor.log_max_bytes)
 
     async def _already_done(self, task: TaskDispatched) -> bool:
         """After a redelivery: has the scheduler already recorded a result for this attempt?"""

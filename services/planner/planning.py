@@ -35,5 +35,6 @@ async def plan_run(request: RunRequested, load_agents: AgentLoader) -> RunPlanne
         retry_of=request.retry_of,
         requested_by=request.requested_by,
         labels=dict(workflow.metadata.labels),
+        workspace=request.workspace,
         reuse={k: v for k, v in request.reuse.items() if k in {n.id for n in workflow.spec.nodes}},
     )

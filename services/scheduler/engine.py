@@ -81,6 +81,7 @@ def start_run(event: RunPlanned, clock: Clock, *, queued: bool = False) -> RunRe
         retry_of=event.retry_of,
         requested_by=event.requested_by,
         labels=event.labels,
+        workspace=event.workspace,
     )
     if queued:
         return record  # waits for `admit` under the workflow's concurrency
@@ -126,6 +127,9 @@ def apply_result(record: RunRecord, event: TaskSucceeded | TaskFailed, clock: Cl
             finished_at=clock.now,
             duration_s=event.duration_s,
         )
+        if event.workspace and event.workspace != record.workspace:
+            # An `rw` agent changed the files: nodes dispatched from now on see its version.
+            record = replace(record, workspace=event.workspace, workspace_version=record.workspace_version + 1)
     else:
         planned = _planned(record, event.node_id)
         slot = replace(
@@ -537,6 +541,7 @@ def _dispatch(
         input=task_input,
         timeout_s=planned.timeout_s or planned.agent.timeout_s,
         dispatched_at=clock.epoch,
+        workspace=record.workspace if planned.agent.workspace != "none" else None,
     )
     return Outgoing(subject=subjects.dispatch(clock.pool), msg_id=task.key, event=task)
 

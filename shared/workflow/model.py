@@ -48,6 +48,14 @@ class AgentSpec(_Doc, kw_only=True):
     network: Literal["none", "egress"] = "none"
     secrets: list[str] = []
     env: dict[str, str] = {}
+    # The run's workspace copied in at /workspace: ro (changes are discarded) or rw (changes
+    # become the run's next workspace version).
+    workspace: Literal["none", "ro", "rw"] = "none"
+    # json: the agent prints one JSON object. text: whatever it prints is the output's `stdout`
+    # (with `exit_code`), for commands that are not flowyard agents (the shell agent).
+    stdout: Literal["json", "text"] = "json"
+    command_input: str | None = None  # an input field holding the command to run instead of `command`
+    image_input: str | None = None  # an input field naming the image to run instead of `image`
 
 
 class AgentDoc(_Doc, kw_only=True):

@@ -66,7 +66,7 @@ def validate_agent(agent: AgentDoc, file: str = "<agent>") -> list[str]:
         problems.append(f"{where}: metadata.name must be lower-case letters, digits and '-' (at most 63)")
     if spec.command is not None and (not spec.command or not all(isinstance(c, str) and c for c in spec.command)):
         problems.append(f"{where}: spec.command must be a non-empty list of strings, e.g. [python3, /app/main.py]")
-    if spec.command is None and spec.image is None:
+    if spec.command is None and spec.image is None and spec.command_input is None:
         problems.append(f"{where}: spec needs `image` (Docker runtime) or `command` (process runtime), or both")
     try:
         if parse_duration(spec.timeout) <= 0:
@@ -89,6 +89,14 @@ def validate_agent(agent: AgentDoc, file: str = "<agent>") -> list[str]:
     for key in spec.env:
         if not ENV_RE.match(key):
             problems.append(f"{where}: spec.env: {key!r} is not a valid environment variable name")
+    for key in ("command_input", "image_input"):
+        field = getattr(spec, key)
+        declared = (spec.inputs.get("properties") or {}) if isinstance(spec.inputs, dict) else {}
+        if field is not None and field not in declared:
+            problems.append(
+                f"{where}: spec.{key} names input {field!r}, which spec.inputs does not declare; "
+                f"add it under spec.inputs.properties"
+            )
     return problems
 
 
@@ -106,6 +114,10 @@ def snapshot(agent: AgentDoc) -> AgentSnapshot:
         network=spec.network,
         secrets=spec.secrets,
         env=spec.env,
+        workspace=spec.workspace,
+        stdout=spec.stdout,
+        command_input=spec.command_input,
+        image_input=spec.image_input,
     )
 
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from shared.contract import TaskDispatched
@@ -22,6 +22,21 @@ class Outcome:
     lost: bool = False  # the agent's process vanished without an exit status
     oom: bool = False  # killed for using more memory than its limit
     memory_limit: int | None = None
+    workspace: bytes | None = None  # what an `rw` agent left in its workspace (a packed version)
+    workspace_error: str | None = None  # ... or why it could not be kept
+
+
+@dataclass(frozen=True, slots=True)
+class WorkspaceCopy:
+    """The files an agent gets at its workspace: a packed version (None: start empty)."""
+
+    data: bytes | None
+    writable: bool
+    max_bytes: int
+
+
+# Called with each chunk of stderr as the agent writes it; must not block (it queues).
+LogSink = Callable[[bytes], None]
 
 
 class Runtime(ABC):
@@ -29,7 +44,16 @@ class Runtime(ABC):
     detach: bool = False  # shutting down: leave running agents for the next executor to adopt
 
     @abstractmethod
-    async def run(self, task: TaskDispatched, *, stdin: bytes, env: Mapping[str, str], timeout_s: float) -> Outcome:
+    async def run(
+        self,
+        task: TaskDispatched,
+        *,
+        stdin: bytes,
+        env: Mapping[str, str],
+        timeout_s: float,
+        workspace: WorkspaceCopy | None = None,
+        on_log: LogSink | None = None,
+    ) -> Outcome:
         """Run one attempt to completion (or timeout); cancellation must stop the agent."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook

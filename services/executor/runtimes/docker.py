@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import re
 import time
 from collections.abc import Mapping
@@ -26,9 +27,10 @@ import aiodocker
 import aiohttp
 import structlog
 
+from shared import workspace as ws
 from shared.contract import TaskDispatched
 
-from .base import Outcome, Runtime
+from .base import LogSink, Outcome, Runtime, WorkspaceCopy
 
 log = structlog.get_logger("flowyard.executor.docker")
 
@@ -73,16 +75,19 @@ class DockerRuntime(Runtime):
             self._sweeper = asyncio.create_task(self._sweep_forever())
         return self._docker
 
-    def spec(self, task: TaskDispatched, env: Mapping[str, str]) -> dict[str, Any]:
+    def spec(self, task: TaskDispatched, env: Mapping[str, str], *, workspace: bool = False) -> dict[str, Any]:
         agent = task.agent
         res = agent.resources
-        return {
+        base_env = {"HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8"}
+        if workspace:
+            base_env["FLOWYARD_WORKSPACE"] = ws.MOUNT
+        spec: dict[str, Any] = {
             "Image": agent.image,
             "Entrypoint": agent.command or None,
             "Cmd": [] if agent.command else None,
             "User": AGENT_USER,
-            "WorkingDir": "/tmp",
-            "Env": [f"{k}={v}" for k, v in {"HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8", **env}.items()],
+            "WorkingDir": ws.MOUNT if workspace else "/tmp",
+            "Env": [f"{k}={v}" for k, v in {**base_env, **env}.items()],
             "OpenStdin": True,
             "StdinOnce": True,
             "AttachStdin": True,
@@ -111,17 +116,40 @@ class DockerRuntime(Runtime):
                 "LogConfig": {"Type": "json-file", "Config": {"max-size": str(self.max_output_bytes * 2 + 65536)}},
             },
         }
+        if workspace:
+            # An anonymous volume, not a host mount: the files are copied in through the API
+            # before the start, and it is removed with the container.
+            spec["Volumes"] = {ws.MOUNT: {}}
+        return spec
 
-    async def run(self, task: TaskDispatched, *, stdin: bytes, env: Mapping[str, str], timeout_s: float) -> Outcome:
+    async def run(
+        self,
+        task: TaskDispatched,
+        *,
+        stdin: bytes,
+        env: Mapping[str, str],
+        timeout_s: float,
+        workspace: WorkspaceCopy | None = None,
+        on_log: LogSink | None = None,
+    ) -> Outcome:
         try:
-            return await self._run(task, stdin=stdin, env=env, timeout_s=timeout_s)
+            return await self._run(task, stdin=stdin, env=env, timeout_s=timeout_s, workspace=workspace, on_log=on_log)
         except (aiohttp.ClientConnectionError, OSError) as exc:
             # The daemon is down or restarting: the attempt never ran; a retry may well work.
             return Outcome(
                 None, b"", b"", 0.0, start_error=f"cannot reach the Docker daemon ({exc})", start_retryable=True
             )
 
-    async def _run(self, task: TaskDispatched, *, stdin: bytes, env: Mapping[str, str], timeout_s: float) -> Outcome:
+    async def _run(
+        self,
+        task: TaskDispatched,
+        *,
+        stdin: bytes,
+        env: Mapping[str, str],
+        timeout_s: float,
+        workspace: WorkspaceCopy | None,
+        on_log: LogSink | None,
+    ) -> Outcome:
         if not task.agent.image:
             return Outcome(None, b"", b"", 0.0, start_error=f"agent {task.agent.name!r} has no `image` to run")
         name = container_name(task.key)
@@ -129,7 +157,9 @@ class DockerRuntime(Runtime):
         container = await self._existing(name)
         if container is None:
             try:
-                container = await self.docker.containers.create(self.spec(task, env), name=name)
+                container = await self.docker.containers.create(
+                    self.spec(task, env, workspace=workspace is not None), name=name
+                )
             except aiodocker.DockerError as exc:
                 if exc.status == 404:
                     return Outcome(
@@ -148,13 +178,19 @@ class DockerRuntime(Runtime):
                     return Outcome(None, b"", b"", 0.0, start_error=f"Docker refused the container: {exc.message}")
         info = await container.show()
         state = info["State"]
+        follower: asyncio.Task[None] | None = None
         try:
             if state["Status"] == "created":
+                if workspace is not None:
+                    archive = await asyncio.to_thread(ws.for_container, workspace.data, writable=workspace.writable)
+                    await container.put_archive(ws.MOUNT, archive)
                 await self._start(container, stdin)
                 deadline = time.time() + timeout_s
             else:
                 log.info("adopting a container started before", container=name, status=state["Status"])
                 deadline = _epoch(state.get("StartedAt")) + timeout_s
+            if on_log is not None:
+                follower = asyncio.create_task(self._follow(container, on_log))
             timed_out = False
             if state["Status"] in ("created", "running", "restarting", "paused"):
                 try:
@@ -169,7 +205,44 @@ class DockerRuntime(Runtime):
                 with contextlib.suppress(Exception):
                     await asyncio.shield(container.kill(signal="SIGKILL"))
             raise
-        return await self._collect(container, time.monotonic() - started, timed_out)
+        finally:
+            if follower is not None:
+                # The log ends with the container; give the last lines a moment, never longer.
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(asyncio.shield(follower), timeout=1.0)
+                follower.cancel()
+        outcome = await self._collect(container, time.monotonic() - started, timed_out)
+        if workspace is not None and workspace.writable and outcome.exit_code == 0:
+            outcome = await self._take_workspace(container, outcome, workspace.max_bytes)
+        return outcome
+
+    async def _follow(self, container: Any, on_log: LogSink) -> None:
+        async for line in container.log(stdout=False, stderr=True, follow=True):
+            on_log(line.encode() if isinstance(line, str) else line)
+
+    async def _take_workspace(self, container: Any, outcome: Outcome, max_bytes: int) -> Outcome:
+        """Read back what an `rw` agent left, streamed, stopping at the limit."""
+        # The archive comes uncompressed; allow it several times the packed limit.
+        raw_limit = max_bytes * 4
+        chunks: list[bytes] = []
+        size = 0
+        async with self.docker._query(
+            f"containers/{container.id}/archive", method="GET", params={"path": ws.MOUNT}
+        ) as response:
+            async for chunk in response.content.iter_chunked(256 * 1024):
+                size += len(chunk)
+                if size > raw_limit:
+                    return dataclasses.replace(
+                        outcome,
+                        workspace_error=f"the agent left more than {raw_limit // (1024 * 1024)} MiB in {ws.MOUNT}, "
+                        "over 4 times bus.workspace_max_bytes; clean up build output or raise the limit",
+                    )
+                chunks.append(chunk)
+        try:
+            data = await asyncio.to_thread(ws.from_container, b"".join(chunks), max_bytes=max_bytes)
+        except ws.WorkspaceError as exc:
+            return dataclasses.replace(outcome, workspace_error=str(exc))
+        return dataclasses.replace(outcome, workspace=data)
 
     async def _existing(self, name: str) -> Any:
         try:
@@ -224,7 +297,7 @@ class DockerRuntime(Runtime):
             ended = _epoch(info["State"].get("FinishedAt")) or _epoch(info.get("Created"))
             if ended < cutoff:
                 with contextlib.suppress(aiodocker.DockerError):
-                    await c.delete(force=True)
+                    await c.delete(force=True, v=True)  # v: its workspace volume too
                     removed += 1
         return removed
 

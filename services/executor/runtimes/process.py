@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import os
 import shutil
@@ -31,9 +32,10 @@ from pathlib import Path
 
 import structlog
 
+from shared import workspace as ws
 from shared.contract import TaskDispatched
 
-from .base import Outcome, Runtime
+from .base import LogSink, Outcome, Runtime, WorkspaceCopy
 
 log = structlog.get_logger("flowyard.executor.process")
 
@@ -105,7 +107,16 @@ class ProcessRuntime(Runtime):
         self._watcher_ready = False
         self._sweeper: asyncio.Task[None] | None = None
 
-    async def run(self, task: TaskDispatched, *, stdin: bytes, env: Mapping[str, str], timeout_s: float) -> Outcome:
+    async def run(
+        self,
+        task: TaskDispatched,
+        *,
+        stdin: bytes,
+        env: Mapping[str, str],
+        timeout_s: float,
+        workspace: WorkspaceCopy | None = None,
+        on_log: LogSink | None = None,
+    ) -> Outcome:
         if not self._watcher_ready:
             _watch_children_with_pidfd()
             await asyncio.to_thread(self.state_dir.mkdir, parents=True, exist_ok=True, mode=0o700)
@@ -120,13 +131,19 @@ class ProcessRuntime(Runtime):
         spool = self.state_dir / spool_name(task.key)
         started = time.monotonic()
         loop = asyncio.get_running_loop()
-        while not await loop.run_in_executor(self._files, _prepare, spool, stdin, time.time() + timeout_s):
+        prepare = functools.partial(_prepare, spool, stdin, time.time() + timeout_s, workspace)
+        while not await loop.run_in_executor(self._files, prepare):
             # The spool exists: an executor before us started this attempt.
             adopted = await self._adopt(task, spool)
             if adopted is not None:
-                return adopted
+                return await self._take_workspace(spool, adopted, workspace)
         work = spool / "work"
-        child_env = {"PATH": SAFE_PATH, "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8", **env}
+        child_env = {"PATH": SAFE_PATH, "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8"}
+        cwd = work
+        if workspace is not None:
+            cwd = spool / "workspace"
+            child_env["FLOWYARD_WORKSPACE"] = str(cwd)
+        child_env.update(env)
         try:
             proc = await asyncio.create_subprocess_exec(
                 SH,
@@ -139,13 +156,14 @@ class ProcessRuntime(Runtime):
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL,
-                cwd=work,
+                cwd=cwd,
                 env=child_env,
                 start_new_session=True,
             )
         except OSError as exc:
             return Outcome(None, b"", b"", 0.0, start_error=f"cannot start {command[0]!r}: {exc.strerror}")
         timed_out = False
+        follower = asyncio.create_task(self._follow(spool / "stderr", on_log)) if on_log is not None else None
         try:
             await asyncio.wait_for(proc.wait(), timeout=timeout_s)
         except TimeoutError:
@@ -158,8 +176,45 @@ class ProcessRuntime(Runtime):
                 with contextlib.suppress(Exception):
                     await asyncio.shield(proc.wait())
             raise
+        finally:
+            if follower is not None:
+                follower.cancel()
+                with contextlib.suppress(BaseException):
+                    await follower
         _kill_group(proc.pid)  # leftovers the agent started in the background
-        return await self._collect(spool, time.monotonic() - started, timed_out=timed_out)
+        outcome = await self._collect(spool, time.monotonic() - started, timed_out=timed_out)
+        return await self._take_workspace(spool, outcome, workspace)
+
+    async def _follow(self, path: Path, on_log: LogSink) -> None:
+        """Hand on what the agent writes to stderr as it writes it (read from its spool file)."""
+        offset = 0
+        try:
+            while True:
+                chunk = await asyncio.get_running_loop().run_in_executor(self._files, _read_from, path, offset)
+                if chunk:
+                    offset += len(chunk)
+                    on_log(chunk)
+                else:
+                    await asyncio.sleep(0.1)
+        except asyncio.CancelledError:
+            # The agent has ended: hand on the last of it.
+            chunk = _read_from(path, offset)
+            if chunk:
+                on_log(chunk)
+            raise
+
+    async def _take_workspace(self, spool: Path, outcome: Outcome, workspace: WorkspaceCopy | None) -> Outcome:
+        root = spool / "workspace"
+        try:
+            if workspace is None or not workspace.writable or outcome.exit_code != 0:
+                return outcome
+            try:
+                data = await asyncio.to_thread(ws.pack_dir, root, max_bytes=workspace.max_bytes)
+            except ws.WorkspaceError as exc:
+                return dataclasses.replace(outcome, workspace_error=str(exc))
+            return dataclasses.replace(outcome, workspace=data)
+        finally:
+            await asyncio.to_thread(_rmtree, root)
 
     async def _adopt(self, task: TaskDispatched, spool: Path) -> Outcome | None:
         """Wait for the agent a previous executor started, or read what it left. None: start afresh."""
@@ -203,13 +258,26 @@ class ProcessRuntime(Runtime):
         self._files.shutdown(wait=False)
 
 
-def _prepare(spool: Path, stdin: bytes, deadline: float) -> bool:
+def _prepare(spool: Path, stdin: bytes, deadline: float, workspace: WorkspaceCopy | None) -> bool:
     """Create the spool for a fresh start; False when it already exists (adopt instead)."""
     try:
         spool.mkdir(mode=0o700)
     except FileExistsError:
         return False
     (spool / "work").mkdir(mode=0o700)
+    if workspace is not None:
+        root = spool / "workspace"
+        root.mkdir(mode=0o700)
+        if workspace.data:
+            ws.unpack_to_dir(workspace.data, root)
+        if not workspace.writable:
+            # Not a sandbox: this only keeps an honest agent from changing what it was lent.
+            for dirpath, _dirnames, filenames in os.walk(root, topdown=False):
+                for name in filenames:
+                    path = os.path.join(dirpath, name)
+                    if not os.path.islink(path):
+                        os.chmod(path, 0o444)
+                os.chmod(dirpath, 0o555)
     (spool / "input.json").write_bytes(stdin)
     (spool / "deadline").write_text(repr(deadline))
     return True
@@ -250,7 +318,24 @@ def _sweep(state_dir: Path, retention: float) -> None:
     for spool in state_dir.iterdir():
         with contextlib.suppress(OSError):
             if spool.stat().st_mtime < cutoff and (spool / "rc").exists():
-                shutil.rmtree(spool, ignore_errors=True)
+                _rmtree(spool)
+
+
+def _rmtree(root: Path) -> None:
+    """rmtree that also removes what a read-only workspace made unwritable."""
+    for dirpath, _dirs, _files in os.walk(root):
+        with contextlib.suppress(OSError):
+            os.chmod(dirpath, 0o700)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            return f.read(256 * 1024)
+    except FileNotFoundError:
+        return b""
 
 
 def _read_int(path: Path) -> int | None:
