@@ -20,7 +20,13 @@ def quiet_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWYARD_")}
     return (
         env
-        | {"FLOWYARD_LOG_LEVEL": "warning", "FLOWYARD_LOG_FORMAT": "json", "FLOWYARD_HTTP_PORT": "-1"}
+        # Orchestration benches time the engine with process agents; container.py asks for docker.
+        | {
+            "FLOWYARD_LOG_LEVEL": "warning",
+            "FLOWYARD_LOG_FORMAT": "json",
+            "FLOWYARD_HTTP_PORT": "-1",
+            "FLOWYARD_EXECUTOR_RUNTIME": "process",
+        }
         | (extra or {})
     )
 

@@ -107,7 +107,9 @@ class HttpConfig(_Section, kw_only=True):
 
 
 class ExecutorConfig(_Section, kw_only=True):
-    runtime: Literal["process", "docker"] = "process"
+    # docker: every attempt in a locked-down container. process: the agent's `command` as a child
+    # process of the executor, NOT a sandbox (development and tests only).
+    runtime: Literal["process", "docker"] = "docker"
     pool: str = "default"
     concurrency: int = 8
     # On SIGTERM, in-flight attempts get this long to finish before they are handed back.

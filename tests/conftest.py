@@ -23,6 +23,9 @@ from shared.telemetry import configure_tracing
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRE = os.environ.get("FLOWYARD_REQUIRE_SERVERS") == "1"
+# Engine tests use process agents (fast, no images); Docker tests ask for docker explicitly. Set
+# here so that services started as child processes inherit it.
+os.environ["FLOWYARD_EXECUTOR_RUNTIME"] = "process"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from shared.builtin_agents import builtin_agents
 from shared.errors import ValidationFailed
 from shared.workflow.loader import Bundle, load_file
 from shared.workflow.model import AgentDoc, WorkflowDoc
@@ -45,7 +46,7 @@ def load_and_check(path: Path, registered: Mapping[str, AgentDoc] | None = None)
     problems: list[str] = []
     for agent in bundle.agents.values():
         problems.extend(validate_agent(agent, str(path)))
-    agents = {**(registered or {}), **bundle.agents}
+    agents = {**builtin_agents(), **(registered or {}), **bundle.agents}
     for wf in bundle.workflows:
         problems.extend(validate_workflow(wf, agents, raw=bundle.raw.get(wf.metadata.name), file=str(path)))
     if problems:

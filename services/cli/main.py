@@ -352,6 +352,56 @@ def doctor(obj: Ctx) -> None:
     _run(run_doctor(obj.config()))
 
 
+# --- agents ---------------------------------------------------------------------------------
+
+
+@cli.group()
+def agents() -> None:
+    """The agents flowyard ships: compliance-checker, code-reviewer, patcher, shell."""
+
+
+@agents.command("build")
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.option(
+    "--base",
+    default="flowyard/base:bookworm",
+    show_default=True,
+    help="Base image (built offline with debootstrap when it is the default and missing).",
+)
+@click.option("--force", is_flag=True, help="Rebuild even when nothing changed.")
+def agents_build(names: tuple[str, ...], base: str, force: bool) -> None:
+    """Build the images of the built-in agents (all, or NAME...), reusing what is up to date."""
+    from .agentbuild import build_agents
+
+    _run(build_agents(names, base=base, force=force))
+
+
+@agents.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def agents_list(as_json: bool) -> None:
+    """The built-in agents: name, image, risk, workspace."""
+    from shared.builtin_agents import builtin_agents
+
+    shipped = builtin_agents()
+    rows = [
+        {
+            "name": a.metadata.name,
+            "image": a.spec.image,
+            "risk": a.spec.risk,
+            "workspace": a.spec.workspace,
+            "description": a.metadata.description,
+        }
+        for a in shipped.values()
+    ]
+    if as_json:
+        echo_json(rows)
+        return
+    for r in rows:
+        click.echo(
+            f"{r['name']:<20} {r['image']:<40} {r['risk']:<18} workspace {r['workspace']:<3}  {r['description']}"
+        )
+
+
 # --- up / serve -----------------------------------------------------------------------------
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 
 import structlog
 
 from shared import agents, subjects
+from shared.builtin_agents import builtin_agents
 from shared.bus import Delivery
 from shared.contract import AnyEvent, RunPlanned, RunRequested
 from shared.errors import PermanentError
@@ -22,6 +24,7 @@ class PlannerService(Service):
     name = "planner"
 
     async def setup(self) -> None:
+        await asyncio.to_thread(builtin_agents)  # read the shipped agents' files once, off the loop
         self.consume(
             "planner",
             subjects.RUNS_STREAM,
@@ -31,7 +34,11 @@ class PlannerService(Service):
         )
 
     async def _load_agents(self, names: Iterable[str]) -> dict[str, AgentDoc]:
-        return await agents.lookup(self.bus, names)
+        names = set(names)
+        found = await agents.lookup(self.bus, names)
+        shipped = builtin_agents()
+        # Registered agents win; the ones flowyard ships fill in the rest.
+        return {**{n: shipped[n] for n in names if n in shipped}, **found}
 
     async def handle(self, event: AnyEvent, delivery: Delivery) -> None:
         if not isinstance(event, RunRequested):

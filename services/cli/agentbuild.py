@@ -1,0 +1,144 @@
+"""``flowyard agents build``: the base image when missing, then every built-in agent's image.
+
+Nothing is pulled: the base is made offline by ``deploy/base-image/build.sh`` (debootstrap and
+``docker import``), or named with ``--base`` when a registry provides one. An image is rebuilt
+only when its folder or its base changed: each image carries a label with the digest of both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+import aiohttp
+
+from shared.builtin_agents import agent_dirs, agents_dir, builtin_agents
+
+from .main import EXIT_BROKEN, EXIT_INVALID, EXIT_OK
+
+DEFAULT_BASE = "flowyard/base:bookworm"
+CONTEXT_LABEL = "io.flowyard.context"
+_IGNORED = {"tests", "__pycache__", ".pytest_cache"}
+
+
+def context_files(folder: Path) -> list[Path]:
+    files = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if path.is_file() and not (set(rel.parts) & _IGNORED) and path.suffix != ".pyc":
+            files.append(path)
+    return files
+
+
+def context_digest(folder: Path, base_id: str) -> str:
+    h = hashlib.sha256(base_id.encode())
+    for path in context_files(folder):
+        h.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:32]
+
+
+def context_tar(folder: Path) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path in context_files(folder):
+            tar.add(path, arcname=str(path.relative_to(folder)))
+    return buf.getvalue()
+
+
+async def build_agents(names: tuple[str, ...], *, base: str, force: bool) -> int:
+    folders = await asyncio.to_thread(agent_dirs)
+    shipped = await asyncio.to_thread(builtin_agents)
+    unknown = [n for n in names if n not in folders]
+    if unknown:
+        print(
+            f"flowyard: no built-in agent {', '.join(map(repr, unknown))}; there are: {', '.join(folders) or 'none'} "
+            f"(in {agents_dir()})",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    docker = aiodocker.Docker()
+    try:
+        try:
+            base_info = await _image(docker, base)
+        except (aiohttp.ClientConnectionError, OSError) as exc:
+            print(
+                f"flowyard: cannot reach the Docker daemon ({exc}); start it (dockerd) and try again", file=sys.stderr
+            )
+            return EXIT_BROKEN
+        if base_info is None:
+            if base != DEFAULT_BASE:
+                print(
+                    f"flowyard: base image {base!r} is not present and nothing is pulled; build or load it first",
+                    file=sys.stderr,
+                )
+                return EXIT_INVALID
+            code = await _build_base()
+            if code != 0:
+                return EXIT_BROKEN
+            base_info = await _image(docker, base)
+            assert base_info is not None
+        failed = 0
+        for name in names or tuple(folders):
+            image = shipped[name].spec.image
+            assert image is not None, f"built-in agent {name} has no image"
+            digest = await asyncio.to_thread(context_digest, folders[name], base_info["Id"])
+            existing = await _image(docker, image)
+            if not force and existing and (existing.get("Config") or {}).get("Labels", {}).get(CONTEXT_LABEL) == digest:
+                print(f"{image}: up to date")
+                continue
+            print(f"{image}: building from {folders[name]} on {base}", flush=True)
+            error = await _build(docker, folders[name], image, base, digest)
+            if error:
+                failed += 1
+                print(f"flowyard: {image} did not build: {error}", file=sys.stderr)
+            else:
+                print(f"{image}: built")
+        return EXIT_BROKEN if failed else EXIT_OK
+    finally:
+        await docker.close()
+
+
+async def _image(docker: aiodocker.Docker, name: str) -> dict[str, Any] | None:
+    try:
+        return await docker.images.inspect(name)
+    except aiodocker.DockerError as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+async def _build(docker: aiodocker.Docker, folder: Path, tag: str, base: str, digest: str) -> str | None:
+    context = await asyncio.to_thread(context_tar, folder)
+    try:
+        lines = await docker.images.build(
+            fileobj=io.BytesIO(context),
+            encoding="identity",
+            tag=tag,
+            buildargs={"BASE": base},
+            labels={CONTEXT_LABEL: digest, "io.flowyard.agent": folder.name},
+            rm=True,
+            forcerm=True,
+            pull=False,
+        )
+    except aiodocker.DockerError as exc:
+        return exc.message
+    for line in lines:
+        if isinstance(line, dict) and line.get("error"):
+            return str(line["error"]).strip()
+    return None
+
+
+async def _build_base() -> int:
+    script = Path(agents_dir()).parent / "deploy" / "base-image" / "build.sh"
+    if not script.is_file():
+        print(f"flowyard: the base image is missing and {script} is not there to build it", file=sys.stderr)
+        return 1
+    print(f"{DEFAULT_BASE}: not present, building it with {script} (debootstrap, about a minute)", flush=True)
+    proc = await asyncio.create_subprocess_exec("bash", str(script), DEFAULT_BASE)
+    return await proc.wait()
