@@ -90,3 +90,29 @@ def docker_available() -> bool:
     if probe.returncode != 0:
         missing("Docker daemon not reachable")
     return True
+
+
+BASE_IMAGE = "flowyard/base:bookworm"
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_available: bool) -> str:
+    """The offline base image (debootstrap + docker import); built once, reused after."""
+    done = subprocess.run(
+        [str(ROOT / "deploy/base-image/build.sh"), BASE_IMAGE], capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr
+    return BASE_IMAGE
+
+
+@pytest.fixture(scope="session")
+def agent_images(base_image: str) -> None:
+    """Every built-in agent's image, through `flowyard agents build` (reuses what is up to date)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", "agents", "build"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 import nats.js.errors
 
 from shared import subjects
+from shared.builtin_agents import builtin_agents
 from shared.bus import Bus
 from shared.config import Config
 from shared.errors import ConfigurationError
@@ -47,6 +50,9 @@ async def doctor(config: Config) -> int:
     finally:
         await bus.close()
 
+    registered = {a.metadata.name for a in agents}
+    # The built-in agents run by name even when nobody registered them: their images count too.
+    agents += [a for name, a in (await asyncio.to_thread(builtin_agents)).items() if name not in registered]
     if config.executor.runtime == "docker":
         await _docker_checks(config, agents, report)
     else:
@@ -87,10 +93,13 @@ async def _docker_checks(config: Config, agents: list[AgentDoc], report) -> None
                 await docker.images.inspect(image)
                 report(True, f"agent {agent.metadata.name}: image {image} present")
             except aiodocker.DockerError:
+                builtin = agent.metadata.labels.get("flowyard.io/builtin") == "true"
                 report(
                     False,
                     f"agent {agent.metadata.name}: image {image} present",
-                    "build it on this machine (nothing is pulled); the base: deploy/base-image/build.sh",
+                    "run `flowyard agents build` (offline; it builds the base image too)"
+                    if builtin
+                    else "build it on this machine (nothing is pulled); the base: deploy/base-image/build.sh",
                 )
     finally:
         await docker.close()

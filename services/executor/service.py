@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import socket
 import time
@@ -25,7 +26,7 @@ from shared.service import Service
 from . import handlers
 from .breaker import Breaker
 from .logstream import LogStream
-from .runtimes import Runtime, make_runtime
+from .runtimes import DockerRuntime, Runtime, make_runtime
 
 log = structlog.get_logger("flowyard.executor")
 
@@ -50,6 +51,7 @@ class ExecutorService(Service):
         self.secrets = SecretSource(config.executor.secrets_dir)
         self.breaker = Breaker(threshold=cfg.breaker_threshold, cooldown=seconds(cfg.breaker_cooldown))
         self._running: dict[str, set[asyncio.Task[handlers.Judgement]]] = {}
+        self._cleanups: set[asyncio.Task[int]] = set()
         self._ended: set[asyncio.Task[handlers.Judgement]] = set()
 
     @property
@@ -61,6 +63,13 @@ class ExecutorService(Service):
         subjects.check_token(pool, "executor pool")
         self.records = await self.bus.kv(subjects.RUNS_BUCKET)
         self.workspaces = ws.WorkspaceStore(self.bus, max_bytes=self.config.bus.workspace_max_bytes)
+        if isinstance(self.runtime, DockerRuntime):
+            # The stack's identity: when its run stream was created (the same for every replica,
+            # different for every stack sharing a Docker daemon).
+            info = await self.bus.js.stream_info(subjects.RUNS_STREAM)
+            created = info.created.isoformat() if info.created else info.config.name or ""
+            self.runtime.stack_id = hashlib.sha256(created.encode()).hexdigest()[:16]
+            self.runtime.run_status = self._run_status
         self.consume(
             f"executor-{pool}",
             subjects.TASKS_STREAM,
@@ -74,6 +83,8 @@ class ExecutorService(Service):
         # executor that gets them next adopts them rather than starting them again.
         self.runtime.detach = True
         await super().stop()
+        if self._cleanups:  # a run that just ended: let its containers go before we do
+            await asyncio.wait(self._cleanups, timeout=5)
         await self.runtime.close()
 
     async def start(self) -> None:
@@ -81,15 +92,31 @@ class ExecutorService(Service):
         assert self.bus.nc is not None
         for subject in subjects.RUN_ENDED:
             await self.bus.nc.subscribe(subject, cb=self._on_run_ended)
+        await self.bus.nc.subscribe(subjects.run_finished("*", "succeeded"), cb=self._on_run_ended)
 
     async def _on_run_ended(self, msg: Msg) -> None:
         # A run that failed or was cancelled while its attempts still run: stop them, the
         # scheduler will not use their results. Core NATS is enough: a missed notice only means
         # the attempt runs to its timeout.
         run_id = msg.subject.split(".")[2]
-        for attempt in list(self._running.get(run_id, ())):
+        stopped = list(self._running.get(run_id, ()))
+        for attempt in stopped:
             self._ended.add(attempt)
             attempt.cancel()
+        cleanup = asyncio.create_task(self._forget(run_id, wait=bool(stopped)))
+        self._cleanups.add(cleanup)
+        cleanup.add_done_callback(self._cleanups.discard)
+
+    async def _forget(self, run_id: str, *, wait: bool) -> int:
+        # Every executor of the pool hears this; each removes what its daemon holds. Attempts
+        # cancelled just now get a moment to stop, or their containers would still be in use.
+        if wait:
+            await asyncio.sleep(0.5)
+        try:
+            return await self.runtime.forget_run(run_id)
+        except Exception as exc:  # the sweeper removes them later by age
+            log.warning("could not remove the containers of an ended run", run=run_id, error=repr(exc))
+            return 0
 
     async def handle(self, event: AnyEvent, delivery: Delivery) -> None:
         if not isinstance(event, TaskDispatched):
@@ -178,6 +205,13 @@ class ExecutorService(Service):
             await self.bus.publish(subject, event, msg_id=f"{task.key}:log:{event.seq}")
 
         return LogStream(task, publish, secrets=secrets, max_bytes=self.config.executor.log_max_bytes)
+
+    async def _run_status(self, run_id: str) -> str | None:
+        try:
+            entry = await self.records.get(run_id)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return decode_record(entry.value).status if entry.value else None
 
     async def _already_done(self, task: TaskDispatched) -> bool:
         """After a redelivery: has the scheduler already recorded a result for this attempt?"""

@@ -25,6 +25,7 @@ def _needs_nats(nats_binary: str) -> None:
 
 def flowyard(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("FLOWYARD_")}
+    base["FLOWYARD_EXECUTOR_RUNTIME"] = "process"  # the engine through the CLI; containers: test_agents
     return subprocess.run(
         [sys.executable, "-m", "services.cli", *args],
         cwd=ROOT,
@@ -81,6 +82,7 @@ def test_unreachable_stack_exits_3_with_a_hint() -> None:
 
 def test_up_serves_runs_and_shuts_down_cleanly(tmp_path: Path) -> None:
     base = {k: v for k, v in os.environ.items() if not k.startswith("FLOWYARD_")}
+    base["FLOWYARD_EXECUTOR_RUNTIME"] = "process"  # the engine through the CLI; containers: test_agents
     up = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "up", "--data-dir", str(tmp_path / "data")],
         cwd=ROOT,

@@ -19,16 +19,6 @@ ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "flowyard/base:bookworm"
 
 
-@pytest.fixture(scope="session")
-def base_image(docker_available: bool) -> str:
-    """The offline base image (debootstrap + docker import); built once, reused after."""
-    done = subprocess.run(
-        [str(ROOT / "deploy/base-image/build.sh"), IMAGE], capture_output=True, text=True, timeout=900
-    )
-    assert done.returncode == 0, done.stderr
-    return IMAGE
-
-
 @pytest.fixture
 async def runtime(base_image: str) -> AsyncIterator[DockerRuntime]:
     rt = DockerRuntime(max_output_bytes=1024 * 1024, log_tail_bytes=4096)
@@ -256,6 +246,7 @@ def test_executor_sigkilled_while_its_container_runs(base_image: str, nats_binar
     )
     server = NatsServer(tmp_path / "nats").start()
     stack = Stack(server, tmp_path, FLOWYARD_EXECUTOR_RUNTIME="docker")
+    began = str(int(time.time()) - 1)
     try:
         stack.start_all()
         run = stack.cli_background("run", str(workflow), "--json")
@@ -267,15 +258,29 @@ def test_executor_sigkilled_while_its_container_runs(base_image: str, nats_binar
         assert run.returncode == 0, err
         result = json.loads(out)
         assert result["nodes"]["work"]["output"] == {"done": True} and result["nodes"]["work"]["attempts"] == 1
-        listed = subprocess.run(
-            ["docker", "ps", "-aq", "--filter", f"label={LABEL}.run={result['run_id']}"],
+        # Containers of an ended run are removed; the daemon's event log still says how many were made.
+        created = subprocess.run(
+            [
+                "docker",
+                "events",
+                "--since",
+                began,
+                "--until",
+                str(int(time.time()) + 1),
+                "--filter",
+                "event=create",
+                "--filter",
+                f"label={LABEL}.run={result['run_id']}",
+                "--format",
+                "{{.ID}}",
+            ],
             capture_output=True,
             text=True,
             check=True,
+            timeout=30,
         )
-        assert len(listed.stdout.split()) == 1, "the attempt got a second container"
+        assert len(created.stdout.split()) == 1, "the attempt got a second container"
         assert "adopting a container started before" in stack.replica_log("executor")
-        subprocess.run(["docker", "rm", "-f", *listed.stdout.split()], capture_output=True, check=False)
     finally:
         stack.stop_all()
         server.stop()
@@ -312,3 +317,43 @@ def test_a_missing_image_fails_clearly_then_trips_the_breaker(
     finally:
         stack.stop_all()
         server.stop()
+
+
+async def test_containers_of_gone_or_ended_runs_are_removed_but_only_this_stacks(base_image: str) -> None:
+    import os
+
+    statuses = {f"rkeep{os.getpid()}": "running", f"rdone{os.getpid()}": "succeeded"}
+
+    async def run_status(run_id: str) -> str | None:
+        return statuses.get(run_id)  # anything else: no such run
+
+    mine = DockerRuntime(max_output_bytes=1 << 20, log_tail_bytes=4096)
+    mine.stack_id, mine.run_status = f"stack-a-{os.getpid()}", run_status
+    other = DockerRuntime(max_output_bytes=1 << 20, log_tail_bytes=4096)
+    other.stack_id = f"stack-b-{os.getpid()}"
+    sleeper = "import time; time.sleep(60)"
+    tasks = {
+        "keep": task(sleeper, run_id=f"rkeep{os.getpid()}"),
+        "done": task(sleeper, run_id=f"rdone{os.getpid()}"),
+        "gone": task(sleeper, run_id=f"rgone{os.getpid()}"),
+    }
+    running = [asyncio.create_task(mine.run(t, stdin=b"{}", env={}, timeout_s=60)) for t in tasks.values()]
+    foreign = asyncio.create_task(
+        other.run(task(sleeper, run_id=f"rgone{os.getpid()}b"), stdin=b"{}", env={}, timeout_s=60)
+    )
+    try:
+        await asyncio.sleep(1.5)  # all four containers are running
+        assert await mine.sweep() == 2  # "done" (ended) and "gone" (no such run), running or not
+        left = {
+            c["Labels"][f"{LABEL}.run"]
+            for c in await mine.docker.containers.list(all=True, filters={"label": [f"{LABEL}.run"]})
+        }
+        assert tasks["keep"].run_id in left and f"rgone{os.getpid()}b" in left  # another stack's is untouched
+        assert tasks["done"].run_id not in left and tasks["gone"].run_id not in left
+    finally:
+        for t in [*running, foreign]:
+            t.cancel()
+        await asyncio.gather(*running, foreign, return_exceptions=True)
+        await mine.sweep(older_than=-1)
+        await mine.close()
+        await other.close()

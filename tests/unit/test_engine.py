@@ -114,3 +114,25 @@ def test_rejected_runs_are_recorded_as_failed_with_the_reasons() -> None:
     rec = engine.reject_run(RunRejected(run_id="r2", workflow="w", errors=["x.yaml:3: bad"]), CLOCK)
     assert rec.status == "failed" and "x.yaml:3: bad" in (rec.error or "")
     assert rec.outbox[0].subject == "fy.run.r2.failed"
+
+
+def test_workspace_versions_flow_to_later_nodes() -> None:
+    """An rw agent's version is what nodes dispatched after it get; agents without one get none."""
+    rw = AgentSnapshot(name="patch", command=["cat"], workspace="rw")
+    ro = AgentSnapshot(name="scan", command=["cat"], workspace="ro")
+    plan = Plan(
+        nodes=[
+            PlannedNode(id="fix", agent=rw),
+            PlannedNode(id="scan", agent=ro, needs=["fix"]),
+            PlannedNode(id="note", agent=AGENT, needs=["fix"]),
+        ]
+    )
+    rec = engine.start_run(RunPlanned(run_id="r1", workflow="w", plan=plan, workspace="r1/v0"), CLOCK)
+    assert rec.workspace == "r1/v0" and dispatched(rec)[0].workspace == "r1/v0"
+    done = engine.apply_result(
+        rec, TaskSucceeded(run_id="r1", node_id="fix", attempt=1, output={}, workspace="r1/fix-1"), CLOCK
+    )
+    assert done is not None and done.workspace == "r1/fix-1" and done.workspace_version == 1
+    by_node = {t.node_id: t for t in dispatched(done)}
+    assert by_node["scan"].workspace == "r1/fix-1"
+    assert by_node["note"].workspace is None  # its agent asked for no workspace

@@ -56,5 +56,9 @@ class Runtime(ABC):
     ) -> Outcome:
         """Run one attempt to completion (or timeout); cancellation must stop the agent."""
 
+    async def forget_run(self, run_id: str) -> int:
+        """The run has ended: remove what is kept for adopting its attempts. How many went."""
+        return 0
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the runtime holds (connections, temp dirs)."""

@@ -9,7 +9,9 @@ Effectively once: the container is named after the attempt's key (run, node, ite
 and labelled with it. An executor that gets a redelivered dispatch finds the container a
 previous executor started, waits for it and reads its result, instead of starting another.
 Exited containers are removed after ``retention``; nothing is pulled (no registry is assumed):
-a missing image is a clear error.
+a missing image is a clear error. Containers of runs that no longer exist (or have ended) are
+removed, running or not, but only those labelled with this stack's id: several stacks may share
+a daemon, and one must never judge another's runs.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import contextlib
 import dataclasses
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -65,6 +67,10 @@ class DockerRuntime(Runtime):
         self.stderr_keep = max(log_tail_bytes * 4, 16384)
         self.retention = retention
         self.detach = False
+        # Set by the executor once connected: which stack this is, and a run's status (None: no
+        # such run). Without them only the age rule applies.
+        self.stack_id: str | None = None
+        self.run_status: Callable[[str], Awaitable[str | None]] | None = None
         self._docker: aiodocker.Docker | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -100,6 +106,7 @@ class DockerRuntime(Runtime):
                 f"{LABEL}.attempt": str(task.attempt),
                 f"{LABEL}.workflow": task.workflow,
                 f"{LABEL}.timeout": repr(task.timeout_s),
+                **({f"{LABEL}.stack": self.stack_id} if self.stack_id else {}),
             },
             "HostConfig": {
                 "NetworkMode": "none" if agent.network == "none" else "bridge",
@@ -260,10 +267,16 @@ class DockerRuntime(Runtime):
         await stream.close()  # StdinOnce: the agent sees end of input
 
     async def _collect(self, container: Any, duration: float, timed_out: bool) -> Outcome:
-        info = await container.show()
+        try:
+            info = await container.show()
+            out = "".join(await container.log(stdout=True, stderr=False)).encode()
+            err = "".join(await container.log(stdout=False, stderr=True)).encode()[-self.stderr_keep :]
+        except aiodocker.DockerError as exc:
+            if exc.status != 404:
+                raise
+            # Removed from outside while it ran (its run ended or vanished): no exit status.
+            return Outcome(None, b"", b"", duration, lost=True)
         state = info["State"]
-        out = "".join(await container.log(stdout=True, stderr=False)).encode()
-        err = "".join(await container.log(stdout=False, stderr=True)).encode()[-self.stderr_keep :]
         overflow = len(out) > self.max_output_bytes
         code = None if timed_out else state.get("ExitCode")
         oom = bool(state.get("OOMKilled"))
@@ -279,15 +292,28 @@ class DockerRuntime(Runtime):
         )
 
     async def _sweep_forever(self) -> None:
+        await asyncio.sleep(10)  # leftovers of an earlier life go soon after a start
         while True:
-            await asyncio.sleep(min(self.retention / 4, 300))
             with contextlib.suppress(Exception):
                 await self.sweep()
+            await asyncio.sleep(min(self.retention / 4, 300))
+
+    async def forget_run(self, run_id: str) -> int:
+        """The run has ended and its results are recorded: its finished containers can go now."""
+        removed = 0
+        for c in await self.docker.containers.list(
+            all=True, filters={"label": [f"{LABEL}.run={run_id}"], "status": ["exited", "dead", "created"]}
+        ):
+            with contextlib.suppress(aiodocker.DockerError):
+                await c.delete(force=True, v=True)
+                removed += 1
+        return removed
 
     async def sweep(self, older_than: float | None = None) -> int:
-        """Remove exited flowyard containers that finished more than ``retention`` ago."""
+        """Remove exited flowyard containers that finished more than ``retention`` ago, and this
+        stack's containers whose run no longer exists or has ended."""
+        removed = await self._sweep_orphans()
         cutoff = time.time() - (self.retention if older_than is None else older_than)
-        removed = 0
         for c in await self.docker.containers.list(
             all=True, filters={"label": [f"{LABEL}.key"], "status": ["exited", "dead", "created"]}
         ):
@@ -299,6 +325,27 @@ class DockerRuntime(Runtime):
                 with contextlib.suppress(aiodocker.DockerError):
                     await c.delete(force=True, v=True)  # v: its workspace volume too
                     removed += 1
+        return removed
+
+    async def _sweep_orphans(self) -> int:
+        if self.stack_id is None or self.run_status is None:
+            return 0
+        mine = await self.docker.containers.list(all=True, filters={"label": [f"{LABEL}.stack={self.stack_id}"]})
+        status: dict[str, str | None] = {}
+        removed = 0
+        for c in mine:
+            run_id = (c["Labels"] or {}).get(f"{LABEL}.run")
+            if not run_id:
+                continue
+            if run_id not in status:
+                status[run_id] = await self.run_status(run_id)  # raises when it cannot tell: keep all
+            if status[run_id] in (None, "succeeded", "failed", "cancelled"):
+                with contextlib.suppress(aiodocker.DockerError):
+                    await c.delete(force=True, v=True)
+                    removed += 1
+                    log.info(
+                        "removed the container of a run that has ended or is gone", container=c.id[:12], run=run_id
+                    )
         return removed
 
     async def close(self) -> None:

@@ -1,0 +1,258 @@
+"""The built-in agents in their real images, and the workflows that use them, on a real daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from itertools import count
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from services.executor import handlers
+from services.executor.runtimes.docker import LABEL, DockerRuntime
+from shared import workspace as ws
+from shared.builtin_agents import builtin_agents
+from shared.contract import Event, TaskDispatched, TaskFailed, TaskSucceeded
+from shared.workflow.validate import snapshot
+
+from ..unit.test_executor_workspace import MemoryWorkspaces
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "examples/sample-repo"
+_seq = count()
+
+
+@pytest.fixture
+async def runtime(agent_images: None) -> AsyncIterator[DockerRuntime]:
+    rt = DockerRuntime(max_output_bytes=1 << 20, log_tail_bytes=4096)
+    yield rt
+    await rt.sweep(older_than=-1)
+    await rt.close()
+
+
+def task(agent: str, given: object, version: str | None = None) -> TaskDispatched:
+    return TaskDispatched(
+        run_id=f"ragents{os.getpid()}x{next(_seq)}",
+        workflow="t",
+        node_id="n",
+        attempt=1,
+        agent=snapshot(builtin_agents()[agent]),
+        input=given,
+        workspace=version,
+        timeout_s=60,
+    )
+
+
+async def execute(rt: DockerRuntime, t: TaskDispatched, store: MemoryWorkspaces) -> tuple[handlers.Judgement, Event]:
+    sent: list[Event] = []
+
+    async def publish(event: Event, kind: str) -> None:
+        sent.append(event)
+
+    verdict = await handlers.execute(
+        t, runtime=rt, publish=publish, executor_id="test", log_tail_bytes=4096, workspaces=store
+    )
+    return verdict, sent[-1]
+
+
+def with_sample() -> MemoryWorkspaces:
+    store = MemoryWorkspaces(max_bytes=8 << 20)
+    store.objects["v0"] = ws.pack_dir(SAMPLE, max_bytes=8 << 20)
+    return store
+
+
+async def test_compliance_checker_image(runtime: DockerRuntime) -> None:
+    verdict, event = await execute(runtime, task("compliance-checker", {}, "v0"), with_sample())
+    assert verdict.ok, verdict.error
+    out = verdict.output
+    assert out["passed"] is False
+    rules = {(v["rule"], v["file"]) for v in out["violations"]}
+    assert ("secret-aws-access-key", "app/server.py") in rules
+    assert ("header-hsts", "deploy/nginx.conf") in rules
+    assert ("license-missing", None) in rules
+    assert "AKIAIOSFODNN7EXAMPLE" not in json.dumps(out)
+    assert isinstance(event, TaskSucceeded) and event.workspace is None  # ro: nothing kept
+
+
+async def test_code_reviewer_image(runtime: DockerRuntime) -> None:
+    verdict, _ = await execute(runtime, task("code-reviewer", {"max_complexity": 8}, "v0"), with_sample())
+    assert verdict.ok, verdict.error
+    found = {(i["category"], i["file"], i["line"]) for i in verdict.output["issues"]}
+    assert ("sql-injection", "app/server.py", 13) in found
+    assert ("dangerous-call", "web/app.js", 4) in found
+    assert 0 <= verdict.output["score"] < 100
+    assert verdict.output["metrics"]["most_complex"][0]["name"] == "shipping_cost"
+
+
+PATCH = """\
+--- a/app/util.py
++++ b/app/util.py
+@@ -1,3 +1,4 @@
+ def clamp(value: float, low: float, high: float) -> float:
+     \"\"\"Keep value within [low, high].\"\"\"
++    assert low <= high
+     return max(low, min(high, value))
+"""
+
+
+async def test_patcher_image_applies_all_or_nothing(runtime: DockerRuntime, tmp_path: Path) -> None:
+    store = with_sample()
+    dry, event = await execute(runtime, task("patcher", {"patch": PATCH, "dry_run": True}, "v0"), store)
+    assert dry.ok and dry.output["applicable"] is True and isinstance(event, TaskSucceeded) and event.workspace is None
+    conflicting = PATCH + "--- a/README.md\n+++ b/README.md\n@@ -1 +1 @@\n-# not the title\n+# x\n"
+    bad, event = await execute(runtime, task("patcher", {"patch": conflicting}, "v0"), store)
+    assert not bad.ok and isinstance(event, TaskFailed) and "nothing was changed" in bad.error
+    good, event = await execute(runtime, task("patcher", {"patch": PATCH}, "v0"), store)
+    assert good.ok and good.output["stat"] == {"files": 1, "insertions": 1, "deletions": 0}
+    assert isinstance(event, TaskSucceeded) and event.workspace
+    ws.unpack_to_dir(store.objects[event.workspace], tmp_path / "out")
+    assert "assert low <= high" in (tmp_path / "out/app/util.py").read_text()
+    assert (tmp_path / "out/README.md").read_text() == (SAMPLE / "README.md").read_text()
+
+
+async def test_shell_image_runs_a_command_and_keeps_its_changes(runtime: DockerRuntime, tmp_path: Path) -> None:
+    store = with_sample()
+    verdict, event = await execute(
+        runtime, task("shell", {"command": "id -u; ls app | wc -l; echo done > DONE"}, "v0"), store
+    )
+    assert verdict.ok, verdict.error
+    assert verdict.output == {"stdout": "10001\n2", "exit_code": 0}
+    assert isinstance(event, TaskSucceeded) and event.workspace
+    ws.unpack_to_dir(store.objects[event.workspace], tmp_path / "out")
+    assert (tmp_path / "out/DONE").read_text() == "done\n"
+    # ... in another image, given by the input; and a failing command fails the node.
+    other, _ = await execute(
+        runtime, task("shell", {"command": ["cat", "/etc/debian_version"], "image": "flowyard/base:bookworm"}), store
+    )
+    assert other.ok and other.output["stdout"].startswith("12")
+    failed, _ = await execute(runtime, task("shell", {"command": "echo oops >&2; exit 4"}), store)
+    assert not failed.ok and "exited with code 4: oops" in failed.error
+
+
+async def test_a_read_only_workspace_cannot_be_written(runtime: DockerRuntime) -> None:
+    store = with_sample()
+    t = task("shell", {"command": "echo x >> README.md"}, "v0")
+    lent = msgspec.structs.replace(t, agent=msgspec.structs.replace(t.agent, workspace="ro"))
+    verdict, _ = await execute(runtime, lent, store)
+    assert not verdict.ok and "Permission denied" in verdict.error
+
+
+def flowyard(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FLOWYARD_")}
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**base, **(env or {})},
+    )
+
+
+def test_the_main_job_scans_the_sample_repo_in_containers(agent_images: None) -> None:
+    done = flowyard("run", "examples/repo-scan.yaml", "--workspace", "examples/sample-repo", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["status"] == "succeeded"
+    assert result["outputs"]["compliant"] is False
+    assert result["outputs"]["violations"]["critical"] >= 3
+    assert result["outputs"]["most_complex"]["name"] == "shipping_cost"
+    left = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label={LABEL}.run={result['run_id']}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert left.stdout.split() == [], "the ended run's containers were left behind"
+
+
+FIX_WORKFLOW = f"""
+apiVersion: flowyard/v1
+kind: Workflow
+metadata: {{name: fix-and-check}}
+spec:
+  nodes:
+    - id: preview
+      agent: patcher
+      with: {{patch: {json.dumps(PATCH)}, dry_run: true}}
+      approval: {{approvers: [alice]}}
+    - id: fix
+      agent: patcher
+      needs: [preview]
+      with: {{patch: {json.dumps(PATCH)}}}
+      approval: {{approvers: [alice]}}
+    - id: check
+      agent: code-reviewer
+      needs: [fix]
+  outputs:
+    changed: "{{{{ nodes.fix.output.stat.files }}}}"
+"""
+
+
+def test_approve_a_patch_then_take_the_workspace_and_logs(agent_images: None, tmp_path: Path) -> None:
+    """A stack, a patch that needs approval, the patched workspace out, and the agents' logs."""
+    wf = tmp_path / "fix.yaml"
+    wf.write_text(FIX_WORKFLOW)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "up", "--data-dir", str(tmp_path / "data")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("FLOWYARD_")},
+    )
+    try:
+        assert up.stdout is not None
+        url = ""
+        while not url:
+            line = up.stdout.readline()
+            assert line, "flowyard up ended before it was up"
+            if "export FLOWYARD_NATS_URL=" in line:
+                url = line.strip().split("=", 1)[1]
+        env = {"FLOWYARD_NATS_URL": url}
+        run = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "run", str(wf), "--workspace", str(SAMPLE), "--json", "--as", "bob"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**{k: v for k, v in os.environ.items() if not k.startswith("FLOWYARD_")}, **env},
+        )
+        for node in ("preview", "fix"):
+            deadline = time.monotonic() + 60
+            while True:
+                listed = flowyard("approvals", "list", "--pending", "--json", env=env)
+                pending = [a for a in json.loads(listed.stdout or "[]") if a.get("node") == node]
+                if pending:
+                    break
+                assert time.monotonic() < deadline, f"no approval request for {node}: {listed.stderr}"
+                time.sleep(0.3)
+            approved = flowyard("approvals", "approve", pending[0]["id"], "--as", "alice", env=env)
+            assert approved.returncode == 0, approved.stderr
+        out, err = run.communicate(timeout=180)
+        assert run.returncode == 0, err
+        result = json.loads(out)
+        assert result["outputs"] == {"changed": 1}
+        assert result["workspace"]["version"] == 1  # the dry run changed nothing; the fix did
+        run_id = result["run_id"]
+        saved = flowyard("runs", "workspace", run_id, "--out", str(tmp_path / "final"), env=env)
+        assert saved.returncode == 0, saved.stderr
+        assert "assert low <= high" in (tmp_path / "final/app/util.py").read_text()
+        logs = flowyard("logs", run_id, env=env)
+        assert logs.returncode == 0
+        assert "[preview attempt 1] dry run: the patch applies cleanly" in logs.stdout
+        assert "[fix attempt 1] applied: 1 file(s), +1 -0" in logs.stdout
+        only = flowyard("logs", run_id, "--node", "check", "--json", env=env)
+        rows = [json.loads(line) for line in only.stdout.splitlines()]
+        assert rows and all(r["node"] == "check" for r in rows)
+        again = flowyard("runs", "workspace", run_id, "--out", str(tmp_path / "final"), env=env)
+        assert again.returncode == 2 and "not an empty folder" in again.stderr
+    finally:
+        up.terminate()
+        up.wait(timeout=30)
