@@ -134,3 +134,99 @@ def test_config_is_accepted_before_or_after_the_command(tmp_path: Path) -> None:
     for args in (["--config", str(bad), "run", str(EXAMPLE)], ["run", str(EXAMPLE), "--config", str(bad)]):
         done = flowyard(*args)
         assert done.returncode == 2 and "unknown setting 'concurency'" in done.stderr and "Did you mean" in done.stderr
+
+
+WS_WORKFLOW = """
+apiVersion: flowyard/v1
+kind: Agent
+metadata: {name: lister}
+spec:
+  command: [sh, -c, 'cat >/dev/null; echo "{\\"files\\": $(ls | wc -l)}"']
+  workspace: ro
+---
+apiVersion: flowyard/v1
+kind: Workflow
+metadata: {name: ws}
+spec:
+  nodes: [{id: list, agent: lister}]
+  outputs: {files: "{{ nodes.list.output.files }}"}
+"""
+
+
+def test_workspace_bad_input_is_named_before_anything_runs(tmp_path: Path) -> None:
+    wf = tmp_path / "ws.yaml"
+    wf.write_text(WS_WORKFLOW)
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "big.bin").write_bytes(os.urandom(20_000))
+    (tmp_path / "repo" / "small.txt").write_text("x")
+    too_big = flowyard(
+        "run", str(wf), "--workspace", str(tmp_path / "repo"), env={"FLOWYARD_BUS_WORKSPACE_MAX_BYTES": "5000"}
+    )
+    assert too_big.returncode == 2 and "workspace_max_bytes" in too_big.stderr and "--exclude" in too_big.stderr
+    excluded = flowyard(
+        "run",
+        str(wf),
+        "--workspace",
+        str(tmp_path / "repo"),
+        "--exclude",
+        "*.bin",
+        "--json",
+        env={"FLOWYARD_BUS_WORKSPACE_MAX_BYTES": "5000"},
+    )
+    assert excluded.returncode == 0, excluded.stderr
+    assert json.loads(excluded.stdout)["outputs"] == {"files": 1}
+    missing = flowyard("run", str(wf), "--workspace", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    occupied = flowyard("run", str(wf), "--workspace", str(tmp_path / "repo"), "--workspace-out", str(tmp_path / "out"))
+    assert occupied.returncode == 2 and "not an empty folder" in occupied.stderr
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_an_agent_that_asks_for_another_image_input_is_refused_at_validation(tmp_path: Path) -> None:
+    wf = tmp_path / "bad-agent.yaml"
+    wf.write_text(
+        "apiVersion: flowyard/v1\nkind: Agent\nmetadata: {name: runner}\n"
+        "spec:\n  image: x\n  command_input: cmd\n  inputs: {type: object, properties: {command: {type: string}}}\n"
+    )
+    done = flowyard("validate", str(wf))
+    assert done.returncode == 2 and "command_input names input 'cmd'" in done.stderr
+
+
+def test_workspace_and_logs_commands_on_unknown_runs(tmp_path: Path) -> None:
+    up = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "up", "--data-dir", str(tmp_path / "data")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("FLOWYARD_")}
+        | {"FLOWYARD_EXECUTOR_RUNTIME": "process"},
+    )
+    try:
+        assert up.stdout is not None
+        url = ""
+        while not url:
+            line = up.stdout.readline()
+            assert line, "flowyard up ended early"
+            if "export FLOWYARD_NATS_URL=" in line:
+                url = line.strip().split("=", 1)[1]
+        env = {"FLOWYARD_NATS_URL": url}
+        logs = flowyard("logs", "rnosuchrun", env=env)
+        assert logs.returncode == 2 and "no run 'rnosuchrun'" in logs.stderr
+        saved = flowyard("runs", "workspace", "rnosuchrun", "--out", str(tmp_path / "o"), env=env)
+        assert saved.returncode == 2 and "no run" in saved.stderr
+        wf = tmp_path / "ws.yaml"
+        wf.write_text(WS_WORKFLOW)
+        done = flowyard("run", str(wf), "--json", env=env)  # no --workspace: an empty one
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout)
+        assert result["outputs"] == {"files": 0} and result["workspace"] is None
+        none = flowyard("runs", "workspace", result["run_id"], "--out", str(tmp_path / "o"), env=env)
+        assert none.returncode == 2 and "has no workspace" in none.stderr
+        wrong_node = flowyard("logs", result["run_id"], "--node", "nope", env=env)
+        assert wrong_node.returncode == 2 and "its nodes: list" in wrong_node.stderr
+    finally:
+        up.terminate()
+        up.wait(timeout=30)
