@@ -7,7 +7,9 @@ create + start + wait + delete of `cat` in flowyard/base:bookworm through the Do
 the end-to-end latency of a one-node run whose agent is that same `cat` in the Docker runtime
 (request to the run's end, through planner, scheduler and executor), and reports (b) minus the
 median of (a); then N container nodes at once on one executor (a foreach of N items, executor
-concurrency N). Prints figures; asserts nothing.
+concurrency N); then the same one-node run with the sample repository as its workspace, read
+only and read-write (the agent changes one file, so a new version is stored). Prints figures;
+asserts nothing.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from bench.stack import BenchStack  # noqa: E402
 from shared import agents as registry  # noqa: E402
 from shared import subjects  # noqa: E402
+from shared import workspace as ws  # noqa: E402
 from shared.bus import Bus  # noqa: E402
 from shared.config import BusConfig, NatsConfig  # noqa: E402
 from shared.contract import RunRequested, decode_record  # noqa: E402
@@ -42,6 +45,36 @@ metadata: {name: c-noop}
 spec:
   image: flowyard/base:bookworm
   command: [cat]
+---
+apiVersion: flowyard/v1
+kind: Agent
+metadata: {name: c-ws-ro}
+spec:
+  image: flowyard/base:bookworm
+  command: [cat]
+  workspace: ro
+---
+apiVersion: flowyard/v1
+kind: Agent
+metadata: {name: c-ws-rw}
+spec:
+  image: flowyard/base:bookworm
+  command: [sh, -c, 'cat; date +%s%N > stamp']
+  workspace: rw
+---
+apiVersion: flowyard/v1
+kind: Workflow
+metadata: {name: ws-ro}
+spec:
+  nodes:
+    - {id: only, agent: c-ws-ro, with: {n: 1}}
+---
+apiVersion: flowyard/v1
+kind: Workflow
+metadata: {name: ws-rw}
+spec:
+  nodes:
+    - {id: only, agent: c-ws-rw, with: {n: 1}}
 ---
 apiVersion: flowyard/v1
 kind: Workflow
@@ -85,13 +118,24 @@ async def bare_cycles(runs: int) -> tuple[list[float], list[float]]:
     return full, no_delete
 
 
-async def run_once(bus: Bus, definition: dict, inputs: dict, tag: str) -> tuple[float, object]:
+async def run_once(
+    bus: Bus, definition: dict, inputs: dict, tag: str, workspace: bytes | None = None
+) -> tuple[float, object]:
     kv = await bus.kv(subjects.RUNS_BUCKET)
     run_id = f"{tag}{time.time_ns():x}"
+    first = None
+    if workspace is not None:  # uploaded before the clock starts, as the CLI does before it submits
+        first = await ws.WorkspaceStore(bus, max_bytes=64 << 20).store(ws.first_version(run_id), workspace)
     t0 = time.perf_counter()
     await bus.publish(
         subjects.run_requested(run_id),
-        RunRequested(run_id=run_id, workflow=definition["metadata"]["name"], definition=definition, inputs=inputs),
+        RunRequested(
+            run_id=run_id,
+            workflow=definition["metadata"]["name"],
+            definition=definition,
+            inputs=inputs,
+            workspace=first,
+        ),
         msg_id=f"{run_id}:requested",
     )
     while True:
@@ -147,11 +191,24 @@ async def main() -> None:
             ms, record = await run_once(bus, many, {"n_items": list(range(args.parallel))}, "many")
             assert record.status == "succeeded", record.error
             print(f"{args.parallel} container nodes at once on one executor: whole run {ms:.0f} ms")
+            packed = ws.pack_dir(ROOT / "examples/sample-repo", max_bytes=64 << 20)
+            for name in ("ws-ro", "ws-rw"):
+                definition = msgspec.to_builtins(bundle.workflow(name))
+                times = []
+                for _ in range(args.runs):
+                    ms, record = await run_once(bus, definition, {}, name.replace("-", ""), packed)
+                    assert record.status == "succeeded", record.error
+                    assert (name == "ws-rw") == (record.workspace_version == 1)
+                    times.append(ms)
+                print(
+                    f"one-node run with a {len(packed) // 1024} KiB workspace, {name[3:]}: "
+                    f"median {statistics.median(times):.0f} ms, p95 {pct(times, 0.95):.0f} ms"
+                )
             await bus.close()
     docker = aiodocker.Docker()
     try:
         for c in await docker.containers.list(all=True, filters={"label": ["io.flowyard.key"]}):
-            await c.delete(force=True)
+            await c.delete(force=True, v=True)
     finally:
         await docker.close()
 

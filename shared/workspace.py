@@ -61,8 +61,7 @@ def pack_dir(root: str | Path, *, max_bytes: int, exclude: Iterable[str] = ()) -
                 path = os.path.join(dirpath, name)
                 info = tar.gettarinfo(path, arcname=rel)
                 if info.issym():
-                    target = os.path.normpath(os.path.join(os.path.dirname(rel), info.linkname))
-                    if os.path.isabs(info.linkname) or target.startswith(".."):
+                    if _escapes(rel, info.linkname):
                         continue  # would point outside the workspace: not copied
                 elif not (info.isfile() or info.isdir()):
                     continue  # sockets, devices, fifos
@@ -80,8 +79,13 @@ def unpack_to_dir(data: bytes, dest: str | Path) -> None:
     """Write a version out; names that would escape DEST are refused by the ``data`` filter."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
-        tar.extractall(dest, filter="data")
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+            tar.extractall(dest, filter="data")
+    except tarfile.FilterError as exc:
+        raise WorkspaceError(f"the workspace holds an entry that may not be written out: {exc}") from None
+    except tarfile.TarError as exc:
+        raise WorkspaceError(f"the workspace version is not a readable archive: {exc}") from None
 
 
 def for_container(data: bytes | None, *, writable: bool) -> bytes:
@@ -125,8 +129,8 @@ def from_container(data: bytes, *, max_bytes: int, prefix: str = "workspace") ->
             if not (info.isfile() or info.isdir() or info.issym()):
                 continue
             info.name = name[len(prefix) + 1 :]
-            if _unsafe(info.name):
-                continue
+            if _unsafe(info.name) or (info.issym() and _escapes(info.name, info.linkname)):
+                continue  # a link the agent made to somewhere outside its workspace is not kept
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             dst.addfile(info, src.extractfile(info) if info.isfile() else None)
@@ -213,6 +217,11 @@ def _join(rel_dir: str, name: str) -> str:
 
 def _excluded(rel: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(os.path.basename(rel), p) for p in patterns)
+
+
+def _escapes(name: str, linkname: str) -> bool:
+    target = os.path.normpath(os.path.join(os.path.dirname(name), linkname))
+    return os.path.isabs(linkname) or target == ".." or target.startswith("../")
 
 
 def _unsafe(name: str) -> bool:

@@ -53,9 +53,21 @@ def test_unpacking_refuses_names_that_escape(tmp_path: Path) -> None:
         info = tarfile.TarInfo("../escaped.txt")
         info.size = 1
         tar.addfile(info, io.BytesIO(b"x"))
-    with pytest.raises(tarfile.OutsideDestinationError):
+    with pytest.raises(ws.WorkspaceError, match="may not be written out"):
         ws.unpack_to_dir(buf.getvalue(), tmp_path / "dest")
     assert not (tmp_path / "escaped.txt").exists()
+    with pytest.raises(ws.WorkspaceError, match="not a readable archive"):
+        ws.unpack_to_dir(b"garbage", tmp_path / "dest")
+
+
+def test_links_an_agent_points_outside_are_not_kept() -> None:
+    docker = io.BytesIO()
+    with tarfile.open(fileobj=docker, mode="w") as tar:
+        for name, target in (("workspace/etc", "/etc/passwd"), ("workspace/up", "../../x"), ("workspace/ok", "sub/f")):
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = tarfile.SYMTYPE, target
+            tar.addfile(link)
+    assert names(ws.from_container(docker.getvalue(), max_bytes=1 << 20)) == {"ok"}
 
 
 @pytest.mark.parametrize(("writable", "owner", "mode"), [(True, ws.AGENT_UID, 0o644), (False, 0, 0o444)])

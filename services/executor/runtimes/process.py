@@ -163,7 +163,8 @@ class ProcessRuntime(Runtime):
         except OSError as exc:
             return Outcome(None, b"", b"", 0.0, start_error=f"cannot start {command[0]!r}: {exc.strerror}")
         timed_out = False
-        follower = asyncio.create_task(self._follow(spool / "stderr", on_log)) if on_log is not None else None
+        read = [0]  # how much of stderr has been handed on
+        follower = asyncio.create_task(self._follow(spool / "stderr", on_log, read)) if on_log is not None else None
         try:
             await asyncio.wait_for(proc.wait(), timeout=timeout_s)
         except TimeoutError:
@@ -181,27 +182,25 @@ class ProcessRuntime(Runtime):
                 follower.cancel()
                 with contextlib.suppress(BaseException):
                     await follower
+                # The agent has ended: hand on the last of what it wrote.
+                with contextlib.suppress(Exception):
+                    last = await loop.run_in_executor(self._files, _read_from, spool / "stderr", read[0])
+                    if last and on_log is not None:
+                        on_log(last)
         _kill_group(proc.pid)  # leftovers the agent started in the background
         outcome = await self._collect(spool, time.monotonic() - started, timed_out=timed_out)
         return await self._take_workspace(spool, outcome, workspace)
 
-    async def _follow(self, path: Path, on_log: LogSink) -> None:
+    async def _follow(self, path: Path, on_log: LogSink, read: list[int]) -> None:
         """Hand on what the agent writes to stderr as it writes it (read from its spool file)."""
-        offset = 0
-        try:
-            while True:
-                chunk = await asyncio.get_running_loop().run_in_executor(self._files, _read_from, path, offset)
-                if chunk:
-                    offset += len(chunk)
-                    on_log(chunk)
-                else:
-                    await asyncio.sleep(0.1)
-        except asyncio.CancelledError:
-            # The agent has ended: hand on the last of it.
-            chunk = _read_from(path, offset)
+        loop = asyncio.get_running_loop()
+        while True:
+            chunk = await loop.run_in_executor(self._files, _read_from, path, read[0])
             if chunk:
+                read[0] += len(chunk)
                 on_log(chunk)
-            raise
+            else:
+                await asyncio.sleep(0.1)
 
     async def _take_workspace(self, spool: Path, outcome: Outcome, workspace: WorkspaceCopy | None) -> Outcome:
         root = spool / "workspace"
