@@ -86,6 +86,10 @@ class BusConfig(_Section, kw_only=True):
             _duration(getattr(self, name), name)
         if not 1 <= self.replicas <= 5:
             raise ValueError("replicas must be between 1 and 5")
+        if self.workspace_max_bytes < 1024 or self.workspace_store_bytes < self.workspace_max_bytes:
+            raise ValueError(
+                "workspace_max_bytes must be at least 1024, and workspace_store_bytes at least workspace_max_bytes"
+            )
         if self.max_deliver < 1:
             raise ValueError("max_deliver must be at least 1")
 
@@ -138,6 +142,8 @@ class ExecutorConfig(_Section, kw_only=True):
         _duration(self.breaker_cooldown, "breaker_cooldown")
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if self.log_max_bytes < 0:
+            raise ValueError("log_max_bytes must not be negative")
 
 
 class SchedulerConfig(_Section, kw_only=True):

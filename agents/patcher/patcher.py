@@ -3,8 +3,9 @@
 Input: ``patch`` (a unified diff, as ``git diff`` or ``diff -u`` writes it), ``strip`` (leading
 path components to remove, like ``patch -p``; default 1), ``dry_run``. The diff is checked in
 full before anything is written (``git apply --check``) and then applied in one step, so a
-conflict leaves every file as it was. Output: ``applied``, ``dry_run``, ``files`` (path, added,
-removed), ``stat`` (files, insertions, deletions) and, when it does not apply, ``conflicts``.
+conflict leaves every file as it was. Output: ``applied``, ``dry_run``, ``applicable``, ``files``
+(path, added, removed), ``stat`` (files, insertions, deletions) and, when it does not apply,
+``conflicts``.
 A conflict fails the attempt unless it is a dry run, whose job is to say so. Standard library
 (and the git binary of the base image) only.
 """
@@ -85,16 +86,17 @@ def apply(root: Path, patch: str, *, strip: int = 1, dry_run: bool = False) -> d
         "deletions": sum(f["removed"] for f in files),
     }
     check = _git(root, "--check", f"-p{strip}", "-", patch=patch)
-    result: dict[str, Any] = {"applied": False, "dry_run": dry_run, "files": files, "stat": stat}
+    result: dict[str, Any] = {"applied": False, "dry_run": dry_run, "applicable": True, "files": files, "stat": stat}
     if check.returncode != 0:
         result["conflicts"] = conflicts(check.stderr)
+        result["applicable"] = False
         return result
     if dry_run:
-        result["applicable"] = True
         return result
     done = _git(root, f"-p{strip}", "-", patch=patch)
     if done.returncode != 0:  # checked a moment ago; git apply is atomic either way
         result["conflicts"] = conflicts(done.stderr)
+        result["applicable"] = False
         return result
     result["applied"] = True
     return result

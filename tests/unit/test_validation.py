@@ -309,3 +309,22 @@ def test_a_valid_fan_out_with_retries_and_defaults_plans(tmp_path: Path) -> None
     assert (b.foreach, b.parallelism, b.continue_on_failure) == ("{{ nodes.a.output.hosts }}", 3, True)
     assert (c.retry.attempts, c.retry.backoff_s) == (4, 1)
     assert (plan.timeout_s, plan.concurrency) == (600, 2)
+
+
+def test_every_shipped_example_and_agent_validates() -> None:
+    """examples/*.yaml against the built-in agents, and agents/*/agent.yaml themselves."""
+    from pathlib import Path
+
+    from services.cli.inputs import load_and_check
+    from shared.builtin_agents import agents_dir, builtin_agents
+    from shared.workflow.validate import validate_agent
+
+    root = Path(__file__).resolve().parents[2]
+    for example in sorted((root / "examples").glob("*.yaml")):
+        load_and_check(example)  # raises ValidationFailed naming the problem
+    shipped = builtin_agents()
+    assert set(shipped) == {"compliance-checker", "code-reviewer", "patcher", "shell"}
+    for name, agent in shipped.items():
+        assert validate_agent(agent, str(agents_dir() / name)) == []
+        assert (agents_dir() / name / "Dockerfile").is_file()
+    assert {a.metadata.name for a in shipped.values() if a.spec.risk == "approval_required"} == {"patcher", "shell"}

@@ -68,7 +68,7 @@ def test_dry_run_changes_nothing(tmp_path: Path) -> None:
 def test_a_conflict_anywhere_applies_nothing(tmp_path: Path) -> None:
     before = snapshot(tree(tmp_path))
     result = patcher.apply(tmp_path, HALF_BAD)
-    assert result["applied"] is False
+    assert result["applied"] is False and result["applicable"] is False
     assert any("other.txt" in c for c in result["conflicts"])
     assert snapshot(tmp_path) == before  # app.txt was patchable, but nothing is half-applied
 
