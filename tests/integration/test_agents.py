@@ -21,6 +21,7 @@ from shared.builtin_agents import builtin_agents
 from shared.contract import Event, TaskDispatched, TaskFailed, TaskSucceeded
 from shared.workflow.validate import snapshot
 
+from ..cli import clean_env, flowyard, flowyard_up
 from ..unit.test_executor_workspace import MemoryWorkspaces
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,20 +144,10 @@ async def test_a_read_only_workspace_cannot_be_written(runtime: DockerRuntime) -
     assert not verdict.ok and "Permission denied" in verdict.error
 
 
-def flowyard(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("FLOWYARD_")}
-    return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**base, **(env or {})},
-    )
-
-
 def test_the_main_job_scans_the_sample_repo_in_containers(agent_images: None) -> None:
-    done = flowyard("run", "examples/repo-scan.yaml", "--workspace", "examples/sample-repo", "--json")
+    done = flowyard(
+        "run", "examples/repo-scan.yaml", "--workspace", "examples/sample-repo", "--json", runtime=None, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["status"] == "succeeded"
@@ -199,30 +190,14 @@ def test_approve_a_patch_then_take_the_workspace_and_logs(agent_images: None, tm
     """A stack, a patch that needs approval, the patched workspace out, and the agents' logs."""
     wf = tmp_path / "fix.yaml"
     wf.write_text(FIX_WORKFLOW)
-    up = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "up", "--data-dir", str(tmp_path / "data")],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={k: v for k, v in os.environ.items() if not k.startswith("FLOWYARD_")},
-    )
-    try:
-        assert up.stdout is not None
-        url = ""
-        while not url:
-            line = up.stdout.readline()
-            assert line, "flowyard up ended before it was up"
-            if "export FLOWYARD_NATS_URL=" in line:
-                url = line.strip().split("=", 1)[1]
-        env = {"FLOWYARD_NATS_URL": url}
+    with flowyard_up(tmp_path / "data", runtime="docker") as env:
         run = subprocess.Popen(
             [sys.executable, "-m", "services.cli", "run", str(wf), "--workspace", str(SAMPLE), "--json", "--as", "bob"],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**{k: v for k, v in os.environ.items() if not k.startswith("FLOWYARD_")}, **env},
+            env=clean_env(env),
         )
         for node in ("preview", "fix"):
             deadline = time.monotonic() + 60
@@ -253,6 +228,3 @@ def test_approve_a_patch_then_take_the_workspace_and_logs(agent_images: None, tm
         assert rows and all(r["node"] == "check" for r in rows)
         again = flowyard("runs", "workspace", run_id, "--out", str(tmp_path / "final"), env=env)
         assert again.returncode == 2 and "not an empty folder" in again.stderr
-    finally:
-        up.terminate()
-        up.wait(timeout=30)
