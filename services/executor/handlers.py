@@ -315,7 +315,12 @@ async def _attempt(
         if verdict.ok and outcome.workspace_error:
             verdict = Judgement(False, error=outcome.workspace_error, reason="bad_output", retryable=False)
         elif verdict.ok and workspaces is not None and outcome.workspace is not None and copy is not None:
-            new_version = await _keep_workspace(task, copy, outcome.workspace, workspaces)
+            try:
+                new_version = await _keep_workspace(task, copy, outcome.workspace, workspaces)
+            except (ws.WorkspaceError, PermanentError) as exc:  # too large, or the store is full
+                verdict = Judgement(
+                    False, error=f"its workspace could not be kept: {exc}", reason="bad_output", retryable=False
+                )
         verdict = dataclasses.replace(verdict, error=redact(verdict.error, secrets))
         log = redact(tail(outcome.stderr_tail, log_tail_bytes), secrets)
         duration = outcome.duration_s

@@ -132,3 +132,15 @@ async def test_task_events_carry_the_workspace_fields() -> None:
     t = task("print('{}')", "rw", "r1/v0")
     back = msgspec.json.decode(msgspec.json.encode(t), type=TaskDispatched)
     assert back.workspace == "r1/v0" and back.agent.workspace == "rw"
+
+
+async def test_a_full_store_fails_the_node_instead_of_redelivering_it() -> None:
+    from shared.errors import PermanentError
+
+    class Full(MemoryWorkspaces):
+        async def store(self, name: str, data: bytes) -> str:
+            raise PermanentError("maximum bytes exceeded")
+
+    verdict, sent, _ = await run(task(EDIT.replace('(root / "a.txt").read_text() + ', ""), "rw", None), Full())
+    assert not verdict.ok and "workspace could not be kept" in verdict.error and "maximum bytes" in verdict.error
+    assert not isinstance(sent[-1], TaskSucceeded)

@@ -175,8 +175,9 @@ class DockerRuntime(Runtime):
                         b"",
                         0.0,
                         start_error=(
-                            f"image {task.agent.image!r} is not present on this executor; build it "
-                            "(`docker build` or deploy/base-image/build.sh) — nothing is pulled"
+                            f"image {task.agent.image!r} is not present on this executor; build it here "
+                            "(`flowyard agents build` for the built-in agents, else `docker build`) — "
+                            "nothing is pulled"
                         ),
                     )
                 if exc.status == 409:  # created by another executor a moment ago
