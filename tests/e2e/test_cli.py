@@ -199,3 +199,60 @@ def test_workspace_and_logs_commands_on_unknown_runs(tmp_path: Path) -> None:
         assert none.returncode == 2 and "has no workspace" in none.stderr
         wrong_node = flowyard("logs", result["run_id"], "--node", "nope", env=env)
         assert wrong_node.returncode == 2 and "its nodes: list" in wrong_node.stderr
+
+
+TICKS = """
+apiVersion: flowyard/v1
+kind: Agent
+metadata: {name: ticker}
+spec:
+  command: [sh, -c, 'cat >/dev/null; echo "tick 1" >&2; while [ ! -e GO ]; do sleep 0.05; done; echo "tick 2" >&2; echo "{}"']
+---
+apiVersion: flowyard/v1
+kind: Workflow
+metadata: {name: ticks}
+spec:
+  nodes: [{id: tick, agent: ticker}]
+"""
+
+
+def test_logs_follow_streams_while_the_agent_runs_and_ends_with_the_run(tmp_path: Path) -> None:
+    """The first line arrives while the agent still waits (for a file the test makes), the rest after."""
+    from ..cli import clean_env
+
+    go = tmp_path / "GO"
+    wf = tmp_path / "ticks.yaml"
+    wf.write_text(TICKS.replace("GO", str(go)))
+    with flowyard_up(tmp_path / "data") as env:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "run", str(wf), "--json"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=clean_env(env),
+        )
+        deadline = time.monotonic() + 30
+        run_id = ""
+        while not run_id:
+            listed = json.loads(flowyard("runs", "list", "--json", env=env).stdout or "[]")
+            run_id = listed[0]["run_id"] if listed else ""
+            assert time.monotonic() < deadline, "the run never showed up"
+            time.sleep(0.1)
+        follow = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "logs", run_id, "--follow"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=clean_env(env),
+        )
+        assert follow.stdout is not None
+        assert follow.stdout.readline().strip() == "[tick attempt 1] tick 1"
+        assert run.poll() is None  # the agent is still waiting: the line was streamed, not read after
+        go.touch()
+        rest, err = follow.communicate(timeout=60)  # --follow ends by itself once the run has ended
+        assert follow.returncode == 0, err
+        assert rest.splitlines() == ["[tick attempt 1] tick 2"]
+        out, _ = run.communicate(timeout=60)
+        assert json.loads(out)["status"] == "succeeded"
