@@ -122,6 +122,9 @@ def main() -> int:
     except subprocess.TimeoutExpired:
         print("cannot apply the patch: git apply took longer than two minutes", file=sys.stderr)
         return 1
+    except FileNotFoundError:
+        print("cannot apply the patch: git is not in this image (build it on a base with git)", file=sys.stderr)
+        return 1
     stat = result["stat"]
     summary = f"{stat['files']} file(s), +{stat['insertions']} -{stat['deletions']}"
     if result.get("conflicts"):

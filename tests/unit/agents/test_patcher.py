@@ -101,3 +101,15 @@ def test_main_fails_on_conflict_but_not_in_a_dry_run(tmp_path: Path, monkeypatch
     monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps({"patch": HALF_BAD, "dry_run": True})))
     assert patcher.main() == 0
     assert json.loads(capsys.readouterr().out)["conflicts"]
+
+
+def test_an_image_without_git_says_so(tmp_path: Path, monkeypatch, capsys) -> None:
+    import io
+    import json
+
+    tree(tmp_path)
+    monkeypatch.setenv("FLOWYARD_WORKSPACE", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps({"patch": GOOD})))
+    assert patcher.main() == 1
+    assert "git is not in this image" in capsys.readouterr().err
