@@ -175,8 +175,10 @@ class WorkspaceStore:
         obs = await self.bus.js.object_store(subjects.WORKSPACES_BUCKET)
         try:
             await obs.put(name, data)
-        except nats.js.errors.BadRequestError as exc:
-            # The store is full (bus.workspace_store_bytes) until old versions expire.
+        except nats.js.errors.ServiceUnavailableError:
+            raise  # an outage: the delivery is retried
+        except nats.js.errors.APIError as exc:
+            # e.g. the store is full (bus.workspace_store_bytes) until old versions expire.
             raise PermanentError(f"the workspace store refused version {name!r}: {exc.description}") from None
         return name
 

@@ -19,7 +19,7 @@ from shared.config import Config
 from shared.contract import RunCancelRequested, RunRejected, RunRequested
 from shared.durations import parse_duration
 from shared.envelope import now_rfc3339
-from shared.errors import ConfigurationError, ValidationFailed
+from shared.errors import ConfigurationError, PermanentError, ValidationFailed
 from shared.service import ServiceHost
 from shared.workflow.loader import Bundle, load_file
 from shared.workflow.validate import check_inputs
@@ -72,7 +72,10 @@ async def run_workflow(
         first = None
         if packed is not None:
             store = ws.WorkspaceStore(bus, max_bytes=config.bus.workspace_max_bytes)
-            first = await store.store(ws.first_version(run_id), packed)
+            try:
+                first = await store.store(ws.first_version(run_id), packed)
+            except PermanentError as exc:  # the store is full: flowyard cannot take the run (exit 3)
+                raise ConfigurationError(f"{exc}; nothing was started") from None
         request = RunRequested(
             run_id=run_id,
             workspace=first,
