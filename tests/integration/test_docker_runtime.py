@@ -185,6 +185,27 @@ async def test_a_restarted_executor_adopts_the_running_container(base_image: str
         await second.close()
 
 
+async def test_an_attempt_that_ended_before_the_redelivery_is_read_not_rerun(base_image: str) -> None:
+    # The executor died after its container exited but before it reported: the next delivery
+    # must read that exit (status, stdout, stderr), never start the agent a second time.
+    rt = DockerRuntime(max_output_bytes=1 << 20, log_tail_bytes=4096)
+    try:
+        ok = task("import json, random; print(json.dumps({'r': random.random()}))")
+        bad = task("import sys; print('disk full', file=sys.stderr); sys.exit(3)")
+        first_ok, first_bad = await asyncio.gather(
+            rt.run(ok, stdin=b"{}", env={}, timeout_s=30), rt.run(bad, stdin=b"{}", env={}, timeout_s=30)
+        )
+        again_ok = await rt.run(ok, stdin=b"{}", env={}, timeout_s=30)
+        again_bad = await rt.run(bad, stdin=b"{}", env={}, timeout_s=30)
+        assert again_ok.stdout == first_ok.stdout and again_ok.exit_code == 0
+        assert again_bad.exit_code == 3 and b"disk full" in again_bad.stderr_tail
+        v = handlers.judge(bad, again_bad, log_tail_bytes=4096)
+        assert not v.ok and v.error == "exited with code 3: disk full"
+    finally:
+        await rt.sweep(older_than=-1)
+        await rt.close()
+
+
 def test_a_workflow_runs_in_containers_and_secrets_never_leave(
     base_image: str, nats_binary: str, tmp_path: Path
 ) -> None:

@@ -161,32 +161,15 @@ class DockerRuntime(Runtime):
             return Outcome(None, b"", b"", 0.0, start_error=f"agent {task.agent.name!r} has no `image` to run")
         name = container_name(task.key)
         started = time.monotonic()
-        container = await self._existing(name)
+        # Create first: nearly always there is nothing to adopt, and a name already taken (409)
+        # is how a redelivery finds the container an earlier executor started.
+        container, adopted, refusal = await self._create(task, env, name, workspace=workspace is not None)
         if container is None:
-            try:
-                container = await self.docker.containers.create(
-                    self.spec(task, env, workspace=workspace is not None), name=name
-                )
-            except aiodocker.DockerError as exc:
-                if exc.status == 404:
-                    return Outcome(
-                        None,
-                        b"",
-                        b"",
-                        0.0,
-                        start_error=(
-                            f"image {task.agent.image!r} is not present on this executor; build it here "
-                            "(`flowyard agents build` for the built-in agents, else `docker build`) — "
-                            "nothing is pulled"
-                        ),
-                    )
-                if exc.status == 409:  # created by another executor a moment ago
-                    container = await self._existing(name)
-                if container is None:
-                    return Outcome(None, b"", b"", 0.0, start_error=f"Docker refused the container: {exc.message}")
-        info = await container.show()
-        state = info["State"]
+            return Outcome(None, b"", b"", 0.0, start_error=refusal)
+        state = (await container.show())["State"] if adopted else {"Status": "created"}
         follower: asyncio.Task[None] | None = None
+        exit_code: int | None = None
+        timed_out = False
         try:
             if state["Status"] == "created":
                 if workspace is not None:
@@ -199,15 +182,17 @@ class DockerRuntime(Runtime):
                 deadline = _epoch(state.get("StartedAt")) + timeout_s
             if on_log is not None:
                 follower = asyncio.create_task(self._follow(container, on_log))
-            timed_out = False
             if state["Status"] in ("created", "running", "restarting", "paused"):
                 try:
-                    await asyncio.wait_for(container.wait(), timeout=max(deadline - time.time(), 0.01))
+                    result = await asyncio.wait_for(container.wait(), timeout=max(deadline - time.time(), 0.01))
+                    exit_code = result.get("StatusCode")
                 except TimeoutError:
                     timed_out = True
                     with contextlib.suppress(aiodocker.DockerError):
                         await container.kill(signal="SIGKILL")
                     await container.wait()
+            else:
+                exit_code = state.get("ExitCode")
         except asyncio.CancelledError:
             if not self.detach:  # the run ended: nothing may keep running for it
                 with contextlib.suppress(Exception):
@@ -219,7 +204,7 @@ class DockerRuntime(Runtime):
                 with contextlib.suppress(BaseException):
                     await asyncio.wait_for(asyncio.shield(follower), timeout=1.0)
                 follower.cancel()
-        outcome = await self._collect(container, time.monotonic() - started, timed_out)
+        outcome = await self._collect(container, time.monotonic() - started, exit_code, timed_out, task)
         if workspace is not None and workspace.writable and outcome.exit_code == 0:
             outcome = await self._take_workspace(container, outcome, workspace.max_bytes)
         return outcome
@@ -252,6 +237,31 @@ class DockerRuntime(Runtime):
             return dataclasses.replace(outcome, workspace_error=str(exc))
         return dataclasses.replace(outcome, workspace=data)
 
+    async def _create(
+        self, task: TaskDispatched, env: Mapping[str, str], name: str, *, workspace: bool
+    ) -> tuple[Any, bool, str]:
+        """(the container, whether an earlier delivery made it, ""), or (None, False, why it cannot run)."""
+        try:
+            return await self.docker.containers.create(self.spec(task, env, workspace=workspace), name=name), False, ""
+        except aiodocker.DockerError as exc:
+            if exc.status not in (404, 409):
+                return None, False, f"Docker refused the container: {exc.message}"
+            # 409: the name is taken, by an earlier delivery or another executor a moment ago.
+            # 404: no such image — unless its container is already there (the image went since).
+            existing = await self._existing(name)
+            if existing is not None:
+                return existing, True, ""
+            if exc.status == 409:  # removed again in between
+                return None, False, f"Docker refused the container: {exc.message}"
+            return (
+                None,
+                False,
+                (
+                    f"image {task.agent.image!r} is not present on this executor; build it here "
+                    "(`flowyard agents build` for the built-in agents, else `docker build`) — nothing is pulled"
+                ),
+            )
+
     async def _existing(self, name: str) -> Any:
         try:
             return await self.docker.containers.get(name)
@@ -267,29 +277,29 @@ class DockerRuntime(Runtime):
         await stream.write_in(stdin)
         await stream.close()  # StdinOnce: the agent sees end of input
 
-    async def _collect(self, container: Any, duration: float, timed_out: bool) -> Outcome:
+    async def _collect(
+        self, container: Any, duration: float, exit_code: int | None, timed_out: bool, task: TaskDispatched
+    ) -> Outcome:
         try:
-            info = await container.show()
             out = "".join(await container.log(stdout=True, stderr=False)).encode()
             err = "".join(await container.log(stdout=False, stderr=True)).encode()[-self.stderr_keep :]
+            # Only a failed attempt needs the state: was it the memory limit that killed it?
+            oom = exit_code != 0 and not timed_out and bool((await container.show())["State"].get("OOMKilled"))
         except aiodocker.DockerError as exc:
             if exc.status != 404:
                 raise
             # Removed from outside while it ran (its run ended or vanished): no exit status.
             return Outcome(None, b"", b"", duration, lost=True)
-        state = info["State"]
         overflow = len(out) > self.max_output_bytes
-        code = None if timed_out else state.get("ExitCode")
-        oom = bool(state.get("OOMKilled"))
         return Outcome(
-            code,
+            None if timed_out else exit_code,
             out[: self.max_output_bytes],
             err,
             duration,
             timed_out=timed_out,
             stdout_overflow=overflow,
             oom=oom,
-            memory_limit=info["HostConfig"].get("Memory"),
+            memory_limit=memory_bytes(task.agent.resources.memory),
         )
 
     async def _sweep_forever(self) -> None:
