@@ -106,10 +106,18 @@ def resolve_overrides(task: TaskDispatched) -> TaskDispatched | str:
 
 
 def judge(task: TaskDispatched, outcome: Outcome, *, log_tail_bytes: int) -> Judgement:
-    """Turn a raw outcome into success or a one-sentence failure."""
+    """Turn a raw outcome into success or a one-sentence failure, with the agent's last words."""
     if outcome.start_error:
         return Judgement(False, error=outcome.start_error, reason="runtime", retryable=outcome.start_retryable)
-    stderr = tail(outcome.stderr_tail, log_tail_bytes)
+    detail = _last_lines(tail(outcome.stderr_tail, log_tail_bytes))
+    verdict = _judge(task, outcome, detail)
+    if verdict.ok or not detail or (verdict.reason == "exit" and not outcome.oom):
+        return verdict  # an exit's message already ends with what the agent said last
+    # Why it timed out, ran out of memory or printed garbage is usually in what it said last.
+    return dataclasses.replace(verdict, error=f"{verdict.error}; last on stderr: {detail}")
+
+
+def _judge(task: TaskDispatched, outcome: Outcome, detail: str) -> Judgement:
     if outcome.lost:
         return Judgement(
             False,
@@ -132,7 +140,6 @@ def judge(task: TaskDispatched, outcome: Outcome, *, log_tail_bytes: int) -> Jud
     if outcome.exit_code != 0:
         code = outcome.exit_code
         how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
-        detail = _last_lines(stderr)
         message = how + (f": {detail}" if detail else " (no output on stderr)")
         return Judgement(False, error=message, reason="exit", exit_code=code)
     if outcome.stdout_overflow:

@@ -81,6 +81,13 @@ async def test_failures_say_what_happened(runtime: DockerRuntime) -> None:
     assert "not JSON" in v.error
     v = await verdict(runtime, task("import time; time.sleep(60)", timeout=1))
     assert v.reason == "timeout" and v.error == "timed out after 1s and was killed"
+    # Whatever went wrong, the agent's last words on stderr come with it.
+    v = await verdict(
+        runtime, task("import sys, time; print('waiting for the lock', file=sys.stderr); time.sleep(60)", timeout=1)
+    )
+    assert v.error == "timed out after 1s and was killed; last on stderr: waiting for the lock"
+    v = await verdict(runtime, task("import sys; print('model loaded', file=sys.stderr); print('Sure! {}')"))
+    assert v.reason == "bad_output" and v.error.endswith("; last on stderr: model loaded")
 
 
 ESCAPES = {
@@ -137,8 +144,10 @@ async def test_escape_attempts_fail(runtime: DockerRuntime, escape: str) -> None
 
 
 async def test_eating_memory_is_an_oom_kill(runtime: DockerRuntime) -> None:
-    v = await verdict(runtime, task("x = bytearray(300 * 1024 * 1024); print('{}')", memory="64Mi"))
+    code = "import sys; print('loading the index', file=sys.stderr, flush=True); x = bytearray(300 << 20)"
+    v = await verdict(runtime, task(code, memory="64Mi"))
     assert not v.ok and "ran out of memory (its limit of 64 MiB)" in v.error
+    assert v.error.endswith("; last on stderr: loading the index")
 
 
 async def test_a_fork_bomb_is_stopped_by_the_pids_limit(runtime: DockerRuntime) -> None:
@@ -198,7 +207,7 @@ async def test_an_attempt_that_ended_before_the_redelivery_is_read_not_rerun(bas
         again_ok = await rt.run(ok, stdin=b"{}", env={}, timeout_s=30)
         again_bad = await rt.run(bad, stdin=b"{}", env={}, timeout_s=30)
         assert again_ok.stdout == first_ok.stdout and again_ok.exit_code == 0
-        assert again_bad.exit_code == 3 and b"disk full" in again_bad.stderr_tail
+        assert first_bad.exit_code == again_bad.exit_code == 3 and b"disk full" in again_bad.stderr_tail
         v = handlers.judge(bad, again_bad, log_tail_bytes=4096)
         assert not v.ok and v.error == "exited with code 3: disk full"
     finally:
