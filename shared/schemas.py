@@ -35,4 +35,8 @@ def first_error(schema: dict[str, Any], value: Any) -> tuple[str, str] | None:
     error = jsonschema.exceptions.best_match(validator.iter_errors(value))
     if error is None:
         return None
-    return "/".join(str(p) for p in error.absolute_path), error.message
+    message = error.message
+    if error.validator in ("anyOf", "oneOf") and error.context:
+        # jsonschema only says "is not valid under any of the given schemas": name what each wanted.
+        message = "it fits none of the accepted forms: " + "; or ".join(dict.fromkeys(e.message for e in error.context))
+    return "/".join(str(p) for p in error.absolute_path), message

@@ -1,6 +1,7 @@
 """patcher: applies a unified diff to the workspace, all of it or none of it.
 
-Input: ``patch`` (a unified diff, as ``git diff`` or ``diff -u`` writes it), ``strip`` (leading
+Input: ``patch`` (a unified diff, as ``git diff`` or ``diff -u`` writes it; ``diff`` is taken
+as another name for it), ``strip`` (leading
 path components to remove, like ``patch -p``; default 1), ``dry_run``. The diff is checked in
 full before anything is written (``git apply --check``) and then applied in one step, so a
 conflict leaves every file as it was. Output: ``applied``, ``dry_run``, ``applicable``, ``files``
@@ -108,14 +109,15 @@ def main() -> int:
     except ValueError as exc:
         print(f"input is not JSON: {exc}", file=sys.stderr)
         return 2
-    if not isinstance(params, dict) or not isinstance(params.get("patch"), str):
-        print("input must be a JSON object with `patch` (a unified diff)", file=sys.stderr)
+    patch = params.get("patch", params.get("diff")) if isinstance(params, dict) else None
+    if not isinstance(patch, str):
+        print("input must be a JSON object with `patch` (or `diff`): a unified diff", file=sys.stderr)
         return 2
     root = Path(os.environ.get("FLOWYARD_WORKSPACE", "/workspace"))
     dry_run = bool(params.get("dry_run", False))
     strip = int(params.get("strip", 1))
     try:
-        result = apply(root, params["patch"], strip=strip, dry_run=dry_run)
+        result = apply(root, patch, strip=strip, dry_run=dry_run)
     except PatchError as exc:
         print(f"cannot apply the patch: {exc}", file=sys.stderr)
         return 1

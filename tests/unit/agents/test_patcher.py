@@ -113,3 +113,24 @@ def test_an_image_without_git_says_so(tmp_path: Path, monkeypatch, capsys) -> No
     monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps({"patch": GOOD})))
     assert patcher.main() == 1
     assert "git is not in this image" in capsys.readouterr().err
+
+
+def test_diff_is_another_name_for_patch_and_a_missing_one_is_named(tmp_path: Path, monkeypatch, capsys) -> None:
+    import io
+    import json
+
+    from shared.builtin_agents import builtin_agents
+    from shared.schemas import first_error
+
+    tree(tmp_path)
+    monkeypatch.setenv("FLOWYARD_WORKSPACE", str(tmp_path))
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps({"diff": GOOD})))
+    assert patcher.main() == 0
+    assert json.loads(capsys.readouterr().out)["stat"]["files"] == 2
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps({"dry_run": True})))
+    assert patcher.main() == 2
+    # Caught before the run, by the agent's input schema, naming both accepted fields.
+    schema = builtin_agents()["patcher"].spec.inputs
+    assert first_error(schema, {"diff": GOOD}) is None and first_error(schema, {"patch": GOOD}) is None
+    _, message = first_error(schema, {"dry_run": True})
+    assert "'patch' is a required property; or 'diff' is a required property" in message
