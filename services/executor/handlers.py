@@ -145,7 +145,8 @@ def _judge(task: TaskDispatched, outcome: Outcome, detail: str) -> Judgement:
     if outcome.stdout_overflow:
         return Judgement(
             False,
-            error="printed more output than the executor keeps (executor.max_output_bytes)",
+            error="printed more on stdout than the executor keeps (executor.max_output_bytes); "
+            "leave large results in the workspace (workspace: rw) and print a summary",
             reason="bad_output",
             retryable=False,
         )

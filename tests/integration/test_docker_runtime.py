@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import textwrap
 from collections.abc import AsyncIterator
@@ -88,6 +89,36 @@ async def test_failures_say_what_happened(runtime: DockerRuntime) -> None:
     assert v.error == "timed out after 1s and was killed; last on stderr: waiting for the lock"
     v = await verdict(runtime, task("import sys; print('model loaded', file=sys.stderr); print('Sure! {}')"))
     assert v.reason == "bad_output" and v.error.endswith("; last on stderr: model loaded")
+
+
+async def test_loud_agents_and_large_inputs(runtime: DockerRuntime) -> None:
+    # Megabytes on stderr, then the result: the result is kept, with the last lines as the log.
+    chatty = task(
+        "import json, sys\n"
+        "for i in range(200_000): print('progress', i, file=sys.stderr)\n"
+        "print(json.dumps({'done': True}))"
+    )
+    seen: list[bytes] = []
+    outcome = await runtime.run(chatty, stdin=b"{}", env={}, timeout_s=60, on_log=seen.append)
+    v = handlers.judge(chatty, outcome, log_tail_bytes=4096)
+    assert v.ok and v.output == {"done": True}, v.error
+    assert outcome.stderr_tail.rstrip().endswith(b"progress 199999") and b"".join(seen).count(b"\n") == 200_000
+    # More on stdout than is kept: said so, whatever came after.
+    v = await verdict(runtime, task("import sys; sys.stdout.write('x' * 3_000_000); print('{}')"))
+    assert v.reason == "bad_output" and "more on stdout than the executor keeps" in v.error
+    # A large input, read only after the agent has printed a lot: no deadlock, all of it arrives.
+    big = {"blob": "y" * 2_000_000}
+    reader = task(
+        "import json, sys\n"
+        "print('z' * 1_000_000, file=sys.stderr, flush=True)\n"
+        "print(json.dumps({'size': len(json.load(sys.stdin)['blob'])}))"
+    )
+    outcome = await runtime.run(reader, stdin=json.dumps(big).encode(), env={}, timeout_s=60)
+    assert handlers.judge(reader, outcome, log_tail_bytes=4096).output == {"size": 2_000_000}
+    # ... and an agent that never reads its input is not held up by it.
+    deaf = task("print('{\"ignored\": true}')")
+    outcome = await runtime.run(deaf, stdin=json.dumps(big).encode(), env={}, timeout_s=60)
+    assert handlers.judge(deaf, outcome, log_tail_bytes=4096).output == {"ignored": True}
 
 
 ESCAPES = {

@@ -94,7 +94,7 @@ async def test_garbage_on_stdout_is_not_json() -> None:
     [
         ("print('[1, 2]')", "printed JSON list"),
         ("pass", "printed nothing"),
-        ("print('x' * 5000)", "more output than the executor keeps"),
+        ("print('x' * 5000)", "more on stdout than the executor keeps"),
     ],
 )
 async def test_other_bad_outputs(code: str, message: str) -> None:

@@ -59,6 +59,18 @@ def container_name(key: str) -> str:
     return "fy-" + re.sub(r"[^a-zA-Z0-9_.-]", "_", key.replace("#", "_i"))
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Attached:
+    """The two halves of an agent's attach: writing its input, reading its output."""
+
+    feeder: asyncio.Task[None]
+    reader: asyncio.Task[tuple[bytes, bytes]]
+
+    def close(self) -> None:
+        self.feeder.cancel()
+        self.reader.cancel()  # closes the stream
+
+
 class DockerRuntime(Runtime):
     name = "docker"
 
@@ -167,6 +179,7 @@ class DockerRuntime(Runtime):
         if container is None:
             return Outcome(None, b"", b"", 0.0, start_error=refusal)
         state = (await container.show())["State"] if adopted else {"Status": "created"}
+        attached: _Attached | None = None
         follower: asyncio.Task[None] | None = None
         exit_code: int | None = None
         timed_out = False
@@ -175,13 +188,13 @@ class DockerRuntime(Runtime):
                 if workspace is not None:
                     archive = await asyncio.to_thread(ws.for_container, workspace.data, writable=workspace.writable)
                     await container.put_archive(ws.MOUNT, archive)
-                await self._start(container, stdin)
+                attached = await self._start(container, stdin, on_log)
                 deadline = time.time() + timeout_s
             else:
                 log.info("adopting a container started before", container=name, status=state["Status"])
                 deadline = _epoch(state.get("StartedAt")) + timeout_s
-            if on_log is not None:
-                follower = asyncio.create_task(self._follow(container, on_log))
+                if on_log is not None:
+                    follower = asyncio.create_task(self._follow(container, on_log))
             if state["Status"] in ("created", "running", "restarting", "paused"):
                 try:
                     result = await asyncio.wait_for(container.wait(), timeout=max(deadline - time.time(), 0.01))
@@ -193,21 +206,87 @@ class DockerRuntime(Runtime):
                     await container.wait()
             else:
                 exit_code = state.get("ExitCode")
+            captured = await self._captured(attached)
         except asyncio.CancelledError:
             if not self.detach:  # the run ended: nothing may keep running for it
                 with contextlib.suppress(Exception):
                     await asyncio.shield(container.kill(signal="SIGKILL"))
             raise
         finally:
+            if attached is not None:
+                attached.close()
             if follower is not None:
                 # The log ends with the container; give the last lines a moment, never longer.
                 with contextlib.suppress(BaseException):
                     await asyncio.wait_for(asyncio.shield(follower), timeout=1.0)
                 follower.cancel()
-        outcome = await self._collect(container, time.monotonic() - started, exit_code, timed_out, task)
+        outcome = await self._collect(container, time.monotonic() - started, exit_code, timed_out, task, captured)
         if workspace is not None and workspace.writable and outcome.exit_code == 0:
             outcome = await self._take_workspace(container, outcome, workspace.max_bytes)
         return outcome
+
+    async def _start(self, container: Any, stdin: bytes, on_log: LogSink | None) -> _Attached:
+        """Start the agent; returns the tasks that feed its stdin and read what it prints.
+
+        One attach carries all three streams, made before the start so no output is missed, as
+        `docker run -i` does.
+        """
+        stream = container.attach(stdin=True, stdout=True, stderr=True)
+        await stream._init()
+        try:
+            await container.start()
+        except BaseException:
+            await stream.close()
+            raise
+        # The input is written while the output is read: an agent that prints before it reads
+        # would otherwise deadlock with us on full buffers.
+        return _Attached(
+            feeder=asyncio.create_task(self._feed(stream, stdin)),
+            reader=asyncio.create_task(self._read(stream, on_log)),
+        )
+
+    @staticmethod
+    async def _feed(stream: Any, stdin: bytes) -> None:
+        try:
+            await stream.write_in(stdin)
+            _end_input(stream)  # StdinOnce: the agent sees the end of its input; its output still flows
+        except (ConnectionError, OSError):
+            pass  # it ended without reading all of its input; its exit says how it went
+
+    async def _read(self, stream: Any, on_log: LogSink | None) -> tuple[bytes, bytes]:
+        """(stdout up to one byte past the limit, the tail of stderr), until the agent ends."""
+        out = bytearray()
+        err = bytearray()
+        keep_out = self.max_output_bytes + 1  # the byte past the limit tells an overflow
+        try:
+            while (message := await stream.read_out()) is not None:
+                if message.stream == 2:
+                    if on_log is not None:
+                        on_log(message.data)
+                    err += message.data
+                    if len(err) > 2 * self.stderr_keep:
+                        del err[: -self.stderr_keep]
+                elif len(out) < keep_out:
+                    out += message.data[: keep_out - len(out)]
+        finally:
+            await stream.close()
+        return bytes(out), bytes(err[-self.stderr_keep :])
+
+    async def _captured(self, attached: _Attached | None) -> tuple[bytes, bytes] | None:
+        """What the attach read, once the agent has ended; None: read the container's log instead."""
+        if attached is None:
+            return None
+        # The attach ends with the container (its init takes every process with it) — unless the
+        # agent left part of its input unread: Docker then holds the stream open on it.
+        grace = 10.0 if attached.feeder.done() else 0.5
+        try:
+            return await asyncio.wait_for(asyncio.shield(attached.reader), timeout=grace)
+        except (TimeoutError, aiohttp.ClientError, aiodocker.DockerError) as exc:
+            if attached.feeder.done():
+                log.warning("the agent's output stream did not end; reading its log", error=repr(exc))
+            return None
+        finally:
+            attached.close()
 
     async def _follow(self, container: Any, on_log: LogSink) -> None:
         async for line in container.log(stdout=False, stderr=True, follow=True):
@@ -270,19 +349,21 @@ class DockerRuntime(Runtime):
                 return None
             raise
 
-    async def _start(self, container: Any, stdin: bytes) -> None:
-        stream = container.attach(stdin=True, stdout=False, stderr=False)
-        await stream._init()
-        await container.start()
-        await stream.write_in(stdin)
-        await stream.close()  # StdinOnce: the agent sees end of input
-
     async def _collect(
-        self, container: Any, duration: float, exit_code: int | None, timed_out: bool, task: TaskDispatched
+        self,
+        container: Any,
+        duration: float,
+        exit_code: int | None,
+        timed_out: bool,
+        task: TaskDispatched,
+        captured: tuple[bytes, bytes] | None,
     ) -> Outcome:
         try:
-            out = "".join(await container.log(stdout=True, stderr=False)).encode()
-            err = "".join(await container.log(stdout=False, stderr=True)).encode()[-self.stderr_keep :]
+            if captured is not None:
+                out, err = captured
+            else:  # adopted from an earlier executor: its log is all there is
+                out = "".join(await container.log(stdout=True, stderr=False)).encode()
+                err = "".join(await container.log(stdout=False, stderr=True)).encode()[-self.stderr_keep :]
             # Only a failed attempt needs the state: was it the memory limit that killed it?
             oom = exit_code != 0 and not timed_out and bool((await container.show())["State"].get("OOMKilled"))
         except aiodocker.DockerError as exc:
@@ -364,6 +445,16 @@ class DockerRuntime(Runtime):
             self._sweeper.cancel()
         if self._docker is not None:
             await self._docker.close()
+
+
+def _end_input(stream: Any) -> None:
+    """Half-close the attach: end of stdin for the agent, while its stdout and stderr keep coming.
+
+    aiodocker's ``Stream.close`` closes both directions; this is its first half.
+    """
+    transport = stream._resp.connection.transport
+    if transport is not None and transport.can_write_eof():
+        transport.write_eof()
 
 
 def _epoch(text: str | None) -> float:
