@@ -435,6 +435,11 @@ def review(root: Path, params: dict[str, Any]) -> dict[str, Any]:
     return {
         "score": score,
         "issues": issues,
+        # One line an issue, worst first, for people reading a run's outputs.
+        "summary": [
+            f"{i['severity']:<8} {i['file']}:{i['line']}  {i['message']}"
+            for i in sorted(issues, key=lambda i: list(PENALTY).index(i["severity"]))
+        ],
         "metrics": {
             "files": files,
             "lines": lines,

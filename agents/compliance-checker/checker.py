@@ -318,7 +318,15 @@ def check(root: Path, params: dict[str, Any]) -> dict[str, Any]:
         "passed": not any(SEVERITIES.index(v["severity"]) >= worst for v in violations),
         "violations": violations,
         "counts": counts,
+        # One line a finding, worst first, for people reading a run's outputs.
+        "summary": [f"{v['severity']:<8} {_where(v)}  {v['message']}" for v in violations],
     }
+
+
+def _where(v: dict[str, Any]) -> str:
+    if not v["file"]:
+        return "(repository)"
+    return f"{v['file']}:{v['line']}" if v["line"] else v["file"]
 
 
 def main() -> int:

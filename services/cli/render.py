@@ -76,7 +76,17 @@ def print_outcome(status: str, outputs: dict[str, Any], error: str | None, out: 
     print(f"run {status}" + (f": {error}" if error else ""), file=out)
     if outputs:
         print("outputs:", file=out)
-        for name, value in outputs.items():
+        print_outputs(outputs, out)
+
+
+def print_outputs(outputs: dict[str, Any], out: TextIO) -> None:
+    for name, value in outputs.items():
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            # A list of lines (a report): one a line, as people read it.
+            print(f"  {name}:", file=out)
+            for line in value:
+                print(f"    {line}", file=out)
+        else:
             print(f"  {name}: {value if isinstance(value, str) else _dump(value)}", file=out)
 
 
@@ -100,8 +110,7 @@ def print_record(record: RunRecord, out: TextIO = sys.stdout) -> None:
                 print(f"      {err}", file=out)
     if record.outputs:
         print("outputs:", file=out)
-        for name, value in record.outputs.items():
-            print(f"  {name}: {value if isinstance(value, str) else _dump(value)}", file=out)
+        print_outputs(record.outputs, out)
 
 
 def print_table(records: list[RunRecord], out: TextIO = sys.stdout) -> None:

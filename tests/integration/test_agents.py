@@ -154,6 +154,7 @@ def test_the_main_job_scans_the_sample_repo_in_containers(agent_images: None) ->
     assert result["outputs"]["compliant"] is False
     assert result["outputs"]["violations"]["critical"] >= 3
     assert result["outputs"]["most_complex"]["name"] == "shipping_cost"
+    assert any(line.startswith("critical app/server.py:6 ") for line in result["outputs"]["compliance_findings"])
     left = subprocess.run(
         ["docker", "ps", "-aq", "--filter", f"label={LABEL}.run={result['run_id']}"],
         capture_output=True,

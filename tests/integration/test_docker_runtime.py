@@ -174,6 +174,18 @@ async def test_escape_attempts_fail(runtime: DockerRuntime, escape: str) -> None
     assert not v.ok and expected in v.error, v.error
 
 
+async def test_network_egress_is_an_opt_in(runtime: DockerRuntime) -> None:
+    code = """
+        import json
+        interfaces = sorted(line.split(":")[0].strip() for line in open("/proc/net/dev").readlines()[2:])
+        print(json.dumps({"interfaces": interfaces}))
+    """
+    closed = await verdict(runtime, task(code))
+    opened = await verdict(runtime, task(code, network="egress"))
+    assert closed.output == {"interfaces": ["lo"]}
+    assert opened.ok and "eth0" in opened.output["interfaces"], opened
+
+
 async def test_eating_memory_is_an_oom_kill(runtime: DockerRuntime) -> None:
     code = "import sys; print('loading the index', file=sys.stderr, flush=True); x = bytearray(300 << 20)"
     v = await verdict(runtime, task(code, memory="64Mi"))

@@ -110,3 +110,10 @@ def test_score_and_metrics(tmp_path: Path) -> None:
     (tmp_path / "node_modules").mkdir()
     (tmp_path / "node_modules" / "lib.js").write_text("eval(x)\n")  # dependencies are not reviewed
     assert reviewer.review(tmp_path, {})["metrics"]["files"] == 2
+
+
+def test_the_summary_has_a_line_an_issue_worst_first(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text("# TODO: later\ndef g(e):\n    return eval(e)\n")
+    result = reviewer.review(tmp_path, {})
+    assert len(result["summary"]) == len(result["issues"]) == 2
+    assert result["summary"][0].startswith("critical a.py:3 ") and result["summary"][1].startswith("info     a.py:1 ")

@@ -123,3 +123,11 @@ def test_main_reads_stdin_and_the_workspace(tmp_path: Path, monkeypatch, capsys)
     monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps({"path": "../.."})))
     assert checker.main() == 2
     assert "outside the workspace" in capsys.readouterr().err
+
+
+def test_the_summary_has_a_line_a_finding_worst_first(tmp_path: Path) -> None:
+    write(tmp_path, {"main.py": 'KEY = "AKIAIOSFODNN7EXAMPLE"\n'})
+    result = checker.check(tmp_path, {})
+    assert len(result["summary"]) == len(result["violations"])
+    assert result["summary"][0].startswith("critical main.py:1 ") and "AKIAIOSFODNN7EXAMPLE" not in result["summary"][0]
+    assert result["summary"][-1].startswith("warning  (repository)  no LICENSE")
