@@ -70,6 +70,8 @@ class ExecutorService(Service):
             created = info.created.isoformat() if info.created else info.config.name or ""
             self.runtime.stack_id = hashlib.sha256(created.encode()).hexdigest()[:16]
             self.runtime.run_status = self._run_status
+            # Not on the first attempt: leftovers of an earlier life go even if no work comes.
+            self.runtime.start_sweeping()
         self.consume(
             f"executor-{pool}",
             subjects.TASKS_STREAM,

@@ -90,8 +90,12 @@ class DockerRuntime(Runtime):
     def docker(self) -> aiodocker.Docker:
         if self._docker is None:
             self._docker = aiodocker.Docker()
-            self._sweeper = asyncio.create_task(self._sweep_forever())
         return self._docker
+
+    def start_sweeping(self) -> None:
+        """Remove leftovers (see ``sweep``) soon after the start, then every so often."""
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep_forever())
 
     def spec(self, task: TaskDispatched, env: Mapping[str, str], *, workspace: bool = False) -> dict[str, Any]:
         agent = task.agent
