@@ -50,6 +50,9 @@ class Judgement:
     reason: str = "exit"
     retryable: bool = True
     exit_code: int | None = None
+    # The runtime could not start the agent for reasons of its own (image missing, daemon
+    # errors): what the executor's circuit breaker counts.
+    infrastructure: bool = False
 
 
 def redact(text: str, secrets: Mapping[str, str]) -> str:
@@ -108,7 +111,13 @@ def resolve_overrides(task: TaskDispatched) -> TaskDispatched | str:
 def judge(task: TaskDispatched, outcome: Outcome, *, log_tail_bytes: int) -> Judgement:
     """Turn a raw outcome into success or a one-sentence failure, with the agent's last words."""
     if outcome.start_error:
-        return Judgement(False, error=outcome.start_error, reason="runtime", retryable=outcome.start_retryable)
+        return Judgement(
+            False,
+            error=outcome.start_error,
+            reason="runtime",
+            retryable=outcome.start_retryable,
+            infrastructure=not outcome.start_refused,
+        )
     detail = _last_lines(tail(outcome.stderr_tail, log_tail_bytes))
     verdict = _judge(task, outcome, detail)
     if verdict.ok or not detail or (verdict.reason == "exit" and not outcome.oom):

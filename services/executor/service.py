@@ -190,9 +190,7 @@ class ExecutorService(Service):
             self._ended.discard(attempt)
             if not running:
                 self._running.pop(event.run_id, None)
-        # The runtime could not start the agent (image missing, daemon error): not the agent's fault.
-        infrastructure = verdict.reason == "runtime" and not verdict.error.startswith("secret")
-        self.breaker.record(image, infrastructure_failure=infrastructure, error=verdict.error)
+        self.breaker.record(image, infrastructure_failure=verdict.infrastructure, error=verdict.error)
         bound.info(
             "attempt finished",
             ok=verdict.ok,

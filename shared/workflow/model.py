@@ -15,7 +15,18 @@ import msgspec
 API_VERSION = "flowyard/v1"
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 NODE_ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
-MEMORY_RE = re.compile(r"^\d+(\.\d+)?\s*([kKmMgG]i?[bB]?|[bB])?$")
+_MEMORY = re.compile(r"^(\d+(?:\.\d+)?)\s*([kKmMgG]?)(i?)[bB]?$")
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+MIN_MEMORY = 6 * 1024 * 1024  # Docker refuses a smaller limit
+
+
+def memory_bytes(text: str) -> int:
+    """``256Mi``, ``512m``, ``1g``, ``1.5GiB`` or plain bytes; units are powers of 1024."""
+    m = _MEMORY.match(text.strip())
+    if not m:
+        raise ValueError(f"{text!r}: write it like 256Mi, 512m or 1g")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
 
 InputType = Literal["string", "number", "integer", "boolean", "object", "array"]
 

@@ -20,7 +20,7 @@ from shared.schemas import first_error, schema_problem
 from shared.workflow.expressions import ExpressionError, parse, references
 from shared.workflow.loader import Located, line_of
 from shared.workflow.model import (
-    MEMORY_RE,
+    MIN_MEMORY,
     NAME_RE,
     NODE_ID_RE,
     RESERVED_NODE_KEYS,
@@ -30,6 +30,7 @@ from shared.workflow.model import (
     InputDef,
     RetrySpec,
     WorkflowDoc,
+    memory_bytes,
 )
 from shared.workflow.templates import FOREACH_ROOTS, Ref, TemplateError, find_refs
 
@@ -77,8 +78,14 @@ def validate_agent(agent: AgentDoc, file: str = "<agent>") -> list[str]:
         problem = schema_problem(getattr(spec, key))
         if problem:
             problems.append(f"{where}: spec.{key} is not a valid JSON Schema: {problem}")
-    if spec.resources.memory is not None and not MEMORY_RE.match(spec.resources.memory):
-        problems.append(f"{where}: spec.resources.memory {spec.resources.memory!r}: write it like 256Mi, 512m or 1g")
+    if spec.resources.memory is not None:
+        try:
+            if memory_bytes(spec.resources.memory) < MIN_MEMORY:
+                problems.append(
+                    f"{where}: spec.resources.memory {spec.resources.memory!r} is below 6Mi, the least Docker allows"
+                )
+        except ValueError as exc:
+            problems.append(f"{where}: spec.resources.memory {exc}")
     if spec.resources.cpus is not None and spec.resources.cpus <= 0:
         problems.append(f"{where}: spec.resources.cpus must be more than zero")
     if spec.resources.pids is not None and spec.resources.pids < 1:

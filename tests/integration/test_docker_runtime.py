@@ -9,6 +9,7 @@ import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from services.executor import handlers
@@ -184,6 +185,20 @@ async def test_network_egress_is_an_opt_in(runtime: DockerRuntime) -> None:
     opened = await verdict(runtime, task(code, network="egress"))
     assert closed.output == {"interfaces": ["lo"]}
     assert opened.ok and "eth0" in opened.output["interfaces"], opened
+
+
+async def test_settings_docker_refuses_are_the_agents_fault_not_the_infrastructures(runtime: DockerRuntime) -> None:
+    greedy = task("print('{}')")
+    greedy = msgspec.structs.replace(
+        greedy, agent=msgspec.structs.replace(greedy.agent, resources=AgentResources(cpus=4096))
+    )
+    v = await verdict(runtime, greedy)
+    assert not v.ok and v.error.startswith("Docker refused the agent's container settings: ") and "CPU" in v.error
+    assert not v.infrastructure and not v.retryable  # the image's circuit breaker does not count it
+    plain = task("print('{}')")
+    missing = msgspec.structs.replace(plain, agent=msgspec.structs.replace(plain.agent, image="flowyard/nothing:0"))
+    v = await verdict(runtime, missing)
+    assert "is not present on this executor" in v.error and v.infrastructure
 
 
 async def test_eating_memory_is_an_oom_kill(runtime: DockerRuntime) -> None:

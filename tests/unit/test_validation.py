@@ -328,3 +328,24 @@ def test_every_shipped_example_and_agent_validates() -> None:
         assert validate_agent(agent, str(agents_dir() / name)) == []
         assert (agents_dir() / name / "Dockerfile").is_file()
     assert {a.metadata.name for a in shipped.values() if a.spec.risk == "approval_required"} == {"patcher", "shell"}
+
+
+@pytest.mark.parametrize(
+    ("memory", "problem"),
+    [
+        ("lots", "spec.resources.memory 'lots': write it like 256Mi, 512m or 1g"),
+        ("1k", "spec.resources.memory '1k' is below 6Mi, the least Docker allows"),
+        ("256Mi", None),
+        ("1.5GiB", None),
+        ("8388608", None),
+    ],
+)
+def test_memory_limits(tmp_path: Path, memory: str, problem: str | None) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text(
+        f"apiVersion: flowyard/v1\nkind: Agent\nmetadata: {{name: a}}\nspec:\n  image: x\n  resources: {{memory: {memory!r}}}\n"
+    )
+    if problem is None:
+        load_and_check(path)
+    else:
+        assert any(problem in p for p in problems(path)), problems(path)

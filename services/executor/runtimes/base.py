@@ -19,6 +19,7 @@ class Outcome:
     stdout_overflow: bool = False
     start_error: str | None = None  # the agent could not be started at all
     start_retryable: bool = False  # ... for a reason that may pass (the Docker daemon restarting)
+    start_refused: bool = False  # ... because of the agent's own settings, not the infrastructure
     lost: bool = False  # the agent's process vanished without an exit status
     oom: bool = False  # killed for using more memory than its limit
     memory_limit: int | None = None

@@ -31,6 +31,7 @@ import structlog
 
 from shared import workspace as ws
 from shared.contract import TaskDispatched
+from shared.workflow.model import memory_bytes
 
 from .base import LogSink, Outcome, Runtime, WorkspaceCopy
 
@@ -42,17 +43,10 @@ DEFAULT_PIDS = 256
 DEFAULT_CPUS = 1.0
 TMPFS = "rw,noexec,nosuid,nodev,size=64m"
 LABEL = "io.flowyard"
-_MEMORY = re.compile(r"^(\d+(?:\.\d+)?)\s*([kKmMgG]?)(i?)[bB]?$")
-_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 
-def memory_bytes(text: str | None) -> int:
-    if not text:
-        return DEFAULT_MEMORY
-    m = _MEMORY.match(text.strip())
-    if not m:
-        raise ValueError(f"memory {text!r}: write it like 256Mi, 512m or 1g")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+def memory_limit(text: str | None) -> int:
+    return memory_bytes(text) if text else DEFAULT_MEMORY
 
 
 def container_name(key: str) -> str:
@@ -130,8 +124,8 @@ class DockerRuntime(Runtime):
                 "Tmpfs": {"/tmp": TMPFS},
                 "CapDrop": ["ALL"],
                 "SecurityOpt": ["no-new-privileges"],
-                "Memory": memory_bytes(res.memory),
-                "MemorySwap": memory_bytes(res.memory),
+                "Memory": memory_limit(res.memory),
+                "MemorySwap": memory_limit(res.memory),
                 "NanoCpus": int((res.cpus or DEFAULT_CPUS) * 1e9),
                 "PidsLimit": res.pids or DEFAULT_PIDS,
                 "Privileged": False,
@@ -174,14 +168,14 @@ class DockerRuntime(Runtime):
         on_log: LogSink | None,
     ) -> Outcome:
         if not task.agent.image:
-            return Outcome(None, b"", b"", 0.0, start_error=f"agent {task.agent.name!r} has no `image` to run")
+            return _refused(f"agent {task.agent.name!r} has no `image` to run", True)
         name = container_name(task.key)
         started = time.monotonic()
         # Create first: nearly always there is nothing to adopt, and a name already taken (409)
         # is how a redelivery finds the container an earlier executor started.
         container, adopted, refusal = await self._create(task, env, name, workspace=workspace is not None)
-        if container is None:
-            return Outcome(None, b"", b"", 0.0, start_error=refusal)
+        if refusal is not None:
+            return refusal
         state = (await container.show())["State"] if adopted else {"Status": "created"}
         attached: _Attached | None = None
         follower: asyncio.Task[None] | None = None
@@ -322,24 +316,30 @@ class DockerRuntime(Runtime):
 
     async def _create(
         self, task: TaskDispatched, env: Mapping[str, str], name: str, *, workspace: bool
-    ) -> tuple[Any, bool, str]:
-        """(the container, whether an earlier delivery made it, ""), or (None, False, why it cannot run)."""
+    ) -> tuple[Any, bool, Outcome | None]:
+        """(the container, whether an earlier delivery made it, None), or (None, False, why not)."""
         try:
-            return await self.docker.containers.create(self.spec(task, env, workspace=workspace), name=name), False, ""
+            return (
+                await self.docker.containers.create(self.spec(task, env, workspace=workspace), name=name),
+                False,
+                None,
+            )
         except aiodocker.DockerError as exc:
+            if exc.status == 400:  # e.g. more CPUs than the machine has: the agent's spec is at fault
+                return None, False, _refused(f"Docker refused the agent's container settings: {exc.message}", True)
             if exc.status not in (404, 409):
-                return None, False, f"Docker refused the container: {exc.message}"
+                return None, False, _refused(f"Docker refused the container: {exc.message}")
             # 409: the name is taken, by an earlier delivery or another executor a moment ago.
             # 404: no such image — unless its container is already there (the image went since).
             existing = await self._existing(name)
             if existing is not None:
-                return existing, True, ""
+                return existing, True, None
             if exc.status == 409:  # removed again in between
-                return None, False, f"Docker refused the container: {exc.message}"
+                return None, False, _refused(f"Docker refused the container: {exc.message}")
             return (
                 None,
                 False,
-                (
+                _refused(
                     f"image {task.agent.image!r} is not present on this executor; build it here "
                     "(`flowyard agents build` for the built-in agents, else `docker build`) — nothing is pulled"
                 ),
@@ -384,7 +384,7 @@ class DockerRuntime(Runtime):
             timed_out=timed_out,
             stdout_overflow=overflow,
             oom=oom,
-            memory_limit=memory_bytes(task.agent.resources.memory),
+            memory_limit=memory_limit(task.agent.resources.memory),
         )
 
     async def _sweep_forever(self) -> None:
@@ -449,6 +449,10 @@ class DockerRuntime(Runtime):
             self._sweeper.cancel()
         if self._docker is not None:
             await self._docker.close()
+
+
+def _refused(error: str, by_settings: bool = False) -> Outcome:
+    return Outcome(None, b"", b"", 0.0, start_error=error, start_refused=by_settings)
 
 
 def _end_input(stream: Any) -> None:

@@ -124,7 +124,14 @@ class ProcessRuntime(Runtime):
             self._watcher_ready = True
         command = task.agent.command
         if not command:
-            return Outcome(None, b"", b"", 0.0, start_error=f"agent {task.agent.name!r} has no `command` to run")
+            return Outcome(
+                None,
+                b"",
+                b"",
+                0.0,
+                start_error=f"agent {task.agent.name!r} has no `command` to run",
+                start_refused=True,
+            )
         program = _which(command[0]) if os.sep not in command[0] else command[0]
         if program is None:
             return Outcome(None, b"", b"", 0.0, start_error=f"command {command[0]!r} is not on the executor's PATH")
