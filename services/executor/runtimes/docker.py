@@ -3,7 +3,10 @@
 Locked down by default: no network (`network: egress` opts into the default bridge), read-only
 root file system, a size-capped tmpfs /tmp, every capability dropped, no-new-privileges, the
 non-root user 10001, memory (no swap), CPU and pids limits from the agent spec with defaults,
-no host mounts at all, and a capped log. The input goes in on stdin through an attach.
+no host mounts at all, and a capped log. One attach carries the input in on stdin and the
+output out, stdout and stderr as they come (docs/adr/0006); the log is read only where the
+attach cannot serve: by an executor adopting a container another one started, or after an
+agent left part of its input unread.
 
 Effectively once: the container is named after the attempt's key (run, node, item, attempt)
 and labelled with it. An executor that gets a redelivered dispatch finds the container a
