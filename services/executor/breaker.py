@@ -33,12 +33,15 @@ class Breaker:
             f"(last: {state.last_error}); it tries again in {wait:.0f}s — fix the cause (`flowyard doctor`)"
         )
 
-    def record(self, key: str, *, infrastructure_failure: bool, error: str = "") -> None:
+    def record(self, key: str, *, infrastructure_failure: bool, error: str = "") -> bool:
+        """Count an attempt's start; True when this failure opened the breaker."""
         if not infrastructure_failure:
             self._states.pop(key, None)
-            return
+            return False
         state = self._states.setdefault(key, _State())
         state.failures += 1
         state.last_error = error
         if state.failures >= self.threshold:
             state.open_until = self.clock() + self.cooldown
+            return True
+        return False

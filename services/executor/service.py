@@ -23,7 +23,7 @@ from shared.errors import PermanentError
 from shared.secrets import SecretSource
 from shared.service import Service
 
-from . import handlers
+from . import handlers, metrics
 from .breaker import Breaker
 from .logstream import LogStream
 from .runtimes import DockerRuntime, Runtime, make_runtime
@@ -147,7 +147,9 @@ class ExecutorService(Service):
         if refusal is not None:
             bound.warning("refused: circuit open", image=image)
             await handlers.fail_fast(event, publish=publish, executor_id=self.executor_id, error=refusal)
+            metrics.ATTEMPTS.labels(event.agent.name, "refused").inc()
             return
+        began = time.monotonic()
         attempt = asyncio.create_task(
             handlers.execute(
                 event,
@@ -162,6 +164,7 @@ class ExecutorService(Service):
         )
         running = self._running.setdefault(event.run_id, set())
         running.add(attempt)
+        metrics.RUNNING.inc()
         try:
             verdict = await asyncio.shield(attempt)
         except Exception as exc:
@@ -176,6 +179,7 @@ class ExecutorService(Service):
                 executor_id=self.executor_id,
                 error=f"the executor could not run the attempt: {exc!r}",
             )
+            metrics.ATTEMPTS.labels(event.agent.name, "runtime").inc()
             return
         except asyncio.CancelledError:
             if attempt in self._ended:
@@ -186,11 +190,15 @@ class ExecutorService(Service):
                 await attempt
             raise
         finally:
+            metrics.RUNNING.dec()
             running.discard(attempt)
             self._ended.discard(attempt)
             if not running:
                 self._running.pop(event.run_id, None)
-        self.breaker.record(image, infrastructure_failure=verdict.infrastructure, error=verdict.error)
+        if self.breaker.record(image, infrastructure_failure=verdict.infrastructure, error=verdict.error):
+            metrics.BREAKER_TRIPS.labels(image).inc()
+        metrics.ATTEMPTS.labels(event.agent.name, "succeeded" if verdict.ok else verdict.reason).inc()
+        metrics.ATTEMPT_SECONDS.labels(event.agent.name).observe(time.monotonic() - began)
         bound.info(
             "attempt finished",
             ok=verdict.ok,

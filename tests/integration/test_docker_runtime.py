@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import textwrap
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -402,6 +403,14 @@ def test_a_missing_image_fails_clearly_then_trips_the_breaker(
         assert "image 'flowyard/does-not-exist:1' is not present on this executor" in errors[0]
         assert "stopped taking work for flowyard/does-not-exist:1 after 2 failures in a row" in errors[2]
         assert json.loads(stack.cli("runs", "list", "--json").stdout)
+        # What an on-call engineer's dashboard sees of it.
+        with urllib.request.urlopen(f"http://127.0.0.1:{stack.http_port('executor')}/metrics") as r:
+            metrics = r.read().decode()
+        assert 'flowyard_agent_attempts_total{agent="ghost",outcome="runtime"} 2.0' in metrics
+        assert 'flowyard_agent_attempts_total{agent="ghost",outcome="refused"} 1.0' in metrics
+        assert 'flowyard_executor_breaker_trips_total{image="flowyard/does-not-exist:1"} 1.0' in metrics
+        assert 'flowyard_agent_attempt_seconds_count{agent="ghost"} 2.0' in metrics
+        assert "flowyard_executor_attempts_running 0.0" in metrics
     finally:
         stack.stop_all()
         server.stop()

@@ -233,8 +233,8 @@ def test_the_breaker_opens_after_consecutive_infrastructure_failures_and_closes_
         breaker.record("img:1", infrastructure_failure=True, error="image missing")
     assert breaker.refusal("img:1") is None
     breaker.record("img:1", infrastructure_failure=False)  # a success resets the count
-    for _ in range(3):
-        breaker.record("img:1", infrastructure_failure=True, error="image missing")
+    opened = [breaker.record("img:1", infrastructure_failure=True, error="image missing") for _ in range(3)]
+    assert opened == [False, False, True]  # the third failure trips it (and is counted as a trip)
     refusal = breaker.refusal("img:1")
     assert refusal is not None and "3 failures in a row" in refusal and "image missing" in refusal
     assert breaker.refusal("other:1") is None
