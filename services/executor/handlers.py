@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import msgspec
+from opentelemetry.trace import Status, StatusCode
 
+from shared import telemetry
 from shared import workspace as ws
 from shared.contract import Event, TaskDispatched, TaskFailed, TaskStarted, TaskSucceeded
 from shared.durations import format_duration
@@ -248,23 +250,49 @@ async def execute(
     workspaces: Workspaces | None = None,
     logs: LogFactory | None = None,
 ) -> Judgement:
-    # "started" travels while the agent starts; it is confirmed before the result is sent, so
-    # the two are stored in order. Cancelling the attempt cancels it too.
-    started = asyncio.ensure_future(
-        publish(
-            TaskStarted(
-                run_id=task.run_id, node_id=task.node_id, item=task.item, attempt=task.attempt, executor=executor_id
-            ),
-            "started",
+    # One span per attempt, inside the dispatch's `process` span: in the run's trace, the time
+    # the agent itself took and how it ended sit between the dispatch and the result.
+    attributes = {
+        "flowyard.run_id": task.run_id,
+        "flowyard.node_id": task.unit,
+        "flowyard.attempt": task.attempt,
+        "flowyard.agent": task.agent.name,
+        "flowyard.runtime": runtime.name,
+    }
+    if task.agent.image:
+        attributes["container.image.name"] = task.agent.image
+    with telemetry.tracer().start_as_current_span(f"agent {task.agent.name}", attributes=attributes) as span:
+        # "started" travels while the agent starts; it is confirmed before the result is sent,
+        # so the two are stored in order. Cancelling the attempt cancels it too.
+        started = asyncio.ensure_future(
+            publish(
+                TaskStarted(
+                    run_id=task.run_id, node_id=task.node_id, item=task.item, attempt=task.attempt, executor=executor_id
+                ),
+                "started",
+            )
         )
-    )
-    try:
-        return await _attempt(
-            task, runtime, publish, executor_id, log_tail_bytes, secrets or SecretSource(), started, workspaces, logs
-        )
-    finally:
-        if not started.done():
-            started.cancel()
+        try:
+            verdict = await _attempt(
+                task,
+                runtime,
+                publish,
+                executor_id,
+                log_tail_bytes,
+                secrets or SecretSource(),
+                started,
+                workspaces,
+                logs,
+            )
+        finally:
+            if not started.done():
+                started.cancel()
+        span.set_attribute("flowyard.outcome", "succeeded" if verdict.ok else verdict.reason)
+        if verdict.exit_code is not None:
+            span.set_attribute("process.exit.code", verdict.exit_code)
+        if not verdict.ok:
+            span.set_status(Status(StatusCode.ERROR, verdict.error))  # already redacted
+        return verdict
 
 
 async def _attempt(

@@ -264,3 +264,26 @@ async def test_an_output_too_large_to_report_fails_the_node_instead_of_vanishing
     await runtime.close()
     assert not verdict.ok and "could not be reported" in verdict.error
     assert isinstance(sent[-1], TaskFailed) and sent[-1].reason == "bad_output" and not sent[-1].retryable
+
+
+async def test_each_attempt_is_a_span_saying_how_it_ended(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import StatusCode
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr("shared.telemetry.tracer", lambda: provider.get_tracer("test"))
+    await run(task("print('{}')"))
+    await run(
+        task("import sys; print('token=hunter22', file=sys.stderr); sys.exit(5)", secrets=["TOKEN"]),
+        {"FLOWYARD_SECRET_TOKEN": "hunter22"},
+    )
+    ok, failed = exporter.get_finished_spans()
+    assert ok.name == failed.name == "agent t"
+    assert ok.attributes["flowyard.outcome"] == "succeeded" and ok.attributes["flowyard.run_id"] == "r1"
+    assert failed.attributes["flowyard.outcome"] == "exit" and failed.attributes["process.exit.code"] == 5
+    assert failed.status.status_code is StatusCode.ERROR
+    assert failed.status.description == "exited with code 5: token=[redacted]"
