@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import aiodocker
-import aiohttp
 
+from shared import dockerclient
 from shared.builtin_agents import agent_dirs, agents_dir, builtin_agents
 
 from .main import EXIT_BROKEN, EXIT_INVALID, EXIT_OK
@@ -62,14 +62,14 @@ async def build_agents(names: tuple[str, ...], *, base: str, force: bool) -> int
             file=sys.stderr,
         )
         return EXIT_INVALID
-    docker = aiodocker.Docker()
+    docker = dockerclient.client()
     try:
         try:
             base_info = await _image(docker, base)
-        except (aiohttp.ClientConnectionError, OSError) as exc:
-            print(
-                f"flowyard: cannot reach the Docker daemon ({exc}); start it (dockerd) and try again", file=sys.stderr
-            )
+        except Exception as exc:
+            if not dockerclient.is_unreachable(exc):
+                raise
+            print(f"flowyard: {dockerclient.unreachable(docker, exc)}", file=sys.stderr)
             return EXIT_BROKEN
         if base_info is None:
             if base != DEFAULT_BASE:

@@ -71,18 +71,16 @@ async def doctor(config: Config) -> int:
 
 async def _docker_checks(config: Config, agents: list[AgentDoc], report) -> None:
     import aiodocker
+    import aiohttp
 
-    needed = True
-    try:
-        docker = aiodocker.Docker()
-    except Exception as exc:  # no socket at all
-        report(not needed, "Docker daemon reachable", f"start dockerd ({exc})")
-        return
+    from shared import dockerclient
+
+    docker = dockerclient.client()
     try:
         try:
             version = await docker.version()
-        except Exception as exc:
-            report(not needed, "Docker daemon reachable", f"start dockerd, or check /var/run/docker.sock ({exc})")
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
+            report(False, "Docker daemon reachable", dockerclient.unreachable(docker, exc))
             return
         report(True, f"Docker daemon reachable (version {version.get('Version')})")
         for agent in agents:

@@ -32,6 +32,7 @@ import aiodocker
 import aiohttp
 import structlog
 
+from shared import dockerclient
 from shared import workspace as ws
 from shared.contract import TaskDispatched
 from shared.workflow.model import memory_bytes
@@ -86,7 +87,7 @@ class DockerRuntime(Runtime):
     @property
     def docker(self) -> aiodocker.Docker:
         if self._docker is None:
-            self._docker = aiodocker.Docker()
+            self._docker = dockerclient.client()
         return self._docker
 
     def start_sweeping(self) -> None:
@@ -154,10 +155,12 @@ class DockerRuntime(Runtime):
     ) -> Outcome:
         try:
             return await self._run(task, stdin=stdin, env=env, timeout_s=timeout_s, workspace=workspace, on_log=on_log)
-        except (aiohttp.ClientConnectionError, OSError) as exc:
+        except Exception as exc:
+            if not dockerclient.is_unreachable(exc):
+                raise
             # The daemon is down or restarting: the attempt never ran; a retry may well work.
             return Outcome(
-                None, b"", b"", 0.0, start_error=f"cannot reach the Docker daemon ({exc})", start_retryable=True
+                None, b"", b"", 0.0, start_error=dockerclient.unreachable(self.docker, exc), start_retryable=True
             )
 
     async def _run(
@@ -328,6 +331,8 @@ class DockerRuntime(Runtime):
                 None,
             )
         except aiodocker.DockerError as exc:
+            if dockerclient.is_unreachable(exc):
+                raise
             if exc.status == 400:  # e.g. more CPUs than the machine has: the agent's spec is at fault
                 return None, False, _refused(f"Docker refused the agent's container settings: {exc.message}", True)
             if exc.status not in (404, 409):
