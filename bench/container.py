@@ -6,8 +6,8 @@ Needs Docker and the base image (deploy/base-image/build.sh). Measures (a) a bar
 create + start + wait + delete of `cat` in flowyard/base:bookworm through the Docker API, with
 the container configuration the runtime uses (and, for reference, with Docker's defaults), (b)
 the end-to-end latency of a one-node run whose agent is that same `cat` in the Docker runtime
-(request to the run's end, through planner, scheduler and executor), and reports (b) minus the
-median of (a); then N container nodes at once on one executor (a foreach of N items, executor
+(request to the run's end, through planner, scheduler and executor), (a) and (b) in turn, and
+reports (b) minus (a), pairwise and against the median of (a); then N container nodes at once on one executor (a foreach of N items, executor
 concurrency N); then the same one-node run with the sample repository as its workspace, read
 only and read-write (the agent changes one file, so a new version is stored). Prints figures;
 asserts nothing.
@@ -114,23 +114,19 @@ def locked_down_spec() -> dict:
     return {**spec, "OpenStdin": False, "StdinOnce": False, "AttachStdin": False}
 
 
-async def bare_cycles(runs: int, spec: dict) -> tuple[list[float], list[float]]:
+async def bare_cycle(docker: aiodocker.Docker, spec: dict) -> tuple[float, float]:
     """(create+start+wait+delete, create+start+wait) in milliseconds."""
-    docker = aiodocker.Docker()
-    full, no_delete = [], []
-    try:
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            c = await docker.containers.create(spec)
-            await c.start()
-            await c.wait()
-            t1 = time.perf_counter()
-            await c.delete(force=True)
-            full.append((time.perf_counter() - t0) * 1000)
-            no_delete.append((t1 - t0) * 1000)
-    finally:
-        await docker.close()
-    return full, no_delete
+    t0 = time.perf_counter()
+    c = await docker.containers.create(spec)
+    await c.start()
+    await c.wait()
+    t1 = time.perf_counter()
+    await c.delete(force=True)
+    return (time.perf_counter() - t0) * 1000, (t1 - t0) * 1000
+
+
+def summary(label: str, values: list[float]) -> str:
+    return f"{label}: median {statistics.median(values):.0f} ms, p95 {pct(values, 0.95):.0f} ms"
 
 
 async def run_once(
@@ -171,20 +167,10 @@ async def main() -> None:
     # The baseline is the very container the runtime makes (no network stack at all, read-only
     # root, limits...); a default container costs more to start here (a network namespace), which
     # would hide the runtime's own overhead. Both are printed.
-    plain, _ = await bare_cycles(args.runs, {"Image": IMAGE, "Cmd": ["cat"], "HostConfig": {"NetworkMode": "none"}})
-    print(
-        f"bare cycle, default container config (NetworkMode none): median {statistics.median(plain):.0f} ms, "
-        f"p95 {pct(plain, 0.95):.0f} ms"
-    )
-    bare, bare_kept = await bare_cycles(args.runs, locked_down_spec())
-    print(
-        f"bare create+start+wait+delete, the runtime's container config: median {statistics.median(bare):.0f} ms, "
-        f"p95 {pct(bare, 0.95):.0f} ms"
-    )
-    print(
-        f"bare create+start+wait (delete not timed): median {statistics.median(bare_kept):.0f} ms, "
-        f"p95 {pct(bare_kept, 0.95):.0f} ms"
-    )
+    docker = aiodocker.Docker()
+    default_config = {"Image": IMAGE, "Cmd": ["cat"], "HostConfig": {"NetworkMode": "none"}}
+    plain = [(await bare_cycle(docker, default_config))[0] for _ in range(args.runs)]
+    print(summary("bare cycle, default container config (NetworkMode none)", plain))
     bundle = load_bundle(WORKFLOWS.replace("n: {type: integer}", "n_items: {type: array}"), "bench")
     one = msgspec.to_builtins(bundle.workflow("one-container"))
     many = msgspec.to_builtins(bundle.workflow("many-containers"))
@@ -196,32 +182,31 @@ async def main() -> None:
             await registry.register(bus, bundle.agents.values())
             for _ in range(3):
                 await run_once(bus, one, {}, "warm")
-            e2e, in_runtime = [], []
+            # A bare cycle and a one-node run in turn, so that the daemon's drift over the
+            # minutes this takes (it is not steady after a restart) weighs on both alike.
+            bare, bare_kept, e2e, in_runtime = [], [], [], []
+            spec = locked_down_spec()
             for _ in range(args.runs):
+                full, kept = await bare_cycle(docker, spec)
+                bare.append(full)
+                bare_kept.append(kept)
                 ms, record = await run_once(bus, one, {}, "one")
                 assert record.status == "succeeded", record.error
                 e2e.append(ms)
                 in_runtime.append((record.nodes["only"].duration_s or 0.0) * 1000)
-            print(
-                f"one-node run in the Docker runtime: median {statistics.median(e2e):.0f} ms, "
-                f"p95 {pct(e2e, 0.95):.0f} ms"
-            )
-            # The executor's own measure of the attempt (create to logs read): the rest is the bus.
+            print(summary("bare create+start+wait+delete, the runtime's container config", bare))
+            print(summary("bare create+start+wait (delete not timed)", bare_kept))
+            print(summary("one-node run in the Docker runtime", e2e))
+            # The executor's own measure of the attempt (create to output read): the rest is the bus.
             rest = [total - agent for total, agent in zip(e2e, in_runtime, strict=True)]
             print(
                 f"  of which in the Docker runtime: median {statistics.median(in_runtime):.0f} ms; "
-                f"outside it (planner, scheduler, executor, bus): median {statistics.median(rest):.0f} ms, "
-                f"p95 {pct(rest, 0.95):.0f} ms"
+                + summary("outside it (planner, scheduler, executor, bus)", rest)
             )
-            for label, base in (
-                ("bare cycle with delete", statistics.median(bare)),
-                ("bare cycle without delete", statistics.median(bare_kept)),
-            ):
-                over = [x - base for x in e2e]
-                print(
-                    f"container node overhead vs {label}: median {statistics.median(over):.0f} ms, "
-                    f"p95 {pct(over, 0.95):.0f} ms"
-                )
+            paired = [run - cycle for run, cycle in zip(e2e, bare, strict=True)]
+            print(summary("container node overhead (each run minus the bare cycle before it, with delete)", paired))
+            over = [x - statistics.median(bare) for x in e2e]
+            print(summary("container node overhead (runs minus the median bare cycle, with delete)", over))
             ms, record = await run_once(bus, many, {"n_items": list(range(args.parallel))}, "many")
             assert record.status == "succeeded", record.error
             print(f"{args.parallel} container nodes at once on one executor: whole run {ms:.0f} ms")
@@ -239,7 +224,6 @@ async def main() -> None:
                     f"median {statistics.median(times):.0f} ms, p95 {pct(times, 0.95):.0f} ms"
                 )
             await bus.close()
-    docker = aiodocker.Docker()
     try:
         for c in await docker.containers.list(all=True, filters={"label": ["io.flowyard.key"]}):
             await c.delete(force=True, v=True)
