@@ -20,12 +20,16 @@ from shared import telemetry
 from shared import workspace as ws
 from shared.contract import Event, TaskDispatched, TaskFailed, TaskStarted, TaskSucceeded
 from shared.durations import format_duration
-from shared.errors import PermanentError
+from shared.errors import PermanentError, RetryableError
 from shared.schemas import first_error
 from shared.secrets import SecretSource
 
 from .logstream import LogStream
 from .runtimes.base import Outcome, Runtime, WorkspaceCopy
+
+# How soon a dispatch handed back for a runtime outage is tried again: with the bus's
+# max_deliver (5), about 20 s of waiting out a Docker daemon restart before the node fails.
+OUTAGE_RETRY_S = 5.0
 
 Publish = Callable[[Event, str], Awaitable[None]]  # (event, "started" | "succeeded" | "failed")
 
@@ -249,7 +253,11 @@ async def execute(
     secrets: SecretSource | None = None,
     workspaces: Workspaces | None = None,
     logs: LogFactory | None = None,
+    hand_back_outages: bool = False,
 ) -> Judgement:
+    """Run one attempt and report it. With ``hand_back_outages``, a runtime that cannot be reached
+    at all (the Docker daemon restarting) raises :class:`RetryableError` instead of reporting a
+    failure: the agent never started, so the dispatch is handed back and tried again shortly."""
     # One span per attempt, inside the dispatch's `process` span: in the run's trace, the time
     # the agent itself took and how it ended sit between the dispatch and the result.
     attributes = {
@@ -283,6 +291,7 @@ async def execute(
                 started,
                 workspaces,
                 logs,
+                hand_back_outages,
             )
         finally:
             if not started.done():
@@ -305,6 +314,7 @@ async def _attempt(
     started: asyncio.Future[None],
     workspaces: Workspaces | None,
     logs: LogFactory | None,
+    hand_back_outages: bool,
 ) -> Judgement:
     secrets, missing = await source.resolve(task.agent.secrets)
     log = ""
@@ -351,6 +361,8 @@ async def _attempt(
         finally:
             if stream is not None:
                 await asyncio.shield(stream.close())
+        if outcome.start_retryable and hand_back_outages:
+            raise RetryableError(outcome.start_error or "the runtime cannot be reached", delay=OUTAGE_RETRY_S)
         if secrets:
             # A secret the agent prints must not reach an event: not its output, not its log.
             outcome = dataclasses.replace(

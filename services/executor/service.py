@@ -19,7 +19,7 @@ from shared import workspace as ws
 from shared.bus import Delivery, is_outage
 from shared.config import Config, seconds
 from shared.contract import AnyEvent, Event, TaskDispatched, TaskLog, decode_record
-from shared.errors import PermanentError
+from shared.errors import PermanentError, RetryableError
 from shared.secrets import SecretSource
 from shared.service import Service
 
@@ -160,6 +160,8 @@ class ExecutorService(Service):
                 secrets=self.secrets,
                 workspaces=self.workspaces,
                 logs=self._log_stream,
+                # The last delivery reports the outage as the attempt's failure instead.
+                hand_back_outages=delivery.num_delivered < self.config.bus.max_deliver,
             )
         )
         running = self._running.setdefault(event.run_id, set())
@@ -169,6 +171,8 @@ class ExecutorService(Service):
             verdict = await asyncio.shield(attempt)
         except Exception as exc:
             if delivery.num_delivered < self.config.bus.max_deliver or is_outage(exc):
+                if isinstance(exc, RetryableError):
+                    bound.warning("handed back: the runtime cannot be reached", error=str(exc))
                 raise  # handed back; another delivery tries again
             # The last delivery: report the attempt failed rather than let the run wait forever
             # on a dispatch that went to the dead-letter stream.

@@ -416,6 +416,45 @@ def test_a_missing_image_fails_clearly_then_trips_the_breaker(
         server.stop()
 
 
+def test_a_docker_daemon_that_comes_back_within_the_wait_loses_no_run(
+    base_image: str, nats_binary: str, tmp_path: Path
+) -> None:
+    """The daemon is unreachable when the run starts and answers a few seconds later (a restart):
+    the executor hands the dispatch back instead of failing the node, and the run succeeds."""
+    import json
+    import os
+    import threading
+
+    from shared.natsserver import NatsServer
+
+    from .stack import Stack
+
+    socket = tmp_path / "docker.sock"  # absent at first; then a link to the real daemon's socket
+    real = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock").removeprefix("unix://")
+    workflow = tmp_path / "hello.yaml"
+    workflow.write_text(
+        f"apiVersion: flowyard/v1\nkind: Agent\nmetadata: {{name: hello}}\nspec:\n  image: {IMAGE}\n"
+        "  command: [cat]\n"
+        "---\napiVersion: flowyard/v1\nkind: Workflow\nmetadata: {name: hello}\nspec:\n"
+        "  nodes:\n    - {id: a, agent: hello, with: {hello: 1}}\n"
+    )
+    server = NatsServer(tmp_path / "nats").start()
+    stack = Stack(server, tmp_path, FLOWYARD_EXECUTOR_RUNTIME="docker", DOCKER_HOST=f"unix://{socket}")
+    comes_back = threading.Timer(6.0, lambda: socket.symlink_to(real))
+    try:
+        stack.start_all()
+        comes_back.start()
+        code, result, _ = stack.run_json(str(workflow))
+        assert code == 0, result["nodes"]
+        assert result["nodes"]["a"]["output"] == {"hello": 1} and result["nodes"]["a"]["attempts"] == 1
+        assert "handed back: the runtime cannot be reached" in stack.wait_for_log("executor", "handed back")
+        assert json.loads(stack.cli("runs", "list", "--json").stdout)
+    finally:
+        comes_back.cancel()
+        stack.stop_all()
+        server.stop()
+
+
 async def test_containers_of_gone_or_ended_runs_are_removed_but_only_this_stacks(base_image: str) -> None:
     import os
 

@@ -48,3 +48,32 @@ async def test_no_socket_anywhere_falls_back_to_the_standard_one(monkeypatch: py
         )
     finally:
         await docker.close()
+
+
+async def test_an_outage_hands_the_dispatch_back_until_the_last_delivery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.contract import Event, TaskFailed
+    from shared.errors import RetryableError
+
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'docker.sock'}")
+    task = TaskDispatched(
+        run_id="r1", workflow="w", node_id="n", attempt=1, agent=AgentSnapshot(name="a", image="flowyard/base:bookworm")
+    )
+    sent: list[Event] = []
+
+    async def publish(event: Event, kind: str) -> None:
+        sent.append(event)
+
+    runtime = DockerRuntime(max_output_bytes=1024, log_tail_bytes=512)
+    try:
+        kwargs = {"runtime": runtime, "publish": publish, "executor_id": "x", "log_tail_bytes": 512}
+        with pytest.raises(RetryableError, match="cannot reach the Docker daemon") as handed_back:
+            await handlers.execute(task, **kwargs, hand_back_outages=True)
+        assert handed_back.value.delay == handlers.OUTAGE_RETRY_S
+        assert not any(isinstance(e, TaskFailed) for e in sent)  # nothing decided yet
+        verdict = await handlers.execute(task, **kwargs, hand_back_outages=False)
+    finally:
+        await runtime.close()
+    assert not verdict.ok and isinstance(sent[-1], TaskFailed) and sent[-1].retryable
+    assert sent[-1].error.startswith("cannot reach the Docker daemon at unix://")
