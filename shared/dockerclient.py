@@ -26,7 +26,9 @@ def client() -> aiodocker.Docker:
 def is_unreachable(exc: BaseException) -> bool:
     if isinstance(exc, aiodocker.DockerError):
         return exc.status == _NO_CONNECTION
-    return isinstance(exc, (aiohttp.ClientConnectionError, ConnectionError, FileNotFoundError))
+    # Only connection failures: any other error (a file the executor lacks, say) must not pass for
+    # a daemon outage, which hands the dispatch back instead of failing it.
+    return isinstance(exc, (aiohttp.ClientConnectionError, ConnectionError))
 
 
 def unreachable(docker: aiodocker.Docker, exc: BaseException) -> str:

@@ -80,7 +80,12 @@ async def _docker_checks(config: Config, agents: list[AgentDoc], report) -> None
         try:
             version = await docker.version()
         except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
-            report(False, "Docker daemon reachable", dockerclient.unreachable(docker, exc))
+            why = (
+                dockerclient.unreachable(docker, exc)
+                if dockerclient.is_unreachable(exc)
+                else f"the Docker daemon answered with an error ({exc}); see dockerd's log"
+            )
+            report(False, "Docker daemon reachable", why)
             return
         report(True, f"Docker daemon reachable (version {version.get('Version')})")
         for agent in agents:

@@ -256,8 +256,9 @@ async def execute(
     hand_back_outages: bool = False,
 ) -> Judgement:
     """Run one attempt and report it. With ``hand_back_outages``, a runtime that cannot be reached
-    at all (the Docker daemon restarting) raises :class:`RetryableError` instead of reporting a
-    failure: the agent never started, so the dispatch is handed back and tried again shortly."""
+    (the Docker daemon restarting) raises :class:`RetryableError` instead of reporting a failure:
+    the dispatch is handed back and tried again shortly. Nothing runs twice: an agent that had
+    started keeps its container, which the next delivery adopts and reads."""
     # One span per attempt, inside the dispatch's `process` span: in the run's trace, the time
     # the agent itself took and how it ended sit between the dispatch and the result.
     attributes = {

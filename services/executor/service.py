@@ -19,7 +19,7 @@ from shared import workspace as ws
 from shared.bus import Delivery, is_outage
 from shared.config import Config, seconds
 from shared.contract import AnyEvent, Event, TaskDispatched, TaskLog, decode_record
-from shared.errors import PermanentError, RetryableError
+from shared.errors import FlowyardError, PermanentError, RetryableError
 from shared.secrets import SecretSource
 from shared.service import Service
 
@@ -181,7 +181,8 @@ class ExecutorService(Service):
                 event,
                 publish=publish,
                 executor_id=self.executor_id,
-                error=f"the executor could not run the attempt: {exc!r}",
+                # Our own errors are sentences already; anything else is shown as what it is.
+                error=f"the executor could not run the attempt: {exc if isinstance(exc, FlowyardError) else repr(exc)}",
             )
             metrics.ATTEMPTS.labels(event.agent.name, "runtime").inc()
             return

@@ -35,6 +35,7 @@ import structlog
 from shared import dockerclient
 from shared import workspace as ws
 from shared.contract import TaskDispatched
+from shared.errors import RetryableError
 from shared.workflow.model import memory_bytes
 
 from .base import LogSink, Outcome, Runtime, WorkspaceCopy
@@ -47,6 +48,7 @@ DEFAULT_PIDS = 256
 DEFAULT_CPUS = 1.0
 TMPFS = "rw,noexec,nosuid,nodev,size=64m"
 LABEL = "io.flowyard"
+KILL_GRACE_S = 30.0  # how long a SIGKILLed container may take to be reported stopped
 
 
 def memory_limit(text: str | None) -> int:
@@ -207,7 +209,13 @@ class DockerRuntime(Runtime):
                     timed_out = True
                     with contextlib.suppress(aiodocker.DockerError):
                         await container.kill(signal="SIGKILL")
-                    await container.wait()
+                    try:  # bounded: a kill the daemon could not carry out must not hang the attempt
+                        await asyncio.wait_for(container.wait(), timeout=KILL_GRACE_S)
+                    except TimeoutError:
+                        raise RetryableError(
+                            f"container {name} did not stop within {KILL_GRACE_S:.0f}s of SIGKILL after its "
+                            "timeout; the daemon may be stuck (`docker ps`, dockerd's log)"
+                        ) from None
             else:
                 exit_code = state.get("ExitCode")
             captured = await self._captured(attached)
@@ -373,7 +381,7 @@ class DockerRuntime(Runtime):
         try:
             if captured is not None:
                 out, err = captured
-            else:  # adopted from an earlier executor: its log is all there is
+            else:  # adopted from an earlier executor, or the attach could not tell: read the log
                 out = "".join(await container.log(stdout=True, stderr=False)).encode()
                 err = "".join(await container.log(stdout=False, stderr=True)).encode()[-self.stderr_keep :]
             # Only a failed attempt needs the state: was it the memory limit that killed it?
