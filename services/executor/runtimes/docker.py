@@ -63,12 +63,14 @@ def container_name(key: str) -> str:
 class _Attached:
     """The two halves of an agent's attach: writing its input, reading its output."""
 
+    stream: Any  # aiodocker's Stream
     feeder: asyncio.Task[None]
     reader: asyncio.Task[tuple[bytes, bytes]]
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self.feeder.cancel()
-        self.reader.cancel()  # closes the stream
+        self.reader.cancel()
+        await self.stream.close()  # idempotent; here, not in the reader, which may never have run
 
 
 class DockerRuntime(Runtime):
@@ -226,7 +228,7 @@ class DockerRuntime(Runtime):
             raise
         finally:
             if attached is not None:
-                attached.close()
+                await attached.close()
             if follower is not None:
                 # The log ends with the container; give the last lines a moment, never longer.
                 with contextlib.suppress(BaseException):
@@ -253,6 +255,7 @@ class DockerRuntime(Runtime):
         # The input is written while the output is read: an agent that prints before it reads
         # would otherwise deadlock with us on full buffers.
         return _Attached(
+            stream=stream,
             feeder=asyncio.create_task(self._feed(stream, stdin)),
             reader=asyncio.create_task(self._read(stream, on_log)),
         )
@@ -270,18 +273,15 @@ class DockerRuntime(Runtime):
         out = bytearray()
         err = bytearray()
         keep_out = self.max_output_bytes + 1  # the byte past the limit tells an overflow
-        try:
-            while (message := await stream.read_out()) is not None:
-                if message.stream == 2:
-                    if on_log is not None:
-                        on_log(message.data)
-                    err += message.data
-                    if len(err) > 2 * self.stderr_keep:
-                        del err[: -self.stderr_keep]
-                elif len(out) < keep_out:
-                    out += message.data[: keep_out - len(out)]
-        finally:
-            await stream.close()
+        while (message := await stream.read_out()) is not None:
+            if message.stream == 2:
+                if on_log is not None:
+                    on_log(message.data)
+                err += message.data
+                if len(err) > 2 * self.stderr_keep:
+                    del err[: -self.stderr_keep]
+            elif len(out) < keep_out:
+                out += message.data[: keep_out - len(out)]
         return bytes(out), bytes(err[-self.stderr_keep :])
 
     async def _captured(self, attached: _Attached | None) -> tuple[bytes, bytes] | None:
@@ -298,7 +298,7 @@ class DockerRuntime(Runtime):
                 log.warning("the agent's output stream did not end; reading its log", error=repr(exc))
             return None
         finally:
-            attached.close()
+            await attached.close()
 
     async def _follow(self, container: Any, on_log: LogSink) -> None:
         async for line in container.log(stdout=False, stderr=True, follow=True):
