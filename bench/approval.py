@@ -25,7 +25,7 @@ import msgspec
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.stack import BenchStack  # noqa: E402
+from bench.stack import BenchStack, pct  # noqa: E402
 from shared import agents as registry  # noqa: E402
 from shared import subjects  # noqa: E402
 from shared.bus import Bus  # noqa: E402
@@ -48,11 +48,6 @@ spec:
   nodes:
     - {id: deploy, agent: gated, with: {n: 1}}
 """
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def main() -> None:

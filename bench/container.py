@@ -29,7 +29,7 @@ import msgspec
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.stack import BenchStack  # noqa: E402
+from bench.stack import BenchStack, pct  # noqa: E402
 from services.executor.runtimes.docker import DockerRuntime  # noqa: E402
 from shared import agents as registry  # noqa: E402
 from shared import subjects  # noqa: E402
@@ -94,11 +94,6 @@ spec:
   nodes:
     - {id: each, agent: c-noop, foreach: "{{ inputs.n_items }}", with: {i: "{{ item }}"}}
 """
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def locked_down_spec() -> dict:

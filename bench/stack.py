@@ -16,6 +16,12 @@ from shared.natsserver import NatsServer
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pct(values: list[float], q: float) -> float:
+    """The q-quantile by nearest rank: every bench reports its p95 the same way."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
 def quiet_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWYARD_")}
     return (
