@@ -236,6 +236,14 @@ class Bus:
                 max_bytes=cfg.logs_store_bytes,
                 discard=api.DiscardPolicy.OLD,
             ),
+            api.StreamConfig(
+                name=subjects.AUDIT_STREAM,
+                description="Who did what through the gateway and the CLI; never secrets or tokens",
+                subjects=[subjects.AUDIT_SUBJECTS],
+                retention=api.RetentionPolicy.LIMITS,
+                max_age=seconds(cfg.audit_retention),
+                duplicate_window=dup,
+            ),
         ]
         for sc in streams:
             sc.storage = storage
@@ -247,6 +255,10 @@ class Bus:
         await self._ensure_kv(subjects.CONCURRENCY_BUCKET, "Runs admitted and queued per workflow", history=1)
         await self._ensure_kv(subjects.APPROVALS_BUCKET, "Approval requests and every decision on them", history=5)
         await self._ensure_kv(subjects.NOTIFY_BUCKET, "Notifications delivered, per sink and event", history=1)
+        await self._ensure_kv(subjects.WORKFLOWS_BUCKET, "The workflow registry: heads and every version", history=1)
+        await self._ensure_kv(
+            subjects.IDEMPOTENCY_BUCKET, "Idempotency-Key of a run request -> its run", history=1, ttl=24 * 3600
+        )
         await self._ensure_object_store(subjects.WORKSPACES_BUCKET, storage)
 
     async def _ensure_object_store(self, bucket: str, storage: api.StorageType) -> None:
@@ -271,7 +283,7 @@ class Bus:
                 raise
             await self.js.update_stream(sc)
 
-    async def _ensure_kv(self, bucket: str, description: str, *, history: int) -> None:
+    async def _ensure_kv(self, bucket: str, description: str, *, history: int, ttl: float | None = None) -> None:
         storage = api.StorageType.FILE if self.cfg.storage == "file" else api.StorageType.MEMORY
         try:
             kv = await self.js.create_key_value(
@@ -281,6 +293,7 @@ class Bus:
                 storage=storage,
                 replicas=self.cfg.replicas,
                 max_value_size=self.cfg.max_payload,
+                ttl=ttl,
             )
         except nats.js.errors.BadRequestError:
             kv = await self.js.key_value(bucket)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -73,9 +74,12 @@ class BusConfig(_Section, kw_only=True):
     # Agents' stderr, for `flowyard logs`: how long it is kept, and the most the stream holds.
     logs_retention: str = "7d"
     logs_store_bytes: int = 1024 * 1024 * 1024
+    # Who did what through the gateway and the CLI (FY_AUDIT): kept this long.
+    audit_retention: str = "365d"
 
     def __post_init__(self) -> None:
         for name in (
+            "audit_retention",
             "ack_wait",
             "duplicate_window",
             "retention",
@@ -218,6 +222,70 @@ class NotifierConfig(_Section, kw_only=True):
                 raise ValueError(f"sink {name!r}: an smtp sink needs host, sender and to")
 
 
+Role = Literal["viewer", "operator", "approver", "admin"]
+
+
+class GatewayUser(_Section, kw_only=True):
+    # The token is a secret like any other: the file names it, the secret source holds it.
+    token_secret: str
+    roles: list[Role]
+
+    def __post_init__(self) -> None:
+        if not self.roles:
+            raise ValueError("a user needs at least one role: viewer, operator, approver or admin")
+
+
+class RateLimit(_Section, kw_only=True):
+    # Per user (per client address for requests without a valid token); 0 switches it off.
+    per_minute: int = 600
+    burst: int = 60
+
+    def __post_init__(self) -> None:
+        if self.per_minute < 0 or self.burst < 1:
+            raise ValueError("rate_limit: per_minute must be 0 (off) or more, burst at least 1")
+
+
+class GatewayConfig(_Section, kw_only=True):
+    host: str = "127.0.0.1"
+    port: int = 8470  # 0 picks a free port
+    users: dict[str, GatewayUser] = {}
+    max_body: int | str = "1MiB"  # bytes, or 512KiB, 1MiB …
+    rate_limit: RateLimit = msgspec.field(default_factory=RateLimit)
+    cors_origins: list[str] = []  # origins allowed to call the API from a browser; none by default
+    # Where token secrets are read (a mounted Kubernetes Secret), else FLOWYARD_SECRET_<NAME>.
+    secrets_dir: str | None = None
+    # Where the admin token made when no users are configured is kept (default: the data dir).
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError("port must be 0 (any free port) or 1-65535")
+        if self.max_body_bytes < 1024:
+            raise ValueError("max_body must be at least 1KiB")
+        for name in self.users:
+            if not USER_RE.match(name):
+                raise ValueError(f"user name {name!r}: use letters, digits, '.', '-', '_' and '@' only")
+        for origin in self.cors_origins:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValueError(f"cors_origins: {origin!r} must be an origin like https://ops.example.com")
+
+    @property
+    def max_body_bytes(self) -> int:
+        if isinstance(self.max_body, int):
+            return self.max_body
+        from shared.workflow.model import memory_bytes
+
+        try:
+            return memory_bytes(self.max_body)
+        except ValueError:
+            raise ValueError(
+                f"max_body: {self.max_body!r} is not a size; write it like 1MiB, 512KiB or bytes"
+            ) from None
+
+
+USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
+
+
 class TelemetryConfig(_Section, kw_only=True):
     # none: spans are created (trace context still flows through NATS headers) but not exported.
     exporter: Literal["none", "console"] = "none"
@@ -234,6 +302,7 @@ class Config(_Section, kw_only=True):
     approver: ApproverConfig = msgspec.field(default_factory=ApproverConfig)
     notifier: NotifierConfig = msgspec.field(default_factory=NotifierConfig)
     telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
+    gateway: GatewayConfig = msgspec.field(default_factory=GatewayConfig)
 
 
 SECTIONS: dict[str, type[_Section]] = {f.name: f.type for f in msgspec.structs.fields(Config)}

@@ -117,6 +117,7 @@ class RunRequested(Event, tag="run.requested", kw_only=True):
     retry_of: str | None = None  # `flowyard runs retry`: the failed run this one continues
     reuse: dict[str, Any] = {}  # node id -> output kept from retry_of (the nodes that succeeded)
     workspace: str | None = None  # object name in FY_WORKSPACES: the files the run starts with
+    workflow_version: int | None = None  # the registry version that ran; None: sent as a file
 
 
 class RunPlanned(Event, tag="run.planned", kw_only=True):
@@ -129,6 +130,7 @@ class RunPlanned(Event, tag="run.planned", kw_only=True):
     requested_by: str = ""
     labels: dict[str, str] = {}  # the workflow's metadata.labels, for notification rules
     workspace: str | None = None
+    workflow_version: int | None = None
 
 
 class RunCancelRequested(Event, tag="run.cancel_requested", kw_only=True):
@@ -381,6 +383,7 @@ class RunRecord(Wire, kw_only=True):
     labels: dict[str, str] = {}
     workspace: str | None = None  # the latest workspace version (object name), if the run has one
     workspace_version: int = 0  # how many times `rw` agents changed it
+    workflow_version: int | None = None  # the registry version that ran; None: sent as a file
     outbox: list[Outgoing] = []
 
 

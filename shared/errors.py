@@ -41,3 +41,7 @@ class ValidationFailed(FlowyardError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+class MalformedDocument(ValidationFailed):
+    """The text is not YAML (or JSON) at all, as opposed to a document that breaks a rule."""

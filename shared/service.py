@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import signal
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
+import msgspec
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
@@ -171,3 +173,57 @@ class ServiceHost:
         finally:
             log.info("shutting down")
             await self.stop()
+
+
+def configure_process(config: Config, service: str, *, quiet: bool = False) -> None:
+    """Logging and tracing for this process, as every service and the CLI set them up."""
+    from shared.logging import configure_logging
+    from shared.telemetry import configure_tracing
+
+    log_cfg = config.log
+    if quiet:
+        log_cfg = msgspec.structs.replace(log_cfg, level="error")
+    configure_logging(log_cfg)
+    configure_tracing(config.telemetry, service)
+
+
+async def serve(config: Config, services: list[Service]) -> None:
+    """Run services until SIGTERM/SIGINT, with the HTTP endpoints."""
+    host = ServiceHost(config, services)
+    with contextlib.suppress(asyncio.CancelledError):
+        await host.serve_forever()
+
+
+def main(name: str, factory: Callable[[Config], Service]) -> None:
+    """``python -m services.<name>``: one service, configured from ``--config``/``FLOWYARD_*``.
+
+    The same as ``flowyard serve <name>`` without depending on the CLI: containers and
+    Kubernetes start services this way. Exit 2 on a bad configuration, 3 when the service cannot
+    start (NATS unreachable).
+    """
+    import argparse
+    import sys
+
+    from shared.config import load_config
+    from shared.errors import ConfigurationError
+
+    parser = argparse.ArgumentParser(prog=f"python -m services.{name}", description=f"Run the {name} service.")
+    parser.add_argument("--config", metavar="FILE", default=None, help="YAML configuration file (or FLOWYARD_CONFIG)")
+    parser.add_argument("--http-port", type=int, default=None, help="port for /healthz, /readyz, /metrics")
+    args = parser.parse_args()
+    try:
+        config = load_config(args.config)
+    except ConfigurationError as exc:
+        print(f"flowyard: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if args.http_port is not None:
+        config = msgspec.structs.replace(config, http=msgspec.structs.replace(config.http, port=args.http_port))
+    configure_process(config, name)
+    try:
+        service = factory(config)
+        asyncio.run(serve(config, [service]))
+    except ConfigurationError as exc:
+        print(f"flowyard: {exc}", file=sys.stderr)
+        sys.exit(2 if str(exc).startswith("invalid configuration") else 3)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -14,6 +14,7 @@ TASKS_STREAM = "FY_TASKS"
 DLQ_STREAM = "FY_DLQ"
 TIMERS_STREAM = "FY_TIMERS"
 LOGS_STREAM = "FY_LOGS"
+AUDIT_STREAM = "FY_AUDIT"
 
 RUNS_BUCKET = "fy_runs"
 AGENTS_BUCKET = "fy_agents"
@@ -21,12 +22,16 @@ CONCURRENCY_BUCKET = "fy_concurrency"
 APPROVALS_BUCKET = "fy_approvals"
 NOTIFY_BUCKET = "fy_notify"
 WORKSPACES_BUCKET = "fy_workspaces"  # an object store: run workspaces, one object per version
+# The workflow registry: key NAME holds the head (latest version), NAME.N each version.
+WORKFLOWS_BUCKET = "fy_workflows"
+IDEMPOTENCY_BUCKET = "fy_idempotency"  # Idempotency-Key of POST /v1/runs -> the run it started (24 h)
 
 RUNS_SUBJECTS = "fy.run.>"
 TASKS_SUBJECTS = "fy.task.>"
 DLQ_SUBJECTS = "fy.dlq.>"
 TIMERS_SUBJECTS = "fy.timer.>"
 LOGS_SUBJECTS = "fy.log.>"
+AUDIT_SUBJECTS = "fy.audit.>"
 
 TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
@@ -111,6 +116,11 @@ def task_log(run_id: str, unit: str) -> str:
 
 def run_logs(run_id: str) -> str:
     return f"fy.log.{run_id}.*"
+
+
+def audit(action: str) -> str:
+    """Who did what (apply, delete, start, cancel, retry, approve, reject), from the gateway or the CLI."""
+    return f"fy.audit.{action}"
 
 
 def dispatch(pool: str) -> str:

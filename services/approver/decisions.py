@@ -3,35 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
 
 import msgspec
 
 from shared.contract import ApprovalRecord, Decision
+from shared.decide import DecisionReply, DecisionRequest, RefusalCode
 from shared.durations import format_duration
 
 replace = msgspec.structs.replace
-
-
-class DecisionRequest(msgspec.Struct, kw_only=True):
-    """The body of a request on ``fy.decide.approval``."""
-
-    approval_id: str
-    decision: Literal["approve", "reject"]
-    user: str
-    comment: str = ""
-    reason: str = ""  # required to reject
-
-
-class DecisionReply(msgspec.Struct, kw_only=True):
-    ok: bool
-    status: str  # the request's status after this decision (or unchanged, when refused)
-    message: str
-    approval: ApprovalRecord | None = None
+__all__ = ["DecisionReply", "DecisionRequest", "Refused", "allowed", "apply", "close", "expire"]
 
 
 class Refused(Exception):
     """A decision that may not be taken; the message says why, in words for the person."""
+
+    def __init__(self, message: str, code: RefusalCode) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def allowed(user: str, approvers: list[str], groups: Mapping[str, list[str]]) -> bool:
@@ -54,16 +42,16 @@ def apply(
     policy = request.policy
     user = req.user.strip()
     if record.status != "pending":
-        raise Refused(f"approval {record.request.approval_id} is already {record.status}: {record.summary}")
+        raise Refused(f"approval {record.request.approval_id} is already {record.status}: {record.summary}", "decided")
     if epoch >= request.expires_at:
-        raise Refused(f"approval {request.approval_id} has expired; decisions are no longer taken")
+        raise Refused(f"approval {request.approval_id} has expired; decisions are no longer taken", "expired")
     if not user:
-        raise Refused("say who decides: --as USER")
+        raise Refused("say who decides: --as USER", "invalid")
     if not allowed(user, policy.approvers, groups):
-        raise Refused(f"{user} may not decide on this step; approvers: {', '.join(policy.approvers)}")
+        raise Refused(f"{user} may not decide on this step; approvers: {', '.join(policy.approvers)}", "not_allowed")
     if req.decision == "reject":
         if not req.reason.strip():
-            raise Refused("a rejection needs a reason: --reason TEXT")
+            raise Refused("a rejection needs a reason: --reason TEXT", "invalid")
         decision = Decision(user=user, at=now, comment=req.reason.strip())
         return replace(
             record,
@@ -73,9 +61,13 @@ def apply(
             summary=f"rejected by {user}: {req.reason.strip()}",
         )
     if user == request.requested_by and not policy.allow_self_approval:
-        raise Refused(f"{user} started this run and may not approve its steps (allow_self_approval is false)")
+        raise Refused(
+            f"{user} started this run and may not approve its steps (allow_self_approval is false)", "self_approval"
+        )
     if any(d.user == user for d in record.approvals):
-        raise Refused(f"{user} has already approved this step; {policy.min_approvals} different approvers are needed")
+        raise Refused(
+            f"{user} has already approved this step; {policy.min_approvals} different approvers are needed", "duplicate"
+        )
     approvals = [*record.approvals, Decision(user=user, at=now, comment=req.comment)]
     if len(approvals) >= policy.min_approvals:
         return replace(

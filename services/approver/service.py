@@ -119,7 +119,9 @@ class ApproverService(Service):
         try:
             req = _decode_request(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            return decisions.DecisionReply(ok=False, status="unknown", message=f"malformed decision: {exc}")
+            return decisions.DecisionReply(
+                ok=False, status="unknown", code="invalid", message=f"malformed decision: {exc}"
+            )
         groups = self.config.approver.groups
         try:
             record = await self.mutate(
@@ -130,11 +132,18 @@ class ApproverService(Service):
             current = await self.get(req.approval_id)
             log.info("decision refused", approval=req.approval_id, user=req.user, reason=str(exc))
             return decisions.DecisionReply(
-                ok=False, status=current.status if current else "unknown", message=str(exc), approval=current
+                ok=False,
+                status=current.status if current else "unknown",
+                code=exc.code,
+                message=str(exc),
+                approval=current,
             )
         except KeyError:
             return decisions.DecisionReply(
-                ok=False, status="unknown", message=f"no approval {req.approval_id!r}; see `flowyard approvals list`"
+                ok=False,
+                status="unknown",
+                code="unknown",
+                message=f"no approval {req.approval_id!r}; see `flowyard approvals list`",
             )
         assert record is not None
         log.info("decision taken", approval=req.approval_id, user=req.user, decision=req.decision, status=record.status)

@@ -20,7 +20,7 @@ import aiodocker
 from shared import dockerclient
 from shared.builtin_agents import agent_dirs, agents_dir, builtin_agents
 
-from .main import EXIT_BROKEN, EXIT_INVALID, EXIT_OK
+from .output import EXIT_BROKEN, EXIT_INVALID, EXIT_OK
 
 DEFAULT_BASE = "flowyard/base:bookworm"
 CONTEXT_LABEL = "io.flowyard.context"

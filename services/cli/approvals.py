@@ -17,7 +17,7 @@ from shared.config import Config
 from shared.contract import ApprovalRecord, decode_approval
 
 from .client import connected
-from .main import EXIT_BROKEN, EXIT_FAILED, EXIT_INVALID, EXIT_OK, echo_json
+from .output import EXIT_BROKEN, EXIT_FAILED, EXIT_INVALID, EXIT_OK, echo_json
 
 _reply_decoder = msgspec.json.Decoder()
 

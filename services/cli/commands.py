@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import getpass
 import signal
 import sys
@@ -20,7 +19,7 @@ from shared.contract import RunCancelRequested, RunRejected, RunRequested
 from shared.durations import parse_duration
 from shared.envelope import now_rfc3339
 from shared.errors import ConfigurationError, PermanentError, ValidationFailed
-from shared.service import ServiceHost
+from shared.service import serve
 from shared.workflow.loader import Bundle, load_file
 from shared.workflow.validate import check_inputs
 
@@ -28,7 +27,7 @@ from . import client, render, workspaces
 from .client import connected
 from .embedded import EmbeddedStack
 from .inputs import load_and_check, parse_inputs
-from .main import EXIT_FAILED, EXIT_INVALID, EXIT_OK, configure, echo_json
+from .output import EXIT_FAILED, EXIT_INVALID, EXIT_OK, configure, echo_json
 
 
 async def run_workflow(
@@ -220,7 +219,7 @@ async def show_run(config: Config, run_id: str, *, as_json: bool) -> int:
 
 async def run_up(config: Config, data_dir: Path, nats_port: int) -> int:
     configure(config, "embedded")
-    stack = EmbeddedStack(config, data_dir=data_dir, nats_port=nats_port)
+    stack = EmbeddedStack(config, data_dir=data_dir, nats_port=nats_port, gateway=True)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -230,6 +229,13 @@ async def run_up(config: Config, data_dir: Path, nats_port: int) -> int:
     health = f"http://{config.http.host}:{stack.host.port}" if stack.host.port else "off"
     print(f"flowyard is up: NATS {stack.server.url} (data in {data_dir}), health {health}", flush=True)
     print(f"  export FLOWYARD_NATS_URL={stack.server.url}", flush=True)
+    gateway = stack.gateway
+    if gateway is not None:
+        print(f"  gateway (REST API) {gateway.url}  — docs/api.md; GET {gateway.url}/openapi.json", flush=True)
+        if gateway.token_file is not None:
+            token = gateway.token_file.read_text().strip()
+            print(f"  admin token (kept 0600 in {gateway.token_file}): {token}", flush=True)
+            print(f"  export FLOWYARD_TOKEN={token}", flush=True)
     try:
         await stopping.wait()
     finally:
@@ -239,25 +245,8 @@ async def run_up(config: Config, data_dir: Path, nats_port: int) -> int:
 
 
 async def run_service(config: Config, name: str) -> int:
-    from services.approver.service import ApproverService
-    from services.executor.service import ExecutorService
-    from services.notifier.service import NotifierService
-    from services.planner.service import PlannerService
-    from services.scheduler.service import SchedulerService
+    from .embedded import SERVICE_KINDS
 
     configure(config, name)
-    kinds = {
-        "planner": PlannerService,
-        "scheduler": SchedulerService,
-        "executor": ExecutorService,
-        "approver": ApproverService,
-        "notifier": NotifierService,
-    }
-    try:
-        service = kinds[name](config)
-    except ConfigurationError:
-        raise
-    host = ServiceHost(config, [service])
-    with contextlib.suppress(asyncio.CancelledError):
-        await host.serve_forever()
+    await serve(config, [SERVICE_KINDS[name](config)])
     return EXIT_OK

@@ -15,7 +15,7 @@ from shared.errors import ConfigurationError
 from shared.secrets import SecretSource
 from shared.workflow.model import AgentDoc
 
-from .main import EXIT_FAILED, EXIT_OK, configure
+from .output import EXIT_FAILED, EXIT_OK, configure
 
 _agent = msgspec.json.Decoder(AgentDoc)
 

@@ -7,11 +7,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from shared.builtin_agents import builtin_agents
 from shared.errors import ValidationFailed
+from shared.workflow.check import check_bundle
 from shared.workflow.loader import Bundle, load_file
 from shared.workflow.model import AgentDoc, WorkflowDoc
-from shared.workflow.validate import validate_agent, validate_workflow
 
 
 def parse_inputs(pairs: Iterable[str], workflow: WorkflowDoc | None = None) -> dict[str, Any]:
@@ -42,13 +41,4 @@ def parse_inputs(pairs: Iterable[str], workflow: WorkflowDoc | None = None) -> d
 
 def load_and_check(path: Path, registered: Mapping[str, AgentDoc] | None = None) -> Bundle:
     """Load FILE and validate its agents and workflows; agents in the file win over registered ones."""
-    bundle = load_file(path)
-    problems: list[str] = []
-    for agent in bundle.agents.values():
-        problems.extend(validate_agent(agent, str(path)))
-    agents = {**builtin_agents(), **(registered or {}), **bundle.agents}
-    for wf in bundle.workflows:
-        problems.extend(validate_workflow(wf, agents, raw=bundle.raw.get(wf.metadata.name), file=str(path)))
-    if problems:
-        raise ValidationFailed(problems)
-    return bundle
+    return check_bundle(load_file(path), registered)

@@ -14,7 +14,7 @@ from shared.contract import TaskLog, decode_event, unit_token
 
 from . import client
 from .client import connected
-from .main import EXIT_INVALID, EXIT_OK
+from .output import EXIT_INVALID, EXIT_OK
 
 _QUIET = 1.0  # seconds without a line before looking at whether the run has ended
 

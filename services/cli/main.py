@@ -1,14 +1,8 @@
-"""``flowyard``: up, serve, run, validate, runs list/show.
-
-Exit codes: 0 the run succeeded (or the command did what it was asked), 1 the run failed or was
-cancelled, 2 the input is invalid (workflow, inputs, configuration; the message names the place
-and the fix), 3 flowyard could not do its job (NATS unreachable, a service failed to start).
-"""
+"""``flowyard``: the command line. Exit codes are in :mod:`services.cli.output`."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 from collections.abc import Coroutine
@@ -20,16 +14,11 @@ import msgspec
 
 from shared.config import Config, load_config
 from shared.errors import ConfigurationError, ValidationFailed
-from shared.logging import configure_logging
-from shared.telemetry import configure_tracing
 
-EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_BROKEN = 0, 1, 2, 3
-SERVICES = ("planner", "scheduler", "executor", "approver", "notifier")
+from .output import EXIT_BROKEN, EXIT_INVALID, echo_json
+from .output import fail as _fail
 
-
-def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"flowyard: {message}", err=True)
-    sys.exit(code)
+SERVICES = ("planner", "scheduler", "executor", "approver", "notifier", "gateway")
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> NoReturn:
@@ -472,22 +461,5 @@ def _accept_config_everywhere(group: click.Group) -> None:
 _accept_config_everywhere(cli)
 
 
-def configure(config: Config, service: str, *, quiet: bool = False) -> None:
-    log_cfg = config.log
-    if quiet:
-        log_cfg = msgspec.structs.replace(log_cfg, level="error")
-    configure_logging(log_cfg)
-    configure_tracing(config.telemetry, service)
-
-
 def main() -> None:
     cli(prog_name="flowyard")
-
-
-def serve_main(service: str) -> None:
-    """``python -m services.<name>``: the same as ``flowyard serve <name>``."""
-    cli(["serve", service, *sys.argv[1:]], prog_name=f"python -m services.{service}")
-
-
-def echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, ensure_ascii=False, indent=2))

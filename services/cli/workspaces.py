@@ -14,7 +14,7 @@ from shared.errors import ValidationFailed
 
 from . import client
 from .client import connected
-from .main import EXIT_INVALID, EXIT_OK
+from .output import EXIT_INVALID, EXIT_OK
 
 
 async def pack(directory: Path, config: Config, exclude: Iterable[str]) -> bytes:

@@ -1,3 +1,5 @@
-from services.cli.main import serve_main
+from shared.service import main
 
-serve_main("executor")
+from .service import ExecutorService
+
+main("executor", ExecutorService)

@@ -1,3 +1,5 @@
-from services.cli.main import serve_main
+from shared.service import main
 
-serve_main("notifier")
+from .service import NotifierService
+
+main("notifier", NotifierService)

@@ -1,3 +1,5 @@
-from services.cli.main import serve_main
+from shared.service import main
 
-serve_main("planner")
+from .service import PlannerService
+
+main("planner", PlannerService)

@@ -36,5 +36,6 @@ async def plan_run(request: RunRequested, load_agents: AgentLoader) -> RunPlanne
         requested_by=request.requested_by,
         labels=dict(workflow.metadata.labels),
         workspace=request.workspace,
+        workflow_version=request.workflow_version,
         reuse={k: v for k, v in request.reuse.items() if k in {n.id for n in workflow.spec.nodes}},
     )

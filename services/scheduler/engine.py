@@ -82,6 +82,7 @@ def start_run(event: RunPlanned, clock: Clock, *, queued: bool = False) -> RunRe
         requested_by=event.requested_by,
         labels=event.labels,
         workspace=event.workspace,
+        workflow_version=event.workflow_version,
     )
     if queued:
         return record  # waits for `admit` under the workflow's concurrency

@@ -15,7 +15,7 @@ import msgspec
 import yaml
 
 from shared import yamlio
-from shared.errors import ValidationFailed
+from shared.errors import MalformedDocument, ValidationFailed
 from shared.workflow.model import API_VERSION, KNOWN_KEYS, AgentDoc, InputDef, NodeDef, WorkflowDoc
 
 MAX_FILE_BYTES = 1024 * 1024
@@ -126,7 +126,7 @@ def load_bundle(text: str, file: str = "<input>") -> Bundle:
         problem = getattr(exc, "problem", None) or str(exc)
         context = getattr(exc, "context", None)
         detail = f"{context}, {problem}" if context else problem
-        raise ValidationFailed([f"{where}: malformed YAML: {detail}; fix the indentation or quoting there"]) from None
+        raise MalformedDocument([f"{where}: malformed YAML: {detail}; fix the indentation or quoting there"]) from None
     bundle = Bundle(file=file)
     problems: list[str] = []
     for index, doc in enumerate(docs):

@@ -1,0 +1,1 @@
+"""The gateway: the only HTTP ingress — REST API, events stream, OpenAPI; auth, roles, audit."""

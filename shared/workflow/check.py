@@ -1,0 +1,28 @@
+"""Checking a loaded bundle as ``flowyard validate`` does: every agent, then every workflow."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from shared.builtin_agents import builtin_agents
+from shared.errors import ValidationFailed
+from shared.workflow.loader import Bundle
+from shared.workflow.model import AgentDoc
+from shared.workflow.validate import validate_agent, validate_workflow
+
+
+def check_bundle(bundle: Bundle, registered: Mapping[str, AgentDoc] | None = None) -> Bundle:
+    """The bundle if valid; agents in it win over registered ones, which win over the shipped ones."""
+    problems: list[str] = []
+    for agent in bundle.agents.values():
+        problems.extend(validate_agent(agent, bundle.file))
+    agents = {**builtin_agents(), **(registered or {}), **bundle.agents}
+    for wf in bundle.workflows:
+        problems.extend(validate_workflow(wf, agents, raw=bundle.raw.get(wf.metadata.name), file=bundle.file))
+    if problems:
+        raise ValidationFailed(problems)
+    return bundle
+
+
+def agent_names(bundle: Bundle) -> set[str]:
+    return {n.agent for wf in bundle.workflows for n in wf.spec.nodes}
