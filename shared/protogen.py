@@ -1,4 +1,5 @@
-"""Generate ``proto/``: JSON Schemas of every event and an AsyncAPI document of the bus.
+"""Generate ``proto/``: JSON Schemas of every event, an AsyncAPI document of the bus, and the
+gateway's OpenAPI document.
 
 python -m shared.protogen          # write proto/
 python -m shared.protogen --check  # exit 1 when proto/ is stale (a test runs this)
@@ -15,6 +16,7 @@ import msgspec
 import yaml
 
 from shared import subjects
+from shared.audit import AuditEntry
 from shared.contract import (
     EVENT_TYPES,
     ApprovalDecided,
@@ -35,6 +37,8 @@ from shared.contract import (
     TaskSucceeded,
     TimerDue,
 )
+from shared.openapi import document
+from shared.registry import WorkflowSummary, WorkflowVersion
 
 PROTO = Path(__file__).resolve().parent.parent / "proto"
 RUN, NODE, POOL, SERVICE, STATUS = "{run_id}", "{unit}", "{pool}", "{service}", "{status}"
@@ -128,6 +132,16 @@ STREAMS = {
         "retention": "limits",
         "description": "Dead letters, with fy-dlq-reason headers",
     },
+    subjects.LOGS_STREAM: {
+        "subjects": [subjects.LOGS_SUBJECTS],
+        "retention": "limits",
+        "description": "Agents' stderr while they run (TaskLog), for `flowyard logs` and the gateway",
+    },
+    subjects.AUDIT_STREAM: {
+        "subjects": [subjects.AUDIT_SUBJECTS],
+        "retention": "limits",
+        "description": "Who did what through the gateway and the CLI (AuditEntry); never secrets or tokens",
+    },
 }
 CONSUMERS = {
     "planner": {"stream": subjects.RUNS_STREAM, "filter_subjects": subjects.PLANNER_FILTERS},
@@ -164,6 +178,16 @@ BUCKETS = {
         "value": "Agent document (apiVersion flowyard/v1)",
         "writer": "cli, gateway",
     },
+    subjects.WORKFLOWS_BUCKET: {
+        "key": "NAME (the head) and NAME.N (version N)",
+        "value": "WorkflowSummary (head), WorkflowVersion (each version)",
+        "writer": "cli, gateway (create for versions, compare-and-set for heads)",
+    },
+    subjects.IDEMPOTENCY_BUCKET: {
+        "key": "sha256 of user and Idempotency-Key",
+        "value": "the run it started (kept 24 h)",
+        "writer": "gateway (create)",
+    },
 }
 HEADERS = {
     "ce-specversion": "1.0",
@@ -197,7 +221,7 @@ def _schema_name(t: type) -> str:
 def render() -> dict[str, str]:
     """Every file under proto/, by relative path, as text."""
     files: dict[str, str] = {}
-    for t in (*EVENT_TYPES, RunRecord, ApprovalRecord):
+    for t in (*EVENT_TYPES, RunRecord, ApprovalRecord, AuditEntry, WorkflowSummary, WorkflowVersion):
         schema = msgspec.json.schema(t)
         schema = {
             "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -206,6 +230,7 @@ def render() -> dict[str, str]:
         }
         files[f"schemas/{_schema_name(t)}.json"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
     files["asyncapi.yaml"] = yaml.safe_dump(_asyncapi(), sort_keys=False, width=100)
+    files["openapi.json"] = json.dumps(document(), indent=2, sort_keys=True) + "\n"
     return files
 
 
@@ -249,7 +274,16 @@ def _asyncapi() -> dict[str, Any]:
         "address": subjects.DECIDE,
         "description": "Request/reply (core NATS, in no stream): a DecisionRequest JSON body "
         "{approval_id, decision: approve|reject, user, comment, reason}; the reply is "
-        "{ok, status, message, approval}.",
+        "{ok, status, message, code, approval}.",
+    }
+    channels["fy_audit_action"] = {
+        "address": subjects.audit("{action}"),
+        "description": "An AuditEntry (schemas/AuditEntry.json): who did what through the gateway or the CLI.",
+        "parameters": {"action": {"description": "apply, delete, start, cancel, retry, approve or reject"}},
+    }
+    channels["fy_log_run_unit"] = {
+        "address": subjects.task_log(RUN, NODE),
+        "description": "A TaskLog event: lines an agent wrote to stderr, in FY_LOGS.",
     }
     return {
         "asyncapi": "3.0.0",

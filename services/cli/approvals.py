@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -12,39 +11,21 @@ import nats.errors
 import nats.js.errors
 
 from shared import subjects
+from shared.api import approval_view, to_json
 from shared.bus import Bus
 from shared.config import Config
 from shared.contract import ApprovalRecord, decode_approval
+from shared.decide import DecisionRequest, NoApprover, request_decision
 
 from .client import connected
 from .output import EXIT_BROKEN, EXIT_FAILED, EXIT_INVALID, EXIT_OK, echo_json
+from .workflows import record as record_audit
 
 _reply_decoder = msgspec.json.Decoder()
 
 
 def approval_json(record: ApprovalRecord) -> dict[str, Any]:
-    req = record.request
-    return {
-        "id": req.approval_id,
-        "run_id": req.run_id,
-        "node": req.node_id,
-        "workflow": req.workflow,
-        "agent": req.agent,
-        "status": record.status,
-        "reason": req.reason,
-        "requested_by": req.requested_by,
-        "requested_at": req.requested_at,
-        "approvers": req.policy.approvers,
-        "min_approvals": req.policy.min_approvals,
-        "approvals": [msgspec.to_builtins(d) for d in record.approvals],
-        "rejection": msgspec.to_builtins(record.rejection) if record.rejection else None,
-        "expires_at": datetime.fromtimestamp(req.expires_at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "on_expiry": req.policy.on_expiry,
-        "allow_self_approval": req.policy.allow_self_approval,
-        "inputs": req.inputs,
-        "inputs_hash": req.inputs_hash,
-        "summary": record.summary,
-    }
+    return to_json(approval_view(record))
 
 
 async def _records(bus: Bus) -> list[ApprovalRecord]:
@@ -111,28 +92,42 @@ async def show_approval(config: Config, approval_id: str, *, as_json: bool) -> i
 
 
 async def decide(config: Config, approval_id: str, decision: str, *, user: str, text: str, as_json: bool) -> int:
-    body = {"approval_id": approval_id, "decision": decision, "user": user}
-    body["comment" if decision == "approve" else "reason"] = text
+    request = DecisionRequest(
+        approval_id=approval_id,
+        decision="approve" if decision == "approve" else "reject",
+        user=user,
+        comment=text if decision == "approve" else "",
+        reason=text if decision != "approve" else "",
+    )
     async with connected(config) as bus:
         try:
-            assert bus.nc is not None
-            msg = await bus.nc.request(subjects.DECIDE, json.dumps(body).encode(), timeout=10)
-        except nats.errors.NoRespondersError:
-            print(
-                "flowyard: no approver is running to take the decision; start one (`flowyard serve approver`)",
-                file=sys.stderr,
+            reply = await request_decision(bus, request)
+        except NoApprover as exc:
+            print(f"flowyard: {exc}", file=sys.stderr)
+            return EXIT_BROKEN
+        if reply.code != "unknown":
+            await record_audit(
+                bus,
+                user,
+                "approve" if decision == "approve" else "reject",
+                f"approval/{approval_id}",
+                reply.message,
+                ok=reply.ok,
             )
-            return EXIT_BROKEN
-        except nats.errors.TimeoutError:
-            print("flowyard: the approver did not answer within 10s; try again", file=sys.stderr)
-            return EXIT_BROKEN
-    reply = _reply_decoder.decode(msg.data)
     if as_json:
-        echo_json(reply)
-    if not reply.get("ok"):
+        echo_json(
+            {
+                "ok": reply.ok,
+                "status": reply.status,
+                "message": reply.message,
+                "code": reply.code,
+                "approval": approval_json(reply.approval) if reply.approval else None,
+            }
+        )
+    if not reply.ok:
         if not as_json:
-            print(f"flowyard: refused: {reply.get('message')}", file=sys.stderr)
-        return EXIT_INVALID if reply.get("status") == "unknown" else EXIT_FAILED
+            print(f"flowyard: refused: {reply.message}", file=sys.stderr)
+        return EXIT_INVALID if reply.code == "unknown" else EXIT_FAILED
     if not as_json:
-        print(f"{approval_id}: {reply.get('status')} — {reply.get('message')}")
+        print(f"{approval_id}: {reply.status} — {reply.message}")
     return EXIT_OK

@@ -11,16 +11,17 @@ from pathlib import Path
 import msgspec
 
 from shared import agents as agent_registry
-from shared import subjects
+from shared import registry, runs
 from shared import workspace as ws
 from shared.bus import Bus
 from shared.config import Config
-from shared.contract import RunCancelRequested, RunRejected, RunRequested
+from shared.contract import RunRejected, RunRequested
 from shared.durations import parse_duration
 from shared.envelope import now_rfc3339
 from shared.errors import ConfigurationError, PermanentError, ValidationFailed
 from shared.service import serve
 from shared.workflow.loader import Bundle, load_file
+from shared.workflow.model import NAME_RE, WorkflowDoc
 from shared.workflow.validate import check_inputs
 
 from . import client, render, workspaces
@@ -28,6 +29,7 @@ from .client import connected
 from .embedded import EmbeddedStack
 from .inputs import load_and_check, parse_inputs
 from .output import EXIT_FAILED, EXIT_INVALID, EXIT_OK, configure, echo_json
+from .workflows import record as record_audit
 
 
 async def run_workflow(
@@ -47,6 +49,14 @@ async def run_workflow(
 ) -> int:
     configure(config, "cli", quiet=not verbose)
     wait_for = parse_duration(timeout) if timeout else None
+    registered_name = _registered_name(file)
+    if registered_name is not None and not remote:
+        raise ValidationFailed(
+            [
+                f"{file}: no such file. To run the registered workflow {registered_name!r}, point FLOWYARD_NATS_URL "
+                "at the stack that keeps it (`flowyard up` prints it)"
+            ]
+        )
     # Check everything we can before starting anything: a bad file costs no server start.
     bundle = await asyncio.to_thread(load_and_check, file) if not remote else None
     if workspace_out is not None:
@@ -62,11 +72,17 @@ async def run_workflow(
     try:
         await bus.connect()
         await bus.ensure_topology()
-        if bundle is None:
-            bundle = await _load_remote(bus, file)
-        workflow = bundle.workflow(workflow_name)
-        inputs = check_inputs(workflow, parse_inputs(pairs, workflow), file=str(file))
-        await agent_registry.register(bus, bundle.agents.values())
+        version: int | None = None
+        if registered_name is not None:
+            workflow, version = await _load_registered(bus, registered_name)
+            source = f"workflow {registered_name!r} version {version}"
+        else:
+            if bundle is None:
+                bundle = await _load_remote(bus, file)
+            workflow = bundle.workflow(workflow_name)
+            await agent_registry.register(bus, bundle.agents.values())
+            source = str(file)
+        inputs = check_inputs(workflow, parse_inputs(pairs, workflow), file=source)
         run_id = client.new_run_id()
         first = None
         if packed is not None:
@@ -75,16 +91,21 @@ async def run_workflow(
                 first = await store.store(ws.first_version(run_id), packed)
             except PermanentError as exc:  # the store is full: flowyard cannot take the run (exit 3)
                 raise ConfigurationError(f"{exc}; nothing was started") from None
+        requester = user or _user()
         request = RunRequested(
             run_id=run_id,
             workspace=first,
             workflow=workflow.metadata.name,
             definition=msgspec.to_builtins(workflow),
             inputs=inputs,
-            source=str(file),
-            requested_by=user or _user(),
+            trigger={"type": "manual"},
+            source=source,
+            requested_by=requester,
             requested_at=now_rfc3339(),
+            workflow_version=version,
         )
+        if remote:  # a private stack's audit log dies with it
+            await record_audit(bus, requester, "start", f"run/{run_id}", f"{workflow.metadata.name} from {source}")
         code = await _submit(
             bus, request, as_json=as_json, wait_for=wait_for, nats_url=stack.server.url if stack else None
         )
@@ -132,8 +153,8 @@ async def cancel_run(config: Config, run_id: str, *, reason: str, as_json: bool)
         if record is None:
             return _no_run(run_id)
         if record.status == "running":
-            event = RunCancelRequested(run_id=run_id, requested_by=_user(), reason=reason)
-            await bus.publish(subjects.run_cancel(run_id), event, msg_id=f"{run_id}:cancel")
+            await runs.request_cancel(bus, run_id, user=_user(), reason=reason)
+            await record_audit(bus, _user(), "cancel", f"run/{run_id}", reason)
             record = await client.wait_for_end(bus, run_id, timeout=60)
         else:
             print(f"flowyard: run {run_id} already {record.status}; nothing to cancel", file=sys.stderr)
@@ -165,19 +186,10 @@ async def retry_run(config: Config, run_id: str, *, as_json: bool, timeout: str 
                 file=sys.stderr,
             )
             return EXIT_INVALID
-        reuse = {nid: node.output for nid, node in record.nodes.items() if node.status == "succeeded"}
-        request = msgspec.structs.replace(
-            original,
-            run_id=client.new_run_id(),
-            requested_by=_user(),
-            requested_at=now_rfc3339(),
-            retry_of=run_id,
-            reuse=reuse,
-            # Carry on from the files as the failed run left them.
-            workspace=record.workspace or original.workspace,
-        )
+        request = runs.retry_request(original, record, user=_user(), trigger={"type": "manual"})
+        await record_audit(bus, _user(), "retry", f"run/{run_id}", f"retried as run {request.run_id}")
         if not as_json:
-            kept = ", ".join(reuse) or "none"
+            kept = ", ".join(request.reuse) or "none"
             print(f"retrying run {run_id} as {request.run_id} (keeping the outputs of: {kept})")
         return await _submit(bus, request, as_json=as_json, wait_for=parse_duration(timeout) if timeout else None)
 
@@ -185,6 +197,22 @@ async def retry_run(config: Config, run_id: str, *, as_json: bool, timeout: str 
 def _no_run(run_id: str) -> int:
     print(f"flowyard: no run {run_id!r}; `flowyard runs list` shows the runs this stack knows", file=sys.stderr)
     return EXIT_INVALID
+
+
+def _registered_name(file: Path) -> str | None:
+    """NAME when FILE is not a file but could name a registered workflow."""
+    if file.exists() or file.suffix in (".yaml", ".yml", ".json") or len(file.parts) != 1:
+        return None
+    return str(file) if NAME_RE.match(str(file)) else None
+
+
+async def _load_registered(bus: Bus, name: str) -> tuple[WorkflowDoc, int]:
+    found = await registry.get(bus, name)
+    if found is None:
+        raise ValidationFailed(
+            [f"{name}: no such file, and no workflow {name!r} is registered; `flowyard workflows list` shows them"]
+        )
+    return registry.parse_version(found), found.version
 
 
 async def _load_remote(bus: Bus, file: Path) -> Bundle:
