@@ -41,7 +41,7 @@ def flowyard_up(data_dir: Path, *, runtime: str = "process") -> Iterator[dict[st
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        env=clean_env({"FLOWYARD_EXECUTOR_RUNTIME": runtime}),
+        env=clean_env({"FLOWYARD_EXECUTOR_RUNTIME": runtime, "FLOWYARD_GATEWAY_PORT": "0"}),
     )
     try:
         assert up.stdout is not None
