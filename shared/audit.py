@@ -80,7 +80,9 @@ async def newest(bus: Bus, limit: int) -> list[AuditEntry]:
     if info.state.messages == 0 or last < first:
         return []
     seqs = list(range(last, max(first, last - limit + 1) - 1, -1))
-    got = await asyncio.gather(*(bus.js.get_msg(subjects.AUDIT_STREAM, seq=s) for s in seqs), return_exceptions=True)
+    got = await asyncio.gather(
+        *(bus.js.get_msg(subjects.AUDIT_STREAM, seq=s, direct=True) for s in seqs), return_exceptions=True
+    )
     out = []
     for seq, msg in zip(seqs, got, strict=True):
         if isinstance(msg, BaseException) or not msg.data:

@@ -204,6 +204,7 @@ class Bus:
                 retention=api.RetentionPolicy.LIMITS,
                 max_age=seconds(cfg.retention),
                 duplicate_window=dup,
+                allow_direct=True,  # a run's request is read by subject (runs show, retry, the gateway)
             ),
             api.StreamConfig(
                 name=subjects.TASKS_STREAM,
@@ -243,6 +244,7 @@ class Bus:
                 retention=api.RetentionPolicy.LIMITS,
                 max_age=seconds(cfg.audit_retention),
                 duplicate_window=dup,
+                allow_direct=True,
             ),
         ]
         for sc in streams:
@@ -294,6 +296,9 @@ class Bus:
                 replicas=self.cfg.replicas,
                 max_value_size=self.cfg.max_payload,
                 ttl=ttl,
+                # Reads go straight to the stream (no JetStream API round trip through the meta
+                # layer, no header re-parsing): the scheduler, the CLI and the gateway read often.
+                direct=True,
             )
         except nats.js.errors.BadRequestError:
             kv = await self.js.key_value(bucket)

@@ -193,6 +193,11 @@ async def get(bus: Bus, name: str, version: int | None = None) -> WorkflowVersio
     number = latest.version if version is None else version
     if not 1 <= number <= latest.version:
         return None
+    return await get_version(bus, name, number)
+
+
+async def get_version(bus: Bus, name: str, number: int) -> WorkflowVersion | None:
+    """Version N as applied (immutable: numbers are never reused); None when purged."""
     kv = await bus.kv(subjects.WORKFLOWS_BUCKET)
     try:
         entry = await kv.get(version_key(name, number))

@@ -46,7 +46,7 @@ async def get_request(bus: Bus, run_id: str) -> RunRequested | None:
     if not valid_run_id(run_id):
         return None
     try:
-        msg = await bus.js.get_last_msg(subjects.RUNS_STREAM, subjects.run_requested(run_id))
+        msg = await bus.js.get_last_msg(subjects.RUNS_STREAM, subjects.run_requested(run_id), direct=True)
     except nats.js.errors.NotFoundError:
         return None
     try:
@@ -58,12 +58,11 @@ async def get_request(bus: Bus, run_id: str) -> RunRequested | None:
 
 async def get_view(bus: Bus, run_id: str) -> RunView | None:
     """The run as people see it: from its record, or still pending from its request; None: unknown."""
-    record, request = await asyncio.gather(get_record(bus, run_id), get_request(bus, run_id))
+    record = await get_record(bus, run_id)
     if record is not None:
-        return run_view(record, request)
-    if request is not None:
-        return pending_view(request)
-    return None
+        return run_view(record)
+    request = await get_request(bus, run_id)
+    return pending_view(request) if request is not None else None
 
 
 async def list_records(bus: Bus, limit: int, *, keep: object = None) -> list[RunRecord]:

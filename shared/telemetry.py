@@ -7,6 +7,7 @@ extraction happen in the bus only, so one run is one trace across every service.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, MutableMapping
 
 from opentelemetry import context, propagate, trace
@@ -30,7 +31,9 @@ def configure_tracing(cfg: TelemetryConfig, service: str) -> None:
     _configured = True
 
 
+@functools.cache
 def tracer() -> trace.Tracer:
+    # One tracer per process: a proxy until configure_tracing sets the provider, then its tracer.
     return trace.get_tracer("flowyard")
 
 

@@ -9,10 +9,11 @@ from typing import Literal
 import structlog
 from aiohttp import web
 
-from shared import audit
+from shared import audit, registry
 from shared.bus import Bus
 from shared.config import Config
 from shared.openapi import OPERATIONS, Operation
+from shared.registry import WorkflowVersion
 from shared.workflow.model import WorkflowDoc
 
 from .auth import User, Users
@@ -29,20 +30,25 @@ class Gateway:
         self.users = users
         self.limiter = RateLimiter(self.cfg.rate_limit.per_minute, self.cfg.rate_limit.burst)
         self.operations: dict[str, Operation] = {op.operation_id: op for op in OPERATIONS}
-        # Parsed workflow versions: a version never changes, so this never goes stale.
-        self._parsed: OrderedDict[tuple[str, int], WorkflowDoc] = OrderedDict()
+        # Workflow versions, parsed: a version number never names two documents, so this never
+        # goes stale (whether the workflow still exists is read from its head every time).
+        self._parsed: OrderedDict[tuple[str, int], tuple[WorkflowVersion, WorkflowDoc]] = OrderedDict()
         self.host = socket.gethostname()
 
-    def parsed(self, key: tuple[str, int]) -> WorkflowDoc | None:
+    async def version(self, name: str, number: int) -> tuple[WorkflowVersion, WorkflowDoc] | None:
+        key = (name, number)
         found = self._parsed.get(key)
         if found is not None:
             self._parsed.move_to_end(key)
-        return found
-
-    def remember(self, key: tuple[str, int], doc: WorkflowDoc) -> None:
-        self._parsed[key] = doc
+            return found
+        version = await registry.get_version(self.bus, name, number)
+        if version is None:
+            return None
+        found = (version, registry.parse_version(version))
+        self._parsed[key] = found
         while len(self._parsed) > 256:
             self._parsed.popitem(last=False)
+        return found
 
     async def audit(
         self,

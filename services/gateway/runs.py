@@ -59,14 +59,13 @@ async def start_run(request: web.Request) -> web.Response:
         raise HttpProblem(400, f"Idempotency-Key must be 1 to {_KEY_CHARS} printable characters")
     if not NAME_RE.match(body.workflow):
         raise HttpProblem(404, f"no workflow {body.workflow!r}; GET /v1/workflows lists them")
-    version = await registry.get(gw.bus, body.workflow, body.version)
-    if version is None:
-        which = f" version {body.version}" if body.version else ""
+    head = await registry.head(gw.bus, body.workflow)
+    number = body.version if body.version is not None else (head.version if head else 0)
+    found = await gw.version(body.workflow, number) if head is not None and 1 <= number <= head.version else None
+    if found is None:
+        which = f" version {body.version}" if body.version is not None else ""
         raise HttpProblem(404, f"no workflow {body.workflow!r}{which}; apply it first (POST /v1/workflows)")
-    doc = gw.parsed((version.name, version.version))
-    if doc is None:
-        doc = registry.parse_version(version)
-        gw.remember((version.name, version.version), doc)
+    version, doc = found
     where = f"workflow {version.name!r} version {version.version}"
     inputs = check_inputs(doc, body.inputs, file=where)  # ValidationFailed -> 422
     request_ = RunRequested(

@@ -1,0 +1,71 @@
+"""The gateway's pure parts: tokens, roles, rate limits, the run status people see."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.gateway.auth import User, Users, bearer
+from services.gateway.ratelimit import RateLimiter, retry_after
+from shared.api import run_status
+from shared.contract import NodeRecord, RunRecord
+
+
+def test_bearer_parsing() -> None:
+    assert bearer("Bearer abc") == "abc"
+    assert bearer("bearer   abc  ") == "abc"
+    assert bearer("Basic abc") is None
+    assert bearer("Bearer") is None and bearer("") is None and bearer(None) is None
+
+
+def test_users_authenticate_by_token_only() -> None:
+    users = Users([(User("ann", frozenset({"viewer"})), "t-ann"), (User("bob", frozenset({"admin"})), "t-bob")])
+    assert users.authenticate("t-ann") == User("ann", frozenset({"viewer"}))
+    assert users.authenticate("t-bob").name == "bob"  # type: ignore[union-attr]
+    assert users.authenticate("t-an") is None and users.authenticate("t-ann ") is None
+    assert users.authenticate("\udcff") is None  # undecodable bytes never crash the comparison
+
+
+@pytest.mark.parametrize(
+    ("roles", "allowed"),
+    [
+        ({"viewer"}, {"viewer"}),
+        ({"operator"}, {"viewer", "operator"}),
+        ({"approver"}, {"viewer", "approver"}),
+        ({"admin"}, {"viewer", "operator", "approver", "admin"}),
+        ({"operator", "approver"}, {"viewer", "operator", "approver"}),
+    ],
+)
+def test_roles(roles: set[str], allowed: set[str]) -> None:
+    user = User("u", frozenset(roles))
+    assert {r for r in ("viewer", "operator", "approver", "admin") if user.may(r)} == allowed
+
+
+def test_rate_limiter_burst_then_refill() -> None:
+    limiter = RateLimiter(per_minute=60, burst=3)
+    assert [limiter.take("a", 0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    wait = limiter.take("a", 0.0)
+    assert wait == pytest.approx(1.0) and retry_after(wait) == "1"
+    assert limiter.take("b", 0.0) == 0.0  # each caller has its own bucket
+    assert limiter.take("a", 1.0) == 0.0  # one token back after a second
+    assert limiter.take("a", 1.0) > 0
+    assert RateLimiter(per_minute=0, burst=1).take("a", 0.0) == 0.0  # off
+
+
+def test_rate_limiter_memory_is_bounded() -> None:
+    limiter = RateLimiter(per_minute=60, burst=1, max_keys=100)
+    for i in range(1000):
+        limiter.take(f"addr:{i}", 0.0)
+    assert len(limiter._buckets) == 100
+
+
+def test_run_status_while_it_goes() -> None:
+    rec = RunRecord(run_id="r1", workflow="w", nodes={"a": NodeRecord(status="running")})
+    assert run_status(rec) == "running"
+    assert run_status(RunRecord(run_id="r1", workflow="w", queued=True)) == "pending"
+    waiting = RunRecord(run_id="r1", workflow="w", nodes={"a": NodeRecord(approval="pending"), "b": NodeRecord()})
+    assert run_status(waiting) == "waiting"
+    both = RunRecord(
+        run_id="r1", workflow="w", nodes={"a": NodeRecord(approval="pending"), "b": NodeRecord(status="running")}
+    )
+    assert run_status(both) == "running"
+    assert run_status(RunRecord(run_id="r1", workflow="w", status="failed")) == "failed"
