@@ -79,7 +79,13 @@ async def load_users(cfg: GatewayConfig, data_dir: Path) -> tuple[Users, Path | 
     """The configured users with their tokens; or the generated admin and the file it is kept in."""
     if not cfg.users:
         path = data_dir / ADMIN_TOKEN_FILE
-        token = await asyncio.to_thread(_admin_token, path)
+        try:
+            token = await asyncio.to_thread(_admin_token, path)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"gateway: no users are configured and the admin token cannot be kept in {path} "
+                f"({exc.strerror or exc}); set gateway.data_dir to a writable directory, or configure gateway.users"
+            ) from None
         return Users([(User("admin", frozenset({"admin"})), token)]), path
     source = SecretSource(cfg.secrets_dir)
     entries: list[tuple[User, str]] = []

@@ -7,7 +7,6 @@ nothing lost — however long it was away (within the stream's retention).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections import OrderedDict
 from typing import Any
@@ -123,8 +122,8 @@ async def events(request: web.Request) -> web.StreamResponse:
                 continue
             seq = msg.metadata.sequence.stream
             await response.write(b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, event_name(event).encode(), msg.data))
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass  # the client went away, or the gateway is stopping
+    except ConnectionResetError:
+        pass  # the client went away
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
@@ -212,6 +211,6 @@ async def _follow(request: web.Request, gw: Gateway, sub: Any, run_id: str, node
         view = await runs.get_view(gw.bus, run_id)
         status = view.status if view else "unknown"
         await response.write(b"event: end\ndata: %s\n\n" % _encode({"run_id": run_id, "status": status}))
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass
+    except ConnectionResetError:
+        pass  # the client went away
     return response
