@@ -246,18 +246,45 @@ class Bus:
                 duplicate_window=dup,
                 allow_direct=True,
             ),
+            api.StreamConfig(
+                name=subjects.TRIGGER_EVENTS_STREAM,
+                description="What triggers did besides starting a run: deduplicated, suppressed, refused, skipped",
+                subjects=[subjects.TRIGGER_EVENT_SUBJECTS],
+                retention=api.RetentionPolicy.LIMITS,
+                max_age=seconds(cfg.retention),
+                max_bytes=cfg.logs_store_bytes,
+                discard=api.DiscardPolicy.OLD,
+                duplicate_window=dup,
+            ),
         ]
-        for sc in streams:
+        # Trigger events: alerts from the gateway, plus the workflows' own NATS subjects, which
+        # the planner keeps in step with the registry; so it is created here, never updated.
+        captured = api.StreamConfig(
+            name=subjects.TRIGGERS_STREAM,
+            description="Trigger events for the planner: alerts and the registered workflows' NATS subjects",
+            subjects=[subjects.ALERT_SUBJECTS],
+            retention=api.RetentionPolicy.LIMITS,
+            max_age=seconds(cfg.retention),
+            duplicate_window=dup,
+        )
+        for sc in [*streams, captured]:
             sc.storage = storage
             sc.num_replicas = cfg.replicas
             sc.max_msg_size = cfg.max_payload
-            await self._ensure_stream(sc)
+            await self._ensure_stream(sc, update=sc is not captured)
         await self._ensure_kv(subjects.RUNS_BUCKET, "Run records kept by the scheduler", history=5)
         await self._ensure_kv(subjects.AGENTS_BUCKET, "Registered agents", history=10)
         await self._ensure_kv(subjects.CONCURRENCY_BUCKET, "Runs admitted and queued per workflow", history=1)
         await self._ensure_kv(subjects.APPROVALS_BUCKET, "Approval requests and every decision on them", history=5)
         await self._ensure_kv(subjects.NOTIFY_BUCKET, "Notifications delivered, per sink and event", history=1)
         await self._ensure_kv(subjects.WORKFLOWS_BUCKET, "The workflow registry: heads and every version", history=1)
+        await self._ensure_kv(
+            subjects.TRIGGER_RUNS_BUCKET,
+            "Trigger events' de-duplication keys -> the runs they started",
+            history=1,
+            ttl=seconds(cfg.retention),
+        )
+        await self._ensure_kv(subjects.TRIGGER_STATE_BUCKET, "Schedules, storm windows, trigger counts", history=1)
         await self._ensure_kv(
             subjects.IDEMPOTENCY_BUCKET, "Idempotency-Key of a run request -> its run", history=1, ttl=24 * 3600
         )
@@ -277,13 +304,14 @@ class Bus:
             if exc.err_code != 10058:  # exists with other settings: keep it as the operator left it
                 raise
 
-    async def _ensure_stream(self, sc: api.StreamConfig) -> None:
+    async def _ensure_stream(self, sc: api.StreamConfig, *, update: bool = True) -> None:
         try:
             await self.js.add_stream(sc)
         except nats.js.errors.BadRequestError as exc:
             if exc.err_code != 10058:  # name in use with a different configuration
                 raise
-            await self.js.update_stream(sc)
+            if update:
+                await self.js.update_stream(sc)
 
     async def _ensure_kv(self, bucket: str, description: str, *, history: int, ttl: float | None = None) -> None:
         storage = api.StorageType.FILE if self.cfg.storage == "file" else api.StorageType.MEMORY

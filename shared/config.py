@@ -222,7 +222,8 @@ class NotifierConfig(_Section, kw_only=True):
                 raise ValueError(f"sink {name!r}: an smtp sink needs host, sender and to")
 
 
-Role = Literal["viewer", "operator", "approver", "admin"]
+# alerts: may only deliver alerts (Alertmanager's webhook), nothing else.
+Role = Literal["viewer", "operator", "approver", "admin", "alerts"]
 
 
 class GatewayUser(_Section, kw_only=True):
@@ -232,7 +233,7 @@ class GatewayUser(_Section, kw_only=True):
 
     def __post_init__(self) -> None:
         if not self.roles:
-            raise ValueError("a user needs at least one role: viewer, operator, approver or admin")
+            raise ValueError("a user needs at least one role: viewer, operator, approver, admin or alerts")
 
 
 class RateLimit(_Section, kw_only=True):

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from shared.alerts import AlertsAccepted, Notification
 from shared.api import (
     AgentView,
     ApprovalView,
@@ -27,6 +28,7 @@ from shared.api import (
 )
 from shared.audit import AuditEntry
 from shared.registry import WorkflowSummary, WorkflowVersion
+from shared.triggering import TriggerView
 
 
 class ApplyResult(msgspec.Struct, kw_only=True):
@@ -257,6 +259,24 @@ OPERATIONS: tuple[Operation, ...] = (
         params=(APPROVAL_ID,),
         errors=(400, 403, 404, 409, 413, 415, 422),
         mutating=True,
+    ),
+    Operation(
+        "alertmanager_webhook",
+        "POST",
+        "/v1/alerts/alertmanager",
+        "Alertmanager's webhook (payload version 4): answered 200 once the notification is durably on the bus",
+        "alerts",
+        response=AlertsAccepted,
+        body=Notification,
+        errors=(400, 413, 415, 422),
+    ),
+    Operation(
+        "list_triggers",
+        "GET",
+        "/v1/triggers",
+        "Active triggers of the registered workflows, with what they did",
+        "viewer",
+        response=list[TriggerView],
     ),
     Operation("list_agents", "GET", "/v1/agents", "Built-in and registered agents", "viewer", response=list[AgentView]),
     Operation(

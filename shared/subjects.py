@@ -15,6 +15,10 @@ DLQ_STREAM = "FY_DLQ"
 TIMERS_STREAM = "FY_TIMERS"
 LOGS_STREAM = "FY_LOGS"
 AUDIT_STREAM = "FY_AUDIT"
+# Trigger events captured for the planner: the workflows' NATS subjects (kept in step with the
+# registry) and alerts forwarded by the gateway.
+TRIGGERS_STREAM = "FY_TRIGGERS"
+TRIGGER_EVENTS_STREAM = "FY_TRIGGER_EVENTS"  # what each trigger did: fired, deduplicated, suppressed …
 
 RUNS_BUCKET = "fy_runs"
 AGENTS_BUCKET = "fy_agents"
@@ -24,6 +28,8 @@ NOTIFY_BUCKET = "fy_notify"
 WORKSPACES_BUCKET = "fy_workspaces"  # an object store: run workspaces, one object per version
 # The workflow registry: key NAME holds the head (latest version), NAME.N each version.
 WORKFLOWS_BUCKET = "fy_workflows"
+TRIGGER_RUNS_BUCKET = "fy_trigger_runs"  # de-duplication key of a trigger event -> the run it started
+TRIGGER_STATE_BUCKET = "fy_trigger_state"  # schedules' last times, storm windows, planners' counts
 IDEMPOTENCY_BUCKET = "fy_idempotency"  # Idempotency-Key of POST /v1/runs -> the run it started (24 h)
 
 RUNS_SUBJECTS = "fy.run.>"
@@ -32,6 +38,9 @@ DLQ_SUBJECTS = "fy.dlq.>"
 TIMERS_SUBJECTS = "fy.timer.>"
 LOGS_SUBJECTS = "fy.log.>"
 AUDIT_SUBJECTS = "fy.audit.>"
+ALERT_SUBJECTS = "fy.alert.>"
+ALERTMANAGER = "fy.alert.alertmanager"  # one Alertmanager notification (webhook payload v4), as received
+TRIGGER_EVENT_SUBJECTS = "fy.trigger.>"
 
 TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
@@ -121,6 +130,11 @@ def run_logs(run_id: str) -> str:
 def audit(action: str) -> str:
     """Who did what (apply, delete, start, cancel, retry, approve, reject), from the gateway or the CLI."""
     return f"fy.audit.{action}"
+
+
+def trigger_event(workflow: str, outcome: str) -> str:
+    """``outcome`` is fired, deduplicated, suppressed, refused or skipped."""
+    return f"fy.trigger.{workflow}.{outcome}"
 
 
 def dispatch(pool: str) -> str:

@@ -249,6 +249,21 @@ def workflows_delete(obj: Ctx, name: str, as_user: str | None) -> None:
     _run(delete_workflow(obj.config(), name, user=as_user or _user()))
 
 
+@cli.group()
+def triggers() -> None:
+    """What starts runs on its own: NATS events, alerts, schedules."""
+
+
+@triggers.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def triggers_list(obj: Ctx, as_json: bool) -> None:
+    """Every active trigger: workflow, kind, what it listens to, and what it did since the planners started."""
+    from .triggers import show_triggers
+
+    _run(show_triggers(obj.config(), as_json=as_json))
+
+
 # --- runs -----------------------------------------------------------------------------------
 
 

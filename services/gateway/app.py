@@ -6,7 +6,7 @@ from aiohttp import web
 
 from shared.errors import ConfigurationError
 
-from . import approvals, catalog, runs, streams, workflows
+from . import alerts, approvals, catalog, runs, streams, workflows
 from .context import GATEWAY, Gateway
 from .http import Handler, on_prepare, pipeline
 
@@ -29,6 +29,8 @@ HANDLERS: dict[str, Handler] = {
     "get_approval": approvals.get_approval,
     "approve": approvals.approve,
     "reject": approvals.reject,
+    "alertmanager_webhook": alerts.alertmanager,
+    "list_triggers": alerts.triggers,
     "list_agents": catalog.list_agents,
     "audit": catalog.audit_log,
 }

@@ -30,6 +30,7 @@ GRANTED_BY: dict[str, frozenset[str]] = {
     "operator": frozenset({"operator", "admin"}),
     "approver": frozenset({"approver", "admin"}),
     "admin": frozenset({"admin"}),
+    "alerts": frozenset({"alerts", "operator", "admin"}),
 }
 ADMIN_TOKEN_FILE = "gateway-admin-token"
 

@@ -16,6 +16,7 @@ from shared.service import Service
 from shared.workflow.model import AgentDoc
 
 from .planning import plan_run
+from .triggering import Triggers
 
 log = structlog.get_logger("flowyard.planner")
 
@@ -32,6 +33,16 @@ class PlannerService(Service):
             self.handle,
             concurrency=self.config.planner.concurrency,
         )
+        self.triggers = Triggers(self.bus)
+        self.consumers.append(self.triggers.consumer())
+
+    async def start(self) -> None:
+        await super().start()
+        await self.triggers.start()
+
+    async def stop(self) -> None:
+        await self.triggers.stop()
+        await super().stop()
 
     async def _load_agents(self, names: Iterable[str]) -> dict[str, AgentDoc]:
         names = set(names)

@@ -113,7 +113,44 @@ class ApprovalSpec(_Doc, kw_only=True):
 
 # Keys reserved for later releases; present so they are not "unknown", refused until implemented.
 RESERVED_NODE_KEYS: tuple[str, ...] = ()
-RESERVED_SPEC_KEYS = ("triggers",)
+RESERVED_SPEC_KEYS: tuple[str, ...] = ()
+
+
+class NatsTrigger(_Doc, kw_only=True):
+    subject: str  # a NATS subject outside flowyard's own; wildcards * and > allowed
+    when: str | None = None  # a condition over `trigger` (subject, id, data, headers)
+
+
+class AlertmanagerTrigger(_Doc, kw_only=True):
+    matchers: list[str]  # Alertmanager syntax: name="v", name!="v", name=~"re", name!~"re" (anchored)
+    on_resolved: Literal["ignore", "cancel", "run"] = "ignore"
+
+
+class CronTrigger(_Doc, kw_only=True):
+    schedule: str | None = None  # five-field cron expression
+    every: str | None = None  # or a fixed interval, e.g. 30s, 5m
+    timezone: str = "UTC"  # an IANA name; daylight-saving changes follow cron's rules
+    overlap: Literal["skip", "allow", "cancel_other"] = "skip"
+    catchup_window: str = "0s"  # after downtime, run the latest missed time if within this
+    jitter: str = "0s"  # fire up to this much later (the same delay on every replica)
+
+
+class MaxRuns(_Doc, kw_only=True):
+    count: int
+    per: str
+
+
+class TriggerDef(_Doc, kw_only=True):
+    nats: NatsTrigger | None = None
+    alertmanager: AlertmanagerTrigger | None = None
+    cron: CronTrigger | None = None
+    inputs: dict[str, Any] = {}  # workflow inputs, templated over `trigger`
+    max_runs: MaxRuns | None = None  # storm control: at most count runs per window
+
+    @property
+    def kind(self) -> str:
+        kinds = [k for k in ("nats", "alertmanager", "cron") if getattr(self, k) is not None]
+        return kinds[0] if len(kinds) == 1 else ""
 
 
 class NodeDef(_Doc, kw_only=True):
@@ -139,7 +176,7 @@ class WorkflowSpec(_Doc, kw_only=True):
     defaults: Defaults | None = None
     concurrency: int | None = None  # runs of this workflow at once; more wait their turn
     timeout: str | None = None  # the whole run
-    triggers: Any = None
+    triggers: list[TriggerDef] = []  # what starts runs on its own: NATS events, alerts, schedules
 
 
 class WorkflowDoc(_Doc, kw_only=True):
@@ -163,5 +200,10 @@ KNOWN_KEYS: dict[str, list[str]] = {
         WorkflowDoc,
         RetrySpec,
         Defaults,
+        NatsTrigger,
+        AlertmanagerTrigger,
+        CronTrigger,
+        MaxRuns,
+        TriggerDef,
     )
 }

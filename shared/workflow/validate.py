@@ -33,6 +33,7 @@ from shared.workflow.model import (
     memory_bytes,
 )
 from shared.workflow.templates import FOREACH_ROOTS, Ref, TemplateError, find_refs
+from shared.workflow.triggers import validate_triggers
 
 SECRET_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -204,6 +205,13 @@ def validate_workflow(
             )
     if spec.timeout is not None:
         problems.extend(f"{at(key='timeout')}: spec.timeout: {p}" for p in _duration_problems(spec.timeout))
+    raw_triggers = raw_spec.get("triggers") if isinstance(raw_spec, dict) else None
+
+    def trigger_at(index: int) -> str:
+        line = line_of(raw_triggers, index) if isinstance(raw_triggers, list) else 0
+        return f"{file}:{line}" if line else at(key="triggers")
+
+    problems.extend(validate_triggers(wf, trigger_at))
     if spec.concurrency is not None and spec.concurrency < 1:
         problems.append(f"{at(key='concurrency')}: spec.concurrency must be at least 1 (runs at once)")
     if spec.defaults is not None:

@@ -190,9 +190,9 @@ def test_missing_file_and_not_yaml(tmp_path: Path) -> None:
         load_file(tmp_path / "list.yaml")
 
 
-def test_reserved_keys_are_refused_until_implemented(tmp_path: Path) -> None:
-    path = write(tmp_path, workflow("- {id: a, agent: echo}\n", "triggers: [{nats: fy.alerts}]\n"))
-    assert any("spec.triggers is reserved" in p for p in problems(path))
+def test_triggers_on_flowyard_subjects_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, workflow("- {id: a, agent: echo}\n", "triggers: [{nats: {subject: fy.alerts}}]\n"))
+    assert any("trigger #1 (nats)" in p and "belong to flowyard" in p for p in problems(path))
 
 
 def test_agent_input_schema_is_checked_before_the_run(tmp_path: Path) -> None:

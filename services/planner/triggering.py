@@ -1,0 +1,468 @@
+"""The planner's triggers at run time: the registry watched, events captured, schedules kept.
+
+* Active triggers follow the registry: a watch on ``fy_workflows`` switches a workflow's triggers
+  on (or off) within a second of an apply (or delete), with a full reload every 30 s as a net.
+* NATS triggers: the workflows' subjects are captured in ``FY_TRIGGERS`` (kept in step here), so
+  events published while every planner is down wait in the stream. Alerts arrive there from the
+  gateway (``fy.alert.alertmanager``). One durable consumer, shared by the replicas, reads both.
+* One event starts at most one run per trigger: its de-duplication key (the event's id, the
+  alert's fingerprint and start, the scheduled time) is claimed in ``fy_trigger_runs`` with the run
+  id; a redelivered event (the planner died before it acked) publishes that same run again, which
+  JetStream and the scheduler drop if it was already sent.
+* Schedules: every replica computes the same times; the run id comes from the time, the request's
+  de-dup id from the run id, and the schedule's last time moves by compare-and-set, so each time
+  fires once however many planners run or restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import socket
+import time
+import uuid
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import nats.errors
+import nats.js.errors
+import structlog
+from prometheus_client import Counter
+
+from shared import registry, runs, subjects
+from shared.bus import Bus, Consumer, Delivery
+from shared.durations import parse_duration
+from shared.envelope import MSG_ID, now_rfc3339
+from shared.errors import ValidationFailed
+from shared.triggering import Outcome, PlannerCounts, TriggerCounts, TriggerOutcome
+from shared.workflow.schedules import catchup, jitter_s, last_time, next_time
+from shared.workflow.triggers import minimal_subjects
+
+from .triggers import events, storm
+from .triggers.active import Active, from_version, nats_subjects
+from .triggers.start import request_for, run_id_for
+
+log = structlog.get_logger("flowyard.planner.triggers")
+
+_METRICS = {
+    outcome: Counter(
+        f"flowyard_triggers_{outcome}_total",
+        f"Trigger events by workflow and kind: {outcome}",
+        ["workflow", "kind"],
+    )
+    for outcome in ("fired", "deduplicated", "suppressed", "refused", "skipped")
+}
+_enc = msgspec.json.Encoder()
+_SUPPRESSED = "-"  # a claim that started no run: the event was suppressed by max_runs
+
+
+class _CronState(msgspec.Struct, kw_only=True):
+    last_scheduled: float = 0.0  # epoch seconds of the last time fired (or skipped)
+    last_run_id: str | None = None
+
+
+_dec_cron = msgspec.json.Decoder(_CronState)
+_dec_window = msgspec.json.Decoder(storm.Window)
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+class Triggers:
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.active: dict[str, list[Active]] = {}  # workflow -> its triggers
+        self.instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.counts: dict[str, TriggerCounts] = defaultdict(TriggerCounts)
+        self._cron_tasks: dict[str, tuple[Active, asyncio.Task[None]]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._synced: list[str] | None = None
+        self._ready = asyncio.Event()  # the active set is loaded: events may be matched
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def consumer(self) -> Consumer:
+        return self.bus.consumer(
+            durable="planner-triggers",
+            stream=subjects.TRIGGERS_STREAM,
+            filters=[],
+            decode=lambda data: data,
+            handler=self.handle,
+            concurrency=16,
+        )
+
+    async def start(self) -> None:
+        self.runs_kv = await self.bus.kv(subjects.TRIGGER_RUNS_BUCKET)
+        self.state_kv = await self.bus.kv(subjects.TRIGGER_STATE_BUCKET)
+        await self.reload()
+        self._ready.set()
+        self._tasks.append(asyncio.create_task(self._watch(), name="planner:registry-watch"))
+        self._tasks.append(asyncio.create_task(self._flush_counts(), name="planner:trigger-counts"))
+
+    async def stop(self) -> None:
+        for _, task in self._cron_tasks.values():
+            task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *(t for _, t in self._cron_tasks.values()), return_exceptions=True)
+        self._cron_tasks.clear()
+        with contextlib.suppress(Exception):
+            await self.state_kv.delete(f"counts.{self.instance}")
+
+    # --- following the registry ---------------------------------------------------------------
+
+    async def reload(self) -> None:
+        heads = await registry.listing(self.bus)
+        found: dict[str, list[Active]] = {}
+        for head in heads:
+            version = await registry.get_version(self.bus, head.name, head.version)
+            if version is None:
+                continue
+            try:
+                triggers = from_version(version)
+            except Exception as exc:  # validated at apply; a bad stored version must not stop the rest
+                log.error("workflow's triggers cannot be read", workflow=head.name, error=str(exc))
+                continue
+            if triggers:
+                found[head.name] = triggers
+        if {k: [a.id + str(a.version) for a in v] for k, v in found.items()} != {
+            k: [a.id + str(a.version) for a in v] for k, v in self.active.items()
+        }:
+            log.info("triggers active", triggers=sorted(a.id for v in found.values() for a in v))
+        self.active = found
+        await self._sync_capture()
+        self._sync_schedules()
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                kv = await self.bus.kv(subjects.WORKFLOWS_BUCKET)
+                watcher = await kv.watchall(include_history=False)
+                try:
+                    while True:
+                        try:
+                            entry = await watcher.updates(timeout=30)
+                        except nats.errors.TimeoutError:
+                            entry = None
+                        if entry is None or "." not in entry.key:
+                            await self.reload()  # a head moved (or every 30 s, as a net)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await watcher.stop()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("registry watch lost; watching again", error=repr(exc))
+                await asyncio.sleep(1)
+
+    async def _sync_capture(self) -> None:
+        """FY_TRIGGERS captures exactly the active NATS subjects (plus alerts)."""
+        wanted = [subjects.ALERT_SUBJECTS, *minimal_subjects(nats_subjects(self.all()))]
+        if wanted == self._synced:
+            return
+        info = await self.bus.js.stream_info(subjects.TRIGGERS_STREAM)
+        config = info.config
+        if sorted(config.subjects or []) == sorted(wanted):
+            self._synced = wanted
+            return
+        usable = [subjects.ALERT_SUBJECTS]
+        for subject in wanted[1:]:
+            try:
+                owner = await self.bus.js.find_stream_name_by_subject(subject)
+            except nats.js.errors.NotFoundError:
+                owner = None
+            if owner not in (None, subjects.TRIGGERS_STREAM):
+                log.error(
+                    "trigger subject already captured by another stream; its events cannot be captured",
+                    subject=subject,
+                    stream=owner,
+                )
+                continue
+            usable.append(subject)
+        config.subjects = usable
+        try:
+            await self.bus.js.update_stream(config)
+            self._synced = wanted
+            log.info("trigger subjects captured", subjects=usable)
+        except nats.js.errors.BadRequestError as exc:
+            log.error("cannot capture trigger subjects", subjects=usable, error=str(exc))
+
+    def all(self) -> list[Active]:
+        return [a for v in self.active.values() for a in v]
+
+    # --- events ----------------------------------------------------------------------------------
+
+    async def handle(self, data: bytes, delivery: Delivery) -> None:
+        await self._ready.wait()
+        if delivery.subject == subjects.ALERTMANAGER:
+            await self._alerts(data, delivery)
+            return
+        matching = [a for a in self.all() if events.nats_matches(a, delivery.subject)]
+        if not matching:
+            # Another replica may have captured a subject of a workflow applied a moment ago,
+            # before our own watch told us: look once more before letting the event go.
+            await self.reload()
+            matching = [a for a in self.all() if events.nats_matches(a, delivery.subject)]
+        if not matching:
+            return  # no workflow listens to this subject (any more)
+        try:
+            trigger, key = events.nats_event(delivery.subject, data, delivery.headers, delivery.stream_seq)
+        except events.Refused as exc:
+            for active in matching:
+                await self._record(active, "refused", str(exc), key=f"seq:{delivery.stream_seq}")
+            return
+        for active in matching:
+            try:
+                if not events.condition(active, trigger):
+                    continue
+            except events.Refused as exc:
+                await self._record(active, "refused", str(exc), key=key)
+                continue
+            await self._start(active, trigger, key, delivery)
+
+    async def _alerts(self, data: bytes, delivery: Delivery) -> None:
+        try:
+            note = events.decode_notification(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.error("alert notification cannot be read", error=str(exc))
+            return  # the gateway validated it; nothing else publishes here
+        for trigger in events.alert_triggers(note):
+            for active in self.all():
+                if not events.alert_matches(active, trigger):
+                    continue
+                assert active.trigger.alertmanager is not None
+                firing_key = events.alert_key(trigger)
+                if trigger["status"] == "firing":
+                    await self._start(active, trigger, firing_key, delivery)
+                elif active.trigger.alertmanager.on_resolved == "cancel":
+                    await self._cancel_for(active, firing_key)
+                elif active.trigger.alertmanager.on_resolved == "run":
+                    await self._start(active, trigger, firing_key + "@resolved", delivery)
+
+    async def _cancel_for(self, active: Active, firing_key: str) -> None:
+        run_id = await self._claimed(active, firing_key)
+        if run_id is None or run_id == _SUPPRESSED:
+            return
+        view = await runs.get_view(self.bus, run_id)
+        if view is None or view.status in ("succeeded", "failed", "cancelled"):
+            return
+        await runs.request_cancel(self.bus, run_id, user=f"trigger:{active.kind}", reason="alert resolved")
+        log.info("alert resolved; run cancelled", workflow=active.workflow, run_id=run_id)
+
+    async def _claimed(self, active: Active, key: str) -> str | None:
+        try:
+            entry = await self.runs_kv.get("k" + _hash(f"{active.id}\0{key}"))
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None
+        return entry.value.decode() if entry.value else None
+
+    async def _start(self, active: Active, trigger: dict[str, Any], key: str, delivery: Delivery | None) -> None:
+        claim = "k" + _hash(f"{active.id}\0{key}")
+        earlier = await self._claimed(active, key)
+        if earlier == _SUPPRESSED:
+            await self._record(active, "deduplicated", "the same event was suppressed before", key=key)
+            return
+        if earlier is not None:
+            if delivery is not None and delivery.num_delivered > 1:
+                # We may have died between claiming and publishing: send the same run again
+                # (dropped by JetStream or the scheduler if it went out the first time).
+                with contextlib.suppress(ValidationFailed):
+                    await runs.publish_request(self.bus, request_for(active, trigger, earlier, now_rfc3339()))
+                return
+            await self._record(active, "deduplicated", f"already started run {earlier}", key=key, run_id=earlier)
+            return
+        if active.trigger.max_runs is not None and not await self._admit(active):
+            limit = active.trigger.max_runs
+            # Remembered like a run, so the same event repeated (Alertmanager's repeat_interval)
+            # is a duplicate, not one more suppression.
+            with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+                await self.runs_kv.create(claim, _SUPPRESSED.encode())
+            await self._record(active, "suppressed", f"over max_runs ({limit.count} per {limit.per})", key=key)
+            return
+        run_id = run_id_for(int(time.time() * 1000), claim)
+        try:
+            request = request_for(active, trigger, run_id, now_rfc3339())
+        except ValidationFailed as exc:
+            await self._record(active, "refused", "; ".join(exc.problems), key=key)
+            return
+        try:
+            await self.runs_kv.create(claim, run_id.encode())
+        except nats.js.errors.KeyWrongLastSequenceError:
+            earlier = await self._claimed(active, key)
+            await self._record(active, "deduplicated", f"already started run {earlier}", key=key, run_id=earlier)
+            return
+        await runs.publish_request(self.bus, request)
+        self._count(active, "fired")
+        log.info("trigger fired", trigger=active.id, kind=active.kind, run_id=run_id, key=key)
+
+    async def _admit(self, active: Active) -> bool:
+        limit = active.trigger.max_runs
+        assert limit is not None
+        key = f"storm.{_hash(active.id)}"
+        per = parse_duration(limit.per)
+        for _ in range(50):
+            try:
+                entry = await self.state_kv.get(key)
+                window, revision = (_dec_window.decode(entry.value) if entry.value else None), entry.revision
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                window, revision = None, None
+            after, allowed = storm.admit(window, time.time(), limit.count, per)
+            if not allowed:
+                return False
+            try:
+                if revision is None:
+                    await self.state_kv.create(key, _enc.encode(after))
+                else:
+                    await self.state_kv.update(key, _enc.encode(after), last=revision)
+                return True
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+        return False
+
+    def _count(self, active: Active, outcome: Outcome) -> None:
+        counts = self.counts[active.id]
+        setattr(counts, outcome, getattr(counts, outcome) + 1)
+        _METRICS[outcome].labels(active.workflow, active.kind).inc()
+
+    async def _record(
+        self, active: Active, outcome: Outcome, reason: str, *, key: str = "", run_id: str | None = None
+    ) -> None:
+        """Count it and publish it as an event of its own (people can be told about storms)."""
+        self._count(active, outcome)
+        log.info("trigger event not run", trigger=active.id, outcome=outcome, reason=reason[:300], key=key)
+        event = TriggerOutcome(
+            workflow=active.workflow,
+            trigger=active.index,
+            kind=active.kind,
+            outcome=outcome,
+            reason=reason[:1000],
+            key=key[:300],
+            run_id=run_id,
+            at=now_rfc3339(),
+        )
+        headers = {MSG_ID: f"trigger:{active.id}:{outcome}:{_hash(key)}", "content-type": "application/json"}
+        await self.bus.publish_raw(subjects.trigger_event(active.workflow, outcome), _enc.encode(event), headers)
+
+    # --- schedules ---------------------------------------------------------------------------------
+
+    def _sync_schedules(self) -> None:
+        wanted = {a.id: a for a in self.all() if a.trigger.cron is not None}
+        for tid, (active, task) in list(self._cron_tasks.items()):
+            if tid not in wanted or wanted[tid].version != active.version:
+                task.cancel()
+                del self._cron_tasks[tid]
+        for tid, active in wanted.items():
+            if tid not in self._cron_tasks:
+                task = asyncio.create_task(self._schedule(active), name=f"planner:cron:{tid}")
+                self._cron_tasks[tid] = (active, task)
+
+    async def _cron_state(self, active: Active) -> tuple[_CronState | None, int | None]:
+        try:
+            entry = await self.state_kv.get(f"cron.{_hash(active.id)}")
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None, None
+        return (_dec_cron.decode(entry.value) if entry.value else None), entry.revision
+
+    async def _schedule(self, active: Active) -> None:
+        cron = active.trigger.cron
+        assert cron is not None
+        while True:
+            try:
+                state, _ = await self._cron_state(active)
+                now = datetime.now(UTC)
+                last = datetime.fromtimestamp(state.last_scheduled, UTC) if state else None
+                missed = catchup(cron, last, now)
+                if missed is not None:
+                    await self._fire(active, missed, caught_up=True)
+                elif state is None:
+                    # A new schedule starts from now; nothing before it is "missed".
+                    await self._advance(active, last_time(cron, now), None)
+                while True:
+                    now = datetime.now(UTC)
+                    state, _ = await self._cron_state(active)
+                    after = max(now, datetime.fromtimestamp(state.last_scheduled, UTC)) if state else now
+                    due = next_time(cron, after)
+                    wait = (due - now).total_seconds() + jitter_s(cron, active.id, due)
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    await self._fire(active, due)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("schedule interrupted; resuming", trigger=active.id, error=repr(exc))
+                await asyncio.sleep(1)
+
+    async def _advance(self, active: Active, scheduled: datetime, run_id: str | None) -> bool:
+        """Move the schedule's last time to ``scheduled``; False when another replica got there first."""
+        key = f"cron.{_hash(active.id)}"
+        for _ in range(50):
+            state, revision = await self._cron_state(active)
+            if state is not None and state.last_scheduled >= scheduled.timestamp():
+                return False
+            new = _CronState(last_scheduled=scheduled.timestamp(), last_run_id=run_id or (state and state.last_run_id))
+            try:
+                if revision is None:
+                    await self.state_kv.create(key, _enc.encode(new))
+                else:
+                    await self.state_kv.update(key, _enc.encode(new), last=revision)
+                return True
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+        return False
+
+    async def _fire(self, active: Active, scheduled: datetime, *, caught_up: bool = False) -> None:
+        cron = active.trigger.cron
+        assert cron is not None
+        state, _ = await self._cron_state(active)
+        if state is not None and state.last_scheduled >= scheduled.timestamp():
+            return  # another replica fired (or skipped) this time
+        iso = scheduled.isoformat().replace("+00:00", "Z")
+        key = f"{active.id}@{iso}"
+        if state is not None and state.last_run_id and cron.overlap != "allow":
+            view = await runs.get_view(self.bus, state.last_run_id)
+            if view is not None and view.status not in ("succeeded", "failed", "cancelled"):
+                if cron.overlap == "skip":
+                    if await self._advance(active, scheduled, state.last_run_id):
+                        await self._record(
+                            active,
+                            "skipped",
+                            f"{iso}: run {state.last_run_id} of the previous time still goes",
+                            key=key,
+                            run_id=state.last_run_id,
+                        )
+                    return
+                await runs.request_cancel(
+                    self.bus, state.last_run_id, user="trigger:cron", reason=f"the schedule's next time ({iso}) came"
+                )
+        run_id = run_id_for(int(scheduled.timestamp() * 1000), key)
+        trigger = {"type": "cron", "scheduled_at": iso, "fired_at": now_rfc3339()}
+        try:
+            request = request_for(active, trigger, run_id, now_rfc3339())
+        except ValidationFailed as exc:
+            if await self._advance(active, scheduled, None):
+                await self._record(active, "refused", "; ".join(exc.problems), key=key)
+            return
+        # Every replica sends the same run with the same de-dup id; one run starts.
+        await runs.publish_request(self.bus, request)
+        if await self._advance(active, scheduled, run_id):
+            self._count(active, "fired")
+            log.info("schedule fired", trigger=active.id, scheduled_at=iso, run_id=run_id, caught_up=caught_up)
+
+    # --- counts --------------------------------------------------------------------------------------
+
+    async def _flush_counts(self) -> None:
+        key = f"counts.{self.instance}"
+        while True:
+            await asyncio.sleep(1.0)
+            snapshot = PlannerCounts(instance=self.instance, updated_at=time.time(), triggers=dict(self.counts))
+            try:
+                await self.state_kv.put(key, _enc.encode(snapshot))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("trigger counts not written", error=repr(exc))
