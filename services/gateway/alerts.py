@@ -7,7 +7,7 @@ an answered notification is never lost. Matching alerts to workflows is the plan
 
 from __future__ import annotations
 
-import hashlib
+import uuid
 
 from aiohttp import web
 
@@ -32,9 +32,9 @@ async def alertmanager(request: web.Request) -> web.Response:
     if len(note.alerts) > _MAX_ALERTS:
         raise HttpProblem(413, f"{len(note.alerts)} alerts in one notification; at most {_MAX_ALERTS}")
     body = encode_notification(note)
-    # Identical notifications (an HA pair sending the same group) are dropped by JetStream's
-    # de-duplication; the planner de-duplicates each alert by fingerprint and start in any case.
-    headers = {MSG_ID: "am:" + hashlib.sha256(body).hexdigest(), "content-type": "application/json"}
+    # Every delivery goes through (repeats, an HA pair's copies): the planner de-duplicates each
+    # alert by fingerprint and start, and counts what it dropped, so repeats stay visible.
+    headers = {MSG_ID: "am:" + uuid.uuid4().hex, "content-type": "application/json"}
     await gw.bus.publish_raw(subjects.ALERTMANAGER, body, headers)
     return json_response(AlertsAccepted(status="ok", alerts=len(note.alerts)))
 

@@ -18,6 +18,7 @@ TOKENS = {
     "vic": "vic-token-0123456789abcdef",  # viewer
     "amy": "amy-token-0123456789abcdef",  # approver
     "ops": "ops-token-0123456789abcdef",  # operator and approver
+    "am": "am-token-0123456789abcdef",  # alerts only (Alertmanager)
 }
 ROLES = {
     "admin": ["admin"],
@@ -25,6 +26,7 @@ ROLES = {
     "vic": ["viewer"],
     "amy": ["approver"],
     "ops": ["operator", "approver"],
+    "am": ["alerts"],
 }
 API_YAML = Path(__file__).parent / "workflows" / "api.yaml"
 
