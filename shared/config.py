@@ -191,6 +191,8 @@ class NotifyRule(_Section, kw_only=True):
             "approval.granted",
             "approval.rejected",
             "approval.expired",
+            "trigger.suppressed",
+            "trigger.refused",
         ]
     ]
     workflows: list[str] = msgspec.field(default_factory=lambda: ["*"])  # glob patterns

@@ -167,6 +167,8 @@ NOTIFIER_FILTERS = [
     "fy.run.*.node.*.failed",
     "fy.run.*.approval.*.*",
 ]
+# People hear about storms and refused trigger events (FY_TRIGGER_EVENTS).
+NOTIFIER_TRIGGER_FILTERS = ["fy.trigger.*.suppressed", "fy.trigger.*.refused"]
 # Executors listen (core NATS, not durable) for runs that end while their attempts still run.
 RUN_ENDED = ["fy.run.*.failed", "fy.run.*.cancelled"]
 

@@ -36,6 +36,7 @@ class TriggerOutcome(msgspec.Struct, frozen=True, kw_only=True):
     key: str = ""  # the de-duplication key (event id, alert fingerprint and start, scheduled time)
     run_id: str | None = None
     at: str = ""
+    window_start: float | None = None  # suppressed: when the max_runs window opened (one notice per window)
 
 
 class TriggerCounts(msgspec.Struct, kw_only=True):

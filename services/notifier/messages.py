@@ -10,6 +10,7 @@ import msgspec
 
 from shared.config import NotifierConfig
 from shared.contract import AnyEvent, ApprovalDecided, ApprovalRequested, NodeFailed, RunFinished
+from shared.triggering import TriggerOutcome
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -105,6 +106,26 @@ def _notice(event: AnyEvent) -> Notice | None:
                 },
             )
     return None
+
+
+def trigger_notice(event: TriggerOutcome) -> tuple[Notice, str] | None:
+    """A storm (once per max_runs window) or a refused event; and the id that makes it one notice."""
+    where = f"workflow {event.workflow} trigger #{event.trigger + 1} ({event.kind})"
+    if event.outcome == "suppressed":
+        text = (
+            f"Trigger storm: {where} reached its max_runs ({event.reason.removeprefix('over max_runs ')}); "
+            "further events are counted but not run until the window ends. `flowyard triggers list` shows how many."
+        )
+        event_id = f"storm:{event.workflow}#{event.trigger}:{event.window_start}"
+    elif event.outcome == "refused":
+        text = f"Trigger event refused: {where}: {event.reason}"
+        event_id = f"refused:{event.workflow}#{event.trigger}:{event.key}"
+    else:
+        return None
+    details = {"trigger": event.trigger, "kind": event.kind, "reason": event.reason, "key": event.key}
+    return Notice(
+        f"trigger.{event.outcome}", event.run_id or "", event.workflow, event.outcome, text, details
+    ), event_id
 
 
 def sinks_for(config: NotifierConfig, n: Notice) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
+import msgspec
 import nats.js.errors
 import structlog
 from nats.js.kv import KeyValue
@@ -23,8 +24,9 @@ from shared.contract import AnyEvent, NotificationFailed
 from shared.envelope import header
 from shared.secrets import SecretSource
 from shared.service import Service
+from shared.triggering import TriggerOutcome
 
-from .messages import Notice, notice, sinks_for
+from .messages import Notice, notice, sinks_for, trigger_notice
 from .sinks import DeliveryError, Sinks
 
 log = structlog.get_logger("flowyard.notifier")
@@ -37,10 +39,21 @@ class NotifierService(Service):
         cfg = self.config.notifier
         self.sinks = Sinks(cfg.sinks, SecretSource(cfg.secrets_dir))
         self.marks: KeyValue = await self.bus.kv(subjects.NOTIFY_BUCKET)
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # key -> (lock, handlers using it)
         if not cfg.rules:
             log.info("no notification rules configured; events are read and dropped")
         self.consume(
             "notifier", subjects.RUNS_STREAM, subjects.NOTIFIER_FILTERS, self.handle, concurrency=cfg.concurrency
+        )
+        self.consumers.append(
+            self.bus.consumer(
+                durable="notifier-triggers",
+                stream=subjects.TRIGGER_EVENTS_STREAM,
+                filters=subjects.NOTIFIER_TRIGGER_FILTERS,
+                decode=msgspec.json.Decoder(TriggerOutcome).decode,
+                handler=self.handle_trigger,
+                concurrency=cfg.concurrency,
+            )
         )
 
     async def stop(self) -> None:
@@ -57,8 +70,34 @@ class NotifierService(Service):
         event_id = header(delivery.headers, "Nats-Msg-Id") or f"{delivery.subject}:{delivery.stream_seq}"
         await asyncio.gather(*(self._once(sink, n, event_id) for sink in targets))
 
+    async def handle_trigger(self, event: TriggerOutcome, delivery: Delivery) -> None:
+        found = trigger_notice(event)
+        if found is None:
+            return
+        n, event_id = found
+        targets = sinks_for(self.config.notifier, n)
+        if targets:
+            # All suppressions of one storm window share an id: the first is delivered, the rest
+            # find it marked delivered.
+            await asyncio.gather(*(self._once(sink, n, event_id) for sink in targets))
+
     async def _once(self, sink: str, n: Notice, event_id: str) -> None:
         key = f"{sink}.{hashlib.sha256(event_id.encode()).hexdigest()[:32]}"
+        # Notices that share an id (every suppression of one storm window) arrive at once: one
+        # at a time per key here, so the first delivers and the others find it marked.
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                await self._deliver_once(sink, n, key, event_id)
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    async def _deliver_once(self, sink: str, n: Notice, key: str, event_id: str) -> None:
         try:
             await self.marks.get(key)
             return  # delivered (or given up) before
@@ -80,10 +119,11 @@ class NotifierService(Service):
             log.error(
                 "notification given up", sink=sink, type=n.type, run_id=n.run_id, attempts=attempts, error=str(exc)
             )
-            failure = NotificationFailed(
-                run_id=n.run_id, sink=sink, event_type=n.type, error=str(exc), attempts=attempts
-            )
-            await self.bus.publish(subjects.notification_failed(n.run_id), failure, msg_id=f"{key}:failed")
+            if n.run_id:  # a trigger notice has no run whose audit log could hold the failure
+                failure = NotificationFailed(
+                    run_id=n.run_id, sink=sink, event_type=n.type, error=str(exc), attempts=attempts
+                )
+                await self.bus.publish(subjects.notification_failed(n.run_id), failure, msg_id=f"{key}:failed")
             await self.marks.put(key, b"failed")
             return
         await self.marks.put(key, b"delivered")

@@ -83,6 +83,7 @@ class Triggers:
         self._tasks: list[asyncio.Task[None]] = []
         self._synced: list[str] | None = None
         self._ready = asyncio.Event()  # the active set is loaded: events may be matched
+        self._built_seq = -1  # the registry's stream sequence the active set was read at
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -116,7 +117,18 @@ class Triggers:
 
     # --- following the registry ---------------------------------------------------------------
 
+    async def _registry_seq(self) -> int:
+        info = await self.bus.js.stream_info(f"KV_{subjects.WORKFLOWS_BUCKET}")
+        return info.state.last_seq
+
+    async def reload_if_stale(self) -> None:
+        """Before letting an event go unmatched: reload if the registry moved since we last read it
+        (a replica's watch can lag the apply that another process just did)."""
+        if await self._registry_seq() != self._built_seq:
+            await self.reload()
+
     async def reload(self) -> None:
+        self._built_seq = await self._registry_seq()
         heads = await registry.listing(self.bus)
         found: dict[str, list[Active]] = {}
         for head in heads:
@@ -206,7 +218,7 @@ class Triggers:
         if not matching:
             # Another replica may have captured a subject of a workflow applied a moment ago,
             # before our own watch told us: look once more before letting the event go.
-            await self.reload()
+            await self.reload_if_stale()
             matching = [a for a in self.all() if events.nats_matches(a, delivery.subject)]
         if not matching:
             return  # no workflow listens to this subject (any more)
@@ -231,7 +243,10 @@ class Triggers:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             log.error("alert notification cannot be read", error=str(exc))
             return  # the gateway validated it; nothing else publishes here
-        for trigger in events.alert_triggers(note):
+        alerts = events.alert_triggers(note)
+        if not any(events.alert_matches(a, t) for a in self.all() for t in alerts):
+            await self.reload_if_stale()  # a workflow applied a moment ago may be the one
+        for trigger in alerts:
             for active in self.all():
                 if not events.alert_matches(active, trigger):
                     continue
@@ -276,13 +291,17 @@ class Triggers:
                 return
             await self._record(active, "deduplicated", f"already started run {earlier}", key=key, run_id=earlier)
             return
-        if active.trigger.max_runs is not None and not await self._admit(active):
+        window = await self._admit(active) if active.trigger.max_runs is not None else None
+        if window is not None and window[0] is False:
             limit = active.trigger.max_runs
+            assert limit is not None
             # Remembered like a run, so the same event repeated (Alertmanager's repeat_interval)
             # is a duplicate, not one more suppression.
             with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
                 await self.runs_kv.create(claim, _SUPPRESSED.encode())
-            await self._record(active, "suppressed", f"over max_runs ({limit.count} per {limit.per})", key=key)
+            await self._record(
+                active, "suppressed", f"over max_runs ({limit.count} per {limit.per})", key=key, window=window[1]
+            )
             return
         run_id = run_id_for(int(time.time() * 1000), claim)
         try:
@@ -300,7 +319,8 @@ class Triggers:
         self._count(active, "fired")
         log.info("trigger fired", trigger=active.id, kind=active.kind, run_id=run_id, key=key)
 
-    async def _admit(self, active: Active) -> bool:
+    async def _admit(self, active: Active) -> tuple[bool, float]:
+        """Whether the event may start a run, and when its storm window opened."""
         limit = active.trigger.max_runs
         assert limit is not None
         key = f"storm.{_hash(active.id)}"
@@ -313,16 +333,16 @@ class Triggers:
                 window, revision = None, None
             after, allowed = storm.admit(window, time.time(), limit.count, per)
             if not allowed:
-                return False
+                return False, after.start
             try:
                 if revision is None:
                     await self.state_kv.create(key, _enc.encode(after))
                 else:
                     await self.state_kv.update(key, _enc.encode(after), last=revision)
-                return True
+                return True, after.start
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue
-        return False
+        return False, time.time()
 
     def _count(self, active: Active, outcome: Outcome) -> None:
         counts = self.counts[active.id]
@@ -330,7 +350,14 @@ class Triggers:
         _METRICS[outcome].labels(active.workflow, active.kind).inc()
 
     async def _record(
-        self, active: Active, outcome: Outcome, reason: str, *, key: str = "", run_id: str | None = None
+        self,
+        active: Active,
+        outcome: Outcome,
+        reason: str,
+        *,
+        key: str = "",
+        run_id: str | None = None,
+        window: float | None = None,
     ) -> None:
         """Count it and publish it as an event of its own (people can be told about storms)."""
         self._count(active, outcome)
@@ -344,6 +371,7 @@ class Triggers:
             key=key[:300],
             run_id=run_id,
             at=now_rfc3339(),
+            window_start=window,
         )
         headers = {MSG_ID: f"trigger:{active.id}:{outcome}:{_hash(key)}", "content-type": "application/json"}
         await self.bus.publish_raw(subjects.trigger_event(active.workflow, outcome), _enc.encode(event), headers)

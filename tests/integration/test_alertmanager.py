@@ -7,10 +7,12 @@ import json
 import re
 import shutil
 import subprocess
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -48,10 +50,18 @@ def am(nats_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
         missing("prometheus-alertmanager is not installed (apt-get install prometheus-alertmanager)")
     workdir = tmp_path_factory.mktemp("alertmanager")
     server = NatsServer(workdir / "nats").start()
-    stack = Stack(server, workdir, **gateway_config(workdir))
+    hooks = Hooks()
+    notify = (
+        "notifier:\n"
+        f"  sinks: {{hook: {{type: webhook, url: '{hooks.url}'}}}}\n"
+        "  rules: [{on: [trigger.suppressed, trigger.refused], sinks: [hook]}]\n"
+    )
+    stack = Stack(server, workdir, **gateway_config(workdir, notify))
+    stack.hooks = hooks  # type: ignore[attr-defined]
     proc = None
     try:
         stack.start_all()
+        stack.start("notifier")
         gateway = start_gateway(stack)
         assert stack.cli("workflows", "apply", str(TRIGGERED)).returncode == 0
         config = workdir / "alertmanager.yml"
@@ -81,6 +91,27 @@ def am(nats_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
             proc.wait(10)
         stack.stop_all()
         server.stop()
+
+
+class Hooks:
+    """A webhook receiver for the notifier's notices."""
+
+    def __init__(self) -> None:
+        self.received: list[dict] = []
+        hooks = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                hooks.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
 
 
 def post_alerts(am_url: str, alerts: list[dict]) -> None:
@@ -123,6 +154,9 @@ def test_a_storm_is_held_to_max_runs(am) -> None:
     c = counts(stack, "storm#0")
     assert c["fired"] == 5 and c["suppressed"] == 195
     assert len(runs_of(stack, "storm")) == 5
+    # People hear about the storm once, not 195 times.
+    storms = wait_for(lambda: [h for h in stack.hooks.received if h["type"] == "trigger.suppressed"], what="the notice")
+    assert len(storms) == 1 and "Trigger storm: workflow storm trigger #1" in storms[0]["summary"]
 
 
 def test_the_webhook_needs_a_token_with_the_alerts_role(am) -> None:

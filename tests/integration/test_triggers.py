@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -129,6 +130,12 @@ def test_duplicates_filters_refusals_and_a_hundred_events(stack: Stack) -> None:
     assert sorted(s for s in services if s.startswith("s") and s[1:].isdigit()) == sorted(f"s{i}" for i in range(100))
     c = counts(stack, "on-deploy#0")
     assert c["refused"] >= 1 and c["deduplicated"] >= 1 and c["fired"] >= 102
+    # The same, as the planner's metrics (names are a contract).
+    port = stack.http_port("planner")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    for name in ("fired", "deduplicated", "refused"):
+        assert f'flowyard_triggers_{name}_total{{kind="nats",workflow="on-deploy"}}' in metrics, name
 
 
 def test_deleting_a_workflow_switches_its_trigger_off(stack: Stack, tmp_path: Path) -> None:
