@@ -22,7 +22,7 @@ ACTIONS: tuple[str, ...] = Action.__args__  # type: ignore[attr-defined]
 
 
 class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):
-    at: str
+    time: str  # RFC 3339, when it was done
     user: str
     action: Action
     target: str  # workflow/NAME, run/ID, approval/ID
@@ -52,7 +52,7 @@ def entry(
     request_id: str = "",
 ) -> AuditEntry:
     return AuditEntry(
-        at=now_rfc3339(),
+        time=now_rfc3339(),
         user=user,
         action=action,
         target=target,

@@ -20,7 +20,7 @@ import msgspec
 import nats.js.errors
 
 from shared import agents as agent_registry
-from shared import subjects
+from shared import capture, subjects
 from shared.bus import Bus
 from shared.envelope import now_rfc3339
 from shared.errors import RetryableError, ValidationFailed
@@ -117,7 +117,26 @@ async def apply(bus: Bus, bundle: Bundle, text: str, *, user: str) -> list[Appli
     agents = list(bundle.agents.values())
     if agents:
         await agent_registry.register(bus, agents)
-    return [await _apply_one(bus, wf, agents, text, user) for wf in bundle.workflows]
+    applied = [await _apply_one(bus, wf, agents, text, user) for wf in bundle.workflows]
+    if any(a.changed for a in applied):
+        await capture_triggers(bus)
+    return applied
+
+
+async def capture_triggers(bus: Bus) -> None:
+    """Capture every registered workflow's NATS trigger subjects now, so an event published right
+    after an apply is kept (the planner keeps it in step too, as it sees the registry change)."""
+    found: list[str] = []
+    for summary in await listing(bus):
+        version = await get_version(bus, summary.name, summary.version)
+        if version is None:
+            continue
+        try:
+            doc = parse_version(version)
+        except ValidationFailed:
+            continue
+        found.extend(t.nats.subject for t in doc.spec.triggers if t.nats is not None)
+    await capture.sync(bus, found)
 
 
 async def _apply_one(bus: Bus, wf: WorkflowDoc, agents: list[AgentDoc], text: str, user: str) -> Applied:
@@ -232,6 +251,7 @@ async def delete(bus: Bus, name: str) -> WorkflowSummary | None:
         for number in range(1, current.version + 1):
             with contextlib.suppress(nats.js.errors.KeyNotFoundError):
                 await kv.purge(version_key(name, number))
+        await capture_triggers(bus)
         return current
     raise RetryableError(f"workflow {name!r} kept changing while it was deleted; try again")
 

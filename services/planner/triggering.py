@@ -33,14 +33,13 @@ import nats.js.errors
 import structlog
 from prometheus_client import Counter
 
-from shared import registry, runs, subjects
+from shared import capture, registry, runs, subjects
 from shared.bus import Bus, Consumer, Delivery
 from shared.durations import parse_duration
 from shared.envelope import MSG_ID, now_rfc3339
 from shared.errors import ValidationFailed
 from shared.triggering import Outcome, PlannerCounts, TriggerCounts, TriggerOutcome
 from shared.workflow.schedules import catchup, jitter_s, last_time, next_time
-from shared.workflow.triggers import minimal_subjects
 
 from .triggers import events, storm
 from .triggers.active import Active, from_version, nats_subjects
@@ -174,35 +173,14 @@ class Triggers:
 
     async def _sync_capture(self) -> None:
         """FY_TRIGGERS captures exactly the active NATS subjects (plus alerts)."""
-        wanted = [subjects.ALERT_SUBJECTS, *minimal_subjects(nats_subjects(self.all()))]
+        wanted = sorted(nats_subjects(self.all()))
         if wanted == self._synced:
             return
-        info = await self.bus.js.stream_info(subjects.TRIGGERS_STREAM)
-        config = info.config
-        if sorted(config.subjects or []) == sorted(wanted):
-            self._synced = wanted
-            return
-        usable = [subjects.ALERT_SUBJECTS]
-        for subject in wanted[1:]:
-            try:
-                owner = await self.bus.js.find_stream_name_by_subject(subject)
-            except nats.js.errors.NotFoundError:
-                owner = None
-            if owner not in (None, subjects.TRIGGERS_STREAM):
-                log.error(
-                    "trigger subject already captured by another stream; its events cannot be captured",
-                    subject=subject,
-                    stream=owner,
-                )
-                continue
-            usable.append(subject)
-        config.subjects = usable
         try:
-            await self.bus.js.update_stream(config)
+            await capture.sync(self.bus, wanted)
             self._synced = wanted
-            log.info("trigger subjects captured", subjects=usable)
         except nats.js.errors.BadRequestError as exc:
-            log.error("cannot capture trigger subjects", subjects=usable, error=str(exc))
+            log.error("cannot capture trigger subjects", subjects=wanted, error=str(exc))
 
     def all(self) -> list[Active]:
         return [a for v in self.active.values() for a in v]

@@ -157,3 +157,17 @@ def test_deleting_a_workflow_switches_its_trigger_off(stack: Stack, tmp_path: Pa
     asyncio.run(publish(stack.server.url, "gone.now", b"{}"))
     asyncio.run(triggers_idle(stack.server.url))
     assert len(runs_of(stack, "gone")) == 1
+
+
+def test_an_event_published_right_after_the_apply_is_captured(stack: Stack, tmp_path: Path) -> None:
+    doc = tmp_path / "quick.yaml"
+    doc.write_text(
+        TRIGGERED.read_text().split("---\napiVersion: flowyard/v1\nkind: Workflow")[0]
+        + "---\napiVersion: flowyard/v1\nkind: Workflow\nmetadata: {name: quick}\nspec:\n"
+        "  triggers: [{nats: {subject: quick.events}}]\n  nodes: [{id: a, agent: tnote}]\n"
+    )
+    assert stack.cli("workflows", "apply", str(doc)).returncode == 0
+    asyncio.run(publish(stack.server.url, "quick.events", b'{"n": 1}'))  # no waiting in between
+    run = wait_for(lambda: runs_of(stack, "quick"), what="the run")[0]
+    assert run["trigger"]["data"] == {"n": 1}
+    assert stack.cli("workflows", "delete", "quick").returncode == 0
