@@ -186,3 +186,13 @@ def test_the_webhook_needs_a_token_with_the_alerts_role(am) -> None:
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(req, timeout=10)
     assert refused.value.code == 422
+
+
+def test_on_resolved_run_starts_a_run_for_the_resolution(am) -> None:
+    stack, _, am_url = am
+    alert = {"labels": {"alertname": "Resolvable", "instance": "db1"}, "startsAt": datetime.now(UTC).isoformat()}
+    post_alerts(am_url, [alert])
+    wait_for(lambda: runs_of(stack, "on-resolve"), what="the firing run")
+    post_alerts(am_url, [{**alert, "endsAt": (datetime.now(UTC) - timedelta(seconds=1)).isoformat()}])
+    both = wait_for(lambda: (lambda r: r if len(r) >= 2 else None)(runs_of(stack, "on-resolve")), what="two runs")
+    assert sorted(r["trigger"]["status"] for r in both) == ["firing", "resolved"]

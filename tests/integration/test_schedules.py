@@ -111,3 +111,12 @@ def test_a_planner_down_across_two_times_runs_the_latest_once(stack: Stack, tmp_
     assert len(new) == len(set(new))
     logs = stack.replica_log("planner") + stack.replica_log("planner-2")
     assert logs.count('"caught_up": true') == 1
+
+
+def test_overlap_cancel_other_cancels_the_previous_run(stack: Stack, tmp_path: Path) -> None:
+    apply(stack, tmp_path, "pushy", "{every: 2s, overlap: cancel_other}", agent="cslow")
+    cancelled = wait_for(
+        lambda: [r for r in runs_of(stack, "pushy") if r["status"] == "cancelled"], timeout=30, what="a cancelled run"
+    )
+    assert stack.cli("workflows", "delete", "pushy").returncode == 0
+    assert "the schedule's next time" in (cancelled[0]["error"] or "")
