@@ -31,7 +31,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from shared import subjects
 from shared.config import BusConfig, NatsConfig, seconds
-from shared.contract import Event, encode
+from shared.contract import Event, RunAbandoned, decode_event, encode
 from shared.envelope import build_headers, header
 from shared.errors import ConfigurationError, NotYet, PermanentError, RetryableError
 from shared.telemetry import extract, inject, tracer
@@ -284,6 +284,7 @@ class Bus:
             history=1,
             ttl=seconds(cfg.retention),
         )
+        await self._ensure_kv(subjects.EXECUTORS_BUCKET, "Live executors: pool and runtime", history=1, ttl=30)
         await self._ensure_kv(subjects.TRIGGER_STATE_BUCKET, "Schedules, storm windows, trigger counts", history=1)
         await self._ensure_kv(
             subjects.IDEMPOTENCY_BUCKET, "Idempotency-Key of a run request -> its run", history=1, ttl=24 * 3600
@@ -720,3 +721,36 @@ class Consumer:
             return
         with contextlib.suppress(Exception):
             await msg.term()
+        await self._abandon_run(msg, delivery, reason)
+
+    async def _abandon_run(self, msg: Msg, delivery: Delivery, reason: str) -> None:
+        """A message of a run was given up on: tell the scheduler, so the run ends saying why
+        instead of waiting for something that will never come."""
+        run_id, workflow = "", ""
+        try:
+            event = decode_event(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            event = None
+        if isinstance(event, RunAbandoned):
+            return  # the scheduler itself could not end the run: the dead letter says why
+        if event is not None:
+            run_id, workflow = event.run_id, str(getattr(event, "workflow", "") or "")
+        else:
+            parts = delivery.subject.split(".")
+            if parts[:2] == ["fy", "run"] and len(parts) > 2:
+                run_id = parts[2]
+            elif parts[:3] == ["fy", "timer", "run"] and len(parts) > 3:
+                run_id = parts[3]
+        if not run_id or not subjects.TOKEN.match(run_id):
+            return
+        abandoned = RunAbandoned(
+            run_id=run_id, service=self.bus.name, subject=delivery.subject, reason=reason[:1000], workflow=workflow
+        )
+        try:
+            await self.bus.publish(
+                subjects.run_abandoned(run_id),
+                abandoned,
+                msg_id=f"{run_id}:abandoned:{self.stream}:{delivery.stream_seq}",
+            )
+        except Exception as exc:
+            log.error("could not end the run of a dead-lettered message", run_id=run_id, error=repr(exc))

@@ -207,6 +207,15 @@ class RunRejected(Event, tag="run.rejected", kw_only=True):
     errors: list[str]
 
 
+class RunAbandoned(Event, tag="run.abandoned", kw_only=True):
+    """A service gave up on a message of this run (dead-lettered it): the run must end, saying why."""
+
+    service: str
+    subject: str
+    reason: str
+    workflow: str = ""
+
+
 class RunStarted(Event, tag="run.started", kw_only=True):
     workflow: str
     nodes: list[str] = []
@@ -307,6 +316,7 @@ AnyEvent = (
     | NodeFailed
     | NotificationFailed
     | RunRejected
+    | RunAbandoned
     | RunStarted
     | RunFinished
     | TaskDispatched
@@ -325,6 +335,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     NodeFailed,
     NotificationFailed,
     RunRejected,
+    RunAbandoned,
     RunStarted,
     RunFinished,
     TaskDispatched,

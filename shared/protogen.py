@@ -24,6 +24,7 @@ from shared.contract import (
     ApprovalRequested,
     NodeFailed,
     NotificationFailed,
+    RunAbandoned,
     RunCancelRequested,
     RunFinished,
     RunPlanned,
@@ -55,6 +56,13 @@ CHANNELS: list[tuple[str, type, str, str, str]] = [
         "cli, gateway",
         "scheduler",
         "Stop a run: running nodes are stopped, pending ones cancelled.",
+    ),
+    (
+        subjects.run_abandoned(RUN),
+        RunAbandoned,
+        "any service (on a dead letter)",
+        "scheduler",
+        "A service gave up on a message of the run; the scheduler ends the run as failed, saying why.",
     ),
     (subjects.run_started(RUN), RunStarted, "scheduler", "cli, notifier", "The run's record exists; nodes start."),
     (

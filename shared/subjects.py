@@ -30,7 +30,10 @@ WORKSPACES_BUCKET = "fy_workspaces"  # an object store: run workspaces, one obje
 WORKFLOWS_BUCKET = "fy_workflows"
 TRIGGER_RUNS_BUCKET = "fy_trigger_runs"  # de-duplication key of a trigger event -> the run it started
 TRIGGER_STATE_BUCKET = "fy_trigger_state"  # schedules' last times, storm windows, planners' counts
-IDEMPOTENCY_BUCKET = "fy_idempotency"  # Idempotency-Key of POST /v1/runs -> the run it started (24 h)
+IDEMPOTENCY_BUCKET = "fy_idempotency"
+# Live executors: key POOL.INSTANCE -> {pool, runtime}, refreshed while they run (expires after 30 s),
+# so the planner can refuse a run whose agents the stack's executors cannot run.
+EXECUTORS_BUCKET = "fy_executors"  # Idempotency-Key of POST /v1/runs -> the run it started (24 h)
 
 RUNS_SUBJECTS = "fy.run.>"
 TASKS_SUBJECTS = "fy.task.>"
@@ -64,6 +67,10 @@ def run_planned(run_id: str) -> str:
 
 def run_rejected(run_id: str) -> str:
     return f"fy.run.{run_id}.rejected"
+
+
+def run_abandoned(run_id: str) -> str:
+    return f"fy.run.{run_id}.abandoned"
 
 
 def run_started(run_id: str) -> str:
@@ -149,6 +156,7 @@ def dead_letter(service: str) -> str:
 PLANNER_FILTERS = ["fy.run.*.requested"]
 SCHEDULER_FILTERS = [
     "fy.run.*.planned",
+    "fy.run.*.abandoned",
     "fy.run.*.rejected",
     "fy.run.*.cancel",
     "fy.run.*.task.*.succeeded",

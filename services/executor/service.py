@@ -14,7 +14,7 @@ import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
 
-from shared import subjects
+from shared import executors, subjects
 from shared import workspace as ws
 from shared.bus import Delivery, is_outage
 from shared.config import Config, seconds
@@ -83,6 +83,10 @@ class ExecutorService(Service):
     async def stop(self) -> None:
         # Attempts still running after the grace period are left running and handed back: the
         # executor that gets them next adopts them rather than starting them again.
+        advertising = getattr(self, "_advertising", None)
+        if advertising is not None:
+            advertising.cancel()
+            await asyncio.gather(advertising, return_exceptions=True)
         self.runtime.detach = True
         await super().stop()
         if self._cleanups:  # a run that just ended: let its containers go before we do
@@ -91,6 +95,11 @@ class ExecutorService(Service):
 
     async def start(self) -> None:
         await super().start()
+        info = executors.ExecutorInfo(
+            pool=self.config.executor.pool, runtime=self.config.executor.runtime, instance=self.executor_id
+        )
+        await executors.announce(self.bus, info)
+        self._advertising = asyncio.create_task(executors.advertise(self.bus, info), name="executor:advertise")
         assert self.bus.nc is not None
         for subject in subjects.RUN_ENDED:
             await self.bus.nc.subscribe(subject, cb=self._on_run_ended)

@@ -2,23 +2,46 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from shared.contract import RunPlanned, RunRejected, RunRequested
 from shared.errors import ValidationFailed
 from shared.workflow.loader import parse_workflow
-from shared.workflow.model import AgentDoc
+from shared.workflow.model import AgentDoc, WorkflowDoc
 from shared.workflow.validate import check_inputs, plan_workflow, validate_agent, validate_workflow
 
 AgentLoader = Callable[[Iterable[str]], Awaitable[dict[str, AgentDoc]]]
 
 
-async def plan_run(request: RunRequested, load_agents: AgentLoader) -> RunPlanned | RunRejected:
+def runtime_problems(
+    workflow: WorkflowDoc, agents: Mapping[str, AgentDoc], runtimes: set[str], where: str
+) -> list[str]:
+    """Agents the stack's executors cannot run: with only Docker executors, an agent needs an image."""
+    if not runtimes or runtimes != {"docker"}:
+        return []  # no executor seen yet, or one that runs commands too: nothing to refuse here
+    imageless = sorted(
+        {n.agent for n in workflow.spec.nodes if n.agent in agents}
+        - {name for name, a in agents.items() if a.spec.image or a.spec.image_input}
+    )
+    if not imageless:
+        return []
+    names = ", ".join(repr(n) for n in imageless)
+    return [
+        f"{where}: agent(s) {names} have no `image`, and this stack's executors run agents in Docker "
+        "containers; give each an image (e.g. `image: flowyard/base:bookworm` for a Python command), "
+        "or run the executors with `--runtime process` (development only: not a sandbox)"
+    ]
+
+
+async def plan_run(
+    request: RunRequested, load_agents: AgentLoader, runtimes: set[str] | None = None
+) -> RunPlanned | RunRejected:
     where = request.source or f"workflow {request.workflow!r}"
     try:
         workflow = parse_workflow(request.definition, where)
         agents = await load_agents({n.agent for n in workflow.spec.nodes})
         problems = validate_workflow(workflow, agents, file=where)
+        problems.extend(runtime_problems(workflow, agents, runtimes or set(), where))
         for agent in agents.values():
             problems.extend(validate_agent(agent, f"registered agent {agent.metadata.name!r}"))
         if problems:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 
 import structlog
 
-from shared import agents, subjects
+from shared import agents, executors, subjects
 from shared.builtin_agents import builtin_agents
 from shared.bus import Delivery
 from shared.contract import AnyEvent, RunPlanned, RunRequested
@@ -34,6 +35,8 @@ class PlannerService(Service):
             concurrency=self.config.planner.concurrency,
         )
         self.triggers = Triggers(self.bus)
+        self._runtimes_seen: set[str] = set()
+        self._runtimes_at = -1e9
         self.consumers.append(self.triggers.consumer())
 
     async def start(self) -> None:
@@ -43,6 +46,14 @@ class PlannerService(Service):
     async def stop(self) -> None:
         await self.triggers.stop()
         await super().stop()
+
+    async def _runtimes(self) -> set[str]:
+        """The runtimes of the live executors (cached for two seconds: read on every plan)."""
+        now = time.monotonic()
+        if now - self._runtimes_at > 2.0:
+            self._runtimes_seen = {e.runtime for e in await executors.live(self.bus)}
+            self._runtimes_at = now
+        return self._runtimes_seen
 
     async def _load_agents(self, names: Iterable[str]) -> dict[str, AgentDoc]:
         names = set(names)
@@ -58,7 +69,7 @@ class PlannerService(Service):
             subjects.check_token(event.run_id, "run id")
         except ValueError as exc:
             raise PermanentError(str(exc)) from None
-        result = await plan_run(event, self._load_agents)
+        result = await plan_run(event, self._load_agents, await self._runtimes())
         if isinstance(result, RunPlanned):
             subject = subjects.run_planned(event.run_id)
             log.info("run planned", run_id=event.run_id, workflow=result.workflow, nodes=len(result.plan.nodes))

@@ -28,6 +28,7 @@ from shared.contract import (
     Outgoing,
     PlannedNode,
     RetryPolicy,
+    RunAbandoned,
     RunCancelRequested,
     RunFinished,
     RunPlanned,
@@ -170,10 +171,15 @@ def fire_timer(record: RunRecord, timer: TimerDue, clock: Clock) -> RunRecord | 
     return advance(record, clock, [_dispatch(record, planned, timer.item, slot.input, timer.attempt, clock)])
 
 
-def overflow(record: RunRecord, clock: Clock, *, size: int, limit: int) -> RunRecord:
-    """The record grew past what the bus carries: end the run, saying why, without the outputs."""
+def overflow(record: RunRecord, clock: Clock, *, size: int, limit: int, drop_items: bool = False) -> RunRecord:
+    """The record grew past what the bus carries: end the run, saying why, without the outputs
+    (and, when even that is too big — a fan-out of thousands — without the per-item records)."""
 
     def strip(slot: NodeRecord) -> NodeRecord:
+        if drop_items and slot.items is not None:
+            done = sum(1 for it in slot.items if it.status == "succeeded")
+            note = f"{done} of {len(slot.items)} items succeeded; per-item results dropped (the run was too big)"
+            return replace(slot, output=None, input=None, items=None, errors=slot.errors[-3:], error=slot.error or note)
         items = [strip(it) for it in slot.items] if slot.items is not None else None
         return replace(slot, output=None, input=None, items=items)
 
@@ -183,6 +189,19 @@ def overflow(record: RunRecord, clock: Clock, *, size: int, limit: int) -> RunRe
         "return too much data; return references (paths, ids) instead, or raise bus.max_payload"
     )
     return _stop(lean, clock, status="failed", error=error)
+
+
+def abandon(record: RunRecord | None, event: RunAbandoned, clock: Clock) -> RunRecord | None:
+    """A service gave up on one of the run's messages: the run cannot go on, so it fails, saying why."""
+    error = (
+        f"the {event.service} gave up on a message of this run ({event.subject}): {event.reason}. "
+        "The message is kept on the dead-letter subject fy.dlq." + event.service
+    )
+    if record is None:
+        return reject_run(RunRejected(run_id=event.run_id, workflow=event.workflow, errors=[error]), clock)
+    if record.status != "running":
+        return None
+    return _stop(record, clock, status="failed", error=error)
 
 
 def cancel(record: RunRecord, event: RunCancelRequested, clock: Clock) -> RunRecord | None:

@@ -30,6 +30,7 @@ from shared.contract import (
     ApprovalDecided,
     NodeFailed,
     Outgoing,
+    RunAbandoned,
     RunCancelRequested,
     RunFinished,
     RunPlanned,
@@ -53,6 +54,7 @@ log = structlog.get_logger("flowyard.scheduler")
 
 Transition = Callable[[RunRecord | None, engine.Clock], RunRecord | None]
 _MAX_CONFLICTS = 50
+_HEADROOM = 8 * 1024
 _CACHE_RUNS = 10_000
 
 
@@ -89,6 +91,8 @@ class SchedulerService(Service):
         match event:
             case RunPlanned():
                 await self._plan(event)
+            case RunAbandoned():
+                await self.mutate(event.run_id, lambda rec, clk: engine.abandon(rec, event, clk))
             case RunRejected():
                 await self.mutate(event.run_id, lambda rec, clk: engine.reject_run(event, clk) if rec is None else None)
             case TaskSucceeded() | TaskFailed():
@@ -176,9 +180,15 @@ class SchedulerService(Service):
             assert new is not None
             new = engine.replace(new, outbox=outbox + _node_failures(record, new))
             data = encode(new)
-            if len(data) > self.config.bus.max_payload:
-                new = engine.overflow(new, clock, size=len(data), limit=self.config.bus.max_payload)
+            # Room for the message's headers: the server's limit counts them too.
+            limit = self.config.bus.max_payload - _HEADROOM
+            if len(data) > limit:
+                size = len(data)
+                new = engine.overflow(new, clock, size=size, limit=self.config.bus.max_payload)
                 data = encode(new)
+                if len(data) > limit:  # thousands of item records alone are too many
+                    new = engine.overflow(new, clock, size=size, limit=self.config.bus.max_payload, drop_items=True)
+                    data = encode(new)
             try:
                 if record is None:
                     revision = await self.records.create(run_id, data)

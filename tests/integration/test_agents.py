@@ -229,3 +229,25 @@ def test_approve_a_patch_then_take_the_workspace_and_logs(agent_images: None, tm
         assert rows and all(r["node"] == "check" for r in rows)
         again = flowyard("runs", "workspace", run_id, "--out", str(tmp_path / "final"), env=env)
         assert again.returncode == 2 and "not an empty folder" in again.stderr
+
+
+def test_the_fleet_example_runs_as_the_readme_lists_it_on_docker(base_image: str) -> None:
+    """`flowyard run examples/fleet-check.yaml` on the default runtime (Docker), as its header says."""
+    done = flowyard("run", "examples/fleet-check.yaml", "--json", runtime=None, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["status"] == "succeeded" and result["outputs"]["checked"] == 5
+    assert result["nodes"]["check"]["items"][2]["attempts"] == 2  # the flaky host, retried in a container
+
+
+def test_agents_the_executors_cannot_run_are_refused_before_the_run_starts(base_image: str, tmp_path: Path) -> None:
+    doc = tmp_path / "commands.yaml"
+    doc.write_text(
+        "apiVersion: flowyard/v1\nkind: Agent\nmetadata: {name: bare-command}\nspec:\n  command: [cat]\n---\n"
+        "apiVersion: flowyard/v1\nkind: Workflow\nmetadata: {name: bare}\nspec:\n"
+        "  nodes: [{id: a, agent: bare-command, with: {x: 1}}]\n"
+    )
+    done = flowyard("run", str(doc), "--runtime", "docker", runtime=None, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "'bare-command' have no `image`" in done.stderr and "--runtime process" in done.stderr
+    assert flowyard("run", str(doc), "--runtime", "process").returncode == 0

@@ -1,0 +1,87 @@
+"""Whatever a service gives up on ends the run it belongs to, as failed, in plain words — never a
+silent wait; and a run too big for the bus ends the same way, however big it grew."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import nats
+import pytest
+
+from shared.natsserver import NatsServer
+
+from ..cli import flowyard
+from .stack import Stack
+
+SLOW = """
+apiVersion: flowyard/v1
+kind: Agent
+metadata: {name: snooze}
+spec:
+  command: [python3, -c, "import sys, time; sys.stdin.read(); time.sleep(60); print('{}')"]
+---
+apiVersion: flowyard/v1
+kind: Workflow
+metadata: {name: snoozing}
+spec:
+  nodes: [{id: a, agent: snooze}]
+"""
+
+
+@pytest.fixture
+def stack(nats_binary: str, tmp_path: Path) -> Iterator[Stack]:
+    server = NatsServer(tmp_path / "nats").start()
+    s = Stack(server, tmp_path, FLOWYARD_BUS_MAX_DELIVER="2")
+    try:
+        s.start_all()
+        yield s
+    finally:
+        s.stop_all()
+        server.stop()
+
+
+def test_a_dead_lettered_message_ends_its_run_saying_why(stack: Stack, tmp_path: Path) -> None:
+    doc = tmp_path / "snooze.yaml"
+    doc.write_text(SLOW)
+    run = stack.cli_background("run", str(doc), "--json")
+    deadline = time.monotonic() + 30
+    run_id = ""
+    while not run_id and time.monotonic() < deadline:
+        listed = json.loads(stack.cli("runs", "list", "--json").stdout)
+        run_id = next((r["run_id"] for r in listed if r["workflow"] == "snoozing" and r["status"] == "running"), "")
+    assert run_id
+
+    async def poison() -> None:
+        nc = await nats.connect(stack.server.url)
+        js = nc.jetstream()
+        await js.publish(f"fy.run.{run_id}.task.a.succeeded", b"this is not an event")
+        await nc.close()
+
+    asyncio.run(poison())
+    out, _ = run.communicate(timeout=60)
+    result = json.loads(out)
+    assert run.returncode == 1 and result["status"] == "failed"
+    assert "the scheduler gave up on a message of this run" in result["error"]
+    assert f"fy.run.{run_id}.task.a.succeeded" in result["error"] and "fy.dlq.scheduler" in result["error"]
+
+
+def test_a_fan_out_too_big_for_the_bus_fails_naming_the_limit(nats_binary: str, tmp_path: Path) -> None:
+    doc = tmp_path / "wide.yaml"
+    doc.write_text(
+        "apiVersion: flowyard/v1\nkind: Agent\nmetadata: {name: chatty}\nspec:\n"
+        "  command: [python3, -c, \"import json, sys; r = json.load(sys.stdin); print(json.dumps({'i': r['i'], 'pad': 'x' * 300}))\"]\n"
+        "---\napiVersion: flowyard/v1\nkind: Workflow\nmetadata: {name: wide}\nspec:\n"
+        '  nodes: [{id: each, agent: chatty, foreach: "{{ inputs.items }}", with: {i: "{{ item }}"}}]\n'
+        "  inputs: {items: {type: array}}\n"
+    )
+    items = json.dumps(list(range(400)))
+    done = flowyard(
+        "run", str(doc), "-i", f"items={items}", "--json", env={"FLOWYARD_BUS_MAX_PAYLOAD": "65536"}, timeout=300
+    )
+    result = json.loads(done.stdout)
+    assert done.returncode == 1 and result["status"] == "failed", done.stderr[-2000:]
+    assert "over the 65536-byte limit (bus.max_payload)" in result["error"]
