@@ -284,6 +284,9 @@ class Bus:
             history=1,
             ttl=seconds(cfg.retention),
         )
+        await self._ensure_kv(
+            subjects.INFLIGHT_BUCKET, "Redelivered messages in hand, for the poison ceiling", history=1, ttl=86400
+        )
         await self._ensure_kv(subjects.EXECUTORS_BUCKET, "Live executors: pool and runtime", history=1, ttl=30)
         await self._ensure_kv(subjects.TRIGGER_STATE_BUCKET, "Schedules, storm windows, trigger counts", history=1)
         await self._ensure_kv(
@@ -631,7 +634,54 @@ class Consumer:
         MESSAGES.labels(self.durable, outcome).inc()
         HANDLE_SECONDS.labels(self.durable).observe(time.perf_counter() - started)
 
+    async def _unanswered(self, delivery: Delivery) -> tuple[int, str | None]:
+        """How many deliveries of this message ended with no answer (the handler's process died).
+
+        Only redeliveries are journalled (a KV entry while the message is in hand, removed when it
+        is answered), so the first delivery of every message costs nothing extra.
+        """
+        if delivery.num_delivered <= 1:
+            return 0, None
+        key = f"{self.durable}.{delivery.stream_seq}"
+        try:
+            kv = await self.bus.kv(subjects.INFLIGHT_BUCKET)
+            try:
+                entry = await kv.get(key)
+                died = int(entry.value or b"0") if entry.value else 0
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                died = 0
+            await kv.put(key, str(died + 1).encode())
+        except Exception as exc:  # the journal is a safety net; NATS trouble must not stop work
+            log.debug("poison journal unavailable", consumer=self.durable, error=repr(exc))
+            return 0, None
+        # A delivery ago the count was written and never cleared: that delivery died too.
+        return died, key
+
+    async def _answered(self, key: str | None) -> None:
+        if key is None:
+            return
+        with contextlib.suppress(Exception):
+            kv = await self.bus.kv(subjects.INFLIGHT_BUCKET)
+            await kv.delete(key)
+
     async def _dispatch(self, msg: Msg, delivery: Delivery, span: trace.Span) -> str:
+        died, journal = await self._unanswered(delivery)
+        if died + 1 >= self.bus.cfg.poison_deliveries:
+            await self._answered(journal)
+            await self._dead_letter(
+                msg,
+                delivery,
+                f"delivered {delivery.num_delivered} times and never answered: the process handling it "
+                f"died every time (out of memory, a crash); given up after bus.poison_deliveries",
+            )
+            span.set_status(Status(StatusCode.ERROR, "poison"))
+            return "poison"
+        try:
+            return await self._dispatch_decoded(msg, delivery, span)
+        finally:
+            await self._answered(journal)
+
+    async def _dispatch_decoded(self, msg: Msg, delivery: Delivery, span: trace.Span) -> str:
         try:
             event = self.decode(msg.data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:

@@ -61,6 +61,9 @@ class BusConfig(_Section, kw_only=True):
     replicas: int = 1
     ack_wait: str = "30s"
     max_deliver: int = 5
+    # A message delivered this many times without ever being answered (the process handling it
+    # died each time: the OOM killer, a crash in a library) is dead-lettered so the queue moves.
+    poison_deliveries: int = 25
     duplicate_window: str = "2m"
     retention: str = "30d"  # how long run events (the audit log) are kept
     max_payload: int = 1024 * 1024
@@ -96,6 +99,8 @@ class BusConfig(_Section, kw_only=True):
             )
         if self.max_deliver < 1:
             raise ValueError("max_deliver must be at least 1")
+        if self.poison_deliveries < 2:
+            raise ValueError("poison_deliveries must be at least 2")
 
 
 class LogConfig(_Section, kw_only=True):

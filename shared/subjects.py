@@ -33,7 +33,10 @@ TRIGGER_STATE_BUCKET = "fy_trigger_state"  # schedules' last times, storm window
 IDEMPOTENCY_BUCKET = "fy_idempotency"
 # Live executors: key POOL.INSTANCE -> {pool, runtime}, refreshed while they run (expires after 30 s),
 # so the planner can refuse a run whose agents the stack's executors cannot run.
-EXECUTORS_BUCKET = "fy_executors"  # Idempotency-Key of POST /v1/runs -> the run it started (24 h)
+EXECUTORS_BUCKET = "fy_executors"
+# Redelivered messages being handled, by consumer and stream sequence: how often a handler died
+# with the message in hand (the poison ceiling, bus.poison_deliveries).
+INFLIGHT_BUCKET = "fy_inflight"  # Idempotency-Key of POST /v1/runs -> the run it started (24 h)
 
 RUNS_SUBJECTS = "fy.run.>"
 TASKS_SUBJECTS = "fy.task.>"
