@@ -347,6 +347,24 @@ class Bus:
                 ) from None
         return self._kv[bucket]
 
+    async def kv_keys(self, bucket: str, prefix: str = "") -> list[str]:
+        """The keys of a bucket (those starting with ``prefix``), from the stream's subject counts.
+
+        One JetStream API request, no consumer: nats-py's ``KeyValue.keys()`` watches the bucket
+        with an ordered consumer and can come back empty right after a write. Keys whose latest
+        entry is a delete or purge marker are listed too; reading them says so.
+        """
+        root = f"$KV.{bucket}."
+        try:
+            info = await self.js.stream_info(
+                f"KV_{bucket}", subjects_filter=f"{root}{prefix}>" if prefix else f"{root}>"
+            )
+        except nats.js.errors.NotFoundError:
+            raise ConfigurationError(
+                f"KV bucket {bucket!r} does not exist: start the services once (they create it) or run `flowyard up`"
+            ) from None
+        return sorted(subject[len(root) :] for subject in (info.state.subjects or {}))
+
     async def topology_present(self) -> bool:
         try:
             for name in (subjects.RUNS_STREAM, subjects.TASKS_STREAM, subjects.TIMERS_STREAM, subjects.DLQ_STREAM):

@@ -59,10 +59,7 @@ async def advertise(bus: Bus, info: ExecutorInfo) -> None:
 
 async def live(bus: Bus) -> list[ExecutorInfo]:
     kv = await bus.kv(subjects.EXECUTORS_BUCKET)
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return []
+    keys = await bus.kv_keys(subjects.EXECUTORS_BUCKET)
     found = []
     for entry in await asyncio.gather(*(kv.get(k) for k in keys), return_exceptions=True):
         if isinstance(entry, BaseException) or not entry.value:

@@ -226,11 +226,7 @@ async def get_version(bus: Bus, name: str, number: int) -> WorkflowVersion | Non
 
 
 async def listing(bus: Bus) -> list[WorkflowSummary]:
-    kv = await bus.kv(subjects.WORKFLOWS_BUCKET)
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return []
+    keys = await bus.kv_keys(subjects.WORKFLOWS_BUCKET)
     heads = [k for k in keys if "." not in k]
     found = await asyncio.gather(*(head(bus, k) for k in sorted(heads)))
     return [h for h in found if h is not None]

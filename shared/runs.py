@@ -68,12 +68,8 @@ async def get_view(bus: Bus, run_id: str) -> RunView | None:
 async def list_records(bus: Bus, limit: int, *, keep: object = None) -> list[RunRecord]:
     """The newest ``limit`` records, newest first; ``keep(record)`` filters before the limit."""
     kv = await bus.kv(subjects.RUNS_BUCKET)
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return []
     # Run ids sort by creation time, so the newest are the largest keys.
-    keys = sorted(keys, reverse=True)
+    keys = sorted(await bus.kv_keys(subjects.RUNS_BUCKET), reverse=True)
     records: list[RunRecord] = []
     batch = max(limit, 32)
     for start in range(0, len(keys), batch):

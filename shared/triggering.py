@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
-import nats.js.errors
 
 from shared import registry, subjects
 from shared.bus import Bus
@@ -86,10 +85,7 @@ _counts = msgspec.json.Decoder(PlannerCounts)
 
 async def live_counts(bus: Bus) -> dict[str, TriggerCounts]:
     kv = await bus.kv(subjects.TRIGGER_STATE_BUCKET)
-    try:
-        keys = [k for k in await kv.keys() if k.startswith("counts.")]
-    except nats.js.errors.NoKeysError:
-        return {}
+    keys = await bus.kv_keys(subjects.TRIGGER_STATE_BUCKET, "counts.")
     total: dict[str, TriggerCounts] = {}
     now = time.time()
     for entry in await asyncio.gather(*(kv.get(k) for k in keys), return_exceptions=True):

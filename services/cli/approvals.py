@@ -30,10 +30,7 @@ def approval_json(record: ApprovalRecord) -> dict[str, Any]:
 
 async def _records(bus: Bus) -> list[ApprovalRecord]:
     kv = await bus.kv(subjects.APPROVALS_BUCKET)
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return []
+    keys = await bus.kv_keys(subjects.APPROVALS_BUCKET)
     out = []
     for key in sorted(keys, reverse=True):
         try:

@@ -24,10 +24,7 @@ _HTTP = {"unknown": 404, "decided": 409, "expired": 409, "not_allowed": 403, "se
 
 async def _records(gw: Gateway) -> list[ApprovalRecord]:
     kv = await gw.bus.kv(subjects.APPROVALS_BUCKET)
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return []
+    keys = await gw.bus.kv_keys(subjects.APPROVALS_BUCKET)
     out = []
     for key in sorted(keys, reverse=True):
         try:

@@ -44,10 +44,7 @@ async def list_agents(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     views = {name: agent_view(a, "builtin") for name, a in (await asyncio.to_thread(builtin_agents)).items()}
     kv = await gw.bus.kv(subjects.AGENTS_BUCKET)
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        keys = []
+    keys = await gw.bus.kv_keys(subjects.AGENTS_BUCKET)
     for key in keys:
         try:
             entry = await kv.get(key)

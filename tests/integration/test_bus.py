@@ -35,7 +35,8 @@ async def consume(bus: Bus, handler, *, max_deliver: int = 5):
     consumer = bus.consumer(
         durable=f"test-{run}",
         stream=subjects.RUNS_STREAM,
-        filters=[f"fy.run.{run}.>"],
+        # Not fy.run.RUN.>: a dead letter also publishes fy.run.RUN.abandoned for the scheduler.
+        filters=[f"fy.run.{run}.started"],
         decode=decode_event,
         handler=handler,
         concurrency=2,
@@ -168,6 +169,10 @@ async def test_permanent_errors_are_dead_lettered_at_once(bus: Bus) -> None:
     consumer.stop()
     await task
     assert calls == [1]
+    # The run the message belonged to is told to end, naming who gave up and why.
+    msg = await bus.js.get_last_msg(subjects.RUNS_STREAM, subjects.run_abandoned(run))
+    abandoned = decode_event(msg.data)
+    assert abandoned.service == bus.name and "deleted agent" in abandoned.reason  # type: ignore[union-attr]
 
 
 async def test_unreachable_nats_is_a_clear_error() -> None:
