@@ -443,11 +443,12 @@ def _retry_problems(retry: RetrySpec) -> list[str]:
 
 def _check_with_schema(with_: Mapping[str, Any], agent: AgentDoc, where: str) -> list[str]:
     schema = agent.spec.inputs
-    if not schema:
-        return []
+    if not schema or schema_problem(schema):
+        return []  # an invalid schema is reported with the agent itself
     problems: list[str] = []
     props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
-    for req in schema.get("required", []) or []:
+    required = schema.get("required") if isinstance(schema.get("required"), list) else []
+    for req in (r for r in required if isinstance(r, str)):
         if req not in with_:
             problems.append(f"{where}: agent {agent.metadata.name!r} requires input {req!r}; add `{req}:` under with")
     if schema.get("additionalProperties") is False:
