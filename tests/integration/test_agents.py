@@ -251,3 +251,21 @@ def test_agents_the_executors_cannot_run_are_refused_before_the_run_starts(base_
     assert done.returncode == 2, done.stdout + done.stderr
     assert "'bare-command' have no `image`" in done.stderr and "--runtime process" in done.stderr
     assert flowyard("run", str(doc), "--runtime", "process").returncode == 0
+
+
+def test_the_incident_digest_example_runs_as_its_header_says_on_docker(base_image: str) -> None:
+    """Every example the README names runs on the default runtime as written (the others: the
+    main job, repo-fix, fleet-check above; the alert example in tests/e2e/test_alert_example.py)."""
+    done = flowyard(
+        "run",
+        "examples/incident-digest.yaml",
+        "-i",
+        "service=payments",
+        "-i",
+        "threshold_ms=200",
+        "--json",
+        runtime=None,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "succeeded"
