@@ -32,6 +32,7 @@ def quiet_env(extra: dict[str, str] | None = None) -> dict[str, str]:
             "FLOWYARD_LOG_FORMAT": "json",
             "FLOWYARD_HTTP_PORT": "-1",
             "FLOWYARD_EXECUTOR_RUNTIME": "process",
+            "FLOWYARD_GATEWAY_PORT": "0",  # `flowyard up` runs the gateway: any free port
         }
         | (extra or {})
     )

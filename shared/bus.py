@@ -435,6 +435,7 @@ class Bus:
         handler: Handler,
         concurrency: int = 8,
         max_deliver: int | None = None,
+        ack_wait: float | None = None,
     ) -> Consumer:
         return Consumer(
             self,
@@ -445,6 +446,7 @@ class Bus:
             handler=handler,
             concurrency=concurrency,
             max_deliver=max_deliver if max_deliver is not None else self.cfg.max_deliver,
+            ack_wait=ack_wait,
         )
 
 
@@ -466,6 +468,7 @@ class Consumer:
         handler: Handler,
         concurrency: int,
         max_deliver: int,
+        ack_wait: float | None = None,
     ) -> None:
         self.bus = bus
         self.durable = durable
@@ -475,7 +478,9 @@ class Consumer:
         self.handler = handler
         self.concurrency = concurrency
         self.max_deliver = max_deliver
-        self.ack_wait = seconds(bus.cfg.ack_wait)
+        # How long a message stays with a handler that does not answer (or send in-progress) before
+        # it is delivered again: what a crashed process costs its messages.
+        self.ack_wait = ack_wait if ack_wait is not None else seconds(bus.cfg.ack_wait)
         self._stopping = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(concurrency)

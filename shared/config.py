@@ -158,6 +158,14 @@ class ExecutorConfig(_Section, kw_only=True):
 class SchedulerConfig(_Section, kw_only=True):
     concurrency: int = 16
     pool: str = "default"
+    # The scheduler's handlers take milliseconds (and keep a slow message with in-progress beats),
+    # so a message held by a scheduler that died is delivered again after this, not bus.ack_wait:
+    # a restarted scheduler carries the run on within about this long.
+    ack_wait: str = "1500ms"
+
+    def __post_init__(self) -> None:
+        if _duration(self.ack_wait, "ack_wait") < 0.5:
+            raise ValueError("ack_wait must be at least 500ms")
 
 
 class PlannerConfig(_Section, kw_only=True):

@@ -50,6 +50,7 @@ class Service(ABC):
         *,
         concurrency: int,
         max_deliver: int | None = None,
+        ack_wait: float | None = None,
     ) -> None:
         """Add a durable consumer of events (decoded with the contract's union decoder)."""
         self.consumers.append(
@@ -61,6 +62,7 @@ class Service(ABC):
                 handler=handler,
                 concurrency=concurrency,
                 max_deliver=max_deliver,
+                ack_wait=ack_wait,
             )
         )
 

@@ -71,8 +71,14 @@ class SchedulerService(Service):
         self._cache: OrderedDict[str, tuple[int, RunRecord, bool]] = OrderedDict()
         self._dedup_window = seconds(self.config.bus.duplicate_window)
         concurrency = self.config.scheduler.concurrency
+        ack_wait = seconds(self.config.scheduler.ack_wait)
         self.consume(
-            "scheduler", subjects.RUNS_STREAM, subjects.SCHEDULER_FILTERS, self.handle, concurrency=concurrency
+            "scheduler",
+            subjects.RUNS_STREAM,
+            subjects.SCHEDULER_FILTERS,
+            self.handle,
+            concurrency=concurrency,
+            ack_wait=ack_wait,
         )
         # Timers are handed back by JetStream until due; they never run out of deliveries.
         self.consume(
@@ -82,6 +88,7 @@ class SchedulerService(Service):
             self.handle_timer,
             concurrency=concurrency,
             max_deliver=-1,
+            ack_wait=ack_wait,
         )
 
     def clock(self) -> engine.Clock:
