@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 
 import msgspec
@@ -106,8 +107,9 @@ async def start_run(request: web.Request) -> web.Response:
         await runs.publish_request(gw.bus, request_)
     except BaseException:
         if claim_key is not None:  # no run started: the key must not point at one
-            kv = await gw.bus.kv(subjects.IDEMPOTENCY_BUCKET)
-            await asyncio.shield(kv.purge(claim_key))
+            with contextlib.suppress(Exception):  # NATS away: the claim expires in 24 h at worst
+                kv = await gw.bus.kv(subjects.IDEMPOTENCY_BUCKET)
+                await asyncio.shield(kv.purge(claim_key))
         raise
     request["audit_target"] = f"run/{request_.run_id}"
     request["audit_detail"] = f"{version.name} version {version.version}"
