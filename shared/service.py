@@ -19,8 +19,9 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
-from shared.bus import Bus, Consumer, Handler
+from shared.bus import Bus, Handler
 from shared.config import Config
+from shared.consumer import Consumer
 from shared.contract import decode_event
 
 log = structlog.get_logger("flowyard.service")

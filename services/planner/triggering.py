@@ -24,7 +24,6 @@ import socket
 import time
 import uuid
 from collections import defaultdict
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -34,13 +33,14 @@ import structlog
 from prometheus_client import Counter
 
 from shared import capture, registry, runs, subjects
-from shared.bus import Bus, Consumer, Delivery
+from shared.bus import Bus, Delivery
+from shared.consumer import Consumer
 from shared.durations import parse_duration
 from shared.envelope import MSG_ID, now_rfc3339
 from shared.errors import ValidationFailed
 from shared.triggering import Outcome, PlannerCounts, TriggerCounts, TriggerOutcome
-from shared.workflow.schedules import catchup, jitter_s, last_time, next_time
 
+from .schedules import Schedules
 from .triggers import events, storm
 from .triggers.active import Active, from_version, nats_subjects
 from .triggers.start import request_for, run_id_for
@@ -59,12 +59,6 @@ _enc = msgspec.json.Encoder()
 _SUPPRESSED = "-"  # a claim that started no run: the event was suppressed by max_runs
 
 
-class _CronState(msgspec.Struct, kw_only=True):
-    last_scheduled: float = 0.0  # epoch seconds of the last time fired (or skipped)
-    last_run_id: str | None = None
-
-
-_dec_cron = msgspec.json.Decoder(_CronState)
 _dec_window = msgspec.json.Decoder(storm.Window)
 
 
@@ -78,7 +72,7 @@ class Triggers:
         self.active: dict[str, list[Active]] = {}  # workflow -> its triggers
         self.instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.counts: dict[str, TriggerCounts] = defaultdict(TriggerCounts)
-        self._cron_tasks: dict[str, tuple[Active, asyncio.Task[None]]] = {}
+        self.schedules = Schedules(self)
         self._tasks: list[asyncio.Task[None]] = []
         self._synced: list[str] | None = None
         self._ready = asyncio.Event()  # the active set is loaded: events may be matched
@@ -105,12 +99,9 @@ class Triggers:
         self._tasks.append(asyncio.create_task(self._flush_counts(), name="planner:trigger-counts"))
 
     async def stop(self) -> None:
-        for _, task in self._cron_tasks.values():
-            task.cancel()
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, *(t for _, t in self._cron_tasks.values()), return_exceptions=True)
-        self._cron_tasks.clear()
+        await asyncio.gather(*self._tasks, self.schedules.stop(), return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.state_kv.delete(f"counts.{self.instance}")
 
@@ -147,7 +138,7 @@ class Triggers:
             log.info("triggers active", triggers=sorted(a.id for v in found.values() for a in v))
         self.active = found
         await self._sync_capture()
-        self._sync_schedules()
+        self.schedules.sync(self.all())
 
     async def _watch(self) -> None:
         while True:
@@ -204,14 +195,14 @@ class Triggers:
             trigger, key = events.nats_event(delivery.subject, data, delivery.headers, delivery.stream_seq)
         except events.Refused as exc:
             for active in matching:
-                await self._record(active, "refused", str(exc), key=f"seq:{delivery.stream_seq}")
+                await self.record(active, "refused", str(exc), key=f"seq:{delivery.stream_seq}")
             return
         for active in matching:
             try:
                 if not events.condition(active, trigger):
                     continue
             except events.Refused as exc:
-                await self._record(active, "refused", str(exc), key=key)
+                await self.record(active, "refused", str(exc), key=key)
                 continue
             await self._start(active, trigger, key, delivery)
 
@@ -258,7 +249,7 @@ class Triggers:
         claim = "k" + _hash(f"{active.id}\0{key}")
         earlier = await self._claimed(active, key)
         if earlier == _SUPPRESSED:
-            await self._record(active, "deduplicated", "the same event was suppressed before", key=key)
+            await self.record(active, "deduplicated", "the same event was suppressed before", key=key)
             return
         if earlier is not None:
             if delivery is not None and delivery.num_delivered > 1:
@@ -267,7 +258,7 @@ class Triggers:
                 with contextlib.suppress(ValidationFailed):
                     await runs.publish_request(self.bus, request_for(active, trigger, earlier, now_rfc3339()))
                 return
-            await self._record(active, "deduplicated", f"already started run {earlier}", key=key, run_id=earlier)
+            await self.record(active, "deduplicated", f"already started run {earlier}", key=key, run_id=earlier)
             return
         window = await self._admit(active) if active.trigger.max_runs is not None else None
         if window is not None and window[0] is False:
@@ -277,7 +268,7 @@ class Triggers:
             # is a duplicate, not one more suppression.
             with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
                 await self.runs_kv.create(claim, _SUPPRESSED.encode())
-            await self._record(
+            await self.record(
                 active, "suppressed", f"over max_runs ({limit.count} per {limit.per})", key=key, window=window[1]
             )
             return
@@ -285,16 +276,16 @@ class Triggers:
         try:
             request = request_for(active, trigger, run_id, now_rfc3339())
         except ValidationFailed as exc:
-            await self._record(active, "refused", "; ".join(exc.problems), key=key)
+            await self.record(active, "refused", "; ".join(exc.problems), key=key)
             return
         try:
             await self.runs_kv.create(claim, run_id.encode())
         except nats.js.errors.KeyWrongLastSequenceError:
             earlier = await self._claimed(active, key)
-            await self._record(active, "deduplicated", f"already started run {earlier}", key=key, run_id=earlier)
+            await self.record(active, "deduplicated", f"already started run {earlier}", key=key, run_id=earlier)
             return
         await runs.publish_request(self.bus, request)
-        self._count(active, "fired")
+        self.count(active, "fired")
         log.info("trigger fired", trigger=active.id, kind=active.kind, run_id=run_id, key=key)
 
     async def _admit(self, active: Active) -> tuple[bool, float]:
@@ -322,12 +313,12 @@ class Triggers:
                 continue
         return False, time.time()
 
-    def _count(self, active: Active, outcome: Outcome) -> None:
+    def count(self, active: Active, outcome: Outcome) -> None:
         counts = self.counts[active.id]
         setattr(counts, outcome, getattr(counts, outcome) + 1)
         _METRICS[outcome].labels(active.workflow, active.kind).inc()
 
-    async def _record(
+    async def record(
         self,
         active: Active,
         outcome: Outcome,
@@ -338,7 +329,7 @@ class Triggers:
         window: float | None = None,
     ) -> None:
         """Count it and publish it as an event of its own (people can be told about storms)."""
-        self._count(active, outcome)
+        self.count(active, outcome)
         log.info("trigger event not run", trigger=active.id, outcome=outcome, reason=reason[:300], key=key)
         event = TriggerOutcome(
             workflow=active.workflow,
@@ -353,111 +344,6 @@ class Triggers:
         )
         headers = {MSG_ID: f"trigger:{active.id}:{outcome}:{_hash(key)}", "content-type": "application/json"}
         await self.bus.publish_raw(subjects.trigger_event(active.workflow, outcome), _enc.encode(event), headers)
-
-    # --- schedules ---------------------------------------------------------------------------------
-
-    def _sync_schedules(self) -> None:
-        wanted = {a.id: a for a in self.all() if a.trigger.cron is not None}
-        for tid, (active, task) in list(self._cron_tasks.items()):
-            if tid not in wanted or wanted[tid].version != active.version:
-                task.cancel()
-                del self._cron_tasks[tid]
-        for tid, active in wanted.items():
-            if tid not in self._cron_tasks:
-                task = asyncio.create_task(self._schedule(active), name=f"planner:cron:{tid}")
-                self._cron_tasks[tid] = (active, task)
-
-    async def _cron_state(self, active: Active) -> tuple[_CronState | None, int | None]:
-        try:
-            entry = await self.state_kv.get(f"cron.{_hash(active.id)}")
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-            return None, None
-        return (_dec_cron.decode(entry.value) if entry.value else None), entry.revision
-
-    async def _schedule(self, active: Active) -> None:
-        cron = active.trigger.cron
-        assert cron is not None
-        while True:
-            try:
-                state, _ = await self._cron_state(active)
-                now = datetime.now(UTC)
-                last = datetime.fromtimestamp(state.last_scheduled, UTC) if state else None
-                missed = catchup(cron, last, now)
-                if missed is not None:
-                    await self._fire(active, missed, caught_up=True)
-                elif state is None:
-                    # A new schedule starts from now; nothing before it is "missed".
-                    await self._advance(active, last_time(cron, now), None)
-                while True:
-                    now = datetime.now(UTC)
-                    state, _ = await self._cron_state(active)
-                    after = max(now, datetime.fromtimestamp(state.last_scheduled, UTC)) if state else now
-                    due = next_time(cron, after)
-                    wait = (due - now).total_seconds() + jitter_s(cron, active.id, due)
-                    if wait > 0:
-                        await asyncio.sleep(wait)
-                    await self._fire(active, due)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("schedule interrupted; resuming", trigger=active.id, error=repr(exc))
-                await asyncio.sleep(1)
-
-    async def _advance(self, active: Active, scheduled: datetime, run_id: str | None) -> bool:
-        """Move the schedule's last time to ``scheduled``; False when another replica got there first."""
-        key = f"cron.{_hash(active.id)}"
-        for _ in range(50):
-            state, revision = await self._cron_state(active)
-            if state is not None and state.last_scheduled >= scheduled.timestamp():
-                return False
-            new = _CronState(last_scheduled=scheduled.timestamp(), last_run_id=run_id or (state and state.last_run_id))
-            try:
-                if revision is None:
-                    await self.state_kv.create(key, _enc.encode(new))
-                else:
-                    await self.state_kv.update(key, _enc.encode(new), last=revision)
-                return True
-            except nats.js.errors.KeyWrongLastSequenceError:
-                continue
-        return False
-
-    async def _fire(self, active: Active, scheduled: datetime, *, caught_up: bool = False) -> None:
-        cron = active.trigger.cron
-        assert cron is not None
-        state, _ = await self._cron_state(active)
-        if state is not None and state.last_scheduled >= scheduled.timestamp():
-            return  # another replica fired (or skipped) this time
-        iso = scheduled.isoformat().replace("+00:00", "Z")
-        key = f"{active.id}@{iso}"
-        if state is not None and state.last_run_id and cron.overlap != "allow":
-            view = await runs.get_view(self.bus, state.last_run_id)
-            if view is not None and view.status not in ("succeeded", "failed", "cancelled"):
-                if cron.overlap == "skip":
-                    if await self._advance(active, scheduled, state.last_run_id):
-                        await self._record(
-                            active,
-                            "skipped",
-                            f"{iso}: run {state.last_run_id} of the previous time still goes",
-                            key=key,
-                            run_id=state.last_run_id,
-                        )
-                    return
-                await runs.request_cancel(
-                    self.bus, state.last_run_id, user="trigger:cron", reason=f"the schedule's next time ({iso}) came"
-                )
-        run_id = run_id_for(int(scheduled.timestamp() * 1000), key)
-        trigger = {"type": "cron", "scheduled_at": iso, "fired_at": now_rfc3339()}
-        try:
-            request = request_for(active, trigger, run_id, now_rfc3339())
-        except ValidationFailed as exc:
-            if await self._advance(active, scheduled, None):
-                await self._record(active, "refused", "; ".join(exc.problems), key=key)
-            return
-        # Every replica sends the same run with the same de-dup id; one run starts.
-        await runs.publish_request(self.bus, request)
-        if await self._advance(active, scheduled, run_id):
-            self._count(active, "fired")
-            log.info("schedule fired", trigger=active.id, scheduled_at=iso, run_id=run_id, caught_up=caught_up)
 
     # --- counts --------------------------------------------------------------------------------------
 
