@@ -385,7 +385,7 @@ class DockerRuntime(Runtime):
                 out = "".join(await container.log(stdout=True, stderr=False)).encode()
                 err = "".join(await container.log(stdout=False, stderr=True)).encode()[-self.stderr_keep :]
             # Only a failed attempt needs the state: was it the memory limit that killed it?
-            oom = exit_code != 0 and not timed_out and bool((await container.show())["State"].get("OOMKilled"))
+            oom = exit_code != 0 and not timed_out and await _oom_killed(container, exit_code)
         except aiodocker.DockerError as exc:
             if exc.status != 404:
                 raise
@@ -487,3 +487,15 @@ def _epoch(text: str | None) -> float:
     # Docker gives nanoseconds; Python's parser takes up to microseconds.
     main, _, rest = text.rstrip("Z").partition(".")
     return datetime.fromisoformat(main + "+00:00").timestamp() + float("0." + (rest or "0")[:6])
+
+
+async def _oom_killed(container: aiodocker.containers.DockerContainer, exit_code: int) -> bool:
+    """Whether the memory limit killed it. The daemon learns of an OOM kill from an event that can
+    arrive after `wait` returned, so a SIGKILL exit (137) is looked at again for up to a second."""
+    for _ in range(10):
+        if (await container.show())["State"].get("OOMKilled"):
+            return True
+        if exit_code != 137:
+            return False
+        await asyncio.sleep(0.1)
+    return False
