@@ -7,14 +7,11 @@ import sys
 from typing import Any
 
 import msgspec
-import nats.errors
-import nats.js.errors
 
-from shared import subjects
+from shared import approvals
 from shared.api import approval_view, to_json
-from shared.bus import Bus
 from shared.config import Config
-from shared.contract import ApprovalRecord, decode_approval
+from shared.contract import ApprovalRecord
 from shared.decide import DecisionRequest, NoApprover, request_decision
 
 from .client import connected
@@ -28,23 +25,9 @@ def approval_json(record: ApprovalRecord) -> dict[str, Any]:
     return to_json(approval_view(record))
 
 
-async def _records(bus: Bus) -> list[ApprovalRecord]:
-    kv = await bus.kv(subjects.APPROVALS_BUCKET)
-    keys = await bus.kv_keys(subjects.APPROVALS_BUCKET)
-    out = []
-    for key in sorted(keys, reverse=True):
-        try:
-            entry = await kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
-            continue
-        if entry.value:
-            out.append(decode_approval(entry.value))
-    return out
-
-
 async def list_approvals(config: Config, *, pending_only: bool, as_json: bool) -> int:
     async with connected(config) as bus:
-        records = [r for r in await _records(bus) if not pending_only or r.status == "pending"]
+        records = [r for r in await approvals.records(bus) if not pending_only or r.status == "pending"]
     if as_json:
         echo_json([approval_json(r) for r in records])
     elif not records:
@@ -62,13 +45,11 @@ async def list_approvals(config: Config, *, pending_only: bool, as_json: bool) -
 
 async def show_approval(config: Config, approval_id: str, *, as_json: bool) -> int:
     async with connected(config) as bus:
-        kv = await bus.kv(subjects.APPROVALS_BUCKET)
-        try:
-            entry = await kv.get(approval_id)
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.InvalidKeyError):
-            print(f"flowyard: no approval {approval_id!r}; `flowyard approvals list` shows them", file=sys.stderr)
-            return EXIT_INVALID
-    a = approval_json(decode_approval(entry.value or b""))
+        record = await approvals.get(bus, approval_id)
+    if record is None:
+        print(f"flowyard: no approval {approval_id!r}; `flowyard approvals list` shows them", file=sys.stderr)
+        return EXIT_INVALID
+    a = approval_json(record)
     if as_json:
         echo_json(a)
         return EXIT_OK

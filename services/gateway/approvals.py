@@ -6,12 +6,10 @@ codes map to HTTP: unknown 404, already decided or expired 409, not allowed 403,
 
 from __future__ import annotations
 
-import nats.js.errors
 from aiohttp import web
 
-from shared import subjects
+from shared import approvals, subjects
 from shared.api import ApprovalView, ApproveBody, DecisionResult, RejectBody, approval_view
-from shared.contract import ApprovalRecord, decode_approval
 from shared.decide import DecisionRequest, NoApprover, request_decision
 
 from .context import GATEWAY, Gateway
@@ -20,20 +18,6 @@ from .problems import HttpProblem
 
 STATUSES = ("pending", "granted", "rejected", "expired", "closed")
 _HTTP = {"unknown": 404, "decided": 409, "expired": 409, "not_allowed": 403, "self_approval": 403, "duplicate": 403}
-
-
-async def _records(gw: Gateway) -> list[ApprovalRecord]:
-    kv = await gw.bus.kv(subjects.APPROVALS_BUCKET)
-    keys = await gw.bus.kv_keys(subjects.APPROVALS_BUCKET)
-    out = []
-    for key in sorted(keys, reverse=True):
-        try:
-            entry = await kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
-            continue
-        if entry.value:
-            out.append(decode_approval(entry.value))
-    return out
 
 
 def _id(request: web.Request) -> str:
@@ -46,20 +30,16 @@ def _id(request: web.Request) -> str:
 async def list_approvals(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     status = choice_param(request, "status", STATUSES)
-    views = [approval_view(r) for r in await _records(gw) if status is None or r.status == status]
+    views = [approval_view(r) for r in await approvals.records(gw.bus) if status is None or r.status == status]
     views.sort(key=lambda v: v.requested_at, reverse=True)
     return json_response(views)
 
 
 async def _get(gw: Gateway, approval_id: str) -> ApprovalView:
-    kv = await gw.bus.kv(subjects.APPROVALS_BUCKET)
-    try:
-        entry = await kv.get(approval_id)
-    except (nats.js.errors.KeyNotFoundError, nats.js.errors.InvalidKeyError):
-        entry = None
-    if entry is None or not entry.value:
+    record = await approvals.get(gw.bus, approval_id)
+    if record is None:
         raise HttpProblem(404, f"no approval {approval_id!r}; GET /v1/approvals lists them")
-    return approval_view(decode_approval(entry.value))
+    return approval_view(record)
 
 
 async def get_approval(request: web.Request) -> web.Response:
