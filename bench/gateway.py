@@ -22,10 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +33,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.stack import pct, quiet_env  # noqa: E402
+from bench.stack import pct, quiet_env, start, stop_all, wait_for  # noqa: E402
 from shared.natsserver import NatsServer  # noqa: E402
 
 TOKEN = "bench-token-0123456789abcdefghij"
@@ -56,25 +53,6 @@ spec:
   nodes:
     - {id: echo, agent: bench-echo, with: {n: "{{ inputs.n }}"}}
 """
-
-
-def start(name: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    out = log.open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", f"services.{name}"], cwd=ROOT, env=env, stdout=out, stderr=out)
-    out.close()
-    return proc
-
-
-def wait_for(log: Path, pattern: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> re.Match[str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = re.search(pattern, log.read_text(errors="replace"))
-        if found:
-            return found
-        if proc.poll() is not None:
-            raise SystemExit(f"{log.name} ended: {log.read_text()[-2000:]}")
-        time.sleep(0.05)
-    raise SystemExit(f"{log.name}: no {pattern!r} in {timeout}s")
 
 
 async def post_runs(base: str, clients: int, total: int) -> tuple[list[float], list[str]]:
@@ -212,14 +190,7 @@ async def main() -> None:
                 f"median {statistics.median(gets):.1f} ms, p95 {pct(gets, 0.95):.1f} ms"
             )
         finally:
-            for proc in procs:
-                proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            server.stop()
+            stop_all(procs, server)
 
 
 if __name__ == "__main__":

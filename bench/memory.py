@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,8 +23,11 @@ import msgspec
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.gateway import start  # noqa: E402
-from bench.stack import quiet_env  # noqa: E402
+from bench.stack import (  # noqa: E402
+    quiet_env,
+    start,
+    stop_all,
+)
 from shared import agents as agent_registry  # noqa: E402
 from shared import subjects  # noqa: E402
 from shared.bus import Bus  # noqa: E402
@@ -108,14 +110,7 @@ async def main() -> None:
                 f"{per_run / 1024:.1f} KiB per waiting run (its stored record: {len(sample.value or b'')} bytes)"
             )
         finally:
-            for proc in procs.values():
-                proc.send_signal(signal.SIGTERM)
-            for proc in procs.values():
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            server.stop()
+            stop_all(procs.values(), server)
 
 
 if __name__ == "__main__":

@@ -27,8 +27,7 @@ import nats
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.gateway import start, wait_for  # noqa: E402
-from bench.stack import pct, quiet_env  # noqa: E402
+from bench.stack import pct, quiet_env, start, stop_all, wait_for  # noqa: E402  # noqa: E402
 from shared.natsserver import NatsServer  # noqa: E402
 
 NODES = 60
@@ -121,15 +120,7 @@ async def main() -> None:
                 f"  of which the new process starting (to 'service started'): median {statistics.median(restart):.0f} ms"
             )
         finally:
-            for proc in procs.values():
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-            for proc in procs.values():
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            server.stop()
+            stop_all(procs.values(), server)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import re
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
@@ -36,6 +38,39 @@ def quiet_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         }
         | (extra or {})
     )
+
+
+def start(name: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    out = log.open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", f"services.{name}"], cwd=ROOT, env=env, stdout=out, stderr=out)
+    out.close()
+    return proc
+
+
+def wait_for(log: Path, pattern: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> re.Match[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.search(pattern, log.read_text(errors="replace"))
+        if found:
+            return found
+        if proc.poll() is not None:
+            raise SystemExit(f"{log.name} ended: {log.read_text()[-2000:]}")
+        time.sleep(0.05)
+    raise SystemExit(f"{log.name}: no {pattern!r} in {timeout}s")
+
+
+def stop_all(procs: Iterable[subprocess.Popen[bytes]], server: NatsServer) -> None:
+    """SIGTERM every service process (killed if it lingers), then the nats-server."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    server.stop()
 
 
 class BenchStack:

@@ -38,8 +38,7 @@ import nats
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.gateway import start, wait_for  # noqa: E402
-from bench.stack import pct, quiet_env  # noqa: E402
+from bench.stack import pct, quiet_env, start, stop_all, wait_for  # noqa: E402  # noqa: E402
 from shared.natsserver import NatsServer  # noqa: E402
 
 TOKEN = "bench-token-0123456789abcdefghij"
@@ -212,7 +211,8 @@ async def main() -> None:
                     headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/yaml"},
                 )
                 assert r.status == 201, await r.text()
-            wait_for(work / "planner.log", "trigger subjects captured", procs["planner"])
+            # The apply itself captures the trigger subjects (logged by the gateway that applied it).
+            wait_for(work / "gateway.log", "trigger subjects captured", procs["gateway"])
             print("stack: nats-server + planner, scheduler, executor (process runtime), gateway; one process each")
             await latency(server.url, 20)  # warm-up
             started, dispatched = await latency(server.url, args.events)
@@ -229,15 +229,7 @@ async def main() -> None:
                 f"({planned} planned, {requested} requested in {took:.1f} s; lost {lost})"
             )
         finally:
-            for proc in procs.values():
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-            for proc in procs.values():
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            server.stop()
+            stop_all(procs.values(), server)
 
 
 if __name__ == "__main__":

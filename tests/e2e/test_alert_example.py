@@ -9,11 +9,9 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -21,29 +19,11 @@ import yaml
 
 from ..cli import ROOT, clean_env, flowyard
 from ..conftest import missing
+from ..hooks import Hooks
 
 EXAMPLE = ROOT / "examples/alert-remediation.yaml"
 ROUTE = ROOT / "examples/alerting/alertmanager.yml"
 TOKENS = {"alertmanager": "am-token-0123456789abcdef", "pat": "pat-token-0123456789abcdef"}
-
-
-class Hooks:
-    def __init__(self) -> None:
-        self.received: list[dict] = []
-        hooks = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                hooks.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
 
 
 def wait_for(check, timeout: float = 60, what: str = "condition"):

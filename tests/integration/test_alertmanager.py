@@ -7,18 +7,17 @@ import json
 import re
 import shutil
 import subprocess
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from shared.natsserver import NatsServer
 
 from ..conftest import missing
+from ..hooks import Hooks
 from .gateway import TOKENS, gateway_config, start_gateway
 from .stack import Stack
 from .test_triggers import TRIGGERED, counts, runs_of, wait_for
@@ -91,27 +90,6 @@ def am(nats_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
             proc.wait(10)
         stack.stop_all()
         server.stop()
-
-
-class Hooks:
-    """A webhook receiver for the notifier's notices."""
-
-    def __init__(self) -> None:
-        self.received: list[dict] = []
-        hooks = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                hooks.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
 
 
 def post_alerts(am_url: str, alerts: list[dict]) -> None:
