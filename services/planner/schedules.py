@@ -88,19 +88,38 @@ class Schedules:
                 elif state is None:
                     # A new schedule starts from now; nothing before it is "missed".
                     await self._advance(active, last_time(cron, now), None)
+                # While this loop lives, each time follows the one before it: a loop woken late
+                # (a busy machine) fires the times it is late for instead of skipping them; after a
+                # restart, what was missed is catch-up's business (above), not this loop's.
+                previous = datetime.now(UTC)
                 while True:
-                    now = datetime.now(UTC)
                     state, _ = await self._cron_state(active)
-                    after = max(now, datetime.fromtimestamp(state.last_scheduled, UTC)) if state else now
-                    due = next_time(cron, after)
-                    wait = (due - now).total_seconds() + jitter_s(cron, active.id, due)
+                    stored = datetime.fromtimestamp(state.last_scheduled, UTC) if state else previous
+                    due = next_time(cron, max(previous, stored))
+                    wait = (due - datetime.now(UTC)).total_seconds() + jitter_s(cron, active.id, due)
                     if wait > 0:
                         await asyncio.sleep(wait)
-                    await self._fire(active, due)
+                    await self._fire_until_sent(active, due)
+                    previous = due
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("schedule interrupted; resuming", trigger=active.id, error=repr(exc))
+                await asyncio.sleep(1)
+
+    async def _fire_until_sent(self, active: Active, due: datetime) -> None:
+        """A time that could not be fired (NATS away past the publish retries) is tried again, late,
+        rather than lost."""
+        while True:
+            try:
+                await self._fire(active, due)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "scheduled time not fired yet; trying again", trigger=active.id, due=str(due), error=repr(exc)
+                )
                 await asyncio.sleep(1)
 
     async def _advance(self, active: Active, scheduled: datetime, run_id: str | None) -> bool:
