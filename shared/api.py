@@ -13,6 +13,7 @@ from typing import Any, Literal
 import msgspec
 
 from shared.contract import ApprovalRecord, Decision, NodeRecord, RunFinished, RunRecord, RunRequested
+from shared.telemetry import run_trace_id, trace_link
 
 # While a run goes on: pending (asked for, not started or queued under `concurrency`), running,
 # waiting (nothing runs and a step waits for a person's approval).
@@ -57,6 +58,14 @@ class RunView(View, kw_only=True):
     finished_at: str | None = None
     retry_of: str | None = None
     workspace: WorkspaceView | None = None
+    trace_id: str = ""  # the run's trace in the tracing backend (one run, one trace)
+    trace_url: str | None = None  # a link to it, when telemetry.trace_url is set
+
+    def __post_init__(self) -> None:
+        if not self.trace_id and self.run_id:
+            self.trace_id = run_trace_id(self.run_id)
+        if self.trace_url is None:
+            self.trace_url = trace_link(self.trace_id)
 
 
 def run_status(record: RunRecord) -> ViewStatus:

@@ -21,15 +21,15 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 from opentelemetry.trace import SpanKind
-from prometheus_client import Counter
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from shared import subjects
 from shared.config import BusConfig, NatsConfig, seconds
 from shared.contract import Event, encode
-from shared.envelope import build_headers
+from shared.envelope import build_headers, run_attributes
 from shared.errors import ConfigurationError, PermanentError
-from shared.telemetry import inject, tracer
+from shared.metrics import PUBLISHED
+from shared.telemetry import in_run, inject, tracer
 
 if TYPE_CHECKING:
     from shared.consumer import Consumer
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("flowyard.bus")
 _json = msgspec.json.Encoder()
 
-PUBLISHED = Counter("flowyard_published_total", "Messages published", ["stream"])
 
 from shared.delivery import (  # noqa: E402  (re-exported: handlers import them from here)
     TRANSIENT,
@@ -194,6 +193,20 @@ class Bus:
             ) from None
         return sorted(subject[len(root) :] for subject in (info.state.subjects or {}))
 
+    # --- the index of what is in progress (FY_ACTIVE) ------------------------------------------
+
+    async def mark_active(self, subject: str) -> None:
+        await self.js.publish(subject, b"")
+
+    async def clear_active(self, subject: str) -> None:
+        # A purge by subject leaves no marker behind (a KV delete would), so counting stays exact.
+        await self.js.purge_stream(subjects.ACTIVE_STREAM, subject=subject)
+
+    async def active(self, filter_subject: str) -> list[str]:
+        """The subjects present under ``filter_subject``: one API request however many there are."""
+        info = await self.js.stream_info(subjects.ACTIVE_STREAM, subjects_filter=filter_subject)
+        return list((info.state.subjects or {}).keys())
+
     async def topology_present(self) -> bool:
         try:
             for name in (subjects.RUNS_STREAM, subjects.TASKS_STREAM, subjects.TIMERS_STREAM, subjects.DLQ_STREAM):
@@ -217,13 +230,17 @@ class Bus:
                 f"{self.cfg.max_payload}-byte limit (bus.max_payload): make the agent return less data"
             )
         headers = build_headers(event, source=self.name, msg_id=msg_id)
+        # Whatever this process is doing, a message of a run goes into the run's trace.
         with tracer().start_as_current_span(
             f"send {subject}",
+            context=in_run(event.run_id),
             kind=SpanKind.PRODUCER,
             attributes={
                 "messaging.system": "nats",
+                "messaging.operation.name": "send",
                 "messaging.destination.name": subject,
                 "messaging.message.id": msg_id,
+                **run_attributes(event),
             },
         ):
             inject(headers)

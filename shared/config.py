@@ -304,7 +304,37 @@ USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 
 class TelemetryConfig(_Section, kw_only=True):
     # none: spans are created (trace context still flows through NATS headers) but not exported.
-    exporter: Literal["none", "console"] = "none"
+    exporter: Literal["none", "console", "otlp"] = "none"
+    # OTLP over HTTP/protobuf, the collector's base URL (http://tempo:4318); empty: the standard
+    # OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4318.
+    endpoint: str = ""
+    # A link to one trace in the user's tracing UI, e.g. https://grafana.example.com/explore?...{trace_id}
+    trace_url: str = ""
+    # Spans wait here for the background exporter; when it is full (a slow or dead collector)
+    # new spans are dropped and counted (flowyard_spans_dropped_total), never waited for.
+    queue_size: int = 4096
+    export_timeout: str = "5s"
+    # How often gauges read from JetStream (consumer lag, active runs, pending approvals) refresh.
+    gauge_interval: str = "5s"
+
+    def __post_init__(self) -> None:
+        if self.endpoint and not self.endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint: {self.endpoint!r} must be an http(s) URL like http://tempo:4318")
+        if self.trace_url and "{trace_id}" not in self.trace_url:
+            raise ValueError(
+                f"trace_url: {self.trace_url!r} must contain {{trace_id}} where the trace id goes, "
+                "e.g. http://jaeger:16686/trace/{trace_id}"
+            )
+        if self.queue_size < 1:
+            raise ValueError("queue_size must be at least 1")
+        if seconds(self.export_timeout) <= 0:
+            raise ValueError("export_timeout must be positive, e.g. 5s")
+        if seconds(self.gauge_interval) <= 0:
+            raise ValueError("gauge_interval must be positive, e.g. 5s")
+
+    def link(self, trace_id: str) -> str | None:
+        """The trace's address in the user's tracing UI, when ``trace_url`` is set."""
+        return self.trace_url.replace("{trace_id}", trace_id) if self.trace_url and trace_id else None
 
 
 class Config(_Section, kw_only=True):

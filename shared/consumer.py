@@ -21,15 +21,15 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from prometheus_client import Counter, Histogram
 
 from shared import subjects
 from shared.config import seconds
 from shared.contract import RunAbandoned, decode_event
 from shared.delivery import Decoder, Delivery, Handler, is_outage
-from shared.envelope import header
+from shared.envelope import header, run_attributes
 from shared.errors import NotYet, PermanentError, RetryableError
-from shared.telemetry import extract, tracer
+from shared.metrics import DEAD_LETTERS, HANDLE_SECONDS, MESSAGES
+from shared.telemetry import extract, in_run, tracer
 
 if TYPE_CHECKING:
     from shared.bus import Bus
@@ -38,14 +38,6 @@ log = structlog.get_logger("flowyard.bus")
 _json = msgspec.json.Encoder()
 _PULL_EXPIRES = 5.0  # seconds a pull request stays open on the server
 _WAKE: Any = object()  # queued when a handler finishes, so the pull loop tops up at once
-
-MESSAGES = Counter("flowyard_messages_total", "Messages handled by a consumer, by outcome", ["consumer", "outcome"])
-HANDLE_SECONDS = Histogram(
-    "flowyard_handle_seconds",
-    "Time spent handling one message",
-    ["consumer"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30, 120),
-)
 
 
 class Consumer:
@@ -231,7 +223,11 @@ class Consumer:
             headers=headers,
         )
         started = time.perf_counter()
+        # A run's message published without trace context (by hand, an older client) still joins
+        # the run's trace; ce-subject is the run id on every flowyard event.
         ctx = extract(headers)
+        if header(headers, "ce-type") and (run_id := header(headers, "ce-subject")):
+            ctx = in_run(run_id, ctx)
         heartbeat = asyncio.create_task(self._keep_alive(msg))
         with tracer().start_as_current_span(
             f"process {msg.subject}",
@@ -239,6 +235,7 @@ class Consumer:
             kind=SpanKind.CONSUMER,
             attributes={
                 "messaging.system": "nats",
+                "messaging.operation.name": "process",
                 "messaging.destination.name": msg.subject,
                 "messaging.consumer.group.name": self.durable,
                 "messaging.message.id": header(headers, "Nats-Msg-Id") or "",
@@ -305,6 +302,17 @@ class Consumer:
             await self._dead_letter(msg, delivery, f"cannot decode message: {exc}")
             span.set_status(Status(StatusCode.ERROR, "poison"))
             return "poison"
+        attributes = run_attributes(event)
+        span.set_attributes(attributes)
+        # Every log line written while handling this message says which run, node and trace.
+        span_context = span.get_span_context()
+        context_vars = {key.removeprefix("flowyard."): value for key, value in attributes.items()}
+        if span_context.is_valid:
+            context_vars |= {"trace_id": f"{span_context.trace_id:032x}", "span_id": f"{span_context.span_id:016x}"}
+        with structlog.contextvars.bound_contextvars(**context_vars):
+            return await self._handle_decoded(msg, delivery, span, event)
+
+    async def _handle_decoded(self, msg: Msg, delivery: Delivery, span: trace.Span, event: Any) -> str:
         try:
             await self.handler(event, delivery)
         except asyncio.CancelledError:
@@ -388,6 +396,7 @@ class Consumer:
             return
         with contextlib.suppress(Exception):
             await msg.term()
+        DEAD_LETTERS.labels(self.bus.name).inc()
         await self._abandon_run(msg, delivery, reason)
 
     async def _abandon_run(self, msg: Msg, delivery: Delivery, reason: str) -> None:

@@ -17,16 +17,23 @@ from collections.abc import Callable
 import msgspec
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shared.bus import Bus, Handler
-from shared.config import Config
+from shared.config import Config, seconds
 from shared.consumer import Consumer
 from shared.contract import decode_event
+from shared.metrics import (
+    CONSUMER_ACK_PENDING,
+    CONSUMER_PENDING,
+    CONSUMER_REDELIVERED,
+    CONSUMER_WAITING,
+    SERVICE_UP,
+    STREAM_BYTES,
+    STREAM_MESSAGES,
+)
 
 log = structlog.get_logger("flowyard.service")
-
-UP = Gauge("flowyard_service_up", "1 while the service is running and connected to NATS", ["service"])
 
 
 class Service(ABC):
@@ -78,10 +85,43 @@ class Service(ABC):
         for consumer in self.consumers:
             await consumer.ensure()
             self._tasks.append(asyncio.create_task(consumer.run(), name=f"{self.name}:{consumer.durable}"))
-        UP.labels(self.name).set(1)
+        self._gauges = asyncio.create_task(self._refresh_gauges_forever(), name=f"{self.name}:gauges")
+        SERVICE_UP.labels(self.name).set(1)
         log.info("service started", service=self.name, consumers=[c.durable for c in self.consumers])
 
+    async def refresh_gauges(self) -> None:
+        """Set the gauges read from JetStream: this service's consumers and their streams.
+
+        Services add their own (active runs, pending approvals) by extending this.
+        """
+        streams = set()
+        for consumer in self.consumers:
+            info = await self.bus.js.consumer_info(consumer.stream, consumer.durable)
+            CONSUMER_PENDING.labels(consumer.durable).set(info.num_pending or 0)
+            CONSUMER_ACK_PENDING.labels(consumer.durable).set(info.num_ack_pending or 0)
+            CONSUMER_REDELIVERED.labels(consumer.durable).set(info.num_redelivered or 0)
+            CONSUMER_WAITING.labels(consumer.durable).set(info.num_waiting or 0)
+            streams.add(consumer.stream)
+        for stream in sorted(streams):
+            state = (await self.bus.js.stream_info(stream)).state
+            STREAM_MESSAGES.labels(stream).set(state.messages)
+            STREAM_BYTES.labels(stream).set(state.bytes)
+
+    async def _refresh_gauges_forever(self) -> None:
+        every = seconds(self.config.telemetry.gauge_interval)
+        while True:
+            try:
+                await self.refresh_gauges()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # NATS away for a moment: the gauges keep their last values
+                log.debug("gauges not refreshed", service=self.name, error=repr(exc))
+            await asyncio.sleep(every)
+
     async def stop(self) -> None:
+        gauges = getattr(self, "_gauges", None)
+        if gauges is not None:
+            gauges.cancel()
         for consumer in self.consumers:
             consumer.stop()
         if self._tasks:
@@ -92,7 +132,7 @@ class Service(ABC):
                     consumer.cancel_inflight()
                 await asyncio.wait(pending, timeout=5)
         await self.bus.close()
-        UP.labels(self.name).set(0)
+        SERVICE_UP.labels(self.name).set(0)
         log.info("service stopped", service=self.name)
 
     async def ready(self) -> tuple[bool, str]:

@@ -19,6 +19,9 @@ AUDIT_STREAM = "FY_AUDIT"
 # registry) and alerts forwarded by the gateway.
 TRIGGERS_STREAM = "FY_TRIGGERS"
 TRIGGER_EVENTS_STREAM = "FY_TRIGGER_EVENTS"  # what each trigger did: fired, deduplicated, suppressed …
+# What is in progress, one empty message per subject, purged when it ends: runs active and
+# approvals pending are counted from the subjects (one API request) for the gauges.
+ACTIVE_STREAM = "FY_ACTIVE"
 
 RUNS_BUCKET = "fy_runs"
 AGENTS_BUCKET = "fy_agents"
@@ -47,6 +50,9 @@ AUDIT_SUBJECTS = "fy.audit.>"
 ALERT_SUBJECTS = "fy.alert.>"
 ALERTMANAGER = "fy.alert.alertmanager"  # one Alertmanager notification (webhook payload v4), as received
 TRIGGER_EVENT_SUBJECTS = "fy.trigger.>"
+ACTIVE_SUBJECTS = "fy.active.>"
+ACTIVE_RUNS = "fy.active.run.>"
+ACTIVE_APPROVALS = "fy.active.approval.>"
 
 TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
@@ -58,6 +64,20 @@ def check_token(value: str, what: str) -> str:
             "(at most 128, starting with a letter or digit)"
         )
     return value
+
+
+def _index_token(name: str) -> str:
+    return name if TOKEN.match(name) else "_"
+
+
+def active_run(workflow: str, run_id: str) -> str:
+    """``fy.active.run.<workflow>.<run>``: present while the run is active."""
+    return f"fy.active.run.{_index_token(workflow)}.{run_id}"
+
+
+def active_approval(workflow: str, expires_at: float, approval_id: str) -> str:
+    """``fy.active.approval.<workflow>.<expires-at>.<approval>``: present while it is pending."""
+    return f"fy.active.approval.{_index_token(workflow)}.{int(expires_at)}.{approval_id}"
 
 
 def run_requested(run_id: str) -> str:

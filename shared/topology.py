@@ -79,6 +79,14 @@ async def ensure(bus: Bus) -> None:
             discard=api.DiscardPolicy.OLD,
             duplicate_window=dup,
         ),
+        api.StreamConfig(
+            name=subjects.ACTIVE_STREAM,
+            description="Runs active and approvals pending, one empty message each, for the gauges",
+            subjects=[subjects.ACTIVE_SUBJECTS],
+            retention=api.RetentionPolicy.LIMITS,
+            max_msgs_per_subject=1,
+            duplicate_window=dup,
+        ),
     ]
     # Trigger events: alerts from the gateway, plus the workflows' own NATS subjects, which
     # the planner keeps in step with the registry; so it is created here, never updated.

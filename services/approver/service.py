@@ -18,7 +18,7 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
-from shared import subjects
+from shared import metrics, subjects, telemetry
 from shared.bus import Delivery
 from shared.contract import (
     AnyEvent,
@@ -30,7 +30,7 @@ from shared.contract import (
     decode_approval,
     encode,
 )
-from shared.envelope import now_rfc3339
+from shared.envelope import epoch, now_rfc3339
 from shared.errors import NotYet, PermanentError, RetryableError
 from shared.service import Service
 
@@ -47,6 +47,7 @@ class ApproverService(Service):
 
     async def setup(self) -> None:
         self.records: KeyValue = await self.bus.kv(subjects.APPROVALS_BUCKET)
+        self._pending_seen: set[str] = set()
         cfg = self.config.approver
         self.consume(
             "approver",
@@ -79,6 +80,7 @@ class ApproverService(Service):
             raise PermanentError(f"the approver handles approval requests only, got {type(event).__name__}")
         try:
             await self.records.create(event.approval_id, encode(ApprovalRecord(request=event)))
+            await self._index(_active(event), add=True)
             log.info(
                 "approval requested",
                 approval=event.approval_id,
@@ -87,7 +89,10 @@ class ApproverService(Service):
                 approvers=event.policy.approvers or "anyone but the requester",
             )
         except nats.js.errors.KeyWrongLastSequenceError:
-            pass  # a redelivery: the record exists already
+            # A redelivery: the record exists already (we may have died before indexing it).
+            current = await self.get(event.approval_id)
+            if current is not None and current.status == "pending":
+                await self._index(_active(event), add=True)
         timer = TimerDue(run_id=event.run_id, kind="expiry", due_at=event.expires_at, approval_id=event.approval_id)
         await self.bus.publish(subjects.approval_timer(event.approval_id), timer, msg_id=f"{event.approval_id}:expiry")
 
@@ -174,6 +179,9 @@ class ApproverService(Service):
                 revision = await self.records.update(approval_id, encode(new), last=entry.revision)
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue
+            if record.status == "pending" and new.status != "pending":
+                self._settled(new)
+                await self._index(_active(new.request), add=False)
             if new.status != "pending" and not new.published:
                 await self._publish(new, revision)
             return new
@@ -195,13 +203,59 @@ class ApproverService(Service):
             summary=record.summary,
             labels=req.labels,
         )
-        await self.bus.publish(
-            subjects.approval_decided(req.run_id, req.node_id, outcome), event, msg_id=f"{req.approval_id}:decided"
-        )
+        # The wait, from request to decision, as a span of the run; the decision is sent inside it.
+        with telemetry.tracer().start_as_current_span(
+            f"approval {req.node_id}",
+            context=telemetry.run_root(req.run_id),
+            start_time=int(epoch(req.requested_at) * 1e9) or None,
+            attributes={
+                "flowyard.run_id": req.run_id,
+                "flowyard.workflow": req.workflow,
+                "flowyard.node": req.node_id,
+                "flowyard.approval.outcome": outcome,
+                "flowyard.approval.approvers": len(record.approvals),
+            },
+        ):
+            await self.bus.publish(
+                subjects.approval_decided(req.run_id, req.node_id, outcome),
+                event,
+                msg_id=f"{req.approval_id}:decided",
+            )
         # On a conflict someone else moved the record on; whoever holds it re-publishes if needed.
         with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
             marked = msgspec.structs.replace(record, published=True)
             await self.records.update(req.approval_id, encode(marked), last=revision)
+
+    def _settled(self, record: ApprovalRecord) -> None:
+        if record.status in ("granted", "rejected", "expired"):
+            waited = time.time() - epoch(record.request.requested_at)
+            metrics.APPROVAL_WAIT_SECONDS.labels(record.request.workflow, record.status).observe(max(waited, 0.0))
+
+    async def _index(self, subject: str, *, add: bool) -> None:
+        """Keep FY_ACTIVE in step (flowyard_approvals_pending); a miss costs a gauge, nothing else."""
+        try:
+            await (self.bus.mark_active(subject) if add else self.bus.clear_active(subject))
+        except Exception as exc:
+            log.warning("pending-approvals index not updated", error=repr(exc))
+
+    async def refresh_gauges(self) -> None:
+        await super().refresh_gauges()
+        counts: dict[str, int] = {}
+        first: dict[str, int] = {}
+        for subject in await self.bus.active(subjects.ACTIVE_APPROVALS):
+            parts = subject.split(".")  # fy.active.approval.<workflow>.<expires-at>.<approval id>
+            workflow, expires = parts[3], int(parts[4])
+            counts[workflow] = counts.get(workflow, 0) + 1
+            first[workflow] = min(first.get(workflow, expires), expires)
+        for workflow in self._pending_seen - counts.keys():
+            metrics.APPROVALS_PENDING.labels(workflow).set(0)
+            # No pending approval: no expiry to warn about (absent, not a stale time).
+            with contextlib.suppress(KeyError):
+                metrics.APPROVAL_NEXT_EXPIRY.remove(workflow)
+        for workflow, count in counts.items():
+            metrics.APPROVALS_PENDING.labels(workflow).set(count)
+            metrics.APPROVAL_NEXT_EXPIRY.labels(workflow).set(first[workflow])
+        self._pending_seen |= counts.keys()
 
     async def _republish_settled(self) -> None:
         try:
@@ -216,3 +270,7 @@ class ApproverService(Service):
             record = decode_approval(entry.value or b"")
             if record.status != "pending" and not record.published:
                 await self._publish(record, entry.revision or 0)
+
+
+def _active(request: ApprovalRequested) -> str:
+    return subjects.active_approval(request.workflow, request.expires_at, request.approval_id)

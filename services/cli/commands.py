@@ -136,7 +136,7 @@ async def _submit(
         record = await client.get_record(bus, final.run_id)
         echo_json(client.result_json(record) if record else client.finished_json(final))
     else:
-        render.print_outcome(final.status, final.outputs, final.error)
+        render.print_outcome(final.status, final.outputs, final.error, run_id=final.run_id)
     return EXIT_OK if final.status == "succeeded" else EXIT_FAILED
 
 

@@ -17,6 +17,7 @@ from shared.contract import (
     TaskStarted,
     TaskSucceeded,
 )
+from shared.telemetry import run_trace_id, trace_link
 
 _MARK = {"succeeded": "✓", "failed": "✗", "skipped": "–", "cancelled": "⊘", "running": "▶", "pending": "·"}
 
@@ -72,8 +73,12 @@ class Progress:
                 pass
 
 
-def print_outcome(status: str, outputs: dict[str, Any], error: str | None, out: TextIO = sys.stdout) -> None:
+def print_outcome(
+    status: str, outputs: dict[str, Any], error: str | None, out: TextIO = sys.stdout, *, run_id: str = ""
+) -> None:
     print(f"run {status}" + (f": {error}" if error else ""), file=out)
+    if link := trace_link(run_trace_id(run_id)):
+        print(f"trace: {link}", file=out)
     if outputs:
         print("outputs:", file=out)
         print_outputs(outputs, out)
@@ -99,6 +104,7 @@ def print_record(record: RunRecord, out: TextIO = sys.stdout) -> None:
     )
     if record.error:
         print(f"error    {record.error}", file=out)
+    print(f"trace    {trace_link(run_trace_id(record.run_id)) or run_trace_id(record.run_id)}", file=out)
     if record.nodes:
         width = max(len(n) for n in record.nodes)
         print("nodes:", file=out)

@@ -33,6 +33,11 @@ class Breaker:
             f"(last: {state.last_error}); it tries again in {wait:.0f}s — fix the cause (`flowyard doctor`)"
         )
 
+    def open_count(self) -> int:
+        """How many images' work is refused right now."""
+        now = self.clock()
+        return sum(1 for state in self._states.values() if state.open_until > now)
+
     def record(self, key: str, *, infrastructure_failure: bool, error: str = "") -> bool:
         """Count an attempt's start; True when this failure opened the breaker."""
         if not infrastructure_failure:

@@ -261,13 +261,16 @@ async def execute(
     started keeps its container, which the next delivery adopts and reads."""
     # One span per attempt, inside the dispatch's `process` span: in the run's trace, the time
     # the agent itself took and how it ended sit between the dispatch and the result.
-    attributes = {
+    attributes: dict[str, str | int] = {
         "flowyard.run_id": task.run_id,
-        "flowyard.node_id": task.unit,
+        "flowyard.workflow": task.workflow,
+        "flowyard.node": task.node_id,
         "flowyard.attempt": task.attempt,
         "flowyard.agent": task.agent.name,
         "flowyard.runtime": runtime.name,
     }
+    if task.item is not None:
+        attributes["flowyard.item"] = task.item
     if task.agent.image:
         attributes["container.image.name"] = task.agent.image
     with telemetry.tracer().start_as_current_span(f"agent {task.agent.name}", attributes=attributes) as span:

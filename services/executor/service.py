@@ -14,7 +14,7 @@ import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
 
-from shared import executors, subjects
+from shared import executors, metrics, subjects
 from shared import workspace as ws
 from shared.bus import Delivery, is_outage
 from shared.config import Config, seconds
@@ -23,7 +23,7 @@ from shared.errors import FlowyardError, PermanentError, RetryableError
 from shared.secrets import SecretSource
 from shared.service import Service
 
-from . import handlers, metrics
+from . import handlers
 from .breaker import Breaker
 from .logstream import LogStream
 from .runtimes import DockerRuntime, Runtime, make_runtime
@@ -53,6 +53,16 @@ class ExecutorService(Service):
         self._running: dict[str, set[asyncio.Task[handlers.Judgement]]] = {}
         self._cleanups: set[asyncio.Task[int]] = set()
         self._ended: set[asyncio.Task[handlers.Judgement]] = set()
+
+        self._slots_busy = 0
+        metrics.EXECUTOR_SLOTS.labels("busy").set(0)
+        metrics.EXECUTOR_SLOTS.labels("free").set(cfg.concurrency)
+        metrics.BREAKERS_OPEN.set_function(self.breaker.open_count)
+
+    def _busy(self, change: int) -> None:
+        self._slots_busy += change
+        metrics.EXECUTOR_SLOTS.labels("busy").set(self._slots_busy)
+        metrics.EXECUTOR_SLOTS.labels("free").set(max(self.config.executor.concurrency - self._slots_busy, 0))
 
     @property
     def shutdown_grace(self) -> float:
@@ -175,7 +185,7 @@ class ExecutorService(Service):
         )
         running = self._running.setdefault(event.run_id, set())
         running.add(attempt)
-        metrics.RUNNING.inc()
+        self._busy(+1)
         try:
             verdict = await asyncio.shield(attempt)
         except Exception as exc:
@@ -204,7 +214,7 @@ class ExecutorService(Service):
                 await attempt
             raise
         finally:
-            metrics.RUNNING.dec()
+            self._busy(-1)
             running.discard(attempt)
             self._ended.discard(attempt)
             if not running:

@@ -18,6 +18,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from shared import metrics
 from shared.bus import is_outage
 from shared.errors import ConfigurationError, MalformedDocument, ValidationFailed
 
@@ -105,6 +106,10 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
         request["audit_detail"] = failure.detail
     if op is not None and op.operation_id in ACTIONS and "user" in request:
         await _audit(gw, request, op.operation_id, response)
+    # The operation id, not the path: bounded labels (a 404 on a made-up path is "unmatched").
+    operation = op.operation_id if op is not None else "unmatched"
+    metrics.HTTP_REQUESTS.labels(operation, str(response.status)).inc()
+    metrics.HTTP_SECONDS.labels(operation).observe(time.monotonic() - started)
     log.debug(
         "request",
         request_id=rid,

@@ -10,6 +10,7 @@ import msgspec
 
 from shared.config import NotifierConfig
 from shared.contract import AnyEvent, ApprovalDecided, ApprovalRequested, NodeFailed, RunFinished
+from shared.telemetry import run_trace_id
 from shared.triggering import TriggerOutcome
 
 
@@ -37,9 +38,19 @@ class Notice:
         }
 
 
-def notice(event: AnyEvent) -> Notice | None:
+def notice(event: AnyEvent, *, trace_url: str = "") -> Notice | None:
+    """The notice for an event, with the run's trace id (and a link, when ``telemetry.trace_url`` is set)."""
     n = _notice(event)
-    return dataclasses.replace(n, labels=dict(getattr(event, "labels", {}))) if n else None
+    if n is None:
+        return None
+    trace_id = run_trace_id(n.run_id)
+    link = trace_url.replace("{trace_id}", trace_id) if trace_url and trace_id else None
+    details = {**n.details, "trace_id": trace_id}
+    summary = n.summary
+    if link:
+        details["trace_url"] = link
+        summary = f"{summary} Trace: {link}"
+    return dataclasses.replace(n, labels=dict(getattr(event, "labels", {})), details=details, summary=summary)
 
 
 def _notice(event: AnyEvent) -> Notice | None:

@@ -17,7 +17,7 @@ import structlog
 from nats.js.kv import KeyValue
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from shared import subjects
+from shared import metrics, subjects
 from shared.bus import Delivery
 from shared.config import seconds
 from shared.contract import AnyEvent, NotificationFailed
@@ -61,7 +61,7 @@ class NotifierService(Service):
         await self.sinks.close()
 
     async def handle(self, event: AnyEvent, delivery: Delivery) -> None:
-        n = notice(event)
+        n = notice(event, trace_url=self.config.telemetry.trace_url)
         if n is None:
             return
         targets = sinks_for(self.config.notifier, n)
@@ -125,6 +125,8 @@ class NotifierService(Service):
                 )
                 await self.bus.publish(subjects.notification_failed(n.run_id), failure, msg_id=f"{key}:failed")
             await self.marks.put(key, b"failed")
+            metrics.NOTIFICATIONS.labels(sink, "failed").inc()
             return
         await self.marks.put(key, b"delivered")
+        metrics.NOTIFICATIONS.labels(sink, "sent").inc()
         log.info("notification delivered", sink=sink, type=n.type, run_id=n.run_id, attempts=attempts)

@@ -30,9 +30,8 @@ import msgspec
 import nats.errors
 import nats.js.errors
 import structlog
-from prometheus_client import Counter
 
-from shared import capture, registry, runs, subjects
+from shared import capture, metrics, registry, runs, subjects
 from shared.bus import Bus, Delivery
 from shared.consumer import Consumer
 from shared.durations import parse_duration
@@ -47,14 +46,7 @@ from .triggers.start import request_for, run_id_for
 
 log = structlog.get_logger("flowyard.planner.triggers")
 
-_METRICS = {
-    outcome: Counter(
-        f"flowyard_triggers_{outcome}_total",
-        f"Trigger events by workflow and kind: {outcome}",
-        ["workflow", "kind"],
-    )
-    for outcome in ("fired", "deduplicated", "suppressed", "refused", "skipped")
-}
+_METRICS = metrics.TRIGGERS
 _enc = msgspec.json.Encoder()
 _SUPPRESSED = "-"  # a claim that started no run: the event was suppressed by max_runs
 

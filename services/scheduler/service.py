@@ -16,13 +16,12 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from datetime import datetime
 
 import nats.js.errors
 import structlog
 from nats.js.kv import KeyValue
 
-from shared import subjects
+from shared import metrics, subjects
 from shared.bus import Delivery
 from shared.config import seconds
 from shared.contract import (
@@ -43,11 +42,11 @@ from shared.contract import (
     decode_record,
     encode,
 )
-from shared.envelope import now_rfc3339
+from shared.envelope import epoch, now_rfc3339
 from shared.errors import NotYet, PermanentError, RetryableError
 from shared.service import Service
 
-from . import engine
+from . import engine, observe
 from .admission import Admission
 
 log = structlog.get_logger("flowyard.scheduler")
@@ -70,6 +69,7 @@ class SchedulerService(Service):
         # went out: saves a KV read per step. CAS catches a copy gone stale.
         self._cache: OrderedDict[str, tuple[int, RunRecord, bool]] = OrderedDict()
         self._dedup_window = seconds(self.config.bus.duplicate_window)
+        self._active_seen: set[str] = set()
         concurrency = self.config.scheduler.concurrency
         ack_wait = seconds(self.config.scheduler.ack_wait)
         self.consume(
@@ -182,7 +182,9 @@ class SchedulerService(Service):
                     self._cache.pop(run_id, None)
                     continue
                 if record is not None and record.status != "running":
-                    await self._release(record)  # in case a crash came between finishing and releasing
+                    # In case a crash came between finishing and releasing.
+                    await self._release(record)
+                    await self._index(None, subjects.active_run(record.workflow, record.run_id))
                 return
             assert new is not None
             new = engine.replace(new, outbox=outbox + _node_failures(record, new))
@@ -205,6 +207,8 @@ class SchedulerService(Service):
                 self._cache.pop(run_id, None)
                 continue  # another replica moved the record on; apply to its version
             self._remember(run_id, revision, new, sent=False)
+            added, removed = observe.step(record, new, now=time.time())
+            await self._index(added, None)
             await self._publish(new.outbox)
             if new.status == "running":
                 self._remember(run_id, revision, new, sent=True)
@@ -213,8 +217,32 @@ class SchedulerService(Service):
             if record is None or record.status == "running":
                 log.info("run finished", run_id=run_id, workflow=new.workflow, status=new.status, error=new.error)
             await self._release(new)
+            await self._index(None, removed)
             return
         raise RetryableError(f"run {run_id}: record kept changing under {_MAX_CONFLICTS} attempts", delay=0.2)
+
+    async def _index(self, add: str | None, remove: str | None) -> None:
+        """Keep FY_ACTIVE in step (for flowyard_runs_active); a miss costs a gauge, never a run."""
+        try:
+            if add:
+                await self.bus.mark_active(add)
+            if remove:
+                await self.bus.clear_active(remove)
+        except Exception as exc:
+            log.warning("active-runs index not updated", error=repr(exc))
+
+    async def refresh_gauges(self) -> None:
+        await super().refresh_gauges()
+        counts: dict[str, int] = {}
+        for subject in await self.bus.active(subjects.ACTIVE_RUNS):
+            workflow = subject.split(".")[3]
+            counts[workflow] = counts.get(workflow, 0) + 1
+        # Workflows with nothing active read 0, not their last value.
+        for workflow in self._active_seen - counts.keys():
+            metrics.RUNS_ACTIVE.labels(workflow).set(0)
+        for workflow, count in counts.items():
+            metrics.RUNS_ACTIVE.labels(workflow).set(count)
+        self._active_seen |= counts.keys()
 
     async def _release(self, record: RunRecord) -> None:
         """A finished run leaves its workflow's concurrency; the next queued run is admitted."""
@@ -257,7 +285,7 @@ class SchedulerService(Service):
         dispatches and timers are re-sent: executors check the run record before running an old
         dispatch, and timers are idempotent.
         """
-        age = time.time() - _epoch(record.updated_at)
+        age = time.time() - epoch(record.updated_at)
         fresh = age < self._dedup_window
         await self._publish([o for o in record.outbox if fresh or isinstance(o.event, TaskDispatched | TimerDue)])
 
@@ -284,9 +312,3 @@ def _node_failures(before: RunRecord | None, after: RunRecord) -> list[Outgoing]
             )
     return out
 
-
-def _epoch(rfc3339: str) -> float:
-    try:
-        return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0

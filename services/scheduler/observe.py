@@ -1,0 +1,59 @@
+"""What one step of a run means for the metrics, the run's root span and the index of active runs.
+
+Called after a step was stored (so a transition is counted once: the compare-and-set write is
+what makes it happen once). Pure apart from the metrics and the span it records.
+"""
+
+from __future__ import annotations
+
+from shared import metrics, subjects, telemetry
+from shared.contract import RunRecord
+from shared.envelope import epoch
+
+_NODE_ENDS = ("succeeded", "failed", "skipped", "cancelled", "rejected")
+
+
+def trigger_label(record: RunRecord) -> str:
+    """What started the run, from a closed set: cli, api, retry, schedule, event, alert, other."""
+    if record.retry_of:
+        return "retry"
+    if record.requested_by.startswith("trigger:"):
+        kind = record.requested_by.removeprefix("trigger:")
+        return kind if kind in ("schedule", "event", "alert") else "other"
+    kind = str(record.trigger.get("type", ""))
+    return {"manual": "cli", "api": "api"}.get(kind, "other")
+
+
+def step(before: RunRecord | None, after: RunRecord, *, now: float) -> tuple[str | None, str | None]:
+    """Count what changed; return the active-index subjects to (add, remove)."""
+    add = remove = None
+    started = before is None and after.status == "running"
+    if started:
+        metrics.RUNS_STARTED.labels(after.workflow, trigger_label(after)).inc()
+        add = subjects.active_run(after.workflow, after.run_id)
+    agents = {n.id: n.agent.name for n in after.plan.nodes} if after.plan else {}
+    for nid, node in after.nodes.items():
+        old = before.nodes.get(nid) if before is not None else None
+        if node.status in _NODE_ENDS and (old is None or old.status not in _NODE_ENDS):
+            if node.reused_from:
+                continue  # kept from the run retried, not run again
+            metrics.NODES_FINISHED.labels(after.workflow, agents.get(nid, ""), node.status).inc()
+    ended = after.status != "running" and (before is None or before.status == "running")
+    if ended:
+        status = "rejected" if after.rejected else after.status
+        start = epoch(after.created_at) or now
+        metrics.RUNS_FINISHED.labels(after.workflow, status).inc()
+        metrics.RUN_SECONDS.labels(after.workflow, status).observe(max(now - start, 0.0))
+        telemetry.record_run_span(
+            run_id=after.run_id,
+            workflow=after.workflow,
+            start_s=start,
+            end_s=now,
+            status=status,
+            error=after.error,
+            retry_of=after.retry_of,
+            attributes={"flowyard.trigger": trigger_label(after), "flowyard.requested_by": after.requested_by},
+        )
+        if before is not None:
+            remove = subjects.active_run(after.workflow, after.run_id)
+    return add, remove

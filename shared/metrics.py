@@ -1,0 +1,187 @@
+"""Every metric flowyard exports, in one place: the names are a contract.
+
+Dashboards (deploy/grafana), alert rules (deploy/prometheus) and users' own queries rely on these
+names and labels; docs/observability.md lists them, and a test checks that every dashboard and
+rule uses only names defined here. Prometheus naming: base units, ``_total`` counters.
+
+Label values are bounded: workflow, agent, sink, consumer, stream and service names, outcomes and
+statuses from closed sets — never run ids, so cardinality stays flat as runs grow.
+
+Gauges read from JetStream (consumers, streams, active runs, pending approvals) are the same
+cluster-wide value on every replica that reports them: aggregate them with ``max``, not ``sum``.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+
+# `_created` series double every counter for no use in a dashboard.
+disable_created_metrics()
+
+try:
+    VERSION = version("flowyard")
+except PackageNotFoundError:  # running from a checkout that was never installed
+    VERSION = "0+unknown"
+
+_DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
+
+# --- every service ---------------------------------------------------------------------------
+BUILD_INFO = Gauge("flowyard_build_info", "Always 1; the flowyard version this process runs", ["version"])
+BUILD_INFO.labels(VERSION).set(1)
+SERVICE_UP = Gauge("flowyard_service_up", "1 while the service is running and connected to NATS", ["service"])
+PUBLISHED = Counter("flowyard_published_total", "Messages published, by stream", ["stream"])
+MESSAGES = Counter("flowyard_messages_total", "Messages handled by a consumer, by outcome", ["consumer", "outcome"])
+HANDLE_SECONDS = Histogram(
+    "flowyard_handle_seconds",
+    "Time spent handling one message",
+    ["consumer"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30, 120),
+)
+DEAD_LETTERS = Counter(
+    "flowyard_dead_letters_total",
+    "Messages a service gave up on and copied to its dead-letter subject (fy.dlq.<service>)",
+    ["service"],
+)
+CONSUMER_PENDING = Gauge(
+    "flowyard_consumer_pending", "Messages in the stream not yet delivered to this consumer", ["consumer"]
+)
+CONSUMER_ACK_PENDING = Gauge(
+    "flowyard_consumer_ack_pending", "Messages delivered to this consumer and not yet acknowledged", ["consumer"]
+)
+CONSUMER_REDELIVERED = Gauge(
+    "flowyard_consumer_redelivered",
+    "Messages delivered to this consumer more than once, still unacknowledged",
+    ["consumer"],
+)
+CONSUMER_WAITING = Gauge(
+    "flowyard_consumer_waiting", "Pull requests waiting on this consumer: 0 means nobody is pulling", ["consumer"]
+)
+STREAM_MESSAGES = Gauge("flowyard_stream_messages", "Messages stored in a JetStream stream", ["stream"])
+STREAM_BYTES = Gauge("flowyard_stream_bytes", "Bytes stored in a JetStream stream", ["stream"])
+SPANS_EXPORTED = Counter("flowyard_spans_exported_total", "Spans sent to the OTLP collector")
+SPANS_DROPPED = Counter(
+    "flowyard_spans_dropped_total",
+    "Spans never sent: the queue was full (queue_full) or the collector refused or did not answer (export_failed)",
+    ["reason"],
+)
+
+# --- runs (scheduler) ------------------------------------------------------------------------
+RUNS_STARTED = Counter(
+    "flowyard_runs_started_total",
+    "Runs started, by workflow and what started them (cli, api, retry, schedule, event, alert)",
+    ["workflow", "trigger"],
+)
+RUNS_FINISHED = Counter(
+    "flowyard_runs_finished_total",
+    "Runs ended, by workflow and status (succeeded, failed, cancelled, rejected)",
+    ["workflow", "status"],
+)
+RUN_SECONDS = Histogram(
+    "flowyard_run_duration_seconds",
+    "Time from a run's request to its end, by workflow and status",
+    ["workflow", "status"],
+    buckets=_DURATION_BUCKETS,
+)
+RUNS_ACTIVE = Gauge("flowyard_runs_active", "Runs started and not yet ended (queued ones included)", ["workflow"])
+NODES_FINISHED = Counter(
+    "flowyard_nodes_finished_total",
+    "Nodes that reached an end, by workflow, agent and status (succeeded, failed, skipped, cancelled)",
+    ["workflow", "agent", "status"],
+)
+
+# --- agents (executor) -----------------------------------------------------------------------
+ATTEMPTS = Counter(
+    "flowyard_agent_attempts_total",
+    "Agent attempts this executor finished, by agent and outcome (succeeded, or the failure's reason;"
+    " refused: the image's circuit breaker was open)",
+    ["agent", "outcome"],
+)
+ATTEMPT_SECONDS = Histogram(
+    "flowyard_agent_attempt_seconds",
+    "Time from taking a dispatch to reporting its result, by agent",
+    ["agent"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+)
+EXECUTOR_SLOTS = Gauge(
+    "flowyard_executor_slots", "This executor's attempt slots (executor.concurrency), busy or free", ["state"]
+)
+BREAKER_TRIPS = Counter(
+    "flowyard_executor_breaker_trips_total",
+    "Times this executor stopped taking an image's work after failures in a row to start it",
+    ["image"],
+)
+BREAKERS_OPEN = Gauge(
+    "flowyard_executor_breakers_open", "Images whose circuit breaker is open on this executor now (work refused)"
+)
+
+# --- approvals (approver) --------------------------------------------------------------------
+APPROVALS_PENDING = Gauge("flowyard_approvals_pending", "Approvals waiting for a decision", ["workflow"])
+APPROVAL_NEXT_EXPIRY = Gauge(
+    "flowyard_approval_next_expiry_timestamp_seconds",
+    "When the first pending approval of the workflow expires (Unix time); absent when none is pending",
+    ["workflow"],
+)
+APPROVAL_WAIT_SECONDS = Histogram(
+    "flowyard_approval_wait_seconds",
+    "Time from an approval's request to its decision, by workflow and outcome (granted, rejected, expired)",
+    ["workflow", "outcome"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400),
+)
+
+# --- notifications (notifier) ----------------------------------------------------------------
+NOTIFICATIONS = Counter(
+    "flowyard_notifications_total",
+    "Notifications, by sink and outcome (sent; failed: given up after its retries)",
+    ["sink", "outcome"],
+)
+
+# --- the gateway -----------------------------------------------------------------------------
+HTTP_REQUESTS = Counter(
+    "flowyard_http_requests_total",
+    "Gateway requests, by operation (the OpenAPI operationId; unmatched: no such route) and status code",
+    ["operation", "status"],
+)
+HTTP_SECONDS = Histogram(
+    "flowyard_http_request_duration_seconds",
+    "Time to answer a gateway request (to the first byte of a stream), by operation",
+    ["operation"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+# --- triggers (planner) ----------------------------------------------------------------------
+TRIGGER_OUTCOMES = ("fired", "deduplicated", "suppressed", "refused", "skipped")
+TRIGGERS = {
+    outcome: Counter(
+        f"flowyard_triggers_{outcome}_total",
+        f"Trigger events by workflow and kind (schedule, event, alert): {outcome}",
+        ["workflow", "kind"],
+    )
+    for outcome in TRIGGER_OUTCOMES
+}
+
+
+def names() -> set[str]:
+    """Every series name flowyard exports (with the _total/_bucket/... suffixes Prometheus adds)."""
+    out: set[str] = set()
+    for metric in (
+        BUILD_INFO, SERVICE_UP, PUBLISHED, MESSAGES, HANDLE_SECONDS, DEAD_LETTERS, CONSUMER_PENDING,
+        CONSUMER_ACK_PENDING, CONSUMER_REDELIVERED, CONSUMER_WAITING, STREAM_MESSAGES, STREAM_BYTES,
+        SPANS_EXPORTED, SPANS_DROPPED, RUNS_STARTED, RUNS_FINISHED, RUN_SECONDS, RUNS_ACTIVE,
+        NODES_FINISHED, ATTEMPTS, ATTEMPT_SECONDS, EXECUTOR_SLOTS, BREAKER_TRIPS, BREAKERS_OPEN,
+        APPROVALS_PENDING, APPROVAL_NEXT_EXPIRY, APPROVAL_WAIT_SECONDS, NOTIFICATIONS, HTTP_REQUESTS, HTTP_SECONDS,
+        *TRIGGERS.values(),
+    ):  # fmt: skip
+        for family in metric.describe():
+            for sample_suffix in _suffixes(family.type):
+                out.add(family.name + sample_suffix)
+    return out
+
+
+def _suffixes(kind: str) -> tuple[str, ...]:
+    return {
+        "counter": ("_total",),
+        "histogram": ("_bucket", "_sum", "_count"),
+        "gauge": ("",),
+    }.get(kind, ("",))
