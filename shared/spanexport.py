@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
@@ -25,6 +26,8 @@ log = logging.getLogger("flowyard.telemetry")
 _BATCH = 512
 _DELAY_S = 1.0  # how long a lone span waits for company before it is sent
 _WARN_EVERY_S = 60.0
+_EXIT_FLUSH_MS = 500
+_FLUSH: Any = object()  # queued by force_flush: send the batch being gathered now
 
 
 def otlp_exporter(endpoint: str, *, timeout: float) -> SpanExporter:
@@ -41,7 +44,7 @@ def otlp_exporter(endpoint: str, *, timeout: float) -> SpanExporter:
 class BackgroundExport(SpanProcessor):
     def __init__(self, exporter: SpanExporter, *, queue_size: int) -> None:
         self._exporter = exporter
-        self._queue: queue.Queue[ReadableSpan | None] = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._flushed = threading.Condition()
         self._sent_upto = 0  # spans taken off the queue and handled (sent or dropped)
         self._queued = 0
@@ -70,9 +73,9 @@ class BackgroundExport(SpanProcessor):
             first = self._queue.get()
             if first is None:
                 return
-            batch = [first]
+            batch = [] if first is _FLUSH else [first]
             deadline = time.monotonic() + _DELAY_S
-            while len(batch) < _BATCH:
+            while len(batch) < _BATCH and first is not _FLUSH:
                 try:
                     span = self._queue.get(timeout=max(deadline - time.monotonic(), 0))
                 except queue.Empty:
@@ -80,8 +83,11 @@ class BackgroundExport(SpanProcessor):
                 if span is None:
                     self._send(batch)
                     return
+                if span is _FLUSH:
+                    break  # someone waits for what is queued: send now
                 batch.append(span)
-            self._send(batch)
+            if batch:
+                self._send(batch)
 
     def _send(self, batch: Sequence[ReadableSpan]) -> None:
         try:
@@ -106,6 +112,8 @@ class BackgroundExport(SpanProcessor):
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Wait until what was queued so far has been handled, at most ``timeout_millis``."""
         deadline = time.monotonic() + timeout_millis / 1000
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(_FLUSH)
         with self._flushed:
             target = self._queued
             while self._sent_upto < target:
@@ -116,7 +124,9 @@ class BackgroundExport(SpanProcessor):
         return True
 
     def shutdown(self) -> None:
-        self.force_flush(2000)
+        # At exit (a CLI command ending), what is queued gets a moment to leave; a collector that
+        # does not answer costs at most this much.
+        self.force_flush(_EXIT_FLUSH_MS)
         self._stopping = True
         # When the queue is full the thread is left to die with the process (it is a daemon).
         with contextlib.suppress(queue.Full):
