@@ -85,6 +85,11 @@ RUN_SECONDS = Histogram(
     buckets=_DURATION_BUCKETS,
 )
 RUNS_ACTIVE = Gauge("flowyard_runs_active", "Runs started and not yet ended (queued ones included)", ["workflow"])
+RUNS_OLDEST_START = Gauge(
+    "flowyard_runs_active_oldest_start_timestamp_seconds",
+    "When the oldest active run of the workflow started (Unix time); absent when none is active",
+    ["workflow"],
+)
 NODES_FINISHED = Counter(
     "flowyard_nodes_finished_total",
     "Nodes that reached an end, by workflow, agent and status (succeeded, failed, skipped, cancelled)",
@@ -168,7 +173,7 @@ def names() -> set[str]:
     for metric in (
         BUILD_INFO, SERVICE_UP, PUBLISHED, MESSAGES, HANDLE_SECONDS, DEAD_LETTERS, CONSUMER_PENDING,
         CONSUMER_ACK_PENDING, CONSUMER_REDELIVERED, CONSUMER_WAITING, STREAM_MESSAGES, STREAM_BYTES,
-        SPANS_EXPORTED, SPANS_DROPPED, RUNS_STARTED, RUNS_FINISHED, RUN_SECONDS, RUNS_ACTIVE,
+        SPANS_EXPORTED, SPANS_DROPPED, RUNS_STARTED, RUNS_FINISHED, RUN_SECONDS, RUNS_ACTIVE, RUNS_OLDEST_START,
         NODES_FINISHED, ATTEMPTS, ATTEMPT_SECONDS, EXECUTOR_SLOTS, BREAKER_TRIPS, BREAKERS_OPEN,
         APPROVALS_PENDING, APPROVAL_NEXT_EXPIRY, APPROVAL_WAIT_SECONDS, NOTIFICATIONS, HTTP_REQUESTS, HTTP_SECONDS,
         *TRIGGERS.values(),

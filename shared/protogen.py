@@ -148,8 +148,9 @@ STREAMS = {
     subjects.ACTIVE_STREAM: {
         "subjects": [subjects.ACTIVE_SUBJECTS],
         "retention": "limits, one message per subject, purged by subject when the run ends or the approval is decided",
-        "description": "fy.active.run.<workflow>.<run> and fy.active.approval.<workflow>.<expires-at>.<approval>:"
-        " counted for flowyard_runs_active and flowyard_approvals_pending",
+        "description": "fy.active.run.<workflow>.<started-at>.<run> and"
+        " fy.active.approval.<workflow>.<expires-at>.<approval>: counted for flowyard_runs_active and"
+        " flowyard_approvals_pending",
     },
     subjects.AUDIT_STREAM: {
         "subjects": [subjects.AUDIT_SUBJECTS],

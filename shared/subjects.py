@@ -70,9 +70,9 @@ def _index_token(name: str) -> str:
     return name if TOKEN.match(name) else "_"
 
 
-def active_run(workflow: str, run_id: str) -> str:
-    """``fy.active.run.<workflow>.<run>``: present while the run is active."""
-    return f"fy.active.run.{_index_token(workflow)}.{run_id}"
+def active_run(workflow: str, started_at: float, run_id: str) -> str:
+    """``fy.active.run.<workflow>.<started-at>.<run>``: present while the run is active."""
+    return f"fy.active.run.{_index_token(workflow)}.{int(started_at)}.{run_id}"
 
 
 def active_approval(workflow: str, expires_at: float, approval_id: str) -> str:

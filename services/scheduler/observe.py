@@ -24,13 +24,17 @@ def trigger_label(record: RunRecord) -> str:
     return {"manual": "cli", "api": "api"}.get(kind, "other")
 
 
+def active_subject(record: RunRecord) -> str:
+    return subjects.active_run(record.workflow, epoch(record.created_at), record.run_id)
+
+
 def step(before: RunRecord | None, after: RunRecord, *, now: float) -> tuple[str | None, str | None]:
     """Count what changed; return the active-index subjects to (add, remove)."""
     add = remove = None
     started = before is None and after.status == "running"
     if started:
         metrics.RUNS_STARTED.labels(after.workflow, trigger_label(after)).inc()
-        add = subjects.active_run(after.workflow, after.run_id)
+        add = subjects.active_run(after.workflow, epoch(after.created_at) or now, after.run_id)
     agents = {n.id: n.agent.name for n in after.plan.nodes} if after.plan else {}
     for nid, node in after.nodes.items():
         old = before.nodes.get(nid) if before is not None else None
@@ -55,5 +59,5 @@ def step(before: RunRecord | None, after: RunRecord, *, now: float) -> tuple[str
             attributes={"flowyard.trigger": trigger_label(after), "flowyard.requested_by": after.requested_by},
         )
         if before is not None:
-            remove = subjects.active_run(after.workflow, after.run_id)
+            remove = active_subject(after)
     return add, remove

@@ -13,6 +13,7 @@ batch: one KV write for all of them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -184,7 +185,7 @@ class SchedulerService(Service):
                 if record is not None and record.status != "running":
                     # In case a crash came between finishing and releasing.
                     await self._release(record)
-                    await self._index(None, subjects.active_run(record.workflow, record.run_id))
+                    await self._index(None, observe.active_subject(record))
                 return
             assert new is not None
             new = engine.replace(new, outbox=outbox + _node_failures(record, new))
@@ -234,14 +235,20 @@ class SchedulerService(Service):
     async def refresh_gauges(self) -> None:
         await super().refresh_gauges()
         counts: dict[str, int] = {}
+        oldest: dict[str, int] = {}
         for subject in await self.bus.active(subjects.ACTIVE_RUNS):
-            workflow = subject.split(".")[3]
+            parts = subject.split(".")  # fy.active.run.<workflow>.<started-at>.<run>
+            workflow, started = parts[3], int(parts[4])
             counts[workflow] = counts.get(workflow, 0) + 1
-        # Workflows with nothing active read 0, not their last value.
+            oldest[workflow] = min(oldest.get(workflow, started), started)
+        # Workflows with nothing active read 0, not their last value; no oldest start at all.
         for workflow in self._active_seen - counts.keys():
             metrics.RUNS_ACTIVE.labels(workflow).set(0)
+            with contextlib.suppress(KeyError):
+                metrics.RUNS_OLDEST_START.remove(workflow)
         for workflow, count in counts.items():
             metrics.RUNS_ACTIVE.labels(workflow).set(count)
+            metrics.RUNS_OLDEST_START.labels(workflow).set(oldest[workflow])
         self._active_seen |= counts.keys()
 
     async def _release(self, record: RunRecord) -> None:
@@ -311,4 +318,3 @@ def _node_failures(before: RunRecord | None, after: RunRecord) -> list[Outgoing]
                 )
             )
     return out
-
