@@ -66,6 +66,8 @@ SPANS_DROPPED = Counter(
     "Spans never sent: the queue was full (queue_full) or the collector refused or did not answer (export_failed)",
     ["reason"],
 )
+for _reason in ("queue_full", "export_failed"):
+    SPANS_DROPPED.labels(_reason)
 
 # --- runs (scheduler) ------------------------------------------------------------------------
 RUNS_STARTED = Counter(

@@ -28,6 +28,7 @@ from shared.metrics import (
     CONSUMER_PENDING,
     CONSUMER_REDELIVERED,
     CONSUMER_WAITING,
+    DEAD_LETTERS,
     SERVICE_UP,
     STREAM_BYTES,
     STREAM_MESSAGES,
@@ -87,6 +88,7 @@ class Service(ABC):
             self._tasks.append(asyncio.create_task(consumer.run(), name=f"{self.name}:{consumer.durable}"))
         self._gauges = asyncio.create_task(self._refresh_gauges_forever(), name=f"{self.name}:gauges")
         SERVICE_UP.labels(self.name).set(1)
+        DEAD_LETTERS.labels(self.name)  # exported as 0 from the start: rate() and alerts see the first one
         log.info("service started", service=self.name, consumers=[c.durable for c in self.consumers])
 
     async def refresh_gauges(self) -> None:

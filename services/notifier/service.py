@@ -39,6 +39,9 @@ class NotifierService(Service):
         cfg = self.config.notifier
         self.sinks = Sinks(cfg.sinks, SecretSource(cfg.secrets_dir))
         self.marks: KeyValue = await self.bus.kv(subjects.NOTIFY_BUCKET)
+        for sink in cfg.sinks:  # exported as 0 from the start, so the first failure is an increase
+            for outcome in ("sent", "failed"):
+                metrics.NOTIFICATIONS.labels(sink, outcome)
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # key -> (lock, handlers using it)
         if not cfg.rules:
             log.info("no notification rules configured; events are read and dropped")
