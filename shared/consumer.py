@@ -15,20 +15,18 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from shared import subjects
+from shared import giveup
 from shared.config import seconds
-from shared.contract import RunAbandoned, decode_event
 from shared.delivery import Decoder, Delivery, Handler, is_outage
 from shared.envelope import header, run_attributes
 from shared.errors import NotYet, PermanentError, RetryableError
-from shared.metrics import DEAD_LETTERS, HANDLE_SECONDS, MESSAGES
+from shared.metrics import HANDLE_SECONDS, MESSAGES
 from shared.telemetry import extract, in_run, tracer
 
 if TYPE_CHECKING:
@@ -248,40 +246,10 @@ class Consumer:
         MESSAGES.labels(self.durable, outcome).inc()
         HANDLE_SECONDS.labels(self.durable).observe(time.perf_counter() - started)
 
-    async def _unanswered(self, delivery: Delivery) -> tuple[int, str | None]:
-        """How many deliveries of this message ended with no answer (the handler's process died).
-
-        Only redeliveries are journalled (a KV entry while the message is in hand, removed when it
-        is answered), so the first delivery of every message costs nothing extra.
-        """
-        if delivery.num_delivered <= 1:
-            return 0, None
-        key = f"{self.durable}.{delivery.stream_seq}"
-        try:
-            kv = await self.bus.kv(subjects.INFLIGHT_BUCKET)
-            try:
-                entry = await kv.get(key)
-                died = int(entry.value or b"0") if entry.value else 0
-            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-                died = 0
-            await kv.put(key, str(died + 1).encode())
-        except Exception as exc:  # the journal is a safety net; NATS trouble must not stop work
-            log.debug("poison journal unavailable", consumer=self.durable, error=repr(exc))
-            return 0, None
-        # A delivery ago the count was written and never cleared: that delivery died too.
-        return died, key
-
-    async def _answered(self, key: str | None) -> None:
-        if key is None:
-            return
-        with contextlib.suppress(Exception):
-            kv = await self.bus.kv(subjects.INFLIGHT_BUCKET)
-            await kv.delete(key)
-
     async def _dispatch(self, msg: Msg, delivery: Delivery, span: trace.Span) -> str:
-        died, journal = await self._unanswered(delivery)
+        died, journal = await giveup.unanswered(self.bus, self.durable, delivery)
         if died + 1 >= self.bus.cfg.poison_deliveries:
-            await self._answered(journal)
+            await giveup.answered(self.bus, journal)
             await self._dead_letter(
                 msg,
                 delivery,
@@ -293,7 +261,7 @@ class Consumer:
         try:
             return await self._dispatch_decoded(msg, delivery, span)
         finally:
-            await self._answered(journal)
+            await giveup.answered(self.bus, journal)
 
     async def _dispatch_decoded(self, msg: Msg, delivery: Delivery, span: trace.Span) -> str:
         try:
@@ -370,63 +338,4 @@ class Consumer:
             pass
 
     async def _dead_letter(self, msg: Msg, delivery: Delivery, reason: str) -> None:
-        """Copy the message to ``fy.dlq.<service>`` with the reason, then terminate it."""
-        log.error(
-            "message terminated",
-            consumer=self.durable,
-            subject=delivery.subject,
-            stream_seq=delivery.stream_seq,
-            reason=reason[:2000],
-        )
-        headers = {k: v for k, v in delivery.headers.items() if k.lower() != "nats-msg-id"} | {
-            "Nats-Msg-Id": f"dlq:{self.stream}:{delivery.stream_seq}",
-            "fy-dlq-reason": reason[:2000].replace("\n", " "),
-            "fy-dlq-subject": delivery.subject,
-            "fy-dlq-consumer": self.durable,
-            "fy-dlq-stream-seq": str(delivery.stream_seq),
-            "fy-dlq-deliveries": str(delivery.num_delivered),
-        }
-        try:
-            await self.bus.publish_raw(subjects.dead_letter(self.bus.name), msg.data, headers)
-        except Exception as exc:
-            # Never terminate a message we could not keep: try again later.
-            log.error("dead-letter publish failed; nak", consumer=self.durable, error=repr(exc))
-            with contextlib.suppress(Exception):
-                await msg.nak(delay=5)
-            return
-        with contextlib.suppress(Exception):
-            await msg.term()
-        DEAD_LETTERS.labels(self.bus.name).inc()
-        await self._abandon_run(msg, delivery, reason)
-
-    async def _abandon_run(self, msg: Msg, delivery: Delivery, reason: str) -> None:
-        """A message of a run was given up on: tell the scheduler, so the run ends saying why
-        instead of waiting for something that will never come."""
-        run_id, workflow = "", ""
-        try:
-            event = decode_event(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            event = None
-        if isinstance(event, RunAbandoned):
-            return  # the scheduler itself could not end the run: the dead letter says why
-        if event is not None:
-            run_id, workflow = event.run_id, str(getattr(event, "workflow", "") or "")
-        else:
-            parts = delivery.subject.split(".")
-            if parts[:2] == ["fy", "run"] and len(parts) > 2:
-                run_id = parts[2]
-            elif parts[:3] == ["fy", "timer", "run"] and len(parts) > 3:
-                run_id = parts[3]
-        if not run_id or not subjects.TOKEN.match(run_id):
-            return
-        abandoned = RunAbandoned(
-            run_id=run_id, service=self.bus.name, subject=delivery.subject, reason=reason[:1000], workflow=workflow
-        )
-        try:
-            await self.bus.publish(
-                subjects.run_abandoned(run_id),
-                abandoned,
-                msg_id=f"{run_id}:abandoned:{self.stream}:{delivery.stream_seq}",
-            )
-        except Exception as exc:
-            log.error("could not end the run of a dead-lettered message", run_id=run_id, error=repr(exc))
+        await giveup.dead_letter(self.bus, self.stream, self.durable, msg, delivery, reason)
