@@ -58,3 +58,24 @@ def test_the_workflow_dashboard_has_a_workflow_variable() -> None:
     names = [v["name"] for v in board["templating"]["list"]]
     assert names == ["datasource", "workflow"]
     assert all('workflow=~"$workflow"' in e for _, e in dashboards.queries()["flowyard-workflow"])
+
+
+def test_docs_describe_every_metric_alert_and_panel() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    doc = " ".join((root / "docs" / "observability.md").read_text().split())  # titles wrap across lines
+    families = {n.removesuffix("_bucket").removesuffix("_sum").removesuffix("_count") for n in metrics.names()}
+    missing = sorted(f for f in families if f"`{f}`" not in doc)
+    assert not missing, f"docs/observability.md does not describe {missing}"
+    rules = yaml.safe_load((root / "deploy/prometheus/rules/flowyard-alerts.yml").read_text())
+    for alert in (r["alert"] for g in rules["groups"] for r in g["rules"]):
+        assert f"[{alert}]" in doc, alert
+    for fn in dashboards.DASHBOARDS:
+        spec = fn()
+        assert spec.title in doc
+        for _, panels in spec.rows:
+            for p in panels:
+                assert f"*{p.title}*" in doc, (spec.uid, p.title)
