@@ -198,3 +198,24 @@ def test_a_slow_collector_never_slows_a_run_and_dropped_spans_are_counted(nats_b
     finally:
         slow.close()
         server.stop()
+
+
+def test_a_run_admitted_from_the_concurrency_queue_stays_in_its_own_trace(traced: Stack, collector: Collector) -> None:
+    """The second run is admitted while the first one's end is handled: in the first's trace context."""
+    workflow = str(Path(__file__).parent / "workflows" / "one-at-a-time.yaml")
+    runs = [traced.cli_background("run", workflow, "-i", "sleep=0.5", "--json") for _ in range(2)]
+    results = []
+    for run in runs:
+        out, err = run.communicate(timeout=60)
+        assert run.returncode == 0, err
+        results.append(json.loads(out))
+    for result in results:
+        collector.wait_for(_root_arrived(result["trace_id"], "one-at-a-time"))
+    ids = {r["trace_id"] for r in results}
+    assert len(ids) == 2
+    for result in results:
+        mine = [s for s in collector.spans if s.attributes.get("flowyard.run_id") == result["run_id"]]
+        assert {s.trace_id for s in mine} == {result["trace_id"]}
+    # One of them waited in the queue and was admitted by a timer, in its own trace.
+    admits = [s for s in collector.spans if s.name.startswith("process fy.timer.") and s.trace_id in ids]
+    assert admits, "no admission timer was handled"
