@@ -44,6 +44,10 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> Located:
     out.lines = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, dict | list):
+            raise yaml.constructor.ConstructorError(
+                None, None, "a mapping or a list cannot be a key: write the key as plain text", key_node.start_mark
+            )
         if key in out:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r} (first at line {out.lines[key]})", key_node.start_mark
