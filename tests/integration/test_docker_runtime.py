@@ -410,7 +410,8 @@ def test_a_missing_image_fails_clearly_then_trips_the_breaker(
         assert 'flowyard_agent_attempts_total{agent="ghost",outcome="refused"} 1.0' in metrics
         assert 'flowyard_executor_breaker_trips_total{image="flowyard/does-not-exist:1"} 1.0' in metrics
         assert 'flowyard_agent_attempt_seconds_count{agent="ghost"} 2.0' in metrics
-        assert "flowyard_executor_attempts_running 0.0" in metrics
+        assert 'flowyard_executor_slots{state="busy"} 0.0' in metrics
+        assert "flowyard_executor_breakers_open 1.0" in metrics
     finally:
         stack.stop_all()
         server.stop()
