@@ -108,7 +108,9 @@ def run_view(record: RunRecord, request: RunRequested | None = None) -> RunView:
         nodes={nid: _node_view(n) for nid, n in record.nodes.items()},
         requested_by=record.requested_by or (request.requested_by if request else ""),
         trigger=record.trigger or (request.trigger if request else {}),
-        created_at=(request.requested_at if request and request.requested_at else record.created_at),
+        created_at=(
+            request.requested_at if request and request.requested_at else record.requested_at or record.created_at
+        ),
         finished_at=record.finished_at,
         retry_of=record.retry_of,
         workspace=WorkspaceView(version=record.workspace_version, object=record.workspace)

@@ -326,11 +326,10 @@ class TelemetryConfig(_Section, kw_only=True):
                 "e.g. http://jaeger:16686/trace/{trace_id}"
             )
         if self.queue_size < 1:
-            raise ValueError("queue_size must be at least 1")
-        if seconds(self.export_timeout) <= 0:
-            raise ValueError("export_timeout must be positive, e.g. 5s")
-        if seconds(self.gauge_interval) <= 0:
-            raise ValueError("gauge_interval must be positive, e.g. 5s")
+            raise ValueError(f"queue_size: {self.queue_size} is too small; at least 1 (the default is 4096)")
+        for name in ("export_timeout", "gauge_interval"):
+            if _duration(getattr(self, name), name) <= 0:
+                raise ValueError(f"{name}: must be more than 0, e.g. 5s")
 
     def link(self, trace_id: str) -> str | None:
         """The trace's address in the user's tracing UI, when ``trace_url`` is set."""

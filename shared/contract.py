@@ -131,6 +131,7 @@ class RunPlanned(Event, tag="run.planned", kw_only=True):
     labels: dict[str, str] = {}  # the workflow's metadata.labels, for notification rules
     workspace: str | None = None
     workflow_version: int | None = None
+    requested_at: str = ""  # when the run was asked for (the root span and run duration start here)
 
 
 class RunCancelRequested(Event, tag="run.cancel_requested", kw_only=True):
@@ -395,6 +396,7 @@ class RunRecord(Wire, kw_only=True):
     workspace: str | None = None  # the latest workspace version (object name), if the run has one
     workspace_version: int = 0  # how many times `rw` agents changed it
     workflow_version: int | None = None  # the registry version that ran; None: sent as a file
+    requested_at: str = ""  # when the run was asked for; created_at is when the scheduler took it
     outbox: list[Outgoing] = []
 
 

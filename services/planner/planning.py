@@ -57,6 +57,7 @@ async def plan_run(
         trigger=request.trigger,
         retry_of=request.retry_of,
         requested_by=request.requested_by,
+        requested_at=request.requested_at,
         labels=dict(workflow.metadata.labels),
         workspace=request.workspace,
         workflow_version=request.workflow_version,

@@ -84,6 +84,7 @@ def start_run(event: RunPlanned, clock: Clock, *, queued: bool = False) -> RunRe
         labels=event.labels,
         workspace=event.workspace,
         workflow_version=event.workflow_version,
+        requested_at=event.requested_at,
     )
     if queued:
         return record  # waits for `admit` under the workflow's concurrency

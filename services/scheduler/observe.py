@@ -24,17 +24,21 @@ def trigger_label(record: RunRecord) -> str:
     return {"manual": "cli", "api": "api"}.get(kind, "other")
 
 
+def requested(record: RunRecord) -> float:
+    """When the run was asked for (older records: when the scheduler took it)."""
+    return epoch(record.requested_at) or epoch(record.created_at)
+
+
 def active_subject(record: RunRecord) -> str:
-    return subjects.active_run(record.workflow, epoch(record.created_at), record.run_id)
+    return subjects.active_run(record.workflow, requested(record), record.run_id)
 
 
 def step(before: RunRecord | None, after: RunRecord, *, now: float) -> tuple[str | None, str | None]:
     """Count what changed; return the active-index subjects to (add, remove)."""
     add = remove = None
-    started = before is None and after.status == "running"
-    if started:
+    if before is None and after.status == "running":
         metrics.RUNS_STARTED.labels(after.workflow, trigger_label(after)).inc()
-        add = subjects.active_run(after.workflow, epoch(after.created_at) or now, after.run_id)
+        add = active_subject(after)
     agents = {n.id: n.agent.name for n in after.plan.nodes} if after.plan else {}
     for nid, node in after.nodes.items():
         old = before.nodes.get(nid) if before is not None else None
@@ -45,7 +49,7 @@ def step(before: RunRecord | None, after: RunRecord, *, now: float) -> tuple[str
     ended = after.status != "running" and (before is None or before.status == "running")
     if ended:
         status = "rejected" if after.rejected else after.status
-        start = epoch(after.created_at) or now
+        start = requested(after) or now
         metrics.RUNS_FINISHED.labels(after.workflow, status).inc()
         metrics.RUN_SECONDS.labels(after.workflow, status).observe(max(now - start, 0.0))
         telemetry.record_run_span(

@@ -43,7 +43,7 @@ def traced(nats_binary: str, tmp_path_factory: pytest.TempPathFactory, collector
         FLOWYARD_TELEMETRY_TRACE_URL="https://grafana.example/explore?traceId={trace_id}",
     )
     try:
-        for name in SERVICES:
+        for name in (*SERVICES, "approver"):
             s.start(name)
         yield s
     finally:
@@ -219,3 +219,36 @@ def test_a_run_admitted_from_the_concurrency_queue_stays_in_its_own_trace(traced
     # One of them waited in the queue and was admitted by a timer, in its own trace.
     admits = [s for s in collector.spans if s.name.startswith("process fy.timer.") and s.trace_id in ids]
     assert admits, "no admission timer was handled"
+
+
+def test_the_wait_for_an_approval_is_a_span_from_request_to_decision(traced: Stack, collector: Collector) -> None:
+    run = traced.cli_background("run", OBSERVED, "--workflow", "obs-gate", "--as", "carol", "--json")
+    deadline = time.monotonic() + 30
+    while True:
+        listed = json.loads(traced.cli("approvals", "list", "--json").stdout or "[]")
+        waiting = [a for a in listed if a["workflow"] == "obs-gate" and a["status"] == "pending"]
+        if waiting:
+            break
+        assert time.monotonic() < deadline, "no approval was requested"
+        time.sleep(0.1)
+    decided = traced.cli("approvals", "approve", waiting[0]["id"], "--as", "dave")
+    assert decided.returncode == 0, decided.stderr
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == 0, err
+    result = json.loads(out)
+    trace_id = result["trace_id"]
+    collector.wait_for(_root_arrived(trace_id, "obs-gate"))
+    collector.wait_for(lambda _: any(s.name == "approval change" for s in collector.trace(trace_id)))
+    spans = collector.trace(trace_id)
+    root = next(s for s in spans if s.name == "run obs-gate")
+    wait = next(s for s in spans if s.name == "approval change")
+    assert wait.service == "flowyard-approver" and wait.parent_id == root.span_id
+    assert wait.attributes["flowyard.approval.outcome"] == "granted" and wait.attributes["flowyard.node"] == "change"
+    # It starts when the approval was asked for and ends at the decision, inside the run.
+    request = next(s for s in spans if s.name.endswith(".approval.change.requested") and s.name.startswith("send"))
+    assert request.start_ns - 1_000_000_000 <= wait.start_ns <= request.end_ns
+    assert root.start_ns <= wait.start_ns < wait.end_ns <= root.end_ns
+    # The decision is sent inside the wait, and the scheduler handles it in the same trace.
+    granted = next(s for s in spans if s.name == f"send fy.run.{result['run_id']}.approval.change.granted")
+    assert granted.parent_id == wait.span_id
+    assert any(s.name == granted.name.replace("send", "process", 1) for s in spans)

@@ -174,3 +174,17 @@ def test_notices_and_routing() -> None:
     assert sinks_for(labelled, theirs) == ["a"] and sinks_for(labelled, ours) == []
     assert theirs.payload("e")["labels"] == {"team": "payments", "tier": "1"}
     assert ":x: *deploy-api*" in slack_text(n)
+
+
+def test_notices_carry_the_runs_trace_and_a_link_when_configured() -> None:
+    from shared.telemetry import run_trace_id
+
+    event = RunFinished(run_id="r9", workflow="deploy-api", status="failed", error="boom")
+    plain = notice(event)
+    assert plain is not None and plain.payload("e1")["trace_id"] == run_trace_id("r9")
+    assert "trace_url" not in plain.payload("e1") and "Trace:" not in plain.summary
+    linked = notice(event, trace_url="https://jaeger.example/trace/{trace_id}")
+    assert linked is not None
+    url = f"https://jaeger.example/trace/{run_trace_id('r9')}"
+    assert linked.payload("e1")["trace_url"] == url
+    assert linked.summary.endswith(f"Trace: {url}")
