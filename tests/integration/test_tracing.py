@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -109,6 +110,12 @@ def test_a_diamond_run_is_one_trace_across_the_services(traced: Stack, collector
     assert request.parent_id == root.span_id and request.service == "flowyard-cli"
 
 
+def _closed_port() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"  # nothing listens once it is closed
+
+
 def _complete(spans: list[ReceivedSpan]) -> bool:
     ids = {s.span_id for s in spans}
     services = {s.service for s in spans}
@@ -168,6 +175,7 @@ def test_a_slow_collector_never_slows_a_run_and_dropped_spans_are_counted(nats_b
                     "FLOWYARD_TELEMETRY_EXPORT_TIMEOUT": "120s",
                 },
             ),
+            ("dead collector", {"FLOWYARD_TELEMETRY_EXPORTER": "otlp", "FLOWYARD_TELEMETRY_ENDPOINT": _closed_port()}),
         ):
             s = Stack(server, tmp_path / label.replace(" ", "-"), **env)
             (tmp_path / label.replace(" ", "-")).mkdir()
@@ -179,7 +187,13 @@ def test_a_slow_collector_never_slows_a_run_and_dropped_spans_are_counted(nats_b
                     code, _, err = s.run_json(OBSERVED, "--workflow", "obs-diamond")
                     assert code == 0, err
                 timings[label] = time.monotonic() - began
-                if env:
+                if label == "dead collector":
+                    port = s.http_port("scheduler")
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as r:
+                        text = r.read().decode()
+                    # Every batch refused; counted once the exporter has given each up.
+                    assert 'flowyard_spans_dropped_total{reason="export_failed"}' in text
+                elif env:
                     port = s.http_port("scheduler")
                     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as r:
                         text = r.read().decode()
@@ -191,10 +205,14 @@ def test_a_slow_collector_never_slows_a_run_and_dropped_spans_are_counted(nats_b
                 s.stop_all()
         print(
             f"three diamond runs: without exporter {timings['without']:.2f}s, "
-            f"with a collector that holds each request {hold:.0f}s: {timings['slow collector']:.2f}s"
+            f"with a collector that holds each request {hold:.0f}s: {timings['slow collector']:.2f}s, "
+            f"with a collector that is down: {timings['dead collector']:.2f}s"
         )
         # Had any run waited for the collector even once, it would have taken the hold time.
         assert timings["slow collector"] < hold
+        # Export to a closed port fails at once and is retried with back-off for export_timeout (5 s)
+        # per batch, on the exporter's thread: a run that waited for it would take that long each.
+        assert timings["dead collector"] < 3 * 5
     finally:
         slow.close()
         server.stop()
