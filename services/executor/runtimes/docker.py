@@ -3,10 +3,12 @@
 Locked down by default: no network (`network: egress` opts into the default bridge), read-only
 root file system, a size-capped tmpfs /tmp, every capability dropped, no-new-privileges, the
 non-root user 10001, memory (no swap), CPU and pids limits from the agent spec with defaults,
-no host mounts at all, and a capped log. One attach carries the input in on stdin and the
-output out, stdout and stderr as they come (docs/adr/0006); the log is read only where the
-attach cannot serve: by an executor adopting a container another one started, or after an
-agent left part of its input unread.
+no host mounts at all, and a capped log. The input is a file copied into the container before it
+starts and made the agent's stdin by a `/bin/sh` wrapper, so an executor that dies never leaves
+an agent with a cut-off input (docs/adr/0010; images without a shell get it through the attach).
+One attach carries the output out, stdout and stderr as they come (docs/adr/0006); the log is
+read only where the attach cannot serve: by an executor adopting a container another one
+started, or after an agent left part of its input unread.
 
 Effectively once: the container is named after the attempt's key (run, node, item, attempt)
 and labelled with it. An executor that gets a redelivered dispatch finds the container a
@@ -38,6 +40,7 @@ from shared.contract import TaskDispatched
 from shared.errors import RetryableError
 from shared.workflow.model import memory_bytes
 
+from . import dockerinput
 from .base import LogSink, Outcome, Runtime, WorkspaceCopy
 
 log = structlog.get_logger("flowyard.executor.docker")
@@ -61,14 +64,19 @@ def container_name(key: str) -> str:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Attached:
-    """The two halves of an agent's attach: writing its input, reading its output."""
+    """The two halves of an agent's attach: writing its input (None: it reads a file), reading its output."""
 
     stream: Any  # aiodocker's Stream
-    feeder: asyncio.Task[None]
+    feeder: asyncio.Task[None] | None
     reader: asyncio.Task[tuple[bytes, bytes]]
 
+    @property
+    def input_done(self) -> bool:
+        return self.feeder is None or self.feeder.done()
+
     async def close(self) -> None:
-        self.feeder.cancel()
+        if self.feeder is not None:
+            self.feeder.cancel()
         self.reader.cancel()
         await self.stream.close()  # idempotent; here, not in the reader, which may never have run
 
@@ -87,6 +95,7 @@ class DockerRuntime(Runtime):
         self.run_status: Callable[[str], Awaitable[str | None]] | None = None
         self._docker: aiodocker.Docker | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._no_shell: set[str] = set()  # images without /bin/sh: input through the attach
 
     @property
     def docker(self) -> aiodocker.Docker:
@@ -99,8 +108,17 @@ class DockerRuntime(Runtime):
         if self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep_forever())
 
-    def spec(self, task: TaskDispatched, env: Mapping[str, str], *, workspace: bool = False) -> dict[str, Any]:
+    def spec(
+        self,
+        task: TaskDispatched,
+        env: Mapping[str, str],
+        *,
+        workspace: bool = False,
+        command: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """The container; with ``command`` (the agent's, resolved) its input comes from a file."""
         agent = task.agent
+        mode: dockerinput.Mode = "file" if command else "stdin"
         res = agent.resources
         base_env = {"HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8"}
         if workspace:
@@ -112,9 +130,9 @@ class DockerRuntime(Runtime):
             "User": AGENT_USER,
             "WorkingDir": ws.MOUNT if workspace else "/tmp",
             "Env": [f"{k}={v}" for k, v in {**base_env, **env}.items()],
-            "OpenStdin": True,
-            "StdinOnce": True,
-            "AttachStdin": True,
+            "OpenStdin": mode == "stdin",
+            "StdinOnce": mode == "stdin",
+            "AttachStdin": mode == "stdin",
             "Tty": False,
             "NetworkDisabled": agent.network == "none",
             "Labels": {
@@ -124,6 +142,7 @@ class DockerRuntime(Runtime):
                 f"{LABEL}.attempt": str(task.attempt),
                 f"{LABEL}.workflow": task.workflow,
                 f"{LABEL}.timeout": repr(task.timeout_s),
+                f"{LABEL}.input": mode,
                 **({f"{LABEL}.stack": self.stack_id} if self.stack_id else {}),
             },
             "HostConfig": {
@@ -141,10 +160,16 @@ class DockerRuntime(Runtime):
                 "LogConfig": {"Type": "json-file", "Config": {"max-size": str(self.max_output_bytes * 2 + 65536)}},
             },
         }
+        volumes: dict[str, Any] = {}
         if workspace:
             # An anonymous volume, not a host mount: the files are copied in through the API
             # before the start, and it is removed with the container.
-            spec["Volumes"] = {ws.MOUNT: {}}
+            volumes[ws.MOUNT] = {}
+        if command:
+            spec["Entrypoint"], spec["Cmd"] = dockerinput.wrapped(command)
+            volumes[dockerinput.INPUT_DIR] = {}  # the same, for the input
+        if volumes:
+            spec["Volumes"] = volumes
         return spec
 
     async def run(
@@ -181,12 +206,30 @@ class DockerRuntime(Runtime):
             return _refused(f"agent {task.agent.name!r} has no `image` to run", True)
         name = container_name(task.key)
         started = time.monotonic()
+        command = await self._command(task)
         # Create first: nearly always there is nothing to adopt, and a name already taken (409)
         # is how a redelivery finds the container an earlier executor started.
-        container, adopted, refusal = await self._create(task, env, name, workspace=workspace is not None)
+        container, adopted, refusal = await self._create(
+            task, env, name, workspace=workspace is not None, command=command
+        )
         if refusal is not None:
             return refusal
-        state = (await container.show())["State"] if adopted else {"Status": "created"}
+        if adopted:
+            info = await container.show()
+            state = info["State"]
+            file_input = (info["Config"].get("Labels") or {}).get(f"{LABEL}.input", "stdin") == "file"
+        else:
+            state = {"Status": "created"}
+            file_input = command is not None
+            if file_input and not await dockerinput.has_shell(self.docker, container):
+                # Learnt once per image: its agents get their input through the attach.
+                self._no_shell.add(task.agent.image or "")
+                log.warning("image has no /bin/sh: input goes through the attach", image=task.agent.image)
+                await container.delete(force=True, v=True)
+                container, adopted, refusal = await self._create(task, env, name, workspace=workspace is not None)
+                if refusal is not None:
+                    return refusal
+                file_input = False
         attached: _Attached | None = None
         follower: asyncio.Task[None] | None = None
         exit_code: int | None = None
@@ -196,7 +239,10 @@ class DockerRuntime(Runtime):
                 if workspace is not None:
                     archive = await asyncio.to_thread(ws.for_container, workspace.data, writable=workspace.writable)
                     await container.put_archive(ws.MOUNT, archive)
-                attached = await self._start(container, stdin, on_log)
+                if file_input:
+                    # Written whole before the start (again, if we adopt one never started).
+                    await container.put_archive(dockerinput.INPUT_DIR, dockerinput.archive(stdin))
+                attached = await self._start(container, None if file_input else stdin, on_log)
                 deadline = time.time() + timeout_s
             else:
                 log.info("adopting a container started before", container=name, status=state["Status"])
@@ -239,13 +285,25 @@ class DockerRuntime(Runtime):
             outcome = await self._take_workspace(container, outcome, workspace.max_bytes)
         return outcome
 
-    async def _start(self, container: Any, stdin: bytes, on_log: LogSink | None) -> _Attached:
-        """Start the agent; returns the tasks that feed its stdin and read what it prints.
+    async def _command(self, task: TaskDispatched) -> list[str] | None:
+        """The agent's command, to wrap so it reads its input from a file; None: use the attach
+        (an image without a shell, or one whose command cannot be known: it is missing)."""
+        image = task.agent.image or ""
+        if image in self._no_shell:
+            return None
+        if task.agent.command:
+            return list(task.agent.command)
+        present, command = await dockerinput.image_command(self.docker, image)
+        return command if present and command else None
 
-        One attach carries all three streams, made before the start so no output is missed, as
+    async def _start(self, container: Any, stdin: bytes | None, on_log: LogSink | None) -> _Attached:
+        """Start the agent; returns the tasks that feed its stdin (when it does not read a file)
+        and read what it prints.
+
+        One attach carries the streams, made before the start so no output is missed, as
         `docker run -i` does.
         """
-        stream = container.attach(stdin=True, stdout=True, stderr=True)
+        stream = container.attach(stdin=stdin is not None, stdout=True, stderr=True)
         await stream._init()
         try:
             await container.start()
@@ -256,7 +314,7 @@ class DockerRuntime(Runtime):
         # would otherwise deadlock with us on full buffers.
         return _Attached(
             stream=stream,
-            feeder=asyncio.create_task(self._feed(stream, stdin)),
+            feeder=asyncio.create_task(self._feed(stream, stdin)) if stdin is not None else None,
             reader=asyncio.create_task(self._read(stream, on_log)),
         )
 
@@ -290,11 +348,11 @@ class DockerRuntime(Runtime):
             return None
         # The attach ends with the container (its init takes every process with it) — unless the
         # agent left part of its input unread: Docker then holds the stream open on it.
-        grace = 10.0 if attached.feeder.done() else 0.5
+        grace = 10.0 if attached.input_done else 0.5
         try:
             return await asyncio.wait_for(asyncio.shield(attached.reader), timeout=grace)
         except (TimeoutError, aiohttp.ClientError, aiodocker.DockerError) as exc:
-            if attached.feeder.done():
+            if attached.input_done:
                 log.warning("the agent's output stream did not end; reading its log", error=repr(exc))
             return None
         finally:
@@ -329,12 +387,20 @@ class DockerRuntime(Runtime):
         return dataclasses.replace(outcome, workspace=data)
 
     async def _create(
-        self, task: TaskDispatched, env: Mapping[str, str], name: str, *, workspace: bool
+        self,
+        task: TaskDispatched,
+        env: Mapping[str, str],
+        name: str,
+        *,
+        workspace: bool,
+        command: list[str] | None = None,
     ) -> tuple[Any, bool, Outcome | None]:
         """(the container, whether an earlier delivery made it, None), or (None, False, why not)."""
         try:
             return (
-                await self.docker.containers.create(self.spec(task, env, workspace=workspace), name=name),
+                await self.docker.containers.create(
+                    self.spec(task, env, workspace=workspace, command=command), name=name
+                ),
                 False,
                 None,
             )
