@@ -494,3 +494,39 @@ async def test_containers_of_gone_or_ended_runs_are_removed_but_only_this_stacks
         await mine.sweep(older_than=-1)
         await mine.close()
         await other.close()
+
+
+async def test_the_input_is_in_the_container_before_it_starts(runtime: DockerRuntime) -> None:
+    """Small inputs travel in the container's configuration, large ones as a file; either way
+    the agent reads them on stdin, sees nothing of how they came, and nothing is left behind."""
+    probe = task(
+        """
+        import json, os, sys
+        data = json.load(sys.stdin)
+        print(json.dumps({"n": data["n"], "size": len(data.get("blob", "")),
+                          "env": "FLOWYARD_INPUT" in os.environ, "left": os.path.exists("/tmp/.flowyard-input")}))
+        """
+    )
+    small = await runtime.run(probe, stdin=b'{"n": 21}', env={}, timeout_s=30)
+    assert json.loads(small.stdout) == {"n": 21, "size": 0, "env": False, "left": False}
+    big = json.dumps({"n": 1, "blob": "b" * 200_000}).encode()  # over the environment's limit
+    large = await runtime.run(task(probe.agent.command[2]), stdin=big, env={}, timeout_s=30)
+    assert json.loads(large.stdout) == {"n": 1, "size": 200_000, "env": False, "left": False}
+
+
+async def test_an_image_without_a_shell_gets_its_input_through_the_attach(runtime: DockerRuntime) -> None:
+    image = "flowyard/test-no-shell:1"
+    built = await asyncio.to_thread(
+        subprocess.run,
+        ["docker", "build", "-q", "-t", image, "-"],
+        input=f"FROM {IMAGE}\nUSER root\nRUN rm -f /usr/bin/sh /bin/sh /usr/bin/dash /bin/dash\nUSER 10001\n",
+        capture_output=True,
+        text=True,
+    )
+    assert built.returncode == 0, built.stderr
+    probe = task("import json, sys; print(json.dumps({'n': json.load(sys.stdin)['n'] * 2}))")
+    probe = msgspec.structs.replace(probe, agent=msgspec.structs.replace(probe.agent, image=image))
+    for _ in range(2):  # the second attempt knows the image and goes straight to the attach
+        v = await verdict(runtime, msgspec.structs.replace(probe, run_id=f"rdock{next(_seq)}"))
+        assert v.ok and v.output == {"n": 42}
+    assert runtime._no_shell == {image}

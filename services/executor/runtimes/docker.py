@@ -95,7 +95,8 @@ class DockerRuntime(Runtime):
         self.run_status: Callable[[str], Awaitable[str | None]] | None = None
         self._docker: aiodocker.Docker | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self._no_shell: set[str] = set()  # images without /bin/sh: input through the attach
+        self._shell: set[str] = set()  # images known to have /bin/sh (checked once each)
+        self._no_shell: set[str] = set()  # images without: their input goes through the attach
 
     @property
     def docker(self) -> aiodocker.Docker:
@@ -115,10 +116,12 @@ class DockerRuntime(Runtime):
         *,
         workspace: bool = False,
         command: list[str] | None = None,
+        stdin: bytes = b"",
     ) -> dict[str, Any]:
-        """The container; with ``command`` (the agent's, resolved) its input comes from a file."""
+        """The container; with ``command`` (the agent's, resolved) its input is in the container
+        before it starts (the environment, or a file for a large one), else it comes on the attach."""
         agent = task.agent
-        mode: dockerinput.Mode = "file" if command else "stdin"
+        mode = dockerinput.mode_for(stdin, shell=bool(command))
         res = agent.resources
         base_env = {"HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8"}
         if workspace:
@@ -129,7 +132,8 @@ class DockerRuntime(Runtime):
             "Cmd": [] if agent.command else None,
             "User": AGENT_USER,
             "WorkingDir": ws.MOUNT if workspace else "/tmp",
-            "Env": [f"{k}={v}" for k, v in {**base_env, **env}.items()],
+            "Env": [f"{k}={v}" for k, v in {**base_env, **env}.items()]
+            + ([f"{dockerinput.INPUT_ENV}={stdin.decode()}"] if mode == "env" else []),
             "OpenStdin": mode == "stdin",
             "StdinOnce": mode == "stdin",
             "AttachStdin": mode == "stdin",
@@ -166,8 +170,9 @@ class DockerRuntime(Runtime):
             # before the start, and it is removed with the container.
             volumes[ws.MOUNT] = {}
         if command:
-            spec["Entrypoint"], spec["Cmd"] = dockerinput.wrapped(command)
-            volumes[dockerinput.INPUT_DIR] = {}  # the same, for the input
+            spec["Entrypoint"], spec["Cmd"] = dockerinput.wrapped(command, mode)
+        if mode == "file":
+            volumes[dockerinput.INPUT_DIR] = {}  # the same, for a large input
         if volumes:
             spec["Volumes"] = volumes
         return spec
@@ -210,26 +215,30 @@ class DockerRuntime(Runtime):
         # Create first: nearly always there is nothing to adopt, and a name already taken (409)
         # is how a redelivery finds the container an earlier executor started.
         container, adopted, refusal = await self._create(
-            task, env, name, workspace=workspace is not None, command=command
+            task, env, name, workspace=workspace is not None, command=command, stdin=stdin
         )
         if refusal is not None:
             return refusal
         if adopted:
             info = await container.show()
             state = info["State"]
-            file_input = (info["Config"].get("Labels") or {}).get(f"{LABEL}.input", "stdin") == "file"
+            mode = (info["Config"].get("Labels") or {}).get(f"{LABEL}.input", "stdin")
         else:
             state = {"Status": "created"}
-            file_input = command is not None
-            if file_input and not await dockerinput.has_shell(self.docker, container):
-                # Learnt once per image: its agents get their input through the attach.
-                self._no_shell.add(task.agent.image or "")
-                log.warning("image has no /bin/sh: input goes through the attach", image=task.agent.image)
-                await container.delete(force=True, v=True)
-                container, adopted, refusal = await self._create(task, env, name, workspace=workspace is not None)
-                if refusal is not None:
-                    return refusal
-                file_input = False
+            mode = dockerinput.mode_for(stdin, shell=command is not None)
+            image = task.agent.image or ""
+            if mode != "stdin" and image not in self._shell:
+                if await dockerinput.has_shell(self.docker, container):
+                    self._shell.add(image)
+                else:
+                    # Learnt once per image: its agents get their input through the attach.
+                    self._no_shell.add(image)
+                    log.warning("image has no /bin/sh: input goes through the attach", image=image)
+                    await container.delete(force=True, v=True)
+                    container, adopted, refusal = await self._create(task, env, name, workspace=workspace is not None)
+                    if refusal is not None:
+                        return refusal
+                    mode = "stdin"
         attached: _Attached | None = None
         follower: asyncio.Task[None] | None = None
         exit_code: int | None = None
@@ -239,10 +248,10 @@ class DockerRuntime(Runtime):
                 if workspace is not None:
                     archive = await asyncio.to_thread(ws.for_container, workspace.data, writable=workspace.writable)
                     await container.put_archive(ws.MOUNT, archive)
-                if file_input:
+                if mode == "file":
                     # Written whole before the start (again, if we adopt one never started).
                     await container.put_archive(dockerinput.INPUT_DIR, dockerinput.archive(stdin))
-                attached = await self._start(container, None if file_input else stdin, on_log)
+                attached = await self._start(container, stdin if mode == "stdin" else None, on_log)
                 deadline = time.time() + timeout_s
             else:
                 log.info("adopting a container started before", container=name, status=state["Status"])
@@ -394,12 +403,13 @@ class DockerRuntime(Runtime):
         *,
         workspace: bool,
         command: list[str] | None = None,
+        stdin: bytes = b"",
     ) -> tuple[Any, bool, Outcome | None]:
         """(the container, whether an earlier delivery made it, None), or (None, False, why not)."""
         try:
             return (
                 await self.docker.containers.create(
-                    self.spec(task, env, workspace=workspace, command=command), name=name
+                    self.spec(task, env, workspace=workspace, command=command, stdin=stdin), name=name
                 ),
                 False,
                 None,

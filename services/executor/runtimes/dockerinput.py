@@ -1,10 +1,13 @@
 """How an agent's input reaches it in a container without depending on the executor that started
 it (docs/adr/0010-agent-input-in-the-container.md).
 
-The input is copied into the container before it starts — a file in an anonymous volume — and a
-`/bin/sh` wrapper makes that file the agent's stdin. An executor that dies at any moment leaves
-either a container not yet started (whoever adopts it copies the input again and starts it) or
-one whose agent already has its whole input: never an agent reading a cut-off stdin.
+The input is in the container before it starts, and a `/bin/sh` wrapper makes it the agent's
+stdin. An input that fits in one environment variable (nearly all: up to ``ENV_MAX`` bytes) is
+part of the container's configuration, created in the same request as the container; a larger
+one is a file copied into an anonymous volume before the start. An executor that dies at any
+moment leaves either a container not yet started (whoever adopts it starts it, copying a file
+input again first) or one whose agent already has its whole input: never an agent reading a
+cut-off stdin.
 
 An image without `/bin/sh` cannot run the wrapper: its agents get their input through the attach
 as before (the executor must live until the input is written; a crash in that window fails the
@@ -21,13 +24,30 @@ import aiodocker
 
 INPUT_DIR = "/flowyard/input"
 INPUT_FILE = f"{INPUT_DIR}/input.json"
+INPUT_ENV = "FLOWYARD_INPUT"
+# Linux caps one environment string at 128 KiB (MAX_ARG_STRLEN); keep clear of it.
+ENV_MAX = 120 * 1024
 SHELL = "/bin/sh"
-Mode = Literal["file", "stdin"]
+Mode = Literal["env", "file", "stdin"]
+
+# The variable becomes a file on the container's own tmpfs, opened as stdin, removed, and unset:
+# the agent sees its input on stdin only. `exec` leaves the agent as the process.
+_FROM_ENV = (
+    f'printf "%s" "${INPUT_ENV}" > /tmp/.flowyard-input && exec 0< /tmp/.flowyard-input'
+    f' && rm -f /tmp/.flowyard-input && unset {INPUT_ENV} && exec "$@"'
+)
+_FROM_FILE = f'exec "$@" < {INPUT_FILE}'
 
 
-def wrapped(command: list[str]) -> tuple[list[str], list[str]]:
-    """(Entrypoint, Cmd): the agent's own command, run by `exec` with stdin from the input file."""
-    return [SHELL, "-c", f'exec "$@" < {INPUT_FILE}', "flowyard-agent"], list(command)
+def mode_for(stdin: bytes, *, shell: bool) -> Mode:
+    if not shell:
+        return "stdin"
+    return "env" if len(stdin) <= ENV_MAX and b"\x00" not in stdin else "file"
+
+
+def wrapped(command: list[str], mode: Mode) -> tuple[list[str], list[str]]:
+    """(Entrypoint, Cmd): the agent's own command, run by `exec` with its stdin from the input."""
+    return [SHELL, "-c", _FROM_ENV if mode == "env" else _FROM_FILE, "flowyard-agent"], list(command)
 
 
 def archive(stdin: bytes) -> bytes:
@@ -57,10 +77,11 @@ async def image_command(docker: aiodocker.Docker, image: str) -> tuple[bool, lis
 
 
 async def has_shell(docker: aiodocker.Docker, container: Any) -> bool:
-    """Whether the (created, not started) container's image has ``/bin/sh``: a stat, no exec."""
+    """Whether the (created, not started) container's image has ``/bin/sh``: read through the
+    archive API, no exec (a HEAD would do, but aiodocker cannot read its empty 404)."""
     try:
         async with docker._query(
-            f"containers/{container.id}/archive", method="HEAD", params={"path": SHELL}
+            f"containers/{container.id}/archive", method="GET", params={"path": SHELL}
         ) as response:
             return response.status == 200
     except aiodocker.DockerError as exc:
