@@ -28,6 +28,7 @@ from shared.contract import (
     RunFinished,
     TimerDue,
     decode_approval,
+    decode_event,
     encode,
 )
 from shared.envelope import epoch, now_rfc3339
@@ -128,11 +129,19 @@ class ApproverService(Service):
                 ok=False, status="unknown", code="invalid", message=f"malformed decision: {exc}"
             )
         groups = self.config.approver.groups
+
+        def change(rec: ApprovalRecord) -> ApprovalRecord | None:
+            return decisions.apply(rec, req, now=now_rfc3339(), epoch=time.time(), groups=groups)
+
         try:
-            record = await self.mutate(
-                req.approval_id,
-                lambda rec: decisions.apply(rec, req, now=now_rfc3339(), epoch=time.time(), groups=groups),
-            )
+            try:
+                record = await self.mutate(req.approval_id, change)
+            except KeyError:
+                # Asked for, but not stored yet: a client that reacts to `approval.requested` can
+                # be quicker than this service's consumer. Store it from the event, then decide.
+                if not await self._store_requested(req.approval_id):
+                    raise
+                record = await self.mutate(req.approval_id, change)
         except decisions.Refused as exc:
             current = await self.get(req.approval_id)
             log.info("decision refused", approval=req.approval_id, user=req.user, reason=str(exc))
@@ -153,6 +162,31 @@ class ApproverService(Service):
         assert record is not None
         log.info("decision taken", approval=req.approval_id, user=req.user, decision=req.decision, status=record.status)
         return decisions.DecisionReply(ok=True, status=record.status, message=record.summary, approval=record)
+
+    async def _store_requested(self, approval_id: str) -> bool:
+        """Create the record from the run's `approval.requested` event, if there is one.
+
+        The consumer that handles that event later finds the record and only sends the expiry timer.
+        """
+        run_id, _, node_id = approval_id.partition(".")
+        if not (subjects.TOKEN.match(run_id) and subjects.TOKEN.match(node_id)):
+            return False
+        try:
+            msg = await self.bus.js.get_last_msg(
+                subjects.RUNS_STREAM, subjects.approval_requested(run_id, node_id), direct=True
+            )
+        except nats.js.errors.NotFoundError:
+            return False
+        try:
+            event = decode_event(msg.data or b"")
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return False
+        if not isinstance(event, ApprovalRequested) or event.approval_id != approval_id:
+            return False
+        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+            await self.records.create(approval_id, encode(ApprovalRecord(request=event)))
+            await self._index(_active(event), add=True)
+        return True
 
     async def get(self, approval_id: str) -> ApprovalRecord | None:
         try:
