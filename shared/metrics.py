@@ -13,6 +13,7 @@ cluster-wide value on every replica that reports them: aggregate them with ``max
 
 from __future__ import annotations
 
+import contextlib
 from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
@@ -167,6 +168,37 @@ TRIGGERS = {
     )
     for outcome in TRIGGER_OUTCOMES
 }
+
+
+class InProgress:
+    """Gauges of what is in progress per workflow, from the FY_ACTIVE index: how many, and the
+    earliest of the times the index subjects carry (``fy.active.<kind>.<workflow>.<time>.<id>``).
+
+    A workflow with nothing in progress any more reads 0, and its earliest time goes (absent,
+    not a stale time an alert could fire on).
+    """
+
+    def __init__(self, count: Gauge, earliest: Gauge) -> None:
+        self.count = count
+        self.earliest = earliest
+        self._seen: set[str] = set()
+
+    def update(self, index_subjects: list[str]) -> None:
+        counts: dict[str, int] = {}
+        first: dict[str, int] = {}
+        for subject in index_subjects:
+            parts = subject.split(".")
+            workflow, at = parts[3], int(parts[4])
+            counts[workflow] = counts.get(workflow, 0) + 1
+            first[workflow] = min(first.get(workflow, at), at)
+        for workflow in self._seen - counts.keys():
+            self.count.labels(workflow).set(0)
+            with contextlib.suppress(KeyError):
+                self.earliest.remove(workflow)
+        for workflow, count in counts.items():
+            self.count.labels(workflow).set(count)
+            self.earliest.labels(workflow).set(first[workflow])
+        self._seen |= counts.keys()
 
 
 def names() -> set[str]:

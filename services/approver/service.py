@@ -48,7 +48,7 @@ class ApproverService(Service):
 
     async def setup(self) -> None:
         self.records: KeyValue = await self.bus.kv(subjects.APPROVALS_BUCKET)
-        self._pending_seen: set[str] = set()
+        self._pending = metrics.InProgress(metrics.APPROVALS_PENDING, metrics.APPROVAL_NEXT_EXPIRY)
         cfg = self.config.approver
         self.consume(
             "approver",
@@ -274,22 +274,7 @@ class ApproverService(Service):
 
     async def refresh_gauges(self) -> None:
         await super().refresh_gauges()
-        counts: dict[str, int] = {}
-        first: dict[str, int] = {}
-        for subject in await self.bus.active(subjects.ACTIVE_APPROVALS):
-            parts = subject.split(".")  # fy.active.approval.<workflow>.<expires-at>.<approval id>
-            workflow, expires = parts[3], int(parts[4])
-            counts[workflow] = counts.get(workflow, 0) + 1
-            first[workflow] = min(first.get(workflow, expires), expires)
-        for workflow in self._pending_seen - counts.keys():
-            metrics.APPROVALS_PENDING.labels(workflow).set(0)
-            # No pending approval: no expiry to warn about (absent, not a stale time).
-            with contextlib.suppress(KeyError):
-                metrics.APPROVAL_NEXT_EXPIRY.remove(workflow)
-        for workflow, count in counts.items():
-            metrics.APPROVALS_PENDING.labels(workflow).set(count)
-            metrics.APPROVAL_NEXT_EXPIRY.labels(workflow).set(first[workflow])
-        self._pending_seen |= counts.keys()
+        self._pending.update(await self.bus.active(subjects.ACTIVE_APPROVALS))
 
     async def _republish_settled(self) -> None:
         try:

@@ -13,7 +13,6 @@ batch: one KV write for all of them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -70,7 +69,7 @@ class SchedulerService(Service):
         # went out: saves a KV read per step. CAS catches a copy gone stale.
         self._cache: OrderedDict[str, tuple[int, RunRecord, bool]] = OrderedDict()
         self._dedup_window = seconds(self.config.bus.duplicate_window)
-        self._active_seen: set[str] = set()
+        self._active = metrics.InProgress(metrics.RUNS_ACTIVE, metrics.RUNS_OLDEST_START)
         concurrency = self.config.scheduler.concurrency
         ack_wait = seconds(self.config.scheduler.ack_wait)
         self.consume(
@@ -209,8 +208,9 @@ class SchedulerService(Service):
                 continue  # another replica moved the record on; apply to its version
             self._remember(run_id, revision, new, sent=False)
             added, removed = observe.step(record, new, now=time.time())
-            await self._index(added, None)
             await self._publish(new.outbox)
+            # After the outbox: the run's first dispatch does not wait for the gauges' bookkeeping.
+            await self._index(added, None)
             if new.status == "running":
                 self._remember(run_id, revision, new, sent=True)
                 return
@@ -234,22 +234,7 @@ class SchedulerService(Service):
 
     async def refresh_gauges(self) -> None:
         await super().refresh_gauges()
-        counts: dict[str, int] = {}
-        oldest: dict[str, int] = {}
-        for subject in await self.bus.active(subjects.ACTIVE_RUNS):
-            parts = subject.split(".")  # fy.active.run.<workflow>.<started-at>.<run>
-            workflow, started = parts[3], int(parts[4])
-            counts[workflow] = counts.get(workflow, 0) + 1
-            oldest[workflow] = min(oldest.get(workflow, started), started)
-        # Workflows with nothing active read 0, not their last value; no oldest start at all.
-        for workflow in self._active_seen - counts.keys():
-            metrics.RUNS_ACTIVE.labels(workflow).set(0)
-            with contextlib.suppress(KeyError):
-                metrics.RUNS_OLDEST_START.remove(workflow)
-        for workflow, count in counts.items():
-            metrics.RUNS_ACTIVE.labels(workflow).set(count)
-            metrics.RUNS_OLDEST_START.labels(workflow).set(oldest[workflow])
-        self._active_seen |= counts.keys()
+        self._active.update(await self.bus.active(subjects.ACTIVE_RUNS))
 
     async def _release(self, record: RunRecord) -> None:
         """A finished run leaves its workflow's concurrency; the next queued run is admitted."""

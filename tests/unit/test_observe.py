@@ -70,3 +70,20 @@ def test_what_started_a_run_is_a_closed_set() -> None:
     assert label(msgspec.structs.replace(base, requested_by="trigger:alert")) == "alert"
     assert label(msgspec.structs.replace(base, requested_by="trigger:whatever")) == "other"
     assert label(msgspec.structs.replace(base, trigger={"type": "<script>"})) == "other"
+
+
+def test_in_progress_gauges_count_per_workflow_and_forget_what_ended() -> None:
+    from prometheus_client import CollectorRegistry, Gauge
+
+    registry = CollectorRegistry()
+    count = Gauge("t_count", "", ["workflow"], registry=registry)
+    earliest = Gauge("t_earliest", "", ["workflow"], registry=registry)
+    gauges = metrics.InProgress(count, earliest)
+    gauges.update(["fy.active.run.a.100.r1", "fy.active.run.a.90.r2", "fy.active.approval.b.500.r3.deploy"])
+    assert registry.get_sample_value("t_count", {"workflow": "a"}) == 2
+    assert registry.get_sample_value("t_earliest", {"workflow": "a"}) == 90
+    assert registry.get_sample_value("t_earliest", {"workflow": "b"}) == 500
+    gauges.update(["fy.active.run.a.100.r1"])
+    assert registry.get_sample_value("t_count", {"workflow": "b"}) == 0
+    assert registry.get_sample_value("t_earliest", {"workflow": "b"}) is None  # absent, not stale
+    assert registry.get_sample_value("t_earliest", {"workflow": "a"}) == 100
