@@ -133,14 +133,20 @@ async def main() -> None:
             await measure(stack.url, args)
 
 
-async def measure(url: str, args: argparse.Namespace) -> None:
+async def connected_runner(url: str) -> tuple[Bus, Runner]:
+    """A bus client to the stack at ``url`` with the diamond's agents registered, listening for run ends."""
     bus = Bus(NatsConfig(url=url), BusConfig(), name="bench")
     await bus.connect()
+    bundle = load_bundle(DIAMOND, "bench")
+    await registry.register(bus, bundle.agents.values())
+    runner = Runner(bus, msgspec.to_builtins(bundle.workflow()))
+    await runner.listen()
+    return bus, runner
+
+
+async def measure(url: str, args: argparse.Namespace) -> None:
+    bus, runner = await connected_runner(url)
     try:
-        bundle = load_bundle(DIAMOND, "bench")
-        await registry.register(bus, bundle.agents.values())
-        runner = Runner(bus, msgspec.to_builtins(bundle.workflow()))
-        await runner.listen()
         for i in range(args.warmup):
             await runner.one(i)
         e2e, agent = [], []

@@ -22,19 +22,13 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import msgspec
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: E402
 
-from bench.diamond import DIAMOND, Runner  # noqa: E402
+from bench.diamond import connected_runner  # noqa: E402
 from bench.stack import BenchStack, pct  # noqa: E402
-from shared import agents as registry  # noqa: E402
-from shared.bus import Bus  # noqa: E402
-from shared.config import BusConfig, NatsConfig  # noqa: E402
-from shared.workflow.loader import load_bundle  # noqa: E402
 
 
 class Collector:
@@ -67,13 +61,8 @@ def closed_port() -> str:
 
 async def block(env: dict[str, str], runs: int, warmup: int, tmp: Path, first: int) -> list[float]:
     async with BenchStack(tmp, separate=True, env=env) as stack:
-        bus = Bus(NatsConfig(url=stack.url), BusConfig(), name="bench")
-        await bus.connect()
+        bus, runner = await connected_runner(stack.url)
         try:
-            bundle = load_bundle(DIAMOND, "bench")
-            await registry.register(bus, bundle.agents.values())
-            runner = Runner(bus, msgspec.to_builtins(bundle.workflow()))
-            await runner.listen()
             for i in range(warmup):
                 await runner.one(first + i)
             overhead = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from typing import TypeVar
 
 import msgspec
 import nats.js.errors
@@ -19,6 +20,8 @@ from shared.api import RunView, pending_view, run_view
 from shared.bus import Bus
 from shared.contract import RunCancelRequested, RunRecord, RunRequested, decode_event, decode_record
 from shared.envelope import now_rfc3339
+
+E = TypeVar("E")
 
 
 def new_run_id() -> str:
@@ -45,15 +48,20 @@ async def get_request(bus: Bus, run_id: str) -> RunRequested | None:
     """The request that started a run, from the run events stream (the audit log)."""
     if not valid_run_id(run_id):
         return None
+    return await last_event(bus, subjects.run_requested(run_id), RunRequested)
+
+
+async def last_event(bus: Bus, subject: str, kind: type[E]) -> E | None:
+    """The last event on a subject of the run events stream, if it is a ``kind``."""
     try:
-        msg = await bus.js.get_last_msg(subjects.RUNS_STREAM, subjects.run_requested(run_id), direct=True)
+        msg = await bus.js.get_last_msg(subjects.RUNS_STREAM, subject, direct=True)
     except nats.js.errors.NotFoundError:
         return None
     try:
         event = decode_event(msg.data or b"")
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    return event if isinstance(event, RunRequested) else None
+    return event if isinstance(event, kind) else None
 
 
 async def get_view(bus: Bus, run_id: str) -> RunView | None:

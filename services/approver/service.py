@@ -18,7 +18,7 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
-from shared import metrics, subjects, telemetry
+from shared import metrics, runs, subjects, telemetry
 from shared.bus import Delivery
 from shared.contract import (
     AnyEvent,
@@ -28,7 +28,6 @@ from shared.contract import (
     RunFinished,
     TimerDue,
     decode_approval,
-    decode_event,
     encode,
 )
 from shared.envelope import epoch, now_rfc3339
@@ -171,17 +170,8 @@ class ApproverService(Service):
         run_id, _, node_id = approval_id.partition(".")
         if not (subjects.TOKEN.match(run_id) and subjects.TOKEN.match(node_id)):
             return False
-        try:
-            msg = await self.bus.js.get_last_msg(
-                subjects.RUNS_STREAM, subjects.approval_requested(run_id, node_id), direct=True
-            )
-        except nats.js.errors.NotFoundError:
-            return False
-        try:
-            event = decode_event(msg.data or b"")
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return False
-        if not isinstance(event, ApprovalRequested) or event.approval_id != approval_id:
+        event = await runs.last_event(self.bus, subjects.approval_requested(run_id, node_id), ApprovalRequested)
+        if event is None or event.approval_id != approval_id:
             return False
         with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
             await self.records.create(approval_id, encode(ApprovalRecord(request=event)))
