@@ -93,9 +93,13 @@ async def start_run(request: web.Request) -> web.Response:
                     422,
                     "this Idempotency-Key was used for a different request in the last 24 h; use a new key",
                 )
-            view = await runs.get_view(gw.bus, earlier.run_id) or RunView(
-                run_id=earlier.run_id, workflow=earlier.workflow, status="pending", requested_by=user.name
-            )
+            view = await runs.get_view(gw.bus, earlier.run_id)
+            if view is None:
+                # Not planned yet, or a gateway died between claiming the key and publishing: send
+                # the request again under the claimed run id (JetStream and the scheduler drop a
+                # repeat), so a retried request never waits on a run that was never asked for.
+                await runs.publish_request(gw.bus, msgspec.structs.replace(request_, run_id=earlier.run_id))
+                view = pending_view(msgspec.structs.replace(request_, run_id=earlier.run_id))
             request["audit_target"] = f"run/{earlier.run_id}"
             request["audit_detail"] = "repeated request (Idempotency-Key): no new run"
             return json_response(

@@ -1,5 +1,5 @@
-"""Any one service SIGKILLed at a random point of a run and restarted: the run finishes with the
-right outputs, no attempt's side effect happens twice, and timers survive. Two schedulers and
+"""Any one service (or the nats-server) SIGKILLed at a random point of a run and restarted: the
+run finishes with the right outputs, no attempt's side effect happens twice, and timers survive. Two schedulers and
 two executors share the work without doing anything twice."""
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from shared.natsserver import NatsServer
+from tests.chaos.harness import Chaos, run_trials
+from tests.chaos.test_services import SCENARIOS
 
 from .stack import Stack
 
@@ -41,23 +43,14 @@ def check_once(markers: Path, result: dict) -> None:
         assert result["nodes"][node]["attempts"] == 1
 
 
-@pytest.mark.parametrize("victim", ["planner", "scheduler", "executor"])
-def test_a_service_killed_at_a_random_point_and_restarted(stack: Stack, tmp_path: Path, victim: str) -> None:
-    rng = random.Random(f"{SEED}:{victim}")
-    stack.start_all()
-    markers = tmp_path / "markers"
-    markers.mkdir()
-    run = stack.cli_background(
-        "run", str(WORKFLOWS / "slow-diamond.yaml"), "-i", f"dir={markers}", "-i", "sleep=0.7", "--json"
-    )
-    # Anywhere from before planning to the fan-in: the run takes about 2.5 s.
-    time.sleep(rng.uniform(0.0, 2.4))
-    stack.kill(victim, signal.SIGKILL)
-    time.sleep(rng.uniform(0.0, 1.5))
-    stack.start(victim)
-    out, err = run.communicate(timeout=120)
-    assert run.returncode == 0, f"{err}\n(seed {SEED})"
-    check_once(markers, json.loads(out))
+def test_every_service_and_the_nats_server_sigkilled_once_at_random(nats_binary: str, tmp_path: Path) -> None:
+    """The chaos tier's trials, one per victim (tests/chaos runs 20 each)."""
+    chaos = Chaos(tmp_path / "chaos").start()
+    try:
+        for victim, scenario in {**SCENARIOS, "nats": SCENARIOS["planner"]}.items():
+            run_trials(chaos, victim, scenario, 1)
+    finally:
+        chaos.stop()
 
 
 def test_retry_backoff_survives_a_scheduler_restart(stack: Stack, tmp_path: Path) -> None:

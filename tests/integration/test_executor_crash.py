@@ -34,11 +34,11 @@ TRIALS = int(os.environ.get("FLOWYARD_CRASH_TRIALS", "5"))
 WORKFLOW = "crash-chain"
 
 
-def chain(image: str) -> str:
+def chain(image: str, sleep: float = 1.5) -> str:
     agent = (
         "apiVersion: flowyard/v1\nkind: Agent\nmetadata: {name: c-step}\nspec:\n"
         f"  image: {image}\n"
-        "  command: [python3, -c, \"import json, sys, time; n = json.load(sys.stdin)['n']; time.sleep(1.5);"
+        f"  command: [python3, -c, \"import json, sys, time; n = json.load(sys.stdin)['n']; time.sleep({sleep});"
         " print(json.dumps({'n': n + 1}))\"]\n"
     )
     nodes = "    - {id: s1, agent: c-step, with: {n: 0}}\n" + "".join(
