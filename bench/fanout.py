@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.stack import BenchStack  # noqa: E402
 from shared import agents as registry  # noqa: E402
-from shared import subjects  # noqa: E402
+from shared import runs, subjects  # noqa: E402
 from shared.bus import Bus  # noqa: E402
 from shared.config import BusConfig, NatsConfig  # noqa: E402
 from shared.contract import RunRequested, decode_record  # noqa: E402
@@ -76,6 +76,8 @@ async def main() -> None:
                     except Exception:
                         pass
                     await asyncio.sleep(0.05)
+                # The items are kept outside the record (ADR 11): read it whole.
+                record = await runs.get_record(bus, run_id) or record
                 wall = time.time() - t0
                 if record.status != "succeeded":
                     raise SystemExit(f"run {run_id} {record.status}: {record.error}")

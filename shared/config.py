@@ -79,6 +79,15 @@ class BusConfig(_Section, kw_only=True):
     logs_store_bytes: int = 1024 * 1024 * 1024
     # Who did what through the gateway and the CLI (FY_AUDIT): kept this long.
     audit_retention: str = "365d"
+    # A value (an agent's output, a node's input, a run output) larger than this travels through
+    # the object store fy_values, by reference (ADR 11); the store holds at most value_store_bytes.
+    inline_bytes: int = 64 * 1024
+    value_store_bytes: int = 16 * 1024 * 1024 * 1024
+
+    @property
+    def inline_limit(self) -> int:
+        """Where offloading starts: inline_bytes, but never more than a quarter of a message."""
+        return min(self.inline_bytes, self.max_payload // 4)
 
     def __post_init__(self) -> None:
         for name in (
@@ -99,6 +108,10 @@ class BusConfig(_Section, kw_only=True):
             )
         if self.max_deliver < 1:
             raise ValueError("max_deliver must be at least 1")
+        if self.inline_bytes < 1024:
+            raise ValueError(f"inline_bytes must be at least 1024, got {self.inline_bytes}")
+        if self.value_store_bytes < 1024 * 1024:
+            raise ValueError("value_store_bytes must be at least 1 MiB (1048576)")
         if self.poison_deliveries < 2:
             raise ValueError("poison_deliveries must be at least 2")
 

@@ -358,6 +358,27 @@ class Outgoing(Wire, kw_only=True):
     event: AnyEvent
 
 
+class ItemRun(Wire, kw_only=True):
+    """Stored form of a foreach node's items (ADR 11): ``count`` consecutive items. With a
+    ``slot``, they are open and share that state (their inputs are the node's ``input`` list);
+    without, they have ended and each one's record is in KV ``fy_items`` as ``RUN.NODE.INDEX``."""
+
+    count: int
+    slot: NodeRecord | None = None
+
+
+class ItemDispatches(Wire, kw_only=True):
+    """Stored form of a fan-out's first dispatches: items ``start`` to ``stop - 1`` of a node,
+    attempt 1, rebuilt from the record when the outbox has to be published again."""
+
+    node_id: str
+    start: int
+    stop: int
+    dispatched_at: float
+    subject: str
+    workspace: str | None = None
+
+
 class NodeRecord(Wire, kw_only=True):
     status: NodeStatus = "pending"
     attempts: int = 0
@@ -373,6 +394,8 @@ class NodeRecord(Wire, kw_only=True):
     reused_from: str | None = None  # `runs retry`: the run whose output this node kept
     approval_id: str | None = None  # set once an approval was requested for the node
     approval: ApprovalStatus | None = None
+    # Stored form only (the scheduler keeps ``items`` outside the record, ADR 11); None in memory.
+    item_runs: list[ItemRun] | None = None
 
 
 class RunRecord(Wire, kw_only=True):
@@ -398,6 +421,7 @@ class RunRecord(Wire, kw_only=True):
     workflow_version: int | None = None  # the registry version that ran; None: sent as a file
     requested_at: str = ""  # when the run was asked for; created_at is when the scheduler took it
     outbox: list[Outgoing] = []
+    outbox_items: list[ItemDispatches] = []  # stored form: the outbox's fan-out dispatches, as ranges
 
 
 class ApprovalRecord(Wire, kw_only=True):

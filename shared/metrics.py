@@ -93,6 +93,11 @@ RUNS_OLDEST_START = Gauge(
     "When the oldest active run of the workflow started (Unix time); absent when none is active",
     ["workflow"],
 )
+STATE_BYTES = Counter(
+    "flowyard_scheduler_state_bytes_total",
+    "Bytes the scheduler wrote to keep run state: run records, ended foreach items, large values",
+    ["kind"],
+)
 NODES_FINISHED = Counter(
     "flowyard_nodes_finished_total",
     "Nodes that reached an end, by workflow, agent and status (succeeded, failed, skipped, cancelled)",

@@ -177,6 +177,11 @@ CONSUMERS = {
 }
 BUCKETS = {
     subjects.RUNS_BUCKET: {"key": "run id", "value": "RunRecord", "writer": "scheduler (compare-and-set)"},
+    subjects.ITEMS_BUCKET: {
+        "key": "RUN.NODE.INDEX",
+        "value": "NodeRecord (an ended foreach item, written once)",
+        "writer": "scheduler (create)",
+    },
     subjects.CONCURRENCY_BUCKET: {
         "key": "workflow name",
         "value": "running and queued run ids",

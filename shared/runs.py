@@ -20,6 +20,8 @@ from shared.api import RunView, pending_view, run_view
 from shared.bus import Bus
 from shared.contract import RunCancelRequested, RunRecord, RunRequested, decode_event, decode_record
 from shared.envelope import now_rfc3339
+from shared.runstate import hydrate
+from shared.values import Values
 
 E = TypeVar("E")
 
@@ -33,7 +35,9 @@ def valid_run_id(run_id: str) -> bool:
     return bool(subjects.TOKEN.match(run_id))
 
 
-async def get_record(bus: Bus, run_id: str) -> RunRecord | None:
+async def get_record(bus: Bus, run_id: str, *, whole: bool = True) -> RunRecord | None:
+    """The run's record; ``whole``: with its foreach items and its large values read back in
+    (ADR 11), as people see it; else as stored (statuses, references), which is one read."""
     if not valid_run_id(run_id):
         return None
     kv = await bus.kv(subjects.RUNS_BUCKET)
@@ -41,7 +45,10 @@ async def get_record(bus: Bus, run_id: str) -> RunRecord | None:
         entry = await kv.get(run_id)
     except (nats.js.errors.KeyNotFoundError, nats.js.errors.InvalidKeyError):
         return None
-    return decode_record(entry.value) if entry.value else None
+    if not entry.value:
+        return None
+    record = decode_record(entry.value)
+    return await hydrate(bus, record, Values(bus, bus.cfg.inline_limit)) if whole else record
 
 
 async def get_request(bus: Bus, run_id: str) -> RunRequested | None:

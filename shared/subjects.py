@@ -29,6 +29,8 @@ CONCURRENCY_BUCKET = "fy_concurrency"
 APPROVALS_BUCKET = "fy_approvals"
 NOTIFY_BUCKET = "fy_notify"
 WORKSPACES_BUCKET = "fy_workspaces"  # an object store: run workspaces, one object per version
+ITEMS_BUCKET = "fy_items"  # RUN.NODE.INDEX -> an ended foreach item's record (ADR 11)
+VALUES_BUCKET = "fy_values"  # an object store: values too large for a message, RUN/SHA256 (ADR 11)
 # The workflow registry: key NAME holds the head (latest version), NAME.N each version.
 WORKFLOWS_BUCKET = "fy_workflows"
 TRIGGER_RUNS_BUCKET = "fy_trigger_runs"  # de-duplication key of a trigger event -> the run it started

@@ -124,14 +124,33 @@ async def ensure(bus: Bus) -> None:
     await _ensure_kv(
         bus, subjects.IDEMPOTENCY_BUCKET, "Idempotency-Key of a run request -> its run", history=1, ttl=24 * 3600
     )
-    await _ensure_object_store(bus, subjects.WORKSPACES_BUCKET, storage)
-
-
-async def _ensure_object_store(bus: Bus, bucket: str, storage: api.StorageType) -> None:
-    config = api.ObjectStoreConfig(
-        description="Run workspaces, one object per version",
+    await _ensure_kv(bus, subjects.ITEMS_BUCKET, "Ended foreach items, RUN.NODE.INDEX (ADR 11)", history=1)
+    await _ensure_object_store(
+        bus,
+        subjects.WORKSPACES_BUCKET,
+        "Run workspaces, one object per version",
+        storage,
         ttl=seconds(bus.cfg.workspace_retention),
         max_bytes=bus.cfg.workspace_store_bytes,
+    )
+    # Kept as long as run records are (for ever): a record's references must stay readable.
+    await _ensure_object_store(
+        bus,
+        subjects.VALUES_BUCKET,
+        "Values too large for a message, RUN/SHA256 (ADR 11)",
+        storage,
+        ttl=0,
+        max_bytes=bus.cfg.value_store_bytes,
+    )
+
+
+async def _ensure_object_store(
+    bus: Bus, bucket: str, description: str, storage: api.StorageType, *, ttl: float, max_bytes: int
+) -> None:
+    config = api.ObjectStoreConfig(
+        description=description,
+        ttl=ttl or None,
+        max_bytes=max_bytes,
         storage=storage,
         replicas=bus.cfg.replicas,
     )

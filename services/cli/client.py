@@ -97,7 +97,7 @@ async def submit_and_follow(
 
 async def _final_from_record(bus: Bus, run_id: str) -> RunFinished | RunRejected | None:
     try:
-        record = await get_record(bus, run_id)
+        record = await get_record(bus, run_id, whole=False)
     except Exception:
         return None  # not reachable right now; keep following
     if record is None or record.status == "running":
@@ -117,9 +117,9 @@ async def _final_from_record(bus: Bus, run_id: str) -> RunFinished | RunRejected
 async def wait_for_end(bus: Bus, run_id: str, *, timeout: float) -> RunRecord:
     deadline = time.monotonic() + timeout
     while True:
-        record = await get_record(bus, run_id)
+        record = await get_record(bus, run_id, whole=False)
         if record is not None and (record.status != "running" or time.monotonic() > deadline):
-            return record
+            return await get_record(bus, run_id) or record
         await asyncio.sleep(0.1)
 
 

@@ -20,6 +20,7 @@ from shared.durations import parse_duration
 from shared.envelope import now_rfc3339
 from shared.errors import ConfigurationError, PermanentError, ValidationFailed
 from shared.service import serve
+from shared.values import Values
 from shared.workflow.loader import Bundle, load_file
 from shared.workflow.model import NAME_RE, WorkflowDoc
 from shared.workflow.validate import check_inputs
@@ -136,7 +137,8 @@ async def _submit(
         record = await client.get_record(bus, final.run_id)
         echo_json(client.result_json(record) if record else client.finished_json(final))
     else:
-        render.print_outcome(final.status, final.outputs, final.error, run_id=final.run_id)
+        outputs = await Values(bus, bus.cfg.inline_limit).resolve_all(final.outputs)  # large ones by reference
+        render.print_outcome(final.status, outputs, final.error, run_id=final.run_id)
     return EXIT_OK if final.status == "succeeded" else EXIT_FAILED
 
 
@@ -169,7 +171,7 @@ async def cancel_run(config: Config, run_id: str, *, reason: str, as_json: bool)
 async def retry_run(config: Config, run_id: str, *, as_json: bool, timeout: str | None) -> int:
     """A new run of a failed or cancelled one: succeeded nodes keep their outputs, the rest run again."""
     async with connected(config) as bus:
-        record = await client.get_record(bus, run_id)
+        record = await client.get_record(bus, run_id, whole=False)
         if record is None:
             return _no_run(run_id)
         if record.status not in ("failed", "cancelled"):

@@ -23,6 +23,7 @@ from shared.durations import format_duration
 from shared.errors import PermanentError, RetryableError
 from shared.schemas import first_error
 from shared.secrets import SecretSource
+from shared.values import REF, is_ref
 
 from .logstream import LogStream
 from .runtimes.base import Outcome, Runtime, WorkspaceCopy
@@ -189,6 +190,13 @@ def _judge(task: TaskDispatched, outcome: Outcome, detail: str) -> Judgement:
         return Judgement(
             False,
             error=f"printed JSON {type(output).__name__}, but an agent must print one JSON object",
+            reason="bad_output",
+            retryable=False,
+        )
+    if is_ref(output):  # only flowyard makes references; an agent's would read another value (ADR 11)
+        return Judgement(
+            False,
+            error=f"printed an object with the key {REF!r}, which flowyard reserves; use another key",
             reason="bad_output",
             retryable=False,
         )

@@ -10,6 +10,7 @@ import socket
 import time
 from collections.abc import Mapping
 
+import msgspec
 import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
@@ -18,10 +19,12 @@ from shared import executors, metrics, subjects
 from shared import workspace as ws
 from shared.bus import Delivery, is_outage
 from shared.config import Config, seconds
-from shared.contract import AnyEvent, Event, TaskDispatched, TaskLog, decode_record
+from shared.contract import AnyEvent, Event, NodeRecord, TaskDispatched, TaskLog, TaskSucceeded, decode_record
 from shared.errors import FlowyardError, PermanentError, RetryableError
+from shared.runstate import item_state
 from shared.secrets import SecretSource
 from shared.service import Service
+from shared.values import ValueMissing, Values
 
 from . import handlers
 from .breaker import Breaker
@@ -72,6 +75,7 @@ class ExecutorService(Service):
         pool = self.config.executor.pool
         subjects.check_token(pool, "executor pool")
         self.records = await self.bus.kv(subjects.RUNS_BUCKET)
+        self.values = Values(self.bus, self.config.bus.inline_limit)
         self.workspaces = ws.WorkspaceStore(self.bus, max_bytes=self.config.bus.workspace_max_bytes)
         if isinstance(self.runtime, DockerRuntime):
             # The stack's identity: when its run stream was created (the same for every replica,
@@ -157,10 +161,17 @@ class ExecutorService(Service):
 
         async def publish(ev: Event, kind: str) -> None:
             subject = subjects.task_event(event.run_id, event.unit, kind)
+            if isinstance(ev, TaskSucceeded):  # too large for a message: by reference (ADR 11)
+                ev = msgspec.structs.replace(ev, output=await self.values.offload(event.run_id, ev.output))
             # Success and failure share one id: one attempt can never be reported both ways.
             suffix = "started" if kind == "started" else "result"
             await self.bus.publish(subject, ev, msg_id=f"{event.key}:{suffix}")
 
+        try:
+            event = msgspec.structs.replace(event, input=await self.values.resolve(event.input))
+        except ValueMissing as exc:
+            await handlers.fail_fast(event, publish=publish, executor_id=self.executor_id, error=f"its input: {exc}")
+            return
         image = event.agent.image or event.agent.name
         refusal = self.breaker.refusal(image)
         if refusal is not None:
@@ -254,9 +265,12 @@ class ExecutorService(Service):
         if not entry.value:
             return False
         record = decode_record(entry.value)
-        node = record.nodes.get(task.node_id)
-        if node is not None and task.item is not None:
-            node = node.items[task.item] if node.items and task.item < len(node.items) else None
         if record.status != "running":
             return True
-        return node is not None and (node.attempts != task.attempt or node.status != "running")
+        if task.item is None:
+            node = record.nodes.get(task.node_id)
+            return node is not None and (node.attempts != task.attempt or node.status != "running")
+        item = item_state(record, task.node_id, task.item)
+        return item == "ended" or (
+            isinstance(item, NodeRecord) and (item.attempts != task.attempt or item.status != "running")
+        )

@@ -165,7 +165,7 @@ async def cancel_run(request: web.Request) -> web.Response:
     view = await _view_or_404(gw, run_id)
     if view.status in ("succeeded", "failed", "cancelled"):
         raise HttpProblem(409, f"run {run_id} already {view.status}; nothing to cancel")
-    if view.status == "pending" and await runs.get_record(gw.bus, run_id) is None:
+    if view.status == "pending" and await runs.get_record(gw.bus, run_id, whole=False) is None:
         raise HttpProblem(409, f"run {run_id} has not been planned yet; cancel it again in a moment")
     await runs.request_cancel(
         gw.bus, run_id, user=user_of(request).name, reason=f"cancelled by {user_of(request).name}"
@@ -177,7 +177,7 @@ async def retry_run(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     run_id = _run_id(request)
     request["audit_target"] = f"run/{run_id}"
-    record = await runs.get_record(gw.bus, run_id)
+    record = await runs.get_record(gw.bus, run_id, whole=False)
     if record is None:
         await _view_or_404(gw, run_id)
         raise HttpProblem(409, f"run {run_id} has not run yet; only failed or cancelled runs can be retried")

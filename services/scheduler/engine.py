@@ -24,6 +24,7 @@ from shared import subjects
 from shared.contract import (
     ApprovalDecided,
     ApprovalRequested,
+    ItemDispatches,
     NodeRecord,
     Outgoing,
     PlannedNode,
@@ -565,6 +566,30 @@ def _dispatch(
         workspace=record.workspace if planned.agent.workspace != "none" else None,
     )
     return Outgoing(subject=subjects.dispatch(clock.pool), msg_id=task.key, event=task)
+
+
+def item_dispatches(record: RunRecord, spans: list[ItemDispatches]) -> list[Outgoing]:
+    """A fan-out's first dispatches, rebuilt from their stored ranges (ADR 11); the same messages,
+    de-dup ids included, as the step that decided them sent."""
+    out = []
+    for span in spans:
+        planned = _planned(record, span.node_id)
+        items = record.nodes[span.node_id].items or []
+        for index in range(span.start, min(span.stop, len(items))):
+            task = TaskDispatched(
+                run_id=record.run_id,
+                workflow=record.workflow,
+                node_id=planned.id,
+                item=index,
+                attempt=1,
+                agent=planned.agent,
+                input=items[index].input,
+                timeout_s=planned.timeout_s or planned.agent.timeout_s,
+                dispatched_at=span.dispatched_at,
+                workspace=span.workspace,
+            )
+            out.append(Outgoing(subject=span.subject, msg_id=task.key, event=task))
+    return out
 
 
 def _timer(run_id: str, kind: str, due: float, node_id: str, item: int | None, attempt: int) -> Outgoing:

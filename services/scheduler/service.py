@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+import msgspec
 import nats.js.errors
 import structlog
 from nats.js.kv import KeyValue
@@ -40,14 +41,16 @@ from shared.contract import (
     TaskSucceeded,
     TimerDue,
     decode_record,
-    encode,
 )
 from shared.envelope import epoch, now_rfc3339
 from shared.errors import NotYet, PermanentError, RetryableError
+from shared.runstate import hydrate
 from shared.service import Service
+from shared.values import Values
 
 from . import engine, observe
 from .admission import Admission
+from .persist import Persist, Prepared, TooBig
 
 log = structlog.get_logger("flowyard.scheduler")
 
@@ -62,6 +65,10 @@ class SchedulerService(Service):
 
     async def setup(self) -> None:
         self.records: KeyValue = await self.bus.kv(subjects.RUNS_BUCKET)
+        self.values = Values(self.bus, self.config.bus.inline_limit)
+        self.persist = Persist(
+            self.values, await self.bus.kv(subjects.ITEMS_BUCKET), self.config.bus.max_payload - _HEADROOM
+        )
         self.admission = Admission(await self.bus.kv(subjects.CONCURRENCY_BUCKET))
         self._locks: dict[str, asyncio.Lock] = {}
         self._waiting: dict[str, list[tuple[Transition, asyncio.Future[None]]]] = {}
@@ -97,12 +104,20 @@ class SchedulerService(Service):
     async def handle(self, event: AnyEvent, delivery: Delivery) -> None:
         match event:
             case RunPlanned():
+                if event.reuse:  # `runs retry` keeps outputs, by reference where they were large
+                    event = msgspec.structs.replace(
+                        event, reuse={k: await self.values.resolve(v) for k, v in event.reuse.items()}
+                    )
                 await self._plan(event)
             case RunAbandoned():
                 await self.mutate(event.run_id, lambda rec, clk: engine.abandon(rec, event, clk))
             case RunRejected():
                 await self.mutate(event.run_id, lambda rec, clk: engine.reject_run(event, clk) if rec is None else None)
-            case TaskSucceeded() | TaskFailed():
+            case TaskSucceeded():
+                # An output too large for a message came by reference: templates read the value.
+                event = msgspec.structs.replace(event, output=await self.values.resolve(event.output))
+                await self.mutate(event.run_id, lambda rec, clk: engine.apply_result(rec, event, clk) if rec else None)
+            case TaskFailed():
                 await self.mutate(event.run_id, lambda rec, clk: engine.apply_result(rec, event, clk) if rec else None)
             case RunCancelRequested():
                 await self.mutate(event.run_id, lambda rec, clk: engine.cancel(rec, event, clk) if rec else None)
@@ -167,7 +182,7 @@ class SchedulerService(Service):
             else:
                 record, revision = await self._load(run_id)
                 sent = False
-            if record is not None and record.outbox and not sent:
+            if record is not None and (record.outbox or record.outbox_items) and not sent:
                 await self._flush_foreign(record)
             clock = self.clock()
             new, outbox = record, []
@@ -188,16 +203,14 @@ class SchedulerService(Service):
                 return
             assert new is not None
             new = engine.replace(new, outbox=outbox + _node_failures(record, new))
-            data = encode(new)
-            # Room for the message's headers: the server's limit counts them too.
-            limit = self.config.bus.max_payload - _HEADROOM
-            if len(data) > limit:
-                size = len(data)
-                new = engine.overflow(new, clock, size=size, limit=self.config.bus.max_payload)
-                data = encode(new)
-                if len(data) > limit:  # thousands of item records alone are too many
-                    new = engine.overflow(new, clock, size=size, limit=self.config.bus.max_payload, drop_items=True)
-                    data = encode(new)
+            try:
+                prepared = await self._prepare(record, new, clock)
+            except TooBig as exc:
+                raise PermanentError(
+                    f"run {run_id}: its record is {exc.size} bytes even without its items and values; "
+                    "a workflow this large needs a larger bus.max_payload"
+                ) from None
+            data = prepared.data
             try:
                 if record is None:
                     revision = await self.records.create(run_id, data)
@@ -208,19 +221,33 @@ class SchedulerService(Service):
                 continue  # another replica moved the record on; apply to its version
             self._remember(run_id, revision, new, sent=False)
             added, removed = observe.step(record, new, now=time.time())
-            await self._publish(new.outbox)
+            await self._publish(prepared.outbox)
             # After the outbox: the run's first dispatch does not wait for the gauges' bookkeeping.
             await self._index(added, None)
             if new.status == "running":
                 self._remember(run_id, revision, new, sent=True)
                 return
             self._cache.pop(run_id, None)
+            self.persist.forget(run_id)
             if record is None or record.status == "running":
                 log.info("run finished", run_id=run_id, workflow=new.workflow, status=new.status, error=new.error)
             await self._release(new)
             await self._index(None, removed)
             return
         raise RetryableError(f"run {run_id}: record kept changing under {_MAX_CONFLICTS} attempts", delay=0.2)
+
+    async def _prepare(self, record: RunRecord | None, new: RunRecord, clock: engine.Clock) -> Prepared:
+        """What to store and send; a run whose record cannot fit even so ends, saying why."""
+        try:
+            return await self.persist.prepare(record, new)
+        except TooBig as exc:
+            size = exc.size
+        limit = self.config.bus.max_payload
+        try:
+            return await self.persist.prepare(record, engine.overflow(new, clock, size=size, limit=limit))
+        except TooBig:
+            lean = engine.overflow(new, clock, size=size, limit=limit, drop_items=True)
+            return await self.persist.prepare(record, lean)
 
     async def _index(self, add: str | None, remove: str | None) -> None:
         """Keep FY_ACTIVE in step (for flowyard_runs_active); a miss costs a gauge, never a run."""
@@ -258,7 +285,7 @@ class SchedulerService(Service):
             return None, 0
         if not entry.value:
             return None, entry.revision or 0
-        return decode_record(entry.value), entry.revision or 0
+        return await hydrate(self.bus, decode_record(entry.value), self.values), entry.revision or 0
 
     async def _publish(self, outbox: list[Outgoing]) -> None:
         """Publish concurrently (a fan-out is hundreds of dispatches); the run's end goes last."""
@@ -279,7 +306,10 @@ class SchedulerService(Service):
         """
         age = time.time() - epoch(record.updated_at)
         fresh = age < self._dedup_window
-        await self._publish([o for o in record.outbox if fresh or isinstance(o.event, TaskDispatched | TimerDue)])
+        items = await self.persist.offload_all(record.run_id, engine.item_dispatches(record, record.outbox_items))
+        await self._publish(
+            [o for o in record.outbox if fresh or isinstance(o.event, TaskDispatched | TimerDue)] + items
+        )
 
 
 def _node_failures(before: RunRecord | None, after: RunRecord) -> list[Outgoing]:

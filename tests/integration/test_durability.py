@@ -100,3 +100,54 @@ def test_two_schedulers_and_two_executors_share_the_work(stack: Stack, tmp_path:
     # Both executors took work.
     worked = [stack.replica_log(name).count('"attempt finished"') for name in ("executor", "executor-2")]
     assert all(n > 0 for n in worked), worked
+
+
+MANY = """
+apiVersion: flowyard/v1
+kind: Agent
+metadata: {name: tick}
+spec:
+  command:
+    - python3
+    - -c
+    - |
+      import json, os, sys
+      req = json.load(sys.stdin)
+      with open(os.path.join(req["dir"], str(req["i"])), "a") as f:
+          f.write(os.environ["FLOWYARD_ATTEMPT"] + "\\n")
+      print(json.dumps({"i": req["i"], "pad": "x" * 200}))
+---
+apiVersion: flowyard/v1
+kind: Workflow
+metadata: {name: many}
+spec:
+  inputs: {dir: {type: string}, items: {type: array}}
+  nodes:
+    - {id: each, agent: tick, foreach: "{{ inputs.items }}", parallelism: 16, with: {dir: "{{ inputs.dir }}", i: "{{ item }}"}}
+  outputs: {all: "{{ nodes.each.output }}"}
+"""
+
+
+def test_a_scheduler_killed_mid_fan_out_resumes_from_the_stored_items(stack: Stack, tmp_path: Path) -> None:
+    """The restarted scheduler reads the run back from its stored form (ended items in fy_items,
+    open ones as runs, ADR 11) and finishes it: every item once, every output in order."""
+    stack.start_all()
+    doc = tmp_path / "many.yaml"
+    doc.write_text(MANY)
+    markers = tmp_path / "ticks"
+    markers.mkdir()
+    n = 300
+    run = stack.cli_background(
+        "run", str(doc), "-i", f"dir={markers}", "-i", f"items={json.dumps(list(range(n)))}", "--json"
+    )
+    deadline = time.monotonic() + 120
+    while len(list(markers.iterdir())) < n // 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stack.kill("scheduler", signal.SIGKILL)
+    stack.start("scheduler")
+    out, err = run.communicate(timeout=300)
+    assert run.returncode == 0, err
+    result = json.loads(out)
+    assert [x["i"] for x in result["outputs"]["all"]] == list(range(n))
+    ran = {p.name: p.read_text().splitlines() for p in markers.iterdir()}
+    assert len(ran) == n and all(lines == ["1"] for lines in ran.values()), {k: v for k, v in ran.items() if v != ["1"]}
