@@ -95,7 +95,7 @@ async def test_garbage_on_stdout_is_not_json() -> None:
         ("print('[1, 2]')", "printed JSON list"),
         ("pass", "printed nothing"),
         ("print('x' * 5000)", "more on stdout than the executor keeps"),
-        ("print('{\"$flowyard.value\": \"run/abc\", \"bytes\": 3}')", "which flowyard reserves"),
+        ('print(\'{"$flowyard.value": "run/abc", "bytes": 3}\')', "which flowyard reserves"),
     ],
 )
 async def test_other_bad_outputs(code: str, message: str) -> None:
