@@ -77,8 +77,15 @@ async def hydrate(bus: Bus, record: RunRecord, values: Values | None = None) -> 
                 ]
                 node = replace(node, items=items, output=await values.resolve(node.output))
         nodes[nid] = node
-    outputs = await values.resolve_all(record.outputs) if values is not None else record.outputs
-    return replace(record, nodes=nodes, outputs=outputs)
+    if values is None:
+        return replace(record, nodes=nodes)
+    return replace(
+        record,
+        nodes=nodes,
+        outputs=await values.resolve_all(record.outputs),
+        inputs=await values.resolve_all(record.inputs),
+        trigger=await values.resolve_all(record.trigger),
+    )
 
 
 async def _items(bus: Bus, run_id: str, node_id: str, node: NodeRecord, values: Values | None) -> NodeRecord:

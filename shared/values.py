@@ -44,16 +44,23 @@ class Values:
         self.bus = bus
         self.inline_bytes = inline_bytes
         self._known: OrderedDict[str, None] = OrderedDict()
+        # The same object offloaded again (a record's values at every step): no re-encoding.
+        self._seen: OrderedDict[tuple[int, int], tuple[Any, Any]] = OrderedDict()
         self.bytes_stored = 0  # what this process put into the store (the scale bench reads it)
 
     async def offload(self, run_id: str, value: Any, *, limit: int | None = None) -> Any:
         """``value`` itself when small (or already a reference), else a reference to a stored copy."""
         if value is None or isinstance(value, bool | int | float) or is_ref(value):
             return value
-        if isinstance(value, str) and len(value) < (limit or self.inline_bytes) // 4:
+        limit = limit if limit is not None else self.inline_bytes
+        if isinstance(value, str) and len(value) < limit // 4:
             return value  # cheap test first: a string this short cannot be over the limit
+        seen = self._seen.get((id(value), limit))
+        if seen is not None and seen[0] is value:
+            return seen[1]
         data = _encode(value)
-        if len(data) <= (limit if limit is not None else self.inline_bytes):
+        if len(data) <= limit:
+            self._remember(value, limit, value)
             return value
         name = f"{run_id}/{hashlib.sha256(data).hexdigest()}"
         if name not in self._known:
@@ -74,7 +81,16 @@ class Values:
             self._known[name] = None
             while len(self._known) > _KNOWN:
                 self._known.popitem(last=False)
-        return {REF: name, "bytes": len(data)}
+        ref = {REF: name, "bytes": len(data)}
+        self._remember(value, limit, ref)
+        return ref
+
+    def _remember(self, value: Any, limit: int, result: Any) -> None:
+        if isinstance(value, str):
+            return  # strings are cheap to measure
+        self._seen[(id(value), limit)] = (value, result)  # the value is kept, so its id is not reused
+        while len(self._seen) > _KNOWN:
+            self._seen.popitem(last=False)
 
     async def resolve(self, value: Any) -> Any:
         """The value a reference stands for (anything else unchanged)."""

@@ -36,7 +36,10 @@ from .engine import DONE
 
 replace = msgspec.structs.replace
 _CHUNK = 256
-_SMALL = 512  # the second try when a record is still too big: offload nearly everything
+# A record is written at every step of its run, so values in it are kept small: anything larger
+# is stored once and referenced. Messages are sent once; they keep values up to bus.inline_bytes.
+_RECORD_INLINE = 1024
+_SMALL = 256  # the second try when a record is still too big: offload nearly everything
 
 
 class TooBig(Exception):
@@ -71,7 +74,7 @@ class Persist:
         try:
             await self._write_ended(before, after)
             outbox = [await self._offload_event(after.run_id, o) for o in after.outbox]
-            for inline in (self.values.inline_bytes, _SMALL):
+            for inline in (min(_RECORD_INLINE, self.values.inline_bytes), _SMALL):
                 data = encode(await self._stored(after, outbox, inline))
                 if len(data) <= self.limit:
                     metrics.STATE_BYTES.labels("record").inc(len(data))
@@ -123,8 +126,15 @@ class Persist:
                 output=output,
             )
         explicit, spans = _ranges(outbox)
-        outputs = {k: await self.values.offload(run_id, v, limit=inline) for k, v in record.outputs.items()}
-        return replace(record, nodes=nodes, outputs=outputs, outbox=explicit, outbox_items=spans)
+        outputs = await self._offload_map(run_id, record.outputs, inline)
+        inputs = await self._offload_map(run_id, record.inputs, inline)
+        trigger = await self._offload_map(run_id, record.trigger, inline)
+        return replace(
+            record, nodes=nodes, outputs=outputs, inputs=inputs, trigger=trigger, outbox=explicit, outbox_items=spans
+        )
+
+    async def _offload_map(self, run_id: str, values: dict[str, Any], inline: int) -> dict[str, Any]:
+        return {k: await self.values.offload(run_id, v, limit=inline) for k, v in values.items()}
 
     async def _item_inputs(self, run_id: str, node_id: str, items: list[NodeRecord], inline: int) -> Any:
         """The items' inputs as one list; they never change after the fan-out, so it is built once."""
