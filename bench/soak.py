@@ -149,7 +149,7 @@ async def main() -> None:
                 "FLOWYARD_NATS_URL": server.url,
                 "FLOWYARD_EXECUTOR_STATE_DIR": str(data / "spool"),
                 "FLOWYARD_BUS_ACK_WAIT": "5s",
-                "FLOWYARD_LOG_LEVEL": "warning",
+                "FLOWYARD_LOG_LEVEL": "info",  # `service started` is how a start is seen
             }
         )
         soak = Soak(data, env)

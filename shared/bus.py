@@ -8,7 +8,9 @@ yet", and pull subscriptions re-bound after the server lost them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import ssl
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -23,12 +25,13 @@ from nats.js.kv import KeyValue
 from opentelemetry.trace import SpanKind
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from shared import subjects
-from shared.config import BusConfig, NatsConfig, seconds
+from shared import natsperms, subjects
+from shared.config import BusConfig, NatsConfig, NatsTls, seconds
 from shared.contract import Event, encode
 from shared.envelope import build_headers, run_attributes
 from shared.errors import ConfigurationError, PermanentError
 from shared.metrics import PUBLISHED
+from shared.secrets import SecretSource
 from shared.telemetry import in_run, inject, tracer
 
 if TYPE_CHECKING:
@@ -60,6 +63,8 @@ class Bus:
         self._kv: dict[str, KeyValue] = {}
         self._closing = False
         self._reconnect_hooks: list[Callable[[], None]] = []
+        self._refusals: list[str] = []
+        self._errors: list[str] = []  # the last few errors nats-py reported, for the first connect's message
 
     # --- connection -------------------------------------------------------------------------
 
@@ -90,11 +95,15 @@ class Bus:
             "reconnected_cb": self._on_reconnected,
         }
         if cfg.user:
-            opts["user"], opts["password"] = cfg.user, cfg.password
+            opts["user"], opts["password"] = cfg.user, await _password(cfg)
+            # Replies come to the user's own inbox: its permissions name no one else's.
+            opts["inbox_prefix"] = natsperms.inbox(cfg.user)
         if cfg.token:
             opts["token"] = cfg.token
-        if cfg.creds:
-            opts["user_credentials"] = cfg.creds
+        if cfg.creds_path:
+            opts["user_credentials"] = cfg.creds_path
+        if cfg.tls is not None or cfg.url.startswith("tls://"):
+            opts["tls"] = _tls_context(cfg.tls or NatsTls())
         deadline = seconds(cfg.connect_timeout)
         last: BaseException | None = None
         try:
@@ -105,7 +114,8 @@ class Bus:
                 reraise=True,
             ):
                 with attempt:
-                    self.nc = await nats.connect(**opts)
+                    # Bounded: nats-py keeps retrying a TLS handshake the server's certificate fails.
+                    self.nc = await asyncio.wait_for(nats.connect(**opts), timeout=max(deadline, 1.0))
         except Exception as exc:
             last = exc
         if self.nc is not None:
@@ -114,7 +124,12 @@ class Bus:
             self.nc.options["max_reconnect_attempts"] = -1
         if self.nc is None or not self.nc.is_connected:
             reason = str(last) or type(last).__name__
-            if "Authorization" in reason or "authorization" in reason:
+            if any("CERTIFICATE_VERIFY_FAILED" in e for e in self._errors):
+                raise ConfigurationError(
+                    f"NATS at {cfg.url}: its TLS certificate is not trusted ({self._errors[-1]}); set nats.tls.ca "
+                    "to the CA that signed it"
+                ) from None
+            if "Authorization" in reason or "authorization" in reason or any("uthorization" in e for e in self._errors):
                 raise ConfigurationError(
                     f"NATS at {cfg.url} refused the credentials: check FLOWYARD_NATS_USER/PASSWORD/CREDS"
                 ) from None
@@ -126,9 +141,30 @@ class Bus:
         self._js = self.nc.jetstream(timeout=5)
 
     async def _on_error(self, exc: Exception) -> None:
+        text = str(exc) or type(exc).__name__
+        self._errors.append(text)
+        del self._errors[:-5]
+        if "permissions violation" in text.lower():
+            # The server refused something this user may not do: remembered, so the call waiting
+            # for an answer that will never come fails at once, naming it (see _refused).
+            self._refusals.append(text)
+            del self._refusals[:-20]
+            log.error(
+                "NATS refused an operation: permissions violation",
+                service=self.name,
+                user=self.nats_cfg.user,
+                error=text,
+            )
+            return
         # While the first connect is still being retried, the final error says it all.
         level = log.debug if self.nc is None else log.warning
-        level("nats error", service=self.name, error=str(exc) or type(exc).__name__)
+        level("nats error", service=self.name, error=text)
+
+    def _refused(self, subject: str) -> str | None:
+        for text in reversed(self._refusals):
+            if subject in text:
+                return text
+        return None
 
     async def _on_disconnected(self) -> None:
         if not self._closing:
@@ -156,10 +192,18 @@ class Bus:
     # --- topology ---------------------------------------------------------------------------
 
     async def ensure_topology(self) -> None:
-        """Create or update every stream and bucket; safe to call from every replica at once."""
+        """Create or update every stream and bucket; safe to call from every replica at once.
+
+        A service on its own NATS user may not: it checks that bootstrap made them."""
         from shared.topology import ensure
 
-        await ensure(self)
+        if self.nats_cfg.creates_topology:
+            await ensure(self)
+        elif not await self.topology_present():
+            raise ConfigurationError(
+                f"the streams do not exist yet and NATS user {self.nats_cfg.user or '(creds)'} may not create them: "
+                "run `flowyard nats-bootstrap` with the admin user first"
+            )
 
     def remember_kv(self, bucket: str, kv: KeyValue) -> None:
         self._kv[bucket] = kv
@@ -247,6 +291,10 @@ class Bus:
             try:
                 ack = await self.js.publish(subject, payload, headers=headers)
             except TRANSIENT:
+                if (refusal := self._refused(subject)) is not None:
+                    raise PermanentError(
+                        f"NATS refused to let {self.nats_cfg.user!r} publish {subject}: {refusal}"
+                    ) from None
                 # NATS is restarting or the link dropped: keep trying (the de-dup id makes it safe).
                 ack = await self._publish_retrying(subject, payload, headers)
         PUBLISHED.labels(ack.stream).inc()
@@ -300,3 +348,31 @@ class Bus:
 
 def event_type_name(event: Event) -> str:
     return type(event).__name__
+
+
+async def _password(cfg: NatsConfig) -> str | None:
+    if cfg.password_secret is None:
+        return cfg.password
+    source = SecretSource(cfg.secrets_dir)
+    found, missing = await source.resolve([cfg.password_secret])
+    if missing:
+        raise ConfigurationError(
+            f"NATS password secret {cfg.password_secret} (nats.password_secret) is not set: "
+            f"set {source.where(cfg.password_secret)}"
+        )
+    return found[cfg.password_secret]
+
+
+def _tls_context(tls: NatsTls) -> ssl.SSLContext:
+    try:
+        ctx = ssl.create_default_context(cafile=tls.ca)
+        if tls.cert and tls.key:
+            ctx.load_cert_chain(tls.cert, tls.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(
+            f"nats.tls: cannot load the certificates ({exc}); check tls.ca, tls.cert, tls.key"
+        ) from None
+    if not tls.verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx

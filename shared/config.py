@@ -38,19 +38,52 @@ def _duration(value: str | float, name: str) -> float:
         raise ValueError(f"{name}: {exc}") from None
 
 
+class NatsTls(_Section, kw_only=True):
+    ca: str | None = None  # PEM file of the CA that signed the server's certificate
+    cert: str | None = None  # this client's certificate (when the server verifies clients)
+    key: str | None = None
+    verify: bool = True  # check the server's certificate and name; never switch off in production
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("tls.cert and tls.key go together: give both or neither")
+
+
 class NatsConfig(_Section, kw_only=True):
     url: str = "nats://127.0.0.1:4222"
     # How long the first connect keeps trying before giving up with a clear error.
     connect_timeout: str = "10s"
+    # Each service connects as its own user (see `flowyard nats-config`): planner, scheduler,
+    # executor, approver, notifier, gateway, cli; admin creates the streams (nats-bootstrap).
     user: str | None = None
     password: str | None = None
+    # The secret holding the password (FLOWYARD_SECRET_<NAME>, or the file NAME in secrets_dir),
+    # e.g. NATS_PASSWORD_EXECUTOR: keeps the password out of the configuration.
+    password_secret: str | None = None
+    secrets_dir: str | None = None
     token: str | None = None
     creds: str | None = None  # path to a .creds file (JWT + nkey seed)
+    creds_file: str | None = None  # the same, by its documented name
+    tls: NatsTls | None = None
 
     def __post_init__(self) -> None:
         _duration(self.connect_timeout, "connect_timeout")
         if not self.url.startswith(("nats://", "tls://", "ws://", "wss://")):
             raise ValueError(f"url {self.url!r} must start with nats://, tls://, ws:// or wss://")
+        if self.password is not None and self.password_secret is not None:
+            raise ValueError("give password or password_secret, not both")
+        if (self.password is not None or self.password_secret is not None) and not self.user:
+            raise ValueError("a password needs a user (nats.user)")
+
+    @property
+    def creds_path(self) -> str | None:
+        return self.creds_file or self.creds
+
+    @property
+    def creates_topology(self) -> bool:
+        """Whether this connection creates streams and buckets: yes without users (a laptop, the
+        embedded stack) and as admin; a service on its own user binds to what bootstrap made."""
+        return (not self.user or self.user == "admin") and not self.creds_path
 
     def __repr__(self) -> str:  # never print credentials
         return f"NatsConfig(url={self.url!r}, user={self.user!r})"
@@ -82,7 +115,7 @@ class BusConfig(_Section, kw_only=True):
     # A value (an agent's output, a node's input, a run output) larger than this travels through
     # the object store fy_values, by reference (ADR 11); the store holds at most value_store_bytes.
     inline_bytes: int = 64 * 1024
-    value_store_bytes: int = 16 * 1024 * 1024 * 1024
+    value_store_bytes: int = 4 * 1024 * 1024 * 1024
 
     @property
     def inline_limit(self) -> int:

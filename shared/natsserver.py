@@ -40,7 +40,10 @@ def find_binary() -> str:
 
 
 class NatsServer:
-    def __init__(self, store_dir: str | Path, *, port: int = -1, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, store_dir: str | Path, *, port: int = -1, host: str = "127.0.0.1", config: str | Path | None = None
+    ) -> None:
+        self.config = config  # a nats-server configuration file (users, TLS), e.g. from `flowyard nats-config`
         self.store_dir = Path(store_dir)
         self.host = host
         self.port = port
@@ -60,6 +63,8 @@ class NatsServer:
         log = self.log_path.open("ab")
         offset = log.tell()
         args = [find_binary(), "-js", "-a", self.host, "-p", str(self.port), "-sd", str(self.store_dir / "jetstream")]
+        if self.config is not None:  # JetStream and its store are in the file
+            args = [find_binary(), "-c", str(self.config), "-a", self.host, "-p", str(self.port)]
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         deadline = time.monotonic() + timeout

@@ -173,6 +173,11 @@ CONSUMERS = {
         "max_deliver": -1,
     },
     "notifier": {"stream": subjects.RUNS_STREAM, "filter_subjects": subjects.NOTIFIER_FILTERS},
+    "planner-triggers": {"stream": subjects.TRIGGERS_STREAM, "filter_subjects": []},
+    "notifier-triggers": {
+        "stream": subjects.TRIGGER_EVENTS_STREAM,
+        "filter_subjects": subjects.NOTIFIER_TRIGGER_FILTERS,
+    },
     "executor-{pool}": {"stream": subjects.TASKS_STREAM, "filter_subjects": subjects.executor_filters(POOL)},
 }
 BUCKETS = {
@@ -251,6 +256,9 @@ def render() -> dict[str, str]:
         files[f"schemas/{_schema_name(t)}.json"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
     files["asyncapi.yaml"] = yaml.safe_dump(_asyncapi(), sort_keys=False, width=100)
     files["openapi.json"] = json.dumps(document(), indent=2, sort_keys=True) + "\n"
+    from shared import natsperms  # it reads CONSUMERS from here
+
+    files["nats-permissions.json"] = json.dumps(natsperms.table(), indent=2, sort_keys=True) + "\n"
     return files
 
 

@@ -21,7 +21,7 @@ _QUIET = 1.0  # seconds without a line before looking at whether the run has end
 
 async def show_logs(config: Config, run_id: str, *, node: str | None, follow: bool, as_json: bool) -> int:
     async with connected(config) as bus:
-        record = await client.get_record(bus, run_id)
+        record = await client.get_record(bus, run_id, whole=False)
         if record is None:
             print(f"flowyard: no run {run_id!r}; `flowyard runs list` shows the runs this stack knows", file=sys.stderr)
             return EXIT_INVALID
@@ -38,7 +38,7 @@ async def show_logs(config: Config, run_id: str, *, node: str | None, follow: bo
                 except nats.errors.TimeoutError:
                     if not follow or ended:
                         break
-                    latest = await client.get_record(bus, run_id)
+                    latest = await client.get_record(bus, run_id, whole=False)
                     # One more quiet spell after the end, for lines still on their way.
                     ended = latest is None or latest.status != "running"
                     continue

@@ -508,6 +508,72 @@ def serve(obj: Ctx, service: str, runtime: str | None, pool: str | None, http_po
     _run(run_service(config, service))
 
 
+@cli.command("nats-config")
+@click.option("--secrets-dir", default=None, metavar="DIR", help="Read NATS_PASSWORD_<USER> from files here too.")
+@click.option("--store-dir", default="/data/jetstream", show_default=True, help="JetStream's storage directory.")
+@click.option(
+    "--max-file",
+    default=None,
+    help="JetStream file storage for the account (default: the stores' limits in bus.* plus 4G for the streams).",
+)
+@click.option("--max-mem", default="1G", show_default=True, help="JetStream memory storage for the account.")
+@click.option("--port", default=4222, show_default=True)
+@click.option("--monitor-port", default=8222, show_default=True, help="/healthz, /jsz (probes, KEDA).")
+@click.option("--max-payload", default=1024 * 1024, show_default=True, help="Must equal bus.max_payload.")
+@click.option("--pool", "pools", multiple=True, default=("default",), show_default=True, help="Executor pools.")
+@click.option("--tls-cert", default=None, metavar="PEM", help="The server's certificate.")
+@click.option("--tls-key", default=None, metavar="PEM", help="Its private key.")
+@click.option("--tls-ca", default=None, metavar="PEM", help="CA that clients' certificates must chain to.")
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write here (0600).")
+@click.pass_obj
+def nats_config_cmd(
+    obj: Ctx,
+    secrets_dir: str | None,
+    store_dir: str,
+    max_file: str | None,
+    max_mem: str,
+    port: int,
+    monitor_port: int,
+    max_payload: int,
+    pools: tuple[str, ...],
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_ca: str | None,
+    out: Path | None,
+) -> None:
+    """Print a nats-server configuration: JetStream, and one least-privilege user per service
+    (passwords: bcrypt hashes of the secrets NATS_PASSWORD_<USER>, e.g. NATS_PASSWORD_EXECUTOR)."""
+    from .natsadmin import nats_config
+
+    bus = obj.config().bus
+    # Streams with a size limit reserve it from the account: the limit must cover them all.
+    reserved = bus.workspace_store_bytes + bus.logs_store_bytes + bus.value_store_bytes + 4 * 1024**3
+    _run(
+        nats_config(
+            secrets_dir=secrets_dir,
+            store_dir=store_dir,
+            max_file=max_file or str(reserved),
+            max_mem=max_mem,
+            port=port,
+            monitor_port=monitor_port,
+            max_payload=max_payload,
+            pools=pools,
+            tls=(tls_cert, tls_key, tls_ca),
+            out=out,
+        )
+    )
+
+
+@cli.command("nats-bootstrap")
+@click.pass_obj
+def nats_bootstrap_cmd(obj: Ctx) -> None:
+    """Create flowyard's streams and buckets, as the admin NATS user (run once per deployment
+    and after upgrades; safe to run again)."""
+    from .natsadmin import nats_bootstrap
+
+    _run(nats_bootstrap(obj.config()))
+
+
 def _config_here(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
     if value:
         ctx.find_object(Ctx).config_path = value  # type: ignore[union-attr]

@@ -46,7 +46,7 @@ async def write_out(bus: Bus, config: Config, name: str, out: Path) -> None:
 async def save_workspace(config: Config, run_id: str, out: Path) -> int:
     await asyncio.to_thread(check_out_dir, out)
     async with connected(config) as bus:
-        record = await client.get_record(bus, run_id)
+        record = await client.get_record(bus, run_id, whole=False)
         if record is None:
             print(f"flowyard: no run {run_id!r}; `flowyard runs list` shows the runs this stack knows", file=sys.stderr)
             return EXIT_INVALID

@@ -135,7 +135,7 @@ async def run_logs(request: web.Request) -> web.StreamResponse:
     run_id = request.match_info["run_id"]
     node = request.query.get("node") or None
     follow = bool_param(request, "follow")
-    record = await runs.get_record(gw.bus, run_id) if runs.valid_run_id(run_id) else None
+    record = await runs.get_record(gw.bus, run_id, whole=False) if runs.valid_run_id(run_id) else None
     if record is None:
         if runs.valid_run_id(run_id) and await runs.get_request(gw.bus, run_id) is not None:
             if not follow:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 from pathlib import Path
 
@@ -27,7 +28,12 @@ ROOT = Path(__file__).resolve().parents[2]
 VALID = [p.read_text() for p in sorted((ROOT / "examples").glob("*.yaml"))] + [
     p.read_text() for p in sorted((ROOT / "tests/integration/workflows").glob("*.yaml"))
 ]
-FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+# 400 examples per property here (2,400 in all); the chaos tier runs them again with 4,000 each.
+FUZZ = settings(
+    max_examples=int(os.environ.get("FLOWYARD_FUZZ_EXAMPLES", "400")),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
 
 
 def check(text: str) -> None:
