@@ -508,6 +508,22 @@ def serve(obj: Ctx, service: str, runtime: str | None, pool: str | None, http_po
     _run(run_service(config, service))
 
 
+@cli.group()
+def images() -> None:
+    """The service image (flowyard/flowyard:<version>) and the agents' images, built offline."""
+
+
+@images.command("build")
+@click.option("--tag", default=None, help="The service image's name (default: flowyard/flowyard:<version>).")
+@click.option("--base", default="flowyard/base:bookworm", show_default=True, help="Base image (built when missing).")
+@click.option("--no-agents", is_flag=True, help="Only the service image, not the built-in agents' images.")
+def images_build(tag: str | None, base: str, no_agents: bool) -> None:
+    """Build the service image and then the agents' images (as `flowyard agents build`)."""
+    from .imagebuild import build_images, default_tag
+
+    _run(build_images(tag=tag or default_tag(), base=base, agents=not no_agents))
+
+
 @cli.command("nats-config")
 @click.option("--secrets-dir", default=None, metavar="DIR", help="Read NATS_PASSWORD_<USER> from files here too.")
 @click.option("--store-dir", default="/data/jetstream", show_default=True, help="JetStream's storage directory.")
