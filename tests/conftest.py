@@ -116,3 +116,20 @@ def agent_images(base_image: str) -> None:
         timeout=900,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.fixture(scope="session")
+def service_image(base_image: str) -> str:
+    """flowyard/flowyard:<version>, through `flowyard images build` (the agents' images aside)."""
+    from shared.metrics import VERSION
+
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", "images", "build", "--no-agents"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    tag = f"flowyard/flowyard:{VERSION}"
+    assert done.returncode == 0 and f"{tag}: built" in done.stdout, done.stdout + done.stderr
+    return tag

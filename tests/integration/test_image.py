@@ -25,20 +25,6 @@ pytestmark = pytest.mark.docker
 IMAGE = f"flowyard/flowyard:{VERSION}"
 
 
-@pytest.fixture(scope="module")
-def image(base_image: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "services.cli", "images", "build", "--no-agents"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert f"{IMAGE}: built" in done.stdout
-    return IMAGE
-
-
 def docker_run(name: str, url: str, user: str, *args: str, detach: bool = True) -> subprocess.CompletedProcess[str]:
     env = {**as_user(user), **PASSWORDS, "FLOWYARD_NATS_URL": url, "FLOWYARD_HTTP_PORT": "0"}
     if user == "executor":
@@ -74,8 +60,9 @@ def containers() -> Iterator[list[str]]:
 
 
 def test_the_image_runs_every_service_locked_down_on_its_own_user(
-    image: str, nats_binary: str, tmp_path: Path, containers: list[str]
+    service_image: str, nats_binary: str, tmp_path: Path, containers: list[str]
 ) -> None:
+    image = service_image
     inspect = json.loads(subprocess.run(["docker", "image", "inspect", image], capture_output=True, text=True).stdout)[
         0
     ]
