@@ -64,25 +64,9 @@ async def build_agents(names: tuple[str, ...], *, base: str, force: bool) -> int
         return EXIT_INVALID
     docker = dockerclient.client()
     try:
-        try:
-            base_info = await _image(docker, base)
-        except Exception as exc:
-            if not dockerclient.is_unreachable(exc):
-                raise
-            print(f"flowyard: {dockerclient.unreachable(docker, exc)}", file=sys.stderr)
-            return EXIT_BROKEN
-        if base_info is None:
-            if base != DEFAULT_BASE:
-                print(
-                    f"flowyard: base image {base!r} is not present and nothing is pulled; build or load it first",
-                    file=sys.stderr,
-                )
-                return EXIT_INVALID
-            code = await _build_base()
-            if code != 0:
-                return EXIT_BROKEN
-            base_info = await _image(docker, base)
-            assert base_info is not None
+        base_info = await ensure_base(docker, base)
+        if isinstance(base_info, int):
+            return base_info
         failed = 0
         for name in names or tuple(folders):
             image = shipped[name].spec.image
@@ -102,6 +86,30 @@ async def build_agents(names: tuple[str, ...], *, base: str, force: bool) -> int
         return EXIT_BROKEN if failed else EXIT_OK
     finally:
         await docker.close()
+
+
+async def ensure_base(docker: aiodocker.Docker, base: str) -> dict[str, Any] | int:
+    """The base image's details, built offline when it is the default and missing; else an exit code."""
+    try:
+        base_info = await _image(docker, base)
+    except Exception as exc:
+        if not dockerclient.is_unreachable(exc):
+            raise
+        print(f"flowyard: {dockerclient.unreachable(docker, exc)}", file=sys.stderr)
+        return EXIT_BROKEN
+    if base_info is not None:
+        return base_info
+    if base != DEFAULT_BASE:
+        print(
+            f"flowyard: base image {base!r} is not present and nothing is pulled; build or load it first",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    if await _build_base() != 0:
+        return EXIT_BROKEN
+    built = await _image(docker, base)
+    assert built is not None
+    return built
 
 
 async def _image(docker: aiodocker.Docker, name: str) -> dict[str, Any] | None:

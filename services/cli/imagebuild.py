@@ -20,7 +20,7 @@ import aiodocker
 from shared import dockerclient
 from shared.metrics import VERSION
 
-from .agentbuild import DEFAULT_BASE, _build_base, _image, build_agents
+from .agentbuild import _image, build_agents, ensure_base
 from .output import EXIT_BROKEN, EXIT_INVALID, EXIT_OK
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,19 +37,9 @@ async def build_images(*, tag: str, base: str, agents: bool) -> int:
         return EXIT_INVALID
     docker = dockerclient.client()
     try:
-        try:
-            present = await _image(docker, base)
-        except Exception as exc:
-            if not dockerclient.is_unreachable(exc):
-                raise
-            print(f"flowyard: {dockerclient.unreachable(docker, exc)}", file=sys.stderr)
-            return EXIT_BROKEN
-        if present is None:
-            if base != DEFAULT_BASE:
-                print(f"flowyard: base image {base!r} is not present and nothing is pulled", file=sys.stderr)
-                return EXIT_INVALID
-            if await _build_base() != 0:
-                return EXIT_BROKEN
+        base_info = await ensure_base(docker, base)
+        if isinstance(base_info, int):
+            return base_info
         with tempfile.TemporaryDirectory(prefix="fy-image-") as tmp:
             site = Path(tmp) / "site"
             source = str(ROOT) if (ROOT / "pyproject.toml").is_file() else f"flowyard=={VERSION}"
