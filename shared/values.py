@@ -27,6 +27,7 @@ REF = "$flowyard.value"
 _encode = msgspec.json.Encoder(order="deterministic").encode
 _decode = msgspec.json.decode
 _KNOWN = 50_000  # object names known to exist, so a value kept step after step is put once
+_SEEN_BYTES = 64 * 1024 * 1024  # values remembered as measured (or offloaded), by their size
 
 
 def is_ref(value: Any) -> bool:
@@ -44,8 +45,10 @@ class Values:
         self.bus = bus
         self.inline_bytes = inline_bytes
         self._known: OrderedDict[str, None] = OrderedDict()
-        # The same object offloaded again (a record's values at every step): no re-encoding.
-        self._seen: OrderedDict[tuple[int, int], tuple[Any, Any]] = OrderedDict()
+        # The same object offloaded again (a record's values at every step): no re-encoding. The
+        # objects are kept (so their ids stay theirs), at most _SEEN_BYTES of them, oldest out.
+        self._seen: OrderedDict[tuple[int, int], tuple[Any, Any, int]] = OrderedDict()
+        self._seen_bytes = 0
         self.bytes_stored = 0  # what this process put into the store (the scale bench reads it)
 
     async def offload(self, run_id: str, value: Any, *, limit: int | None = None) -> Any:
@@ -57,10 +60,11 @@ class Values:
             return value  # cheap test first: a string this short cannot be over the limit
         seen = self._seen.get((id(value), limit))
         if seen is not None and seen[0] is value:
+            self._seen.move_to_end((id(value), limit))
             return seen[1]
         data = _encode(value)
         if len(data) <= limit:
-            self._remember(value, limit, value)
+            self._remember(value, limit, value, len(data))
             return value
         name = f"{run_id}/{hashlib.sha256(data).hexdigest()}"
         if name not in self._known:
@@ -82,15 +86,19 @@ class Values:
             while len(self._known) > _KNOWN:
                 self._known.popitem(last=False)
         ref = {REF: name, "bytes": len(data)}
-        self._remember(value, limit, ref)
+        self._remember(value, limit, ref, len(data))
         return ref
 
-    def _remember(self, value: Any, limit: int, result: Any) -> None:
-        if isinstance(value, str):
-            return  # strings are cheap to measure
-        self._seen[(id(value), limit)] = (value, result)  # the value is kept, so its id is not reused
-        while len(self._seen) > _KNOWN:
-            self._seen.popitem(last=False)
+    def _remember(self, value: Any, limit: int, result: Any, size: int) -> None:
+        if isinstance(value, str) or size > _SEEN_BYTES // 4:
+            return  # strings are cheap to measure; one huge value must not push out all the others
+        key = (id(value), limit)
+        if key in self._seen:
+            self._seen_bytes -= self._seen.pop(key)[2]
+        self._seen[key] = (value, result, size)
+        self._seen_bytes += size
+        while self._seen_bytes > _SEEN_BYTES or len(self._seen) > _KNOWN:
+            self._seen_bytes -= self._seen.popitem(last=False)[1][2]
 
     async def resolve(self, value: Any) -> Any:
         """The value a reference stands for (anything else unchanged)."""

@@ -115,3 +115,14 @@ def test_only_flowyard_shaped_references_are_references() -> None:
     assert is_ref({"$flowyard.value": "r/abc", "bytes": 3})
     assert not is_ref({"$flowyard.value": "r/abc", "bytes": 3, "other": 1})
     assert not is_ref({"$flowyard.value": 5}) and not is_ref(["$flowyard.value"]) and not is_ref("x")
+
+
+async def test_values_remembered_as_measured_stay_within_their_budget() -> None:
+    from shared import values
+
+    v = values.Values(None, 64 * 1024)  # type: ignore[arg-type]  # inline values never reach the bus
+    kept = [[i] * 200 for i in range(20_000)]
+    for value in kept:
+        assert await v.offload("r1", value) is value
+    assert v._seen_bytes <= values._SEEN_BYTES and len(v._seen) <= values._KNOWN
+    assert await v.offload("r1", kept[-1]) is kept[-1]  # a remembered one answers without encoding
