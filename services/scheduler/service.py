@@ -204,7 +204,7 @@ class SchedulerService(Service):
             assert new is not None
             new = engine.replace(new, outbox=outbox + _node_failures(record, new))
             try:
-                prepared = await self._prepare(record, new, clock)
+                new, prepared = await self._prepare(record, new, clock)
             except TooBig as exc:
                 raise PermanentError(
                     f"run {run_id}: its record is {exc.size} bytes even without its items and values; "
@@ -236,18 +236,22 @@ class SchedulerService(Service):
             return
         raise RetryableError(f"run {run_id}: record kept changing under {_MAX_CONFLICTS} attempts", delay=0.2)
 
-    async def _prepare(self, record: RunRecord | None, new: RunRecord, clock: engine.Clock) -> Prepared:
-        """What to store and send; a run whose record cannot fit even so ends, saying why."""
+    async def _prepare(
+        self, record: RunRecord | None, new: RunRecord, clock: engine.Clock
+    ) -> tuple[RunRecord, Prepared]:
+        """The record to keep and what to store and send: a run whose record cannot fit even with
+        its items and values outside ends, saying why (the record that says so is returned)."""
         try:
-            return await self.persist.prepare(record, new)
+            return new, await self.persist.prepare(record, new)
         except TooBig as exc:
             size = exc.size
         limit = self.config.bus.max_payload
+        ended = engine.overflow(new, clock, size=size, limit=limit)
         try:
-            return await self.persist.prepare(record, engine.overflow(new, clock, size=size, limit=limit))
+            return ended, await self.persist.prepare(record, ended)
         except TooBig:
             lean = engine.overflow(new, clock, size=size, limit=limit, drop_items=True)
-            return await self.persist.prepare(record, lean)
+            return lean, await self.persist.prepare(record, lean)
 
     async def _index(self, add: str | None, remove: str | None) -> None:
         """Keep FY_ACTIVE in step (for flowyard_runs_active); a miss costs a gauge, never a run."""
