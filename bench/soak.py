@@ -135,7 +135,7 @@ async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, default=30)
     ap.add_argument("--rate", type=float, default=0.5, help="runs started per second")
-    ap.add_argument("--chaos-every", type=float, default=20, help="mean seconds between kills")
+    ap.add_argument("--chaos-every", type=float, default=20, help="mean seconds between kills; 0: no kills")
     ap.add_argument("--drain", type=float, default=180, help="seconds to wait for runs after the load")
     ap.add_argument("--seed", type=int, default=random.randrange(2**32))
     args = ap.parse_args()
@@ -204,7 +204,7 @@ async def drive(soak: Soak, server: NatsServer, args: argparse.Namespace, rng: r
             await asyncio.sleep(1 / args.rate)
 
     async def chaos() -> None:
-        while time.monotonic() < end_load:
+        while args.chaos_every > 0 and time.monotonic() < end_load:
             await asyncio.sleep(rng.uniform(0.5, 1.5) * args.chaos_every)
             if time.monotonic() >= end_load:
                 return
