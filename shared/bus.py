@@ -161,8 +161,9 @@ class Bus:
         level("nats error", service=self.name, error=text)
 
     def _refused(self, subject: str) -> str | None:
+        wanted = f'"{subject.lower()}"'  # nats-py reports the server's error in lower case
         for text in reversed(self._refusals):
-            if subject in text:
+            if wanted in text.lower():
                 return text
         return None
 
