@@ -19,8 +19,7 @@ import nats.js.errors
 from shared import subjects
 from shared.bus import Bus
 from shared.contract import ItemRun, NodeRecord, RunRecord
-from shared.errors import PermanentError
-from shared.values import Values
+from shared.values import ValueMissing, Values
 
 replace = msgspec.structs.replace
 _item_decoder = msgspec.json.Decoder(NodeRecord)
@@ -69,23 +68,36 @@ async def hydrate(bus: Bus, record: RunRecord, values: Values | None = None) -> 
             node = await _items(bus, record.run_id, nid, node, values)
         if values is not None:
             if node.items is None:
-                node = replace(node, output=await values.resolve(node.output), input=await values.resolve(node.input))
+                node = replace(node, output=await _value(values, node.output), input=await _value(values, node.input))
             else:
                 items = [
-                    replace(it, output=await values.resolve(it.output)) if it.output is not None else it
+                    replace(it, output=await _value(values, it.output)) if it.output is not None else it
                     for it in node.items
                 ]
-                node = replace(node, items=items, output=await values.resolve(node.output))
+                node = replace(node, items=items, output=await _value(values, node.output))
         nodes[nid] = node
     if values is None:
         return replace(record, nodes=nodes)
+
+    async def each(mapping: dict[str, Any]) -> dict[str, Any]:
+        return {k: await _value(values, v) for k, v in mapping.items()}
+
     return replace(
         record,
         nodes=nodes,
-        outputs=await values.resolve_all(record.outputs),
-        inputs=await values.resolve_all(record.inputs),
-        trigger=await values.resolve_all(record.trigger),
+        outputs=await each(record.outputs),
+        inputs=await each(record.inputs),
+        trigger=await each(record.trigger),
     )
+
+
+async def _value(values: Values, value: Any) -> Any:
+    """The value a reference stands for; a reference whose object is gone stays as it is (a
+    template that reads into it fails in plain words) rather than making the record unreadable."""
+    try:
+        return await values.resolve(value)
+    except ValueMissing:
+        return value
 
 
 async def _items(bus: Bus, run_id: str, node_id: str, node: NodeRecord, values: Values | None) -> NodeRecord:
@@ -116,8 +128,13 @@ async def _items(bus: Bus, run_id: str, node_id: str, node: NodeRecord, values: 
 
 
 async def _get(kv: Any, key: str) -> NodeRecord:
+    """An ended item's record; one that is gone or unreadable reads as failed, saying so, so the
+    run can still end (or be abandoned) instead of every load of it failing for ever."""
     try:
         entry = await kv.get(key)
+        return _item_decoder.decode(entry.value or b"")
     except nats.js.errors.KeyNotFoundError:
-        raise PermanentError(f"item record {key!r} is missing from {subjects.ITEMS_BUCKET}") from None
-    return _item_decoder.decode(entry.value or b"")
+        why = "is missing"
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        why = "cannot be read"
+    return NodeRecord(status="failed", error=f"the item's record {key!r} {why} in {subjects.ITEMS_BUCKET}")

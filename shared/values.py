@@ -56,8 +56,8 @@ class Values:
         if value is None or isinstance(value, bool | int | float) or is_ref(value):
             return value
         limit = limit if limit is not None else self.inline_bytes
-        if isinstance(value, str) and len(value) < limit // 4:
-            return value  # cheap test first: a string this short cannot be over the limit
+        if isinstance(value, str) and len(value) < limit // 6:
+            return value  # cheap test first: even escaped (6 bytes a character) it is under the limit
         seen = self._seen.get((id(value), limit))
         if seen is not None and seen[0] is value:
             self._seen.move_to_end((id(value), limit))

@@ -126,3 +126,16 @@ async def test_values_remembered_as_measured_stay_within_their_budget() -> None:
         assert await v.offload("r1", value) is value
     assert v._seen_bytes <= values._SEEN_BYTES and len(v._seen) <= values._KNOWN
     assert await v.offload("r1", kept[-1]) is kept[-1]  # a remembered one answers without encoding
+
+
+async def test_an_ended_item_gone_from_the_store_reads_as_failed_saying_so() -> None:
+    import nats.js.errors
+
+    from shared import runstate
+
+    class Gone:
+        async def get(self, key: str) -> None:
+            raise nats.js.errors.KeyNotFoundError
+
+    item = await runstate._get(Gone(), "r1.each.7")
+    assert item.status == "failed" and "'r1.each.7' is missing in fy_items" in (item.error or "")
