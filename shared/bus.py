@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import nats
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from shared.consumer import Consumer
 
 log = structlog.get_logger("flowyard.bus")
+T = TypeVar("T")
 _json = msgspec.json.Encoder()
 
 
@@ -313,6 +314,26 @@ class Bus:
                     return await self.js.publish(subject, payload, headers=headers)
         except TRANSIENT as exc:
             raise NatsUnavailable(f"publish to {subject} failed: NATS unreachable ({exc!r})") from exc
+        raise AssertionError("unreachable")
+
+    async def through_outage(self, step: Callable[[], Awaitable[T]], what: str) -> T:
+        """Run ``step`` again while NATS is away, for up to ``bus.publish_retry_for``.
+
+        For a client's idempotent steps (reads, subscribing, creating what may exist): a user's
+        ``flowyard run`` rides through a nats-server restart as the services do."""
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_delay(seconds(self.cfg.publish_retry_for)),
+                wait=wait_exponential(multiplier=0.05, max=1),
+                retry=retry_if_exception_type(TRANSIENT),
+                reraise=True,
+            ):
+                with attempt:
+                    return await step()
+        except TRANSIENT as exc:
+            raise NatsUnavailable(
+                f"{what} failed: NATS unreachable for {self.cfg.publish_retry_for} ({exc!r})"
+            ) from exc
         raise AssertionError("unreachable")
 
     async def publish_raw(self, subject: str, data: bytes, headers: dict[str, str]) -> None:

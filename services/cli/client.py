@@ -25,6 +25,7 @@ from shared.contract import (
     decode_event,
     node_results,
 )
+from shared.delivery import TRANSIENT
 from shared.runs import get_record, get_request, list_records, new_run_id, publish_request
 
 __all__ = ["get_record", "get_request", "list_records", "new_run_id"]
@@ -54,8 +55,11 @@ async def submit_and_follow(
     """Publish the request and return the run's final event, passing every event to ``on_event``."""
     # Subscribe first (an ordered consumer replays from the start of the run's subjects), so no
     # event can slip past between publishing and listening.
-    sub = await bus.js.subscribe(
-        subjects.run_events(request.run_id), ordered_consumer=True, stream=subjects.RUNS_STREAM
+    sub = await bus.through_outage(
+        lambda: bus.js.subscribe(
+            subjects.run_events(request.run_id), ordered_consumer=True, stream=subjects.RUNS_STREAM
+        ),
+        "following the run",
     )
     try:
         await publish_request(bus, request)
@@ -92,7 +96,8 @@ async def submit_and_follow(
             if isinstance(event, RunFinished | RunRejected):
                 return event
     finally:
-        await sub.unsubscribe()
+        with contextlib.suppress(*TRANSIENT, nats.errors.BadSubscriptionError):
+            await sub.unsubscribe()
 
 
 async def _final_from_record(bus: Bus, run_id: str) -> RunFinished | RunRejected | None:

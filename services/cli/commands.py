@@ -72,16 +72,20 @@ async def run_workflow(
     bus = Bus(config.nats, config.bus, name="cli")
     try:
         await bus.connect()
-        await bus.ensure_topology()
+        # Every step before the request is idempotent: each rides through a NATS restart.
+        await bus.through_outage(bus.ensure_topology, "creating the streams")
         version: int | None = None
         if registered_name is not None:
-            workflow, version = await _load_registered(bus, registered_name)
+            workflow, version = await bus.through_outage(
+                lambda: _load_registered(bus, registered_name), "reading the workflow registry"
+            )
             source = f"workflow {registered_name!r} version {version}"
         else:
             if bundle is None:
-                bundle = await _load_remote(bus, file)
+                bundle = await bus.through_outage(lambda: _load_remote(bus, file), "reading the workflow registry")
             workflow = bundle.workflow(workflow_name)
-            await agent_registry.register(bus, bundle.agents.values())
+            agents = bundle.agents.values()
+            await bus.through_outage(lambda: agent_registry.register(bus, agents), "registering the agents")
             source = str(file)
         inputs = check_inputs(workflow, parse_inputs(pairs, workflow), file=source)
         run_id = client.new_run_id()
@@ -106,7 +110,10 @@ async def run_workflow(
             workflow_version=version,
         )
         if remote:  # a private stack's audit log dies with it
-            await record_audit(bus, requester, "start", f"run/{run_id}", f"{workflow.metadata.name} from {source}")
+            what = f"{workflow.metadata.name} from {source}"
+            await bus.through_outage(
+                lambda: record_audit(bus, requester, "start", f"run/{run_id}", what), "writing the audit log"
+            )
         code = await _submit(
             bus, request, as_json=as_json, wait_for=wait_for, nats_url=stack.server.url if stack else None
         )
@@ -134,7 +141,7 @@ async def _submit(
     if isinstance(final, RunRejected):
         raise ValidationFailed(final.errors)
     if as_json:
-        record = await client.get_record(bus, final.run_id)
+        record = await bus.through_outage(lambda: client.get_record(bus, final.run_id), "reading the run")
         echo_json(client.result_json(record) if record else client.finished_json(final))
     else:
         outputs = await Values(bus, bus.cfg.inline_limit).resolve_all(final.outputs)  # large ones by reference

@@ -13,6 +13,7 @@ import click
 import msgspec
 
 from shared.config import Config, load_config
+from shared.delivery import NatsUnavailable
 from shared.errors import ConfigurationError, ValidationFailed
 
 from .output import EXIT_BROKEN, EXIT_INVALID, echo_json
@@ -32,6 +33,8 @@ def _run(coro: Coroutine[Any, Any, int]) -> NoReturn:
         _fail(text, code)
     except TimeoutError as exc:
         _fail(f"{exc}; it goes on without us: `flowyard runs show` follows it", EXIT_BROKEN)
+    except NatsUnavailable as exc:
+        _fail(f"{exc}; a run already requested goes on without us: `flowyard runs show` follows it", EXIT_BROKEN)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     sys.exit(code)

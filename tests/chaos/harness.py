@@ -255,7 +255,11 @@ def run_trials(chaos: Chaos, victim: str, scenario: Scenario, count: int) -> Non
         chaos.kill(victim)
         time.sleep(down)
         chaos.restart(victim)
-        repeats += check(chaos, scenario.workflow, markers, result(), where)
+        try:
+            ended = result()
+        except AssertionError as exc:
+            raise AssertionError(f"{where}: {exc}") from None
+        repeats += check(chaos, scenario.workflow, markers, ended, where)
         if approving is not None:
             approving.join(30)
     print(f"{victim}: {count} trials passed; {repeats} notification(s) arrived again under the same delivery id")
