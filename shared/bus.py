@@ -254,10 +254,12 @@ class Bus:
         return list((info.state.subjects or {}).keys())
 
     async def topology_present(self) -> bool:
+        # Only "no such stream" means missing; NATS being away (or a cluster still electing) is
+        # said as such by the caller, not mistaken for a missing bootstrap.
         try:
             for name in (subjects.RUNS_STREAM, subjects.TASKS_STREAM, subjects.TIMERS_STREAM, subjects.DLQ_STREAM):
                 await self.js.stream_info(name)
-        except Exception:
+        except nats.js.errors.NotFoundError:
             return False
         return True
 

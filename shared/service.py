@@ -81,7 +81,8 @@ class Service(ABC):
 
     async def start(self) -> None:
         await self.bus.connect()
-        await self.bus.ensure_topology()
+        # A cluster still electing its leader answers slowly at first: wait it out, as a client would.
+        await self.bus.through_outage(self.bus.ensure_topology, "checking the streams")
         await self.setup()
         for consumer in self.consumers:
             await consumer.ensure()

@@ -542,6 +542,17 @@ def images_build(tag: str | None, base: str, no_agents: bool) -> None:
 @click.option("--pool", "pools", multiple=True, default=("default",), show_default=True, help="Executor pools.")
 @click.option("--tls-cert", default=None, metavar="PEM", help="The server's certificate.")
 @click.option("--tls-key", default=None, metavar="PEM", help="Its private key.")
+@click.option("--server-name", default=None, envvar="NATS_SERVER_NAME", help="Unique per server of a cluster.")
+@click.option("--cluster-name", default=None, envvar="NATS_CLUSTER_NAME", help="A JetStream cluster: its name.")
+@click.option("--cluster-port", default=6222, show_default=True, help="Where the servers of a cluster meet.")
+@click.option(
+    "--route",
+    "routes",
+    multiple=True,
+    envvar="NATS_ROUTES",
+    metavar="URL",
+    help="nats-route://host:6222 of every server of the cluster (NATS_ROUTES: space-separated).",
+)
 @click.option("--tls-ca", default=None, metavar="PEM", help="CA that clients' certificates must chain to.")
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write here (0600).")
 @click.pass_obj
@@ -558,10 +569,15 @@ def nats_config_cmd(
     tls_cert: str | None,
     tls_key: str | None,
     tls_ca: str | None,
+    server_name: str | None,
+    cluster_name: str | None,
+    cluster_port: int,
+    routes: tuple[str, ...],
     out: Path | None,
 ) -> None:
     """Print a nats-server configuration: JetStream, and one least-privilege user per service
     (passwords: bcrypt hashes of the secrets NATS_PASSWORD_<USER>, e.g. NATS_PASSWORD_EXECUTOR)."""
+    from . import natsadmin
     from .natsadmin import nats_config
 
     bus = obj.config().bus
@@ -578,6 +594,8 @@ def nats_config_cmd(
             max_payload=max_payload,
             pools=pools,
             tls=(tls_cert, tls_key, tls_ca),
+            cluster=natsadmin.Cluster(server_name, cluster_name, cluster_port, routes),
+            replicas=bus.replicas,
             out=out,
         )
     )

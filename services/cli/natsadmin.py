@@ -13,10 +13,12 @@ import asyncio
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import bcrypt
+import nats.js.errors
 
 from shared import natsperms
 from shared.bus import Bus
@@ -27,6 +29,24 @@ from shared.workflow.model import memory_bytes
 from .output import EXIT_BROKEN, EXIT_INVALID, EXIT_OK
 
 ACCOUNT = "FLOWYARD"
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    """A JetStream cluster's side of one server: its unique name and its routes (none: one server)."""
+
+    server_name: str | None = None
+    name: str | None = None
+    port: int = 6222
+    routes: tuple[str, ...] = ()
+
+    def problems(self) -> list[str]:
+        if (self.name or self.routes) and not (self.name and self.routes and self.server_name):
+            return [
+                "a cluster needs --cluster-name, --server-name (unique per server) and a --route for every "
+                "server (NATS_CLUSTER_NAME, NATS_SERVER_NAME, NATS_ROUTES)"
+            ]
+        return [f"--route {r!r}: expected nats-route://HOST:PORT" for r in self.routes if "://" not in r]
 
 
 def secret_name(user: str) -> str:
@@ -45,7 +65,13 @@ async def nats_config(
     pools: tuple[str, ...],
     tls: tuple[str | None, str | None, str | None],
     out: Path | None,
+    cluster: Cluster | None = None,
+    replicas: int = 1,
 ) -> int:
+    cluster = cluster or Cluster()
+    if problems := cluster.problems():
+        print("flowyard: " + "; ".join(problems), file=sys.stderr)
+        return EXIT_INVALID
     try:
         file_bytes, mem_bytes = memory_bytes(max_file), memory_bytes(max_mem)
     except ValueError as exc:
@@ -75,13 +101,20 @@ async def nats_config(
         "jetstream": {"store_dir": store_dir, "max_file_store": file_bytes, "max_memory_store": mem_bytes},
         "accounts": {
             ACCOUNT: {
-                "jetstream": {"max_file": file_bytes, "max_mem": mem_bytes},
+                # A cluster counts every copy against the account (bus.replicas of each stream);
+                # each server holds one.
+                "jetstream": {"max_file": file_bytes * replicas, "max_mem": mem_bytes * replicas},
                 "users": users,
             }
         },
         "no_auth_user": None,
     }
     del config["no_auth_user"]  # every connection names its user
+    if cluster.server_name:
+        config["server_name"] = cluster.server_name  # JetStream's raft groups tell servers apart by it
+    if cluster.name:
+        # Routes carry no client traffic; only NATS's own pods may reach the port (k8s NetworkPolicy).
+        config["cluster"] = {"name": cluster.name, "port": cluster.port, "routes": list(cluster.routes)}
     cert, key, ca = tls
     if cert or key:
         if not (cert and key):
@@ -109,7 +142,16 @@ async def nats_bootstrap(config: Config) -> int:
                 file=sys.stderr,
             )
             return EXIT_INVALID
-        await bus.ensure_topology()
+        try:
+            await bus.ensure_topology()
+        except nats.js.errors.APIError as exc:
+            print(
+                f"flowyard: NATS refused to create the streams: {exc.description} (code {exc.err_code}). "
+                "If it is about storage: each server's JetStream store (nats-config --max-file) must hold the "
+                "bus.*_store_bytes limits plus the streams, and the account that many times bus.replicas",
+                file=sys.stderr,
+            )
+            return EXIT_BROKEN
         if not await bus.topology_present():
             print("flowyard: the streams were not created; see the nats-server log", file=sys.stderr)
             return EXIT_BROKEN
