@@ -32,8 +32,10 @@ def cluster_configs(workdir: Path, cluster_ports: list[int]) -> list[Path]:
     for i, port in enumerate(cluster_ports):
         path = workdir / f"nats-{i}.conf"
         done = subprocess.run(
-            [sys.executable, "-m", "services.cli", "nats-config", "--store-dir", str(workdir / f"js-{i}")]
-            + ["--monitor-port", str(free_port()), "--cluster-port", str(port), "-o", str(path)],
+            [
+                *(sys.executable, "-m", "services.cli", "nats-config", "--store-dir", str(workdir / f"js-{i}")),
+                *("--monitor-port", str(free_port()), "--cluster-port", str(port), "-o", str(path)),
+            ],
             cwd=ROOT,
             env={
                 **os.environ,
