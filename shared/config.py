@@ -165,10 +165,33 @@ class HttpConfig(_Section, kw_only=True):
             raise ValueError("port must be -1 (off), 0 (any free port) or 1-65535")
 
 
+class KubernetesRuntimeConfig(_Section, kw_only=True):
+    """executor.runtime: kubernetes — one Pod per attempt (docs/adr/0012)."""
+
+    # Where agents' Pods (and the Secret holding each one's input) are made.
+    namespace: str = "flowyard-agents"
+    # A kubeconfig file; empty: the executor's own service account (in the cluster), else ~/.kube/config.
+    kubeconfig: str | None = None
+    # Runs the init container that copies a workspace in and the one that reads an `rw` one back:
+    # flowyard's own image, which the cluster already has.
+    helper_image: str = "flowyard/flowyard:0.1.0"
+    image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
+    # A Pod not running within this long of its creation (unschedulable, image not pulled) is
+    # given up as an infrastructure failure, retried per the node's policy.
+    start_timeout: str = "5m"
+
+    def __post_init__(self) -> None:
+        _duration(self.start_timeout, "start_timeout")
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", self.namespace):
+            raise ValueError(f"namespace {self.namespace!r} is not a Kubernetes namespace name (lowercase, digits, -)")
+
+
 class ExecutorConfig(_Section, kw_only=True):
-    # docker: every attempt in a locked-down container. process: the agent's `command` as a child
-    # process of the executor, NOT a sandbox (development and tests only).
-    runtime: Literal["process", "docker"] = "docker"
+    # docker: every attempt in a locked-down container. kubernetes: every attempt a locked-down
+    # Pod. process: the agent's `command` as a child process of the executor, NOT a sandbox
+    # (development and tests only).
+    runtime: Literal["process", "docker", "kubernetes"] = "docker"
+    kubernetes: KubernetesRuntimeConfig = msgspec.field(default_factory=KubernetesRuntimeConfig)
     pool: str = "default"
     concurrency: int = 8
     # On SIGTERM, in-flight attempts get this long to finish before they are handed back.

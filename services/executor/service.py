@@ -29,7 +29,7 @@ from shared.values import ValueMissing, Values
 from . import handlers
 from .breaker import Breaker
 from .logstream import LogStream
-from .runtimes import DockerRuntime, Runtime, make_runtime
+from .runtimes import DockerRuntime, KubernetesRuntime, Runtime, make_runtime
 
 log = structlog.get_logger("flowyard.executor")
 
@@ -48,6 +48,8 @@ class ExecutorService(Service):
             state_dir=cfg.state_dir,
             spool_retention=seconds(cfg.spool_retention),
             concurrency=cfg.concurrency,
+            kubernetes=cfg.kubernetes,
+            workspace_max_bytes=config.bus.workspace_max_bytes,
         )
         self.executor_id = f"{socket.gethostname()}:{os.getpid()}:{cfg.pool}"
         self._dedup_window = seconds(config.bus.duplicate_window)
@@ -77,9 +79,9 @@ class ExecutorService(Service):
         self.records = await self.bus.kv(subjects.RUNS_BUCKET)
         self.values = Values(self.bus, self.config.bus.inline_limit)
         self.workspaces = ws.WorkspaceStore(self.bus, max_bytes=self.config.bus.workspace_max_bytes)
-        if isinstance(self.runtime, DockerRuntime):
+        if isinstance(self.runtime, DockerRuntime | KubernetesRuntime):
             # The stack's identity: when its run stream was created (the same for every replica,
-            # different for every stack sharing a Docker daemon).
+            # different for every stack sharing a Docker daemon or a namespace).
             info = await self.bus.js.stream_info(subjects.RUNS_STREAM)
             created = info.created.isoformat() if info.created else info.config.name or ""
             self.runtime.stack_id = hashlib.sha256(created.encode()).hexdigest()[:16]

@@ -16,21 +16,33 @@ AgentLoader = Callable[[Iterable[str]], Awaitable[dict[str, AgentDoc]]]
 def runtime_problems(
     workflow: WorkflowDoc, agents: Mapping[str, AgentDoc], runtimes: set[str], where: str
 ) -> list[str]:
-    """Agents the stack's executors cannot run: with only Docker executors, an agent needs an image."""
-    if not runtimes or runtimes != {"docker"}:
+    """Agents the stack's executors cannot run: in containers or pods an agent needs an image, and
+    in pods its command too (the executor cannot read an image's ENTRYPOINT there)."""
+    if not runtimes or not runtimes <= {"docker", "kubernetes"}:
         return []  # no executor seen yet, or one that runs commands too: nothing to refuse here
-    imageless = sorted(
-        {n.agent for n in workflow.spec.nodes if n.agent in agents}
-        - {name for name, a in agents.items() if a.spec.image or a.spec.image_input}
-    )
-    if not imageless:
-        return []
-    names = ", ".join(repr(n) for n in imageless)
-    return [
-        f"{where}: agent(s) {names} have no `image`, and this stack's executors run agents in Docker "
-        "containers; give each an image (e.g. `image: flowyard/base:bookworm` for a Python command), "
-        "or run the executors with `--runtime process` (development only: not a sandbox)"
-    ]
+    used = {n.agent for n in workflow.spec.nodes if n.agent in agents}
+    problems = []
+    imageless = sorted(used - {name for name, a in agents.items() if a.spec.image or a.spec.image_input})
+    if imageless:
+        names = ", ".join(repr(n) for n in imageless)
+        how = "Docker containers" if runtimes == {"docker"} else "containers (Kubernetes pods)"
+        problems.append(
+            f"{where}: agent(s) {names} have no `image`, and this stack's executors run agents in {how}; "
+            "give each an image (e.g. `image: flowyard/base:bookworm` for a Python command), "
+            "or run the executors with `--runtime process` (development only: not a sandbox)"
+        )
+    if "kubernetes" in runtimes:
+        commandless = sorted(
+            used - set(imageless) - {name for name, a in agents.items() if a.spec.command or a.spec.command_input}
+        )
+        if commandless:
+            names = ", ".join(repr(n) for n in commandless)
+            problems.append(
+                f"{where}: agent(s) {names} have no `command`, and this stack's executors run agents as "
+                "Kubernetes pods, where an image's ENTRYPOINT cannot be read; set `command:` to what the "
+                "image runs (its ENTRYPOINT and CMD)"
+            )
+    return problems
 
 
 async def plan_run(

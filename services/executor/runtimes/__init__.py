@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from shared.config import KubernetesRuntimeConfig
 from shared.errors import ConfigurationError
 
 from .base import Outcome, Runtime
 from .docker import DockerRuntime
+from .kubernetes import KubernetesRuntime
 from .process import ProcessRuntime
 
-__all__ = ["DockerRuntime", "Outcome", "ProcessRuntime", "Runtime", "make_runtime"]
+__all__ = ["DockerRuntime", "KubernetesRuntime", "Outcome", "ProcessRuntime", "Runtime", "make_runtime"]
 
 
 def make_runtime(
@@ -19,6 +21,8 @@ def make_runtime(
     state_dir: str | None = None,
     spool_retention: float = 900.0,
     concurrency: int = 8,
+    kubernetes: KubernetesRuntimeConfig | None = None,
+    workspace_max_bytes: int = 64 * 1024 * 1024,
 ) -> Runtime:
     if name == "process":
         return ProcessRuntime(
@@ -32,4 +36,12 @@ def make_runtime(
         return DockerRuntime(
             max_output_bytes=max_output_bytes, log_tail_bytes=log_tail_bytes, retention=spool_retention
         )
-    raise ConfigurationError(f"unknown runtime {name!r}; use process or docker")
+    if name == "kubernetes":
+        return KubernetesRuntime(
+            kubernetes or KubernetesRuntimeConfig(),
+            max_output_bytes=max_output_bytes,
+            log_tail_bytes=log_tail_bytes,
+            retention=spool_retention,
+            workspace_max_bytes=workspace_max_bytes,
+        )
+    raise ConfigurationError(f"unknown runtime {name!r}; use process, docker or kubernetes")
