@@ -55,6 +55,11 @@ async def doctor(config: Config) -> int:
     agents += [a for name, a in (await asyncio.to_thread(builtin_agents)).items() if name not in registered]
     if config.executor.runtime == "docker":
         await _docker_checks(config, agents, report)
+    elif config.executor.runtime == "kubernetes":
+        print(
+            f"     (executor.runtime is kubernetes: agents run as pods in namespace "
+            f"{config.executor.kubernetes.namespace}; the cluster pulls their images, not checked here)"
+        )
     else:
         print("     (executor.runtime is process: Docker and agent images are not needed)")
     source = SecretSource(config.executor.secrets_dir)

@@ -123,7 +123,7 @@ def validate(obj: Ctx, files: tuple[Path, ...], inputs: tuple[str, ...]) -> None
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result, for scripts.")
 @click.option(
     "--runtime",
-    type=click.Choice(["process", "docker"]),
+    type=click.Choice(["process", "docker", "kubernetes"]),
     default=None,
     help="Executor runtime for the embedded stack (default: the configured one).",
 )
@@ -477,7 +477,7 @@ def agents_list(as_json: bool) -> None:
     help="Where JetStream keeps its data (default: ~/.local/share/flowyard).",
 )
 @click.option("--nats-port", type=int, default=-1, help="NATS client port (default: a free one).")
-@click.option("--runtime", type=click.Choice(["process", "docker"]), default=None)
+@click.option("--runtime", type=click.Choice(["process", "docker", "kubernetes"]), default=None)
 @click.option("--http-port", type=int, default=None, help="Port for /healthz, /readyz, /metrics.")
 @click.pass_obj
 def up(obj: Ctx, data_dir: Path | None, nats_port: int, runtime: str | None, http_port: int | None) -> None:
@@ -494,7 +494,9 @@ def up(obj: Ctx, data_dir: Path | None, nats_port: int, runtime: str | None, htt
 
 @cli.command()
 @click.argument("service", type=click.Choice(SERVICES))
-@click.option("--runtime", type=click.Choice(["process", "docker"]), default=None, help="Executor runtime.")
+@click.option(
+    "--runtime", type=click.Choice(["process", "docker", "kubernetes"]), default=None, help="Executor runtime."
+)
 @click.option("--pool", default=None, help="Executor pool to take tasks from.")
 @click.option("--http-port", type=int, default=None, help="Port for /healthz, /readyz, /metrics.")
 @click.pass_obj

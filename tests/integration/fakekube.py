@@ -119,7 +119,9 @@ class FakeKube:
                     "kind": "Config",
                     "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
                     "users": [{"name": "executor", "user": {"token": "fake-token"}}],
-                    "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "executor", "namespace": namespace}}],
+                    "contexts": [
+                        {"name": "fake", "context": {"cluster": "fake", "user": "executor", "namespace": namespace}}
+                    ],
                     "current-context": "fake",
                 }
             )
@@ -309,7 +311,14 @@ class FakeKube:
             if c["image"] not in self.images:
                 state = {"waiting": {"reason": "ErrImagePull", "message": f"pull access denied for {c['image']}"}}
                 pod["status"]["containerStatuses"] = [
-                    {"name": c["name"], "image": c["image"], "imageID": "", "ready": False, "restartCount": 0, "state": state}
+                    {
+                        "name": c["name"],
+                        "image": c["image"],
+                        "imageID": "",
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": state,
+                    }
                 ]
                 await self._bump(pod)
                 return
@@ -323,7 +332,9 @@ class FakeKube:
                         await self._bump(pod)
                         return
                 pod["status"]["phase"] = "Running"
-                codes = await asyncio.gather(*(self._container(run, c, "containerStatuses") for c in spec["containers"]))
+                codes = await asyncio.gather(
+                    *(self._container(run, c, "containerStatuses") for c in spec["containers"])
+                )
         except TimeoutError:
             await self._kill(run)
             pod["status"] |= {"phase": "Failed", "reason": "DeadlineExceeded", "message": "Pod was active too long"}
@@ -415,9 +426,7 @@ def _rewriter(mounts: dict[str, str]) -> Any:
     """One pass, longest mount path first, whole path segments only: /workspace never eats /workspace-in."""
     if not mounts:
         return lambda text: text
-    pattern = re.compile(
-        "|".join(re.escape(p) for p in sorted(mounts, key=len, reverse=True)) + r"(?=/|\b|$)(?![-\w])"
-    )
+    pattern = re.compile("|".join(re.escape(p) for p in sorted(mounts, key=len, reverse=True)) + r"(?=/|\b|$)(?![-\w])")
     return lambda text: pattern.sub(lambda m: mounts[m.group(0)], text)
 
 

@@ -11,7 +11,7 @@ import base64
 import io
 import json
 import tarfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -66,6 +66,15 @@ def task(script: str, *, run_id: str = "r1", node: str = "n", attempt: int = 1, 
     )
 
 
+async def until(check: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Wait for something another process does (a file written, a container started)."""
+    for _ in range(int(timeout / 0.05)):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
 ECHO = (
     "import json,sys; d=json.load(sys.stdin); print('working on', d, file=sys.stderr, flush=True); "
     "print(json.dumps({'got': d, 'token': __import__('os').environ.get('TOKEN')}))"
@@ -89,7 +98,9 @@ async def test_an_attempt_is_a_validated_pod_with_its_input_and_secrets_in_a_sec
     assert "s3cret" not in text and '"x": 1' not in text
     agent = pod["spec"]["containers"][0]
     sc = agent["securityContext"]
-    assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"] and sc["capabilities"] == {"drop": ["ALL"]}
+    assert (
+        sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"] and sc["capabilities"] == {"drop": ["ALL"]}
+    )
     assert sc["runAsNonRoot"] and sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["spec"]["automountServiceAccountToken"] is False and pod["spec"]["restartPolicy"] == "Never"
     assert pod["spec"]["activeDeadlineSeconds"] >= 30
@@ -147,27 +158,28 @@ async def test_bad_settings_are_refused_before_anything_is_made(runtime: Kuberne
     assert len(kube.created) == before
 
 
-async def test_a_redelivered_attempt_adopts_the_pod_and_the_agent_runs_once(
-    kube: FakeKube, tmp_path: Path
-) -> None:
+async def test_a_redelivered_attempt_adopts_the_pod_and_the_agent_runs_once(kube: FakeKube, tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     script = (
-        f"import json,sys,time; open({str(marker)!r},'a').write('1\\n'); time.sleep(1.5); "
+        f"import json,sys,time; open({str(marker)!r},'a').write('1\\n'); print('before', file=sys.stderr, flush=True); "
+        "time.sleep(1.5); print('after', file=sys.stderr, flush=True); "
         "print(json.dumps({'ok': True}))"
     )
     t = task(script, run_id="r-adopt")
     first = make(kube, tmp_path)
     first.detach = True  # an executor going away leaves its agents running
     started = asyncio.create_task(first.run(t, stdin=b"{}", env={}, timeout_s=30))
-    while not marker.exists():
-        await asyncio.sleep(0.05)
+    await until(marker.exists)  # the agent is running
     started.cancel()  # the executor dies while the agent runs
     with pytest.raises(asyncio.CancelledError):
         await started
     await first.close()
     second = make(kube, tmp_path)
-    out = await second.run(t, stdin=b"{}", env={}, timeout_s=30)
+    heard: list[bytes] = []
+    out = await second.run(t, stdin=b"{}", env={}, timeout_s=30, on_log=heard.append)
     await second.close()
+    # The adopter streams the agent's stderr from the start: what was written before it came too.
+    assert b"".join(heard) == b"before\nafter\n"
     assert out.exit_code == 0 and json.loads(out.stdout) == {"ok": True}
     assert marker.read_text() == "1\n"
     assert f"pods/{podspec.pod_name(t.key)}" in kube.conflicts
@@ -177,8 +189,7 @@ async def test_cancelling_an_attempt_removes_its_pod(runtime: KubernetesRuntime,
     t = task("import time; time.sleep(60)", run_id="r-cancel")
     started = asyncio.create_task(runtime.run(t, stdin=b"{}", env={}, timeout_s=60))
     name = podspec.pod_name(t.key)
-    while (NS, name) not in kube.running or not kube.running[(NS, name)].procs:
-        await asyncio.sleep(0.05)
+    await until(lambda: (NS, name) in kube.running and bool(kube.running[(NS, name)].procs))
     started.cancel()
     with pytest.raises(asyncio.CancelledError):
         await started
@@ -207,7 +218,9 @@ async def test_a_workspace_is_copied_in_and_an_rw_one_read_back(runtime: Kuberne
     )
     given = _packed({"notes.txt": b"hello"})
     copy = WorkspaceCopy(data=given, writable=True, max_bytes=1024 * 1024)
-    out = await runtime.run(task(script, run_id="r-ws", workspace="rw"), stdin=b"{}", env={}, timeout_s=30, workspace=copy)
+    out = await runtime.run(
+        task(script, run_id="r-ws", workspace="rw"), stdin=b"{}", env={}, timeout_s=30, workspace=copy
+    )
     assert out.exit_code == 0, out
     assert json.loads(out.stdout) == {"read": "hello"}
     assert out.workspace is not None and _files(out.workspace) == {"notes.txt": b"hello", "result.txt": b"HELLO"}
@@ -235,3 +248,76 @@ async def test_resources_and_network_come_from_the_agent(runtime: KubernetesRunt
     pod = kube.objects["pods"][(NS, podspec.pod_name(t.key))]
     assert pod["spec"]["containers"][0]["resources"]["limits"] == {"memory": str(256 * 1024 * 1024), "cpu": "500m"}
     assert pod["metadata"]["labels"]["flowyard.io/network"] == "egress"
+
+
+# --- the whole stack, the executor on the kubernetes runtime ------------------------------------
+
+STEP = (
+    "apiVersion: flowyard/v1\nkind: Agent\nmetadata: {name: k-step}\nspec:\n"
+    f"  image: {IMAGE}\n"
+    '  command: [python3, -c, "import json, sys, time; d = json.load(sys.stdin); '
+    "open(d['dir'] + '/' + d['name'], 'a').write('1\\\\n'); print('step', d['name'], 'working', file=sys.stderr, flush=True); "
+    "time.sleep(1.0); print(json.dumps({'n': d['n'] + 1}))\"]\n"
+    "---\napiVersion: flowyard/v1\nkind: Agent\nmetadata: {name: k-nocommand}\nspec:\n"
+    f"  image: {IMAGE}\n"
+    "---\napiVersion: flowyard/v1\nkind: Workflow\nmetadata: {name: k-chain}\nspec:\n"
+    "  inputs: {dir: {type: string}}\n"
+    "  nodes:\n"
+    '    - {id: s1, agent: k-step, with: {n: 0, name: s1, dir: "{{ inputs.dir }}"}}\n'
+    '    - {id: s2, agent: k-step, needs: [s1], with: {n: "{{ nodes.s1.output.n }}", name: s2, dir: "{{ inputs.dir }}"}}\n'
+    '    - {id: s3, agent: k-step, needs: [s2], with: {n: "{{ nodes.s2.output.n }}", name: s3, dir: "{{ inputs.dir }}"}}\n'
+    '  outputs: {n: "{{ nodes.s3.output.n }}"}\n'
+    "---\napiVersion: flowyard/v1\nkind: Workflow\nmetadata: {name: k-nocommand}\nspec:\n"
+    "  nodes:\n    - {id: x, agent: k-nocommand}\n"
+)
+
+
+def test_the_stack_runs_agents_as_pods_and_an_executor_killed_mid_run_adopts_them(
+    kube: FakeKube, nats_binary: str, tmp_path: Path
+) -> None:
+    import signal
+    import time
+
+    from shared.natsserver import NatsServer
+
+    from .stack import Stack
+
+    doc = tmp_path / "k.yaml"
+    doc.write_text(STEP)
+    config = tmp_path / "flowyard.yaml"
+    config.write_text(
+        "executor:\n  runtime: kubernetes\n  kubernetes:\n"
+        f"    namespace: {NS}\n    kubeconfig: {kube.kubeconfig(tmp_path / 'kubeconfig')}\n"
+    )
+    server = NatsServer(tmp_path / "nats").start()
+    stack = Stack(server, tmp_path, FLOWYARD_CONFIG=str(config), FLOWYARD_EXECUTOR_RUNTIME="kubernetes")
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    try:
+        stack.start_all()
+        run = stack.cli_background("run", str(doc), "--workflow", "k-chain", "-i", f"dir={markers}", "--json")
+        # The executor dies while the second step's agent runs, and comes back a moment later.
+        deadline = time.monotonic() + 60
+        while not (markers / "s2").exists():
+            assert time.monotonic() < deadline, "s2 never started"
+            time.sleep(0.05)
+        stack.kill("executor", signal.SIGKILL)
+        time.sleep(0.5)
+        stack.start("executor")
+        out, err = run.communicate(timeout=120)
+        assert run.returncode == 0, err
+        result = json.loads(out)
+        assert result["outputs"] == {"n": 3}
+        for step in ("s1", "s2", "s3"):
+            assert (markers / step).read_text() == "1\n", f"{step} ran more than once"
+        assert all(n["attempts"] == 1 for n in result["nodes"].values()), result["nodes"]
+        assert not kube.invalid
+        # The agents' stderr reached `flowyard logs`.
+        logs = stack.cli("logs", result["run_id"])
+        assert logs.returncode == 0 and "step s2 working" in logs.stdout, logs.stdout + logs.stderr
+        # An agent without `command` is refused before the run starts, naming the fix.
+        refused = stack.cli("run", str(doc), "--workflow", "k-nocommand")
+        assert refused.returncode == 2 and "k-nocommand" in refused.stderr and "command" in refused.stderr
+    finally:
+        stack.stop_all()
+        server.stop()

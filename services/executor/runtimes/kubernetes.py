@@ -284,12 +284,18 @@ class KubernetesRuntime(Runtime):
 
     async def _follow(self, name: str, mark: str, on_log: LogSink) -> None:
         """The agent's stderr as it writes it, up to the mark (what follows is its stdout)."""
-        needle = mark
+        held = ""  # a blank line is the wrapper's when the mark follows it: held back until we know
         with contextlib.suppress(Exception):
             async for line in self.client.log(name, namespace=self.cfg.namespace, container=podspec.AGENT, follow=True):
-                if line.rstrip("\n") == needle:
+                if line.rstrip("\n") == mark:
                     return
-                on_log(line.encode())
+                if held:
+                    on_log(held.encode())
+                    held = ""
+                if line == "\n":
+                    held = line
+                else:
+                    on_log(line.encode())
 
     async def _log(self, name: str, container: str) -> bytes:
         """The container's whole log, byte for byte. lightkube's ``log`` gives decoded lines with a
