@@ -349,3 +349,24 @@ def test_memory_limits(tmp_path: Path, memory: str, problem: str | None) -> None
         load_and_check(path)
     else:
         assert any(problem in p for p in problems(path)), problems(path)
+
+
+def test_runtime_problems_name_what_each_runtime_needs(tmp_path: Path) -> None:
+    from services.planner.planning import runtime_problems
+
+    body = AGENTS + (
+        "apiVersion: flowyard/v1\nkind: Agent\nmetadata: {name: boxed}\nspec:\n  image: x/boxed:1\n---\n"
+        + workflow("- {id: a, agent: echo}\n- {id: b, agent: boxed}\n")
+    )
+    path = tmp_path / "wf.yaml"
+    path.write_text(body)
+    bundle = load_file(path)
+    wf = bundle.workflow(None)
+    agents = bundle.agents
+    assert runtime_problems(wf, agents, {"process"}, "wf.yaml") == []
+    assert runtime_problems(wf, agents, {"docker", "process"}, "wf.yaml") == []
+    (docker,) = runtime_problems(wf, agents, {"docker"}, "wf.yaml")
+    assert "'echo' have no `image`" in docker and "'boxed'" not in docker
+    imageless, commandless = runtime_problems(wf, agents, {"kubernetes"}, "wf.yaml")
+    assert "'echo'" in imageless and "Kubernetes pods" in imageless
+    assert "'boxed' have no `command`" in commandless and "ENTRYPOINT" in commandless
