@@ -24,7 +24,7 @@ from .agentbuild import _image, build_agents, ensure_base
 from .output import EXIT_BROKEN, EXIT_INVALID, EXIT_OK
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCKERFILE = ROOT / "deploy" / "image" / "Dockerfile"
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 
 
 def default_tag() -> str:
