@@ -236,6 +236,23 @@ class RejectBody(Body, kw_only=True):
     reason: str  # required: shown in the run's error
 
 
+class SessionStart(Body, kw_only=True):
+    token: str  # an API token; exchanged once for a session cookie, never kept by the page
+
+
+class SessionView(View, kw_only=True):
+    user: str
+    roles: list[str]
+    # Send it back as X-CSRF-Token on every POST and DELETE made with the session cookie.
+    # Empty when the request came with a bearer token (no cookie, nothing to forge).
+    csrf_token: str
+    expires_at: str  # RFC 3339; empty for a bearer token
+
+
+class SessionEnded(View, kw_only=True):
+    ended: bool  # false: the request had no session (a bearer token)
+
+
 # --- other responses ------------------------------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ from shared import subjects
 from shared.bus import Bus
 from shared.envelope import MSG_ID, now_rfc3339
 
-Action = Literal["apply", "delete", "start", "cancel", "retry", "approve", "reject"]
+Action = Literal["apply", "delete", "start", "cancel", "retry", "approve", "reject", "sign_in", "sign_out"]
 ACTIONS: tuple[str, ...] = Action.__args__  # type: ignore[attr-defined]
 
 

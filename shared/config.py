@@ -341,6 +341,8 @@ class GatewayConfig(_Section, kw_only=True):
     secrets_dir: str | None = None
     # Where the admin token made when no users are configured is kept (default: the data dir).
     data_dir: str | None = None
+    # How long a web UI sign-in lasts (the session store keeps none longer than 24h).
+    session_ttl: str = "12h"
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -350,6 +352,8 @@ class GatewayConfig(_Section, kw_only=True):
         for name in self.users:
             if not USER_RE.match(name):
                 raise ValueError(f"user name {name!r}: use letters, digits, '.', '-', '_' and '@' only")
+        if not 60 <= _duration(self.session_ttl, "session_ttl") <= 24 * 3600:
+            raise ValueError(f"session_ttl: {self.session_ttl!r} must be between 1m and 24h")
         for origin in self.cors_origins:
             if origin != "*" and not origin.startswith(("http://", "https://")):
                 raise ValueError(f"cors_origins: {origin!r} must be an origin like https://ops.example.com")

@@ -213,6 +213,7 @@ def grants(user: str, *, pools: tuple[str, ...] = ("default",)) -> Grants:
         if user == "gateway":
             g.event(s.ALERTMANAGER)
             g.kv(s.IDEMPOTENCY_BUCKET, write=True)
+            g.kv(s.SESSIONS_BUCKET, write=True)
         return g
     if user == "admin":
         return Grants(publish={">"}, subscribe={">"}, responses=True)

@@ -24,6 +24,9 @@ from shared.api import (
     Problem,
     RejectBody,
     RunView,
+    SessionEnded,
+    SessionStart,
+    SessionView,
     StartRun,
 )
 from shared.audit import AuditEntry
@@ -278,6 +281,34 @@ OPERATIONS: tuple[Operation, ...] = (
         "viewer",
         response=list[TriggerView],
     ),
+    Operation(
+        "create_session",
+        "POST",
+        "/v1/session",
+        "Sign in (the web UI): exchange an API token for a session cookie and a CSRF token",
+        None,
+        ok=201,
+        response=SessionView,
+        body=SessionStart,
+        errors=(400, 401, 413, 415, 422, 429, 503),
+    ),
+    Operation(
+        "get_session",
+        "GET",
+        "/v1/session",
+        "Who is signed in, and the session's CSRF token",
+        "viewer",
+        response=SessionView,
+    ),
+    Operation(
+        "delete_session",
+        "DELETE",
+        "/v1/session",
+        "Sign out: end the session on the server and clear its cookie",
+        "viewer",
+        response=SessionEnded,
+        mutating=True,
+    ),
     Operation("list_agents", "GET", "/v1/agents", "Built-in and registered agents", "viewer", response=list[AgentView]),
     Operation(
         "audit",
@@ -390,13 +421,18 @@ def document(version: str = "0.1.0") -> dict[str, Any]:
             "title": "flowyard gateway",
             "version": version,
             "description": "The REST API of flowyard. Errors are application/problem+json (RFC 9457). "
-            "Every /v1 request needs `Authorization: Bearer TOKEN`.",
+            "Every /v1 request needs `Authorization: Bearer TOKEN`, or the session cookie that "
+            "`POST /v1/session` sets (the web UI); with the cookie, every POST and DELETE also needs "
+            "the session's `X-CSRF-Token` header.",
         },
         "servers": [{"url": "/"}],
-        "security": [{"bearer": []}],
+        "security": [{"bearer": []}, {"session": []}],
         "paths": paths,
         "components": {
             "schemas": components,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "fy_session"},
+            },
         },
     }

@@ -41,6 +41,7 @@ IDEMPOTENCY_BUCKET = "fy_idempotency"
 EXECUTORS_BUCKET = "fy_executors"
 # Redelivered messages being handled, by consumer and stream sequence: how often a handler died
 # with the message in hand (the poison ceiling, bus.poison_deliveries).
+SESSIONS_BUCKET = "fy_sessions"  # web UI sessions: SHA-256 of the id -> user, CSRF token, expiry
 INFLIGHT_BUCKET = "fy_inflight"  # Idempotency-Key of POST /v1/runs -> the run it started (24 h)
 
 RUNS_SUBJECTS = "fy.run.>"

@@ -119,6 +119,9 @@ async def ensure(bus: Bus) -> None:
     await _ensure_kv(
         bus, subjects.INFLIGHT_BUCKET, "Redelivered messages in hand, for the poison ceiling", history=1, ttl=86400
     )
+    await _ensure_kv(
+        bus, subjects.SESSIONS_BUCKET, "Web UI sessions, by the SHA-256 of their id", history=1, ttl=24 * 3600
+    )
     await _ensure_kv(bus, subjects.EXECUTORS_BUCKET, "Live executors: pool and runtime", history=1, ttl=30)
     await _ensure_kv(bus, subjects.TRIGGER_STATE_BUCKET, "Schedules, storm windows, trigger counts", history=1)
     await _ensure_kv(

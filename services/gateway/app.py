@@ -6,7 +6,7 @@ from aiohttp import web
 
 from shared.errors import ConfigurationError
 
-from . import alerts, approvals, catalog, runs, streams, workflows
+from . import alerts, approvals, catalog, runs, signin, streams, workflows
 from .context import GATEWAY, Gateway
 from .http import Handler, on_prepare, pipeline
 
@@ -31,6 +31,9 @@ HANDLERS: dict[str, Handler] = {
     "reject": approvals.reject,
     "alertmanager_webhook": alerts.alertmanager,
     "list_triggers": alerts.triggers,
+    "create_session": signin.create_session,
+    "get_session": signin.get_session,
+    "delete_session": signin.delete_session,
     "list_agents": catalog.list_agents,
     "audit": catalog.audit_log,
 }

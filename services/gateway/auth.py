@@ -55,6 +55,10 @@ class Users:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def named(self, name: str) -> User | None:
+        """The user a session was made for, if it is still configured."""
+        return next((user for user, _ in self._entries if user.name == name), None)
+
     def authenticate(self, token: str) -> User | None:
         given = _digest(token)
         found: User | None = None

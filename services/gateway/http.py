@@ -22,6 +22,7 @@ from shared import metrics
 from shared.bus import is_outage
 from shared.errors import ConfigurationError, MalformedDocument, ValidationFailed
 
+from . import sessions
 from .auth import User, bearer
 from .context import GATEWAY, Gateway
 from .problems import HttpProblem, problem_response
@@ -40,6 +41,7 @@ ACTIONS = {
     "retry_run": "retry",
     "approve": "approve",
     "reject": "reject",
+    "delete_session": "sign_out",
 }
 _encode = msgspec.json.Encoder().encode
 _UNAUTHENTICATED = {"WWW-Authenticate": 'Bearer realm="flowyard"'}
@@ -71,7 +73,7 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
         if op is not None and op.role is None:
             _limit(gw, f"addr:{request.remote}")
         else:
-            user = _authenticate(gw, request)
+            user = await _authenticate(gw, request)
             request["user"] = user
             if request.match_info.http_exception is not None:
                 raise _routing_problem(request.match_info.http_exception, request)
@@ -139,8 +141,12 @@ async def _audit(gw: Gateway, request: web.Request, operation: str, response: we
     )
 
 
-def _authenticate(gw: Gateway, request: web.Request) -> User:
-    token = bearer(request.headers.get("Authorization"))
+async def _authenticate(gw: Gateway, request: web.Request) -> User:
+    header = request.headers.get("Authorization")
+    session_id = request.cookies.get(sessions.COOKIE)
+    if header is None and session_id:
+        return await _from_session(gw, request, session_id)
+    token = bearer(header)
     user = gw.users.authenticate(token) if token else None
     if user is None:
         # Unauthenticated requests spend their address's budget: guessing tokens is rate limited.
@@ -152,6 +158,24 @@ def _authenticate(gw: Gateway, request: web.Request) -> User:
             "the token is not valid; check it, or ask an admin for one",
             headers={"WWW-Authenticate": 'Bearer realm="flowyard", error="invalid_token"'},
         )
+    _limit(gw, f"user:{user.name}")
+    return user
+
+
+async def _from_session(gw: Gateway, request: web.Request, session_id: str) -> User:
+    """The web UI's cookie: a live session of a user still configured; a change also needs its CSRF token."""
+    session = await sessions.find(gw.bus, session_id)
+    user = gw.users.named(session.user) if session is not None else None
+    if session is None or user is None:
+        _limit(gw, f"addr:{request.remote}")
+        raise HttpProblem(401, "the session has ended or is not valid; sign in again", headers=_UNAUTHENTICATED)
+    if request.method not in sessions.SAFE_METHODS and not sessions.csrf_ok(session, request):
+        raise HttpProblem(
+            403,
+            "a change made with the session cookie needs the session's CSRF token: send the X-CSRF-Token "
+            "header that sign-in (POST /v1/session) returned",
+        )
+    request["session"] = (session_id, session)
     _limit(gw, f"user:{user.name}")
     return user
 

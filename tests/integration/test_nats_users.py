@@ -166,6 +166,17 @@ def run_all(us: UserStack, sink: Sink, workdir: Path) -> None:
         time.sleep(0.1)
     assert view["status"] == "succeeded" and view["outputs"] == EXPECTED["chaos-diamond"][0]
     assert http(us.url, "GET", "/v1/runs")
+    # A browser session: the gateway's user keeps it in fy_sessions.
+    signin = urllib.request.Request(
+        us.url + "/v1/session",
+        data=json.dumps({"token": TOKEN}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(signin, timeout=30) as response:
+        cookie = response.headers["Set-Cookie"].split(";")[0]
+    with urllib.request.urlopen(urllib.request.Request(us.url + "/v1/runs", headers={"Cookie": cookie})) as r:
+        assert json.loads(r.read())
 
 
 def http(base: str, method: str, path: str, body: bytes | None = None) -> Any:

@@ -25,14 +25,25 @@ def test_every_operation_has_a_handler_and_every_handler_an_operation() -> None:
     assert {op.operation_id for op in OPERATIONS} == set(HANDLERS)
 
 
-def test_only_health_and_the_document_are_public() -> None:
-    public = {op.path for op in OPERATIONS if op.role is None}
-    assert public == {"/healthz", "/readyz", "/openapi.json"}
+def test_only_health_the_document_and_sign_in_are_public() -> None:
+    public = {(op.method, op.path) for op in OPERATIONS if op.role is None}
+    assert public == {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/openapi.json"), ("POST", "/v1/session")}
     for op in OPERATIONS:
         if op.operation_id == "alertmanager_webhook":
             assert op.role == "alerts" and not op.mutating  # deliveries are not people's actions
+        elif op.operation_id == "create_session":
+            assert not op.mutating  # the token in the body is the credential; sign-in is audited by its handler
+        elif op.operation_id == "delete_session":
+            assert op.mutating and op.role == "viewer"  # anyone signed in may sign out (audited, CSRF-checked)
         elif op.method in ("POST", "DELETE"):
             assert op.mutating and op.role in ("operator", "approver"), op.operation_id
+
+
+def test_the_document_names_both_ways_in() -> None:
+    doc = document()
+    assert doc["security"] == [{"bearer": []}, {"session": []}]
+    assert doc["components"]["securitySchemes"]["session"] == {"type": "apiKey", "in": "cookie", "name": "fy_session"}
+    assert "X-CSRF-Token" in doc["info"]["description"]
 
 
 def test_every_protected_operation_documents_auth_errors() -> None:
