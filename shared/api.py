@@ -12,7 +12,15 @@ from typing import Any, Literal
 
 import msgspec
 
-from shared.contract import ApprovalRecord, Decision, NodeRecord, RunFinished, RunRecord, RunRequested
+from shared.contract import (
+    ApprovalRecord,
+    Decision,
+    NodeRecord,
+    PlannedNode,
+    RunFinished,
+    RunRecord,
+    RunRequested,
+)
 from shared.telemetry import run_trace_id, trace_link
 
 # While a run goes on: pending (asked for, not started or queued under `concurrency`), running,
@@ -26,6 +34,11 @@ class View(msgspec.Struct, kw_only=True):
 
 class NodeView(View, kw_only=True):
     status: str = "pending"
+    # The graph, from the run's plan: the agent the node runs, the nodes it waits for, and
+    # whether it fans out (then ``items`` holds one view per item once the list is known).
+    agent: str | None = None
+    needs: list[str] = []
+    foreach: bool = False
     attempts: int = 0
     output: Any = None
     error: str | None = None
@@ -79,9 +92,12 @@ def run_status(record: RunRecord) -> ViewStatus:
     return "running"
 
 
-def _node_view(n: NodeRecord) -> NodeView:
+def _node_view(n: NodeRecord, planned: PlannedNode | None = None) -> NodeView:
     return NodeView(
         status=n.status,
+        agent=planned.agent.name if planned else None,
+        needs=list(planned.needs) if planned else [],
+        foreach=planned is not None and planned.foreach is not None,
         attempts=n.attempts,
         output=n.output,
         error=n.error,
@@ -97,6 +113,7 @@ def _node_view(n: NodeRecord) -> NodeView:
 
 def run_view(record: RunRecord, request: RunRequested | None = None) -> RunView:
     """The run as its record says; ``request`` fills in what the record does not keep."""
+    planned = {p.id: p for p in record.plan.nodes} if record.plan else {}
     return RunView(
         run_id=record.run_id,
         workflow=record.workflow,
@@ -105,7 +122,7 @@ def run_view(record: RunRecord, request: RunRequested | None = None) -> RunView:
         outputs=record.outputs,
         error=record.error,
         errors=record.rejected,
-        nodes={nid: _node_view(n) for nid, n in record.nodes.items()},
+        nodes={nid: _node_view(n, planned.get(nid)) for nid, n in record.nodes.items()},
         requested_by=record.requested_by or (request.requested_by if request else ""),
         trigger=record.trigger or (request.trigger if request else {}),
         created_at=(
@@ -127,13 +144,22 @@ def pending_view(request: RunRequested) -> RunView:
     """A run asked for whose record does not exist yet (the planner has not planned it)."""
     spec = request.definition.get("spec") if isinstance(request.definition, dict) else None
     nodes = spec.get("nodes") if isinstance(spec, dict) else None
-    ids = [n["id"] for n in nodes or [] if isinstance(n, dict) and isinstance(n.get("id"), str)]
+    declared = [n for n in nodes or [] if isinstance(n, dict) and isinstance(n.get("id"), str)]
     return RunView(
         run_id=request.run_id,
         workflow=request.workflow,
         workflow_version=request.workflow_version,
         status="pending",
-        nodes={nid: NodeView() for nid in ids},
+        nodes={
+            n["id"]: NodeView(
+                agent=n.get("agent") if isinstance(n.get("agent"), str) else None,
+                needs=[x for x in n.get("needs") or [] if isinstance(x, str)]
+                if isinstance(n.get("needs"), list)
+                else [],
+                foreach=n.get("foreach") is not None,
+            )
+            for n in declared
+        },
         requested_by=request.requested_by,
         trigger=request.trigger,
         created_at=request.requested_at,

@@ -69,3 +69,25 @@ def test_run_status_while_it_goes() -> None:
     )
     assert run_status(both) == "running"
     assert run_status(RunRecord(run_id="r1", workflow="w", status="failed")) == "failed"
+
+
+def test_a_run_view_carries_the_graph_for_drawing_it() -> None:
+    from shared.api import pending_view, run_view
+    from shared.contract import AgentSnapshot, NodeRecord, Plan, PlannedNode, RunRecord, RunRequested
+
+    plan = Plan(
+        nodes=[
+            PlannedNode(id="fetch", agent=AgentSnapshot(name="fetcher")),
+            PlannedNode(id="check", agent=AgentSnapshot(name="checker"), needs=["fetch"], foreach="{{ x }}"),
+        ]
+    )
+    record = RunRecord(run_id="r1", workflow="w", plan=plan, nodes={"fetch": NodeRecord(), "check": NodeRecord()})
+    nodes = run_view(record).nodes
+    assert (nodes["fetch"].agent, nodes["fetch"].needs, nodes["fetch"].foreach) == ("fetcher", [], False)
+    assert (nodes["check"].agent, nodes["check"].needs, nodes["check"].foreach) == ("checker", ["fetch"], True)
+    definition = {
+        "spec": {"nodes": [{"id": "a", "agent": "x"}, {"id": "b", "agent": "y", "needs": ["a"], "foreach": [1]}]}
+    }
+    request = RunRequested(run_id="r2", workflow="w", definition=definition)
+    pending = pending_view(request).nodes
+    assert pending["b"].needs == ["a"] and pending["b"].foreach and pending["a"].agent == "x"
