@@ -31,7 +31,7 @@ os.environ["FLOWYARD_EXECUTOR_RUNTIME"] = "process"
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         parts = Path(str(item.fspath)).relative_to(ROOT / "tests").parts
-        if parts and parts[0] in ("unit", "integration", "e2e", "chaos"):
+        if parts and parts[0] in ("unit", "integration", "e2e", "chaos", "browser"):
             item.add_marker(getattr(pytest.mark, parts[0]))
 
 

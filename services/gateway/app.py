@@ -6,7 +6,7 @@ from aiohttp import web
 
 from shared.errors import ConfigurationError
 
-from . import alerts, approvals, catalog, runs, signin, streams, workflows
+from . import alerts, approvals, catalog, runs, signin, streams, ui, workflows
 from .context import GATEWAY, Gateway
 from .http import Handler, on_prepare, pipeline
 
@@ -48,5 +48,6 @@ def build_app(gw: Gateway) -> web.Application:
         raise ConfigurationError(f"gateway: no handler for operations {', '.join(missing)}")
     for op in gw.operations.values():
         app.router.add_route(op.method, op.path, HANDLERS[op.operation_id], name=op.operation_id)
+    ui.add_routes(app)
     app.on_response_prepare.append(on_prepare)
     return app

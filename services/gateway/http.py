@@ -22,7 +22,7 @@ from shared import metrics
 from shared.bus import is_outage
 from shared.errors import ConfigurationError, MalformedDocument, ValidationFailed
 
-from . import sessions
+from . import sessions, ui
 from .auth import User, bearer
 from .context import GATEWAY, Gateway
 from .problems import HttpProblem, problem_response
@@ -70,7 +70,7 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
     try:
         if request.method == "OPTIONS" and _allowed_origin(gw, request):
             return _preflight(request)
-        if op is not None and op.role is None:
+        if (op is not None and op.role is None) or ui.is_ui(request):
             _limit(gw, f"addr:{request.remote}")
         else:
             user = await _authenticate(gw, request)
@@ -109,7 +109,7 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
     if op is not None and op.operation_id in ACTIONS and "user" in request:
         await _audit(gw, request, op.operation_id, response)
     # The operation id, not the path: bounded labels (a 404 on a made-up path is "unmatched").
-    operation = op.operation_id if op is not None else "unmatched"
+    operation = op.operation_id if op is not None else "ui" if ui.is_ui(request) else "unmatched"
     metrics.HTTP_REQUESTS.labels(operation, str(response.status)).inc()
     metrics.HTTP_SECONDS.labels(operation).observe(time.monotonic() - started)
     log.debug(
@@ -222,6 +222,8 @@ def _preflight(request: web.Request) -> web.Response:
 async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
     """Headers on every response, streams included."""
     response.headers["X-Request-Id"] = request.get("request_id", "")
+    for name, value in ui.SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Cache-Control"] = "no-store"
     origin = _allowed_origin(request.app[GATEWAY], request)

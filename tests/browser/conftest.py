@@ -1,0 +1,74 @@
+"""The web UI in a real browser: Debian's chromium driven by Playwright, against the gateway and
+the services as separate processes on a real nats-server (tests/integration's stack)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.natsserver import NatsServer
+from tests.integration.gateway import TOKENS, gateway_config, start_gateway
+from tests.integration.stack import Stack
+
+CHROMIUM = "/usr/bin/chromium"
+WORKFLOWS = Path(__file__).parent / "workflows" / "ui.yaml"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def _missing(what: str) -> None:
+    if os.environ.get("FLOWYARD_REQUIRE_SERVERS"):
+        pytest.fail(f"{what} is needed for the browser tests; .ci/run installs it")
+    pytest.skip(f"{what} is not installed")
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    if not Path(CHROMIUM).exists():
+        _missing("chromium (Debian's package)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _missing("playwright (the dev extra)")
+        raise
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-background-networking"]
+        )
+        yield b
+        b.close()
+
+
+def api(
+    base: str, method: str, path: str, user: str, body: bytes | None = None, ctype: str = "application/json"
+) -> object:
+    request = urllib.request.Request(
+        base + path,
+        data=body,
+        method=method,
+        headers={"Authorization": f"Bearer {TOKENS[user]}", "Content-Type": ctype},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="session")
+def gateway(nats_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    workdir = tmp_path_factory.mktemp("ui")
+    server = NatsServer(workdir / "nats").start()
+    stack = Stack(server, workdir, **gateway_config(workdir))
+    try:
+        for name in ("planner", "scheduler", "executor", "approver"):
+            stack.start(name)
+        base = start_gateway(stack)
+        api(base, "POST", "/v1/workflows", "olga", WORKFLOWS.read_bytes(), "application/yaml")
+        yield base
+    finally:
+        stack.stop_all()
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,122 @@
+import { useEffect, useState } from "preact/hooks";
+import { api, ApiError, may, type ApprovalView, type Session } from "../api";
+import { ago, json, span, useEvents } from "../live";
+
+function Countdown(props: { until: string }) {
+  const [now, setNow] = useState(Date.now());
+  useEffect(() => {
+    const t = window.setInterval(() => setNow(Date.now()), 1000);
+    return () => window.clearInterval(t);
+  }, []);
+  const left = (Date.parse(props.until) - now) / 1000;
+  return <span class={left < 300 ? "urgent" : ""}>{left > 0 ? `expires in ${span(left)}` : "expired"}</span>;
+}
+
+function Card(props: { a: ApprovalView; session: Session; onDone: () => void }) {
+  const { a } = props;
+  const [comment, setComment] = useState("");
+  const [reason, setReason] = useState("");
+  const [refusal, setRefusal] = useState("");
+  const [busy, setBusy] = useState(false);
+  const decide = (what: "approve" | "reject") => {
+    if (what === "reject" && !reason.trim()) {
+      setRefusal("A rejection needs a reason: say why, for the run's record.");
+      return;
+    }
+    setBusy(true);
+    const body = what === "approve" ? (comment ? { comment } : {}) : { reason };
+    api<{ ok: boolean; message: string }>("POST", `/v1/approvals/${encodeURIComponent(a.id)}/${what}`, body)
+      .then((r) => {
+        if (!r.ok) setRefusal(r.message);
+        props.onDone();
+      })
+      .catch((e: ApiError) => setRefusal(e.detail))
+      .finally(() => setBusy(false));
+  };
+  const approver = may(props.session, "approver");
+  const who = a.approvers.length ? a.approvers.join(", ") : "anyone but the requester";
+  return (
+    <article class="card" data-approval={a.id} aria-label={`approval for ${a.workflow} / ${a.node}`}>
+      <h2>
+        {a.workflow} / {a.node} <span class={`badge s-${a.status}`}>{a.status}</span>
+      </h2>
+      <p>
+        Agent <b>{a.agent}</b> in run <a href={`#/runs/${encodeURIComponent(a.run_id)}`}>{a.run_id}</a>, asked by{" "}
+        {a.requested_by || "—"} {ago(a.requested_at)}
+        {a.status === "pending" && (
+          <>
+            {" "}· <Countdown until={a.expires_at} />
+          </>
+        )}
+      </p>
+      {a.reason && <p>Why it needs approval: {a.reason}</p>}
+      <p>
+        For: {who} · approved {a.approvals.length} of {a.min_approvals}
+        {a.approvals.length > 0 && ` (${a.approvals.map((d) => d.user).join(", ")})`}
+      </p>
+      {a.summary && <p class="muted">{a.summary}</p>}
+      <details open={a.status === "pending"}>
+        <summary>Inputs (secrets masked)</summary>
+        <pre tabIndex={0}>{json(a.inputs)}</pre>
+      </details>
+      {a.rejection && (
+        <p>
+          Rejected by {a.rejection.user}: {a.rejection.comment}
+        </p>
+      )}
+      {refusal && <p class="error" role="alert">{refusal}</p>}
+      {a.status === "pending" && approver && (
+        <div class="decide">
+          <label>
+            Comment (optional)
+            <input value={comment} onInput={(e) => setComment((e.target as HTMLInputElement).value)} />
+          </label>
+          <button type="button" disabled={busy} onClick={() => decide("approve")}>
+            Approve
+          </button>
+          <label>
+            Reason (required to reject)
+            <input value={reason} onInput={(e) => setReason((e.target as HTMLInputElement).value)} />
+          </label>
+          <button type="button" class="danger" disabled={busy} onClick={() => decide("reject")}>
+            Reject
+          </button>
+        </div>
+      )}
+    </article>
+  );
+}
+
+export function Approvals(props: { session: Session }) {
+  const [items, setItems] = useState<ApprovalView[] | null>(null);
+  const [error, setError] = useState("");
+  const [all, setAll] = useState(false);
+  const load = () =>
+    api<ApprovalView[]>("GET", all ? "/v1/approvals" : "/v1/approvals?status=pending")
+      .then((r) => {
+        setItems(r);
+        setError("");
+      })
+      .catch((e: ApiError) => setError(e.detail));
+  useEffect(() => {
+    load();
+  }, [all]);
+  useEvents("/v1/events", load);
+  return (
+    <section>
+      <h1>Approvals</h1>
+      <label class="filters">
+        <input type="checkbox" checked={all} onChange={(e) => setAll((e.target as HTMLInputElement).checked)} /> show decided ones
+        too
+      </label>
+      {error && <p class="error" role="alert">{error}</p>}
+      {items === null ? (
+        <p>Loading…</p>
+      ) : items.length === 0 ? (
+        <p>Nothing is waiting for a decision.</p>
+      ) : (
+        items.map((a) => <Card key={a.id} a={a} session={props.session} onDone={load} />)
+      )}
+    </section>
+  );
+}
