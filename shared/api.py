@@ -21,6 +21,7 @@ from shared.contract import (
     RunRecord,
     RunRequested,
 )
+from shared.masking import mask_secrets
 from shared.telemetry import run_trace_id, trace_link
 
 # While a run goes on: pending (asked for, not started or queued under `concurrency`), running,
@@ -40,6 +41,7 @@ class NodeView(View, kw_only=True):
     needs: list[str] = []
     foreach: bool = False
     attempts: int = 0
+    input: Any = None  # what the step's agent was given, values under secret-looking keys masked
     output: Any = None
     error: str | None = None
     errors: list[str] = []  # one line per failed attempt, oldest first
@@ -99,6 +101,7 @@ def _node_view(n: NodeRecord, planned: PlannedNode | None = None) -> NodeView:
         needs=list(planned.needs) if planned else [],
         foreach=planned is not None and planned.foreach is not None,
         attempts=n.attempts,
+        input=mask_secrets(n.input),
         output=n.output,
         error=n.error,
         errors=n.errors,

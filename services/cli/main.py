@@ -32,7 +32,11 @@ def _run(coro: Coroutine[Any, Any, int]) -> NoReturn:
         code = EXIT_INVALID if text.startswith(("invalid configuration", "config file")) else EXIT_BROKEN
         _fail(text, code)
     except TimeoutError as exc:
-        _fail(f"{exc}; it goes on without us: `flowyard runs show` follows it", EXIT_BROKEN)
+        _fail(
+            f"{exc or 'timed out'}: NATS did not answer in time; a run already requested goes on without us "
+            "(`flowyard runs show` follows it)",
+            EXIT_BROKEN,
+        )
     except NatsUnavailable as exc:
         _fail(f"{exc}; a run already requested goes on without us: `flowyard runs show` follows it", EXIT_BROKEN)
     except KeyboardInterrupt:

@@ -21,7 +21,7 @@ import bcrypt
 import nats.js.errors
 
 from shared import natsperms
-from shared.bus import Bus
+from shared.bus import Bus, NatsUnavailable
 from shared.config import Config
 from shared.secrets import SecretSource
 from shared.workflow.model import memory_bytes
@@ -143,7 +143,15 @@ async def nats_bootstrap(config: Config) -> int:
             )
             return EXIT_INVALID
         try:
-            await bus.ensure_topology()
+            # A JetStream cluster just started elects its leader first: wait for it, within bounds.
+            await bus.through_outage(bus.ensure_topology, "creating the streams")
+        except NatsUnavailable as exc:
+            print(
+                f"flowyard: {exc}. Is JetStream up on every server (a cluster elects a leader first)? "
+                "Run nats-bootstrap again once `curl http://NATS:8222/healthz?js-enabled-only=true` answers ok",
+                file=sys.stderr,
+            )
+            return EXIT_BROKEN
         except nats.js.errors.APIError as exc:
             print(
                 f"flowyard: NATS refused to create the streams: {exc.description} (code {exc.err_code}). "

@@ -44,6 +44,7 @@ from shared.contract import (
     unit_token,
 )
 from shared.durations import format_duration
+from shared.masking import mask_secrets
 from shared.workflow.expressions import ExpressionError, evaluate
 from shared.workflow.templates import TemplateError, render
 
@@ -377,21 +378,6 @@ def decide(record: RunRecord, event: ApprovalDecided, clock: Clock) -> RunRecord
         state = replace(state, approval=status, status="rejected", finished_at=clock.now, error=event.summary)
     record = replace(record, nodes={**record.nodes, event.node_id: state})
     return advance(record, clock, outbox)
-
-
-_SECRET_KEYS = ("password", "passwd", "secret", "token", "apikey", "api_key", "private_key", "credential")
-
-
-def mask_secrets(value: Any) -> Any:
-    """What approvers see: values under secret-looking keys replaced by [masked]."""
-    if isinstance(value, dict):
-        return {
-            k: "[masked]" if any(s in str(k).lower().replace("-", "_") for s in _SECRET_KEYS) else mask_secrets(v)
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [mask_secrets(v) for v in value]
-    return value
 
 
 def inputs_hash(value: Any) -> str:

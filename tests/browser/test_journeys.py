@@ -72,6 +72,8 @@ def test_sign_in_run_from_the_form_watch_it_live_and_sign_out(page: Page) -> Non
     DOCS.mkdir(exist_ok=True)
     page.locator("g.node[data-node='greet']").click()
     expect(page.locator("pre.log")).to_contain_text("greeting ops")
+    page.get_by_text("Input (secrets masked)").click()
+    expect(page.get_by_role("complementary", name="step greet")).to_contain_text('"who": "ops"')
     page.screenshot(path=str(DOCS / "ui-run.png"), full_page=True)
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_label("API token")).to_be_visible()

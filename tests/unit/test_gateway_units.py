@@ -91,3 +91,16 @@ def test_a_run_view_carries_the_graph_for_drawing_it() -> None:
     request = RunRequested(run_id="r2", workflow="w", definition=definition)
     pending = pending_view(request).nodes
     assert pending["b"].needs == ["a"] and pending["b"].foreach and pending["a"].agent == "x"
+
+
+def test_a_steps_input_is_shown_with_secret_looking_values_masked() -> None:
+    from shared.api import run_view
+    from shared.contract import NodeRecord, RunRecord
+
+    node = NodeRecord(input={"host": "db-3", "api_token": "s3cret", "nested": [{"Password": "x", "port": 5432}]})
+    view = run_view(RunRecord(run_id="r1", workflow="w", nodes={"a": node}))
+    assert view.nodes["a"].input == {
+        "host": "db-3",
+        "api_token": "[masked]",
+        "nested": [{"Password": "[masked]", "port": 5432}],
+    }

@@ -52,6 +52,7 @@ export interface NodeView {
   needs: string[];
   foreach: boolean;
   attempts: number;
+  input: unknown;
   output: unknown;
   error: string | null;
   errors: string[];

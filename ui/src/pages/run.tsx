@@ -82,6 +82,12 @@ function NodePanel(props: { run: RunView; id: string; node: NodeView }) {
           </ol>
         </details>
       )}
+      {node.input !== null && node.input !== undefined && (
+        <details>
+          <summary>Input (secrets masked)</summary>
+          <pre tabIndex={0}>{json(node.input)}</pre>
+        </details>
+      )}
       {node.output !== null && node.output !== undefined && (
         <details open>
           <summary>Output</summary>
