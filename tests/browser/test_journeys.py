@@ -184,7 +184,11 @@ def test_markup_from_workflows_agents_and_events_is_shown_as_text(page: Page, ga
     page.locator("g.node[data-node='markup']").click()
     expect(page.locator("pre.log")).to_contain_text(PAYLOAD)
     page.goto("/#/approvals")
-    expect(page.locator(f"article[data-approval='{approval['id']}']")).to_contain_text(PAYLOAD)
+    card = page.locator(f"article[data-approval='{approval['id']}']")
+    expect(card).to_contain_text(PAYLOAD)
+    # The step before the gated one is its preview: shown, as text too.
+    expect(card.get_by_text("Preview: what the steps before it produced")).to_be_visible()
+    expect(card.locator("h3", has_text="markup")).to_be_visible()
     page.goto("/#/workflows")
     expect(page.locator("td", has_text=PAYLOAD)).to_be_visible()
     assert dialogs == []

@@ -1,5 +1,5 @@
 import { useEffect, useState } from "preact/hooks";
-import { api, ApiError, may, type ApprovalView, type Session } from "../api";
+import { api, ApiError, may, type ApprovalView, type RunView, type Session } from "../api";
 import { ago, json, span, useEvents } from "../live";
 
 function Countdown(props: { until: string }) {
@@ -10,6 +10,29 @@ function Countdown(props: { until: string }) {
   }, []);
   const left = (Date.parse(props.until) - now) / 1000;
   return <span class={left < 300 ? "urgent" : ""}>{left > 0 ? `expires in ${span(left)}` : "expired"}</span>;
+}
+
+/** What the steps before the gated one produced: a dry run's preview, where the workflow has one. */
+function Preview(props: { runId: string; node: string }) {
+  const [run, setRun] = useState<RunView | null>(null);
+  useEffect(() => {
+    api<RunView>("GET", `/v1/runs/${encodeURIComponent(props.runId)}`).then(setRun).catch(() => setRun(null));
+  }, [props.runId]);
+  const upstream = (run?.nodes[props.node]?.needs ?? []).filter((id) => run?.nodes[id]?.output != null);
+  if (!run || upstream.length === 0) return null;
+  return (
+    <details open>
+      <summary>Preview: what the steps before it produced</summary>
+      {upstream.map((id) => (
+        <div key={id}>
+          <h3>
+            {id} ({run.nodes[id].agent})
+          </h3>
+          <pre tabIndex={0}>{json(run.nodes[id].output)}</pre>
+        </div>
+      ))}
+    </details>
+  );
 }
 
 function Card(props: { a: ApprovalView; session: Session; onDone: () => void }) {
@@ -59,6 +82,7 @@ function Card(props: { a: ApprovalView; session: Session; onDone: () => void }) 
         <summary>Inputs (secrets masked)</summary>
         <pre tabIndex={0}>{json(a.inputs)}</pre>
       </details>
+      {a.status === "pending" && <Preview runId={a.run_id} node={a.node} />}
       {a.rejection && (
         <p>
           Rejected by {a.rejection.user}: {a.rejection.comment}
