@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +41,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.stack import pct, quiet_env, start, stop_all, wait_for  # noqa: E402
+from bench.stack import pct, quiet_env, start_with_gateway, stop_all  # noqa: E402
 from shared.natsserver import NatsServer  # noqa: E402
 
 OPERATOR = "load-operator-0123456789abcdefghij"
@@ -275,17 +276,11 @@ async def main() -> int:
                 "FLOWYARD_EXECUTOR_STATE_DIR": str(work / "spool"),
             }
         )
-        procs = []
+        procs: list[subprocess.Popen[bytes]] = []
         try:
-            log = work / "gateway.log"
-            procs.append(start("gateway", env, log))
-            port = wait_for(log, r'"url": "http://127\.0\.0\.1:(\d+)", "users"', procs[-1]).group(1)
-            for name in ("planner", "scheduler", "executor", "approver"):
-                log = work / f"{name}.log"
-                procs.append(start(name, env, log))
-                wait_for(log, "service started", procs[-1])
+            base = start_with_gateway(work, env, procs)
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as session:
-                client = Client(session, f"http://127.0.0.1:{port}")
+                client = Client(session, base)
                 await _apply(session, client.base)
                 await client.watch()
                 await waves(client, "warm-up", diamond, 5, 4)

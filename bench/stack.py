@@ -59,6 +59,19 @@ def wait_for(log: Path, pattern: str, proc: subprocess.Popen[bytes], timeout: fl
     raise SystemExit(f"{log.name}: no {pattern!r} in {timeout}s")
 
 
+def start_with_gateway(work: Path, env: dict[str, str], procs: list[subprocess.Popen[bytes]]) -> str:
+    """The gateway, then planner, scheduler, executor and approver, each its own process (appended
+    to ``procs`` as they start, so the caller stops what did start); the gateway's base URL."""
+    log = work / "gateway.log"
+    procs.append(start("gateway", env, log))
+    port = wait_for(log, r'"url": "http://127\.0\.0\.1:(\d+)", "users"', procs[-1]).group(1)
+    for name in ("planner", "scheduler", "executor", "approver"):
+        log = work / f"{name}.log"
+        procs.append(start(name, env, log))
+        wait_for(log, "service started", procs[-1])
+    return f"http://127.0.0.1:{port}"
+
+
 def stop_all(procs: Iterable[subprocess.Popen[bytes]], server: NatsServer) -> None:
     """SIGTERM every service process (killed if it lingers), then the nats-server."""
     procs = list(procs)

@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -34,7 +35,7 @@ import nats
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.stack import pct, quiet_env, start, stop_all, wait_for  # noqa: E402
+from bench.stack import pct, quiet_env, start_with_gateway, stop_all  # noqa: E402
 from shared.natsserver import NatsServer  # noqa: E402
 
 TOKEN = "ui-bench-admin-0123456789abcdefghij"
@@ -208,16 +209,9 @@ def main() -> int:
                 "FLOWYARD_EXECUTOR_STATE_DIR": str(work / "spool"),
             }
         )
-        procs = []
+        procs: list[subprocess.Popen[bytes]] = []
         try:
-            log = work / "gateway.log"
-            procs.append(start("gateway", env, log))
-            port = wait_for(log, r'"url": "http://127\.0\.0\.1:(\d+)", "users"', procs[-1]).group(1)
-            for name in ("planner", "scheduler", "executor", "approver"):
-                log = work / f"{name}.log"
-                procs.append(start(name, env, log))
-                wait_for(log, "service started", procs[-1])
-            base = f"http://127.0.0.1:{port}"
+            base = start_with_gateway(work, env, procs)
             call(base, "POST", "/v1/workflows", workflows().encode(), "application/yaml")
             fill(base, args.runs)
             measure(base, Bus(server.url), args.repeat)

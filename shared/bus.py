@@ -305,18 +305,9 @@ class Bus:
         return ack
 
     async def _publish_retrying(self, subject: str, payload: bytes, headers: dict[str, str]) -> api.PubAck:
-        try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_delay(seconds(self.cfg.publish_retry_for)),
-                wait=wait_exponential(multiplier=0.05, max=1),
-                retry=retry_if_exception_type(TRANSIENT),
-                reraise=True,
-            ):
-                with attempt:
-                    return await self.js.publish(subject, payload, headers=headers)
-        except TRANSIENT as exc:
-            raise NatsUnavailable(f"publish to {subject} failed: NATS unreachable ({exc!r})") from exc
-        raise AssertionError("unreachable")
+        return await self.through_outage(
+            lambda: self.js.publish(subject, payload, headers=headers), f"publish to {subject}"
+        )
 
     async def through_outage(self, step: Callable[[], Awaitable[T]], what: str) -> T:
         """Run ``step`` again while NATS is away, for up to ``bus.publish_retry_for``.

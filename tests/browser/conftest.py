@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.natsserver import NatsServer
-from tests.integration.gateway import TOKENS, gateway_config, start_gateway
-from tests.integration.stack import Stack
+from tests.integration.gateway import TOKENS, gateway_stack
 
 CHROMIUM = "/usr/bin/chromium"
 WORKFLOWS = Path(__file__).parent / "workflows" / "ui.yaml"
@@ -60,15 +58,7 @@ def api(
 @pytest.fixture(scope="session")
 def gateway(nats_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     workdir = tmp_path_factory.mktemp("ui")
-    server = NatsServer(workdir / "nats").start()
-    stack = Stack(server, workdir, **gateway_config(workdir))
-    try:
-        for name in ("planner", "scheduler", "executor", "approver"):
-            stack.start(name)
-        base = start_gateway(stack)
+    with gateway_stack(workdir) as (_, base):
         api(base, "POST", "/v1/workflows", "olga", WORKFLOWS.read_bytes(), "application/yaml")
         yield base
-    finally:
-        stack.stop_all()
-        server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+    shutil.rmtree(workdir, ignore_errors=True)

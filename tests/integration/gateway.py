@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from shared.natsserver import NatsServer
 
 from .stack import Stack
 
@@ -47,6 +50,21 @@ def start_gateway(stack: Stack, name: str = "gateway") -> str:
     stack.start(name)
     content = stack.wait_for_log(name, "gateway listening")
     return re.findall(r'"url": "(http://127\.0\.0\.1:\d+)", "users"', content)[-1]
+
+
+@contextlib.contextmanager
+def gateway_stack(workdir: Path, extra: str = "") -> Iterator[tuple[Stack, str]]:
+    """A nats-server, the planner, scheduler, executor and approver, and the gateway with the test
+    users, each its own process; (the stack, the gateway's base URL)."""
+    server = NatsServer(workdir / "nats").start()
+    stack = Stack(server, workdir, **gateway_config(workdir, extra))
+    try:
+        for name in ("planner", "scheduler", "executor", "approver"):
+            stack.start(name)
+        yield stack, start_gateway(stack)
+    finally:
+        stack.stop_all()
+        server.stop()
 
 
 def auth(user: str) -> dict[str, str]:

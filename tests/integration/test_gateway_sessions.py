@@ -10,26 +10,15 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
-from shared.natsserver import NatsServer
-
-from .gateway import API_YAML, TOKENS, auth, gateway_config, start_gateway
-from .stack import Stack
+from .gateway import API_YAML, TOKENS, auth, gateway_stack
 
 JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture(scope="module")
 def base(nats_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    workdir = tmp_path_factory.mktemp("sessions")
-    server = NatsServer(workdir / "nats").start()
-    stack = Stack(server, workdir, **gateway_config(workdir))
-    try:
-        for name in ("planner", "scheduler", "executor", "approver"):
-            stack.start(name)
-        yield start_gateway(stack)
-    finally:
-        stack.stop_all()
-        server.stop()
+    with gateway_stack(tmp_path_factory.mktemp("sessions")) as (_, url):
+        yield url
 
 
 def jar() -> aiohttp.CookieJar:
