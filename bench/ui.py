@@ -111,7 +111,7 @@ class Bus:
         asyncio.run_coroutine_threadsafe(self._subscribe(url), self.loop).result(10)
 
     async def _subscribe(self, url: str) -> None:
-        nc = await nats.connect(url)
+        self.nc = nc = await nats.connect(url)
 
         async def on(msg: Any) -> None:
             at = time.time() * 1000
@@ -121,6 +121,9 @@ class Bus:
                 self.cond.notify_all()
 
         await nc.subscribe("fy.run.*.task.*.succeeded", cb=on)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.nc.close(), self.loop).result(10)
 
     def when(self, run_id: str, node: str, timeout: float = 60) -> float:
         with self.cond:
@@ -214,7 +217,11 @@ def main() -> int:
             base = start_with_gateway(work, env, procs)
             call(base, "POST", "/v1/workflows", workflows().encode(), "application/yaml")
             fill(base, args.runs)
-            measure(base, Bus(server.url), args.repeat)
+            bus = Bus(server.url)
+            try:
+                measure(base, bus, args.repeat)
+            finally:
+                bus.close()
         finally:
             stop_all(procs, server)
     return 0
