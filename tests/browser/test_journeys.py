@@ -253,3 +253,40 @@ def test_a_phone_width_page_does_not_scroll_sideways(browser: Any, gateway: str,
             assert width <= 360, f"{where} is {width}px wide at 360px ({scheme})"
     finally:
         context.close()
+
+
+def test_a_workflows_versions_and_definition(page: Page, gateway: str) -> None:
+    first = (
+        "apiVersion: flowyard/v1\nkind: Workflow\nmetadata: {name: ui-versions, description: first cut}\n"
+        "spec:\n  nodes:\n    - {id: a, agent: ui-greeter, with: {who: one}}\n"
+    )
+    api(gateway, "POST", "/v1/workflows", "olga", first.encode(), "application/yaml")
+    api(gateway, "POST", "/v1/workflows", "olga", first.replace("first cut", "second cut").encode(), "application/yaml")
+    sign_in(page, "vic")
+    page.goto("/#/workflows/ui-versions")
+    expect(page.locator("pre")).to_contain_text("description: second cut")
+    page.get_by_label("Version").select_option("1")
+    expect(page.locator("pre")).to_contain_text("description: first cut")
+
+
+def test_no_serious_accessibility_violations_in_the_dark(browser: Any, gateway: str) -> None:
+    from axe_playwright_python.sync_playwright import Axe
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=gateway, color_scheme="dark")
+    page = context.new_page()
+    try:
+        run_id = start(gateway, "ui-broken")
+        sign_in(page, "admin")
+        found = {}
+        for where in ("/#/runs", f"/#/runs/{run_id}", "/#/approvals", "/#/workflows/ui-hello"):
+            page.goto(where)
+            page.wait_for_load_state("networkidle")
+            if where.startswith("/#/runs/"):
+                page.locator("g.node[data-node='second']").click()
+            result = Axe().run(page)
+            found[where] = [
+                (v["id"], v["impact"]) for v in result.response["violations"] if v["impact"] in ("serious", "critical")
+            ]
+        assert not any(found.values()), found
+    finally:
+        context.close()

@@ -137,20 +137,36 @@ function RunForm(props: { name: string; inputs: Record<string, InputView> }) {
 export function Workflow(props: { name: string; session: Session }) {
   const [version, setVersion] = useState<WorkflowVersion | null>(null);
   const [summary, setSummary] = useState<WorkflowSummary | null>(null);
+  const [shown, setShown] = useState<number | null>(null); // null: the latest
   const [error, setError] = useState("");
   useEffect(() => {
-    api<WorkflowVersion>("GET", `/v1/workflows/${encodeURIComponent(props.name)}`).then(setVersion).catch((e: ApiError) => setError(e.detail));
     api<WorkflowSummary[]>("GET", "/v1/workflows")
       .then((all) => setSummary(all.find((w) => w.name === props.name) ?? null))
       .catch((e: ApiError) => setError(e.detail));
   }, [props.name]);
+  useEffect(() => {
+    const q = shown === null ? "" : `?version=${shown}`;
+    api<WorkflowVersion>("GET", `/v1/workflows/${encodeURIComponent(props.name)}${q}`).then(setVersion).catch((e: ApiError) => setError(e.detail));
+  }, [props.name, shown]);
+  const versions = summary ? Array.from({ length: summary.version }, (_, i) => summary.version - i) : [];
   return (
     <section>
       <h1>{props.name}</h1>
       {error && <p class="error" role="alert">{error}</p>}
       {version && (
         <p class="muted">
-          version {version.version}, applied {ago(version.applied_at)} by {version.applied_by}
+          <label>
+            Version{" "}
+            <select value={String(version.version)} onChange={(e) => setShown(Number((e.target as HTMLSelectElement).value))}>
+              {versions.map((v) => (
+                <option key={v} value={String(v)}>
+                  {v}
+                  {v === summary?.version ? " (latest)" : ""}
+                </option>
+              ))}
+            </select>
+          </label>{" "}
+          applied {ago(version.applied_at)} by {version.applied_by}
         </p>
       )}
       {summary && may(props.session, "operator") && <RunForm name={props.name} inputs={summary.inputs} />}
