@@ -93,6 +93,7 @@ class FakeKube:
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self.port = 0
+        self.start_delay = 0.0  # seconds between a Pod's Secrets being there and its containers starting
         self.workdir = Path(tempfile.mkdtemp(prefix="fakekube-"))
 
     # --- life ---------------------------------------------------------------------------------
@@ -307,6 +308,8 @@ class FakeKube:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), 0.2)  # type: ignore[union-attr]
         pod["status"]["startTime"] = now()
+        # Scheduling and pulling take a while on a real node; the log is not readable before.
+        await asyncio.sleep(self.start_delay)
         for c in [*spec.get("initContainers", []), *spec["containers"]]:
             if c["image"] not in self.images:
                 state = {"waiting": {"reason": "ErrImagePull", "message": f"pull access denied for {c['image']}"}}

@@ -117,6 +117,20 @@ async def test_an_attempt_is_a_validated_pod_with_its_input_and_secrets_in_a_sec
     assert (NS, name) not in kube.objects["pods"] and (NS, name) not in kube.objects["secrets"]
 
 
+async def test_stderr_is_streamed_even_when_the_pod_starts_late(runtime: KubernetesRuntime, kube: FakeKube) -> None:
+    """The log is asked for before the container runs (a real cluster schedules and pulls first):
+    the runtime keeps asking, and passes every line on once, in order."""
+    kube.start_delay = 1.5
+    try:
+        heard: list[bytes] = []
+        script = "import sys; [print('line', i, file=sys.stderr, flush=True) for i in range(5)]; print('{}')"
+        out = await runtime.run(task(script, run_id="r-late"), stdin=b"{}", env={}, timeout_s=30, on_log=heard.append)
+    finally:
+        kube.start_delay = 0.0
+    assert out.exit_code == 0
+    assert b"".join(heard) == b"".join(f"line {i}\n".encode() for i in range(5))
+
+
 async def test_a_failing_agent_reports_its_exit_and_stderr(runtime: KubernetesRuntime) -> None:
     script = "import sys; print('disk full on /var', file=sys.stderr); sys.exit(3)"
     out = await runtime.run(task(script, run_id="r-fail"), stdin=b"{}", env={}, timeout_s=30)

@@ -283,19 +283,38 @@ class KubernetesRuntime(Runtime):
             raise
 
     async def _follow(self, name: str, mark: str, on_log: LogSink) -> None:
-        """The agent's stderr as it writes it, up to the mark (what follows is its stdout)."""
+        """The agent's stderr as it writes it, up to the mark (what follows is its stdout).
+
+        The log cannot be read before the container starts (the API answers 400 while the Pod is
+        scheduled and its image pulled), and a followed stream can break: either way it is asked
+        for again, and a stream opened again starts from the beginning, so the lines already
+        passed on are skipped. The runtime cancels this once the attempt has ended."""
+        passed = 0  # lines handled so far (passed on, or the one held back)
         held = ""  # a blank line is the wrapper's when the mark follows it: held back until we know
-        with contextlib.suppress(Exception):
-            async for line in self.client.log(name, namespace=self.cfg.namespace, container=podspec.AGENT, follow=True):
-                if line.rstrip("\n") == mark:
-                    return
-                if held:
-                    on_log(held.encode())
-                    held = ""
-                if line == "\n":
-                    held = line
-                else:
-                    on_log(line.encode())
+        while True:
+            seen = 0
+            try:
+                async for line in self.client.log(
+                    name, namespace=self.cfg.namespace, container=podspec.AGENT, follow=True
+                ):
+                    if line.rstrip("\n") == mark:
+                        return
+                    seen += 1
+                    if seen <= passed:
+                        continue
+                    passed = seen
+                    if held:
+                        on_log(held.encode())
+                        held = ""
+                    if line == "\n":
+                        held = line
+                    else:
+                        on_log(line.encode())
+                return  # the stream ended with the container
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                await asyncio.sleep(0.5)  # not started yet, or the stream broke: ask again
 
     async def _log(self, name: str, container: str) -> bytes:
         """The container's whole log, byte for byte. lightkube's ``log`` gives decoded lines with a
