@@ -269,6 +269,7 @@ async def run_up(config: Config, data_dir: Path, nats_port: int) -> int:
     gateway = stack.gateway
     if gateway is not None:
         print(f"  gateway (REST API) {gateway.url}  — docs/api.md; GET {gateway.url}/openapi.json", flush=True)
+        print(f"  web UI {gateway.url}/  — sign in with a token (docs/ui.md)", flush=True)
         if gateway.token_file is not None:
             token = gateway.token_file.read_text().strip()
             print(f"  admin token (kept 0600 in {gateway.token_file}): {token}", flush=True)
