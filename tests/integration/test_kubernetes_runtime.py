@@ -335,3 +335,27 @@ def test_the_stack_runs_agents_as_pods_and_an_executor_killed_mid_run_adopts_the
     finally:
         stack.stop_all()
         server.stop()
+
+
+async def test_a_workspace_collector_that_never_ends_does_not_turn_a_success_into_a_timeout(
+    runtime: KubernetesRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.executor.runtimes import kubernetes
+
+    made = podspec.pod
+
+    def stuck_collector(*args: object, **kwargs: object) -> dict:
+        pod = made(*args, **kwargs)  # type: ignore[arg-type]
+        for c in pod["spec"]["containers"]:
+            if c["name"] == podspec.COLLECT:
+                c["command"] = ["python3", "-c", "import time; time.sleep(600)"]
+        return pod
+
+    monkeypatch.setattr(kubernetes.podspec, "pod", stuck_collector)
+    monkeypatch.setattr(kubernetes, "COLLECT_GRACE_S", 1.0)
+    copy = WorkspaceCopy(data=_packed({"a.txt": b"a"}), writable=True, max_bytes=1024 * 1024)
+    out = await runtime.run(
+        task("print('{}')", run_id="r-stuck", workspace="rw"), stdin=b"{}", env={}, timeout_s=30, workspace=copy
+    )
+    assert out.exit_code == 0 and not out.timed_out
+    assert out.workspace is None and "workspace-out" in (out.workspace_error or "")

@@ -5,6 +5,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from shared.contract import TaskDispatched
+from shared.workflow.model import memory_bytes
+
+# An agent's limits when its spec names none, whatever runs it (a container, a pod).
+DEFAULT_MEMORY = 512 * 1024 * 1024
+DEFAULT_CPUS = 1.0
+
+
+def memory_limit(text: str | None) -> int:
+    return memory_bytes(text) if text else DEFAULT_MEMORY
 
 
 @dataclass(frozen=True, slots=True)

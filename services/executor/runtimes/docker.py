@@ -38,24 +38,17 @@ from shared import dockerclient
 from shared import workspace as ws
 from shared.contract import TaskDispatched
 from shared.errors import RetryableError
-from shared.workflow.model import memory_bytes
 
 from . import dockerinput
-from .base import LogSink, Outcome, Runtime, WorkspaceCopy
+from .base import DEFAULT_CPUS, LogSink, Outcome, Runtime, WorkspaceCopy, memory_limit
 
 log = structlog.get_logger("flowyard.executor.docker")
 
 AGENT_USER = "10001:10001"
-DEFAULT_MEMORY = 512 * 1024 * 1024
 DEFAULT_PIDS = 256
-DEFAULT_CPUS = 1.0
 TMPFS = "rw,noexec,nosuid,nodev,size=64m"
 LABEL = "io.flowyard"
 KILL_GRACE_S = 30.0  # how long a SIGKILLed container may take to be reported stopped
-
-
-def memory_limit(text: str | None) -> int:
-    return memory_bytes(text) if text else DEFAULT_MEMORY
 
 
 def container_name(key: str) -> str:

@@ -34,11 +34,12 @@ from shared.contract import TaskDispatched
 from shared.errors import ConfigurationError
 
 from . import podspec
-from .base import LogSink, Outcome, Runtime, WorkspaceCopy
+from .base import LogSink, Outcome, Runtime, WorkspaceCopy, memory_limit
 
 log = structlog.get_logger("flowyard.executor.kubernetes")
 
 _ENDED = ("Succeeded", "Failed")
+COLLECT_GRACE_S = 120.0  # after the agent's success, how long its rw workspace may take to be packed
 
 
 def client_for(cfg: KubernetesRuntimeConfig) -> AsyncClient:
@@ -201,7 +202,7 @@ class KubernetesRuntime(Runtime):
             duration,
             stdout_overflow=len(out) > self.max_output_bytes,
             oom=state.oom or (state.exit_code == 137 and not marked),
-            memory_limit=podspec.memory_limit(agent),
+            memory_limit=memory_limit(agent.resources.memory),
         )
         if mode == "rw" and state.exit_code == 0:
             outcome = await self._take_workspace(name, outcome)
@@ -238,7 +239,16 @@ class KubernetesRuntime(Runtime):
         the agent's time is up: (its state, whether it timed out)."""
         state = podspec.read_state(pod)
         start_by = _epoch(pod["metadata"].get("creationTimestamp")) + seconds(self.cfg.start_timeout)
+        collect_by: float | None = None
         while not self._done(state):
+            if state.exit_code is not None:
+                # The agent ended well; only its workspace is still being packed. That is bounded
+                # on its own: a collector that never ends must not turn a success into a timeout.
+                collect_by = collect_by or time.time() + COLLECT_GRACE_S
+                if time.time() >= collect_by:
+                    return state, False
+                state = await self._next_state(name, state, collect_by - time.time())
+                continue
             deadline = start_by if state.started_at is None else _epoch(state.started_at) + timeout_s
             remaining = deadline - time.time()
             if remaining <= 0 or state.deadline:
@@ -338,8 +348,8 @@ class KubernetesRuntime(Runtime):
         if data is None:
             return dataclasses.replace(
                 outcome,
-                workspace_error="the workspace could not be read back (it may be larger than "
-                "bus.workspace_max_bytes: see the pod's workspace-out log)",
+                workspace_error="the workspace could not be read back (larger than bus.workspace_max_bytes, or not "
+                f"packed within {COLLECT_GRACE_S:.0f}s of the agent's end): see the pod's workspace-out log",
             )
         return dataclasses.replace(outcome, workspace=data)
 

@@ -24,17 +24,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared import workspace as ws
-from shared.contract import AgentSnapshot, TaskDispatched
-from shared.workflow.model import memory_bytes
+from shared.contract import TaskDispatched
+
+from .base import DEFAULT_CPUS, memory_limit
 
 AGENT = "agent"
 COLLECT = "workspace-out"
 LABEL = "flowyard.io"
 INPUT_DIR = "/flowyard/input"
 OUT_DIR = "/flowyard/out"
-AGENT_UID = 10001
-DEFAULT_MEMORY = 512 * 1024 * 1024
-DEFAULT_CPUS = 1.0
+AGENT_UID = ws.AGENT_UID
 # A Secret holds at most 1 MiB; leave room for its keys and metadata.
 SECRET_MAX = 1024 * 1024 - 16 * 1024
 # Image pull and container config errors the kubelet reports while the Pod waits: the agent's
@@ -64,10 +63,6 @@ def label_value(text: str) -> str:
 
 def mark_for(key: str, nonce: str) -> str:
     return f"--flowyard-result-{hashlib.sha256(f'{key}:{nonce}'.encode()).hexdigest()[:24]}--"
-
-
-def memory_limit(agent: AgentSnapshot) -> int:
-    return memory_bytes(agent.resources.memory) if agent.resources.memory else DEFAULT_MEMORY
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +152,7 @@ def pod(
 ) -> dict[str, Any]:
     agent = task.agent
     name = pod_name(task.key)
-    memory = memory_limit(agent)
+    memory = memory_limit(agent.resources.memory)
     cpus = agent.resources.cpus or DEFAULT_CPUS
     limits = {"memory": str(memory), "cpu": f"{math.ceil(cpus * 1000)}m"}
     base_env = {"HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8"}
