@@ -3,11 +3,9 @@ session, sign out. The store and the cookie's attributes are :mod:`.sessions`.""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from aiohttp import web
 
-from shared.api import SessionEnded, SessionStart, SessionView
+from shared.api import SessionEnded, SessionStart, SessionView, rfc3339
 from shared.config import seconds
 
 from . import sessions
@@ -22,7 +20,7 @@ def _view(user: User, session: sessions.Session | None) -> SessionView:
         user=user.name,
         roles=sorted(user.roles),
         csrf_token=session.csrf if session else "",
-        expires_at=datetime.fromtimestamp(session.expires, UTC).isoformat().replace("+00:00", "Z") if session else "",
+        expires_at=rfc3339(session.expires) if session else "",
     )
 
 
