@@ -1,8 +1,17 @@
 // Live updates from the gateway's /v1/events (Server-Sent Events, resumed by the browser itself).
 import { useEffect, useRef } from "preact/hooks";
 
-/** Call `onEvent` (at most every 250 ms, trailing) for each event of the stream at `url`. */
-export function useEvents(url: string | null, onEvent: () => void): void {
+const RUN = ["run.requested", "run.planned", "run.rejected", "run.started", "run.succeeded", "run.failed", "run.cancelled"];
+const APPROVAL = ["approval.requested", "approval.granted", "approval.rejected", "approval.expired"];
+const STEP = ["run.cancel_requested", "task.started", "task.succeeded", "task.failed", "node.failed"];
+
+/** What a page listens for: a list of runs changes only with runs' own states (and approvals,
+ * which make a run wait); one run's page with every step. */
+export const EVENTS = { runs: [...RUN, ...APPROVAL], approvals: APPROVAL, run: [...RUN, ...APPROVAL, ...STEP] };
+
+/** Call `onEvent` once per burst of the given events of the stream at `url` (at most every `wait`
+ * ms, trailing): a busy stack must not make every open page refetch for every step of every run. */
+export function useEvents(url: string | null, types: string[], wait: number, onEvent: () => void): void {
   const callback = useRef(onEvent);
   callback.current = onEvent;
   useEffect(() => {
@@ -14,19 +23,14 @@ export function useEvents(url: string | null, onEvent: () => void): void {
       timer = window.setTimeout(() => {
         timer = null;
         callback.current();
-      }, 100);
+      }, wait);
     };
-    const types = [
-      "run.requested", "run.planned", "run.rejected", "run.started", "run.succeeded", "run.failed",
-      "run.cancelled", "run.cancel_requested", "task.started", "task.succeeded", "task.failed",
-      "node.failed", "approval.requested", "approval.granted", "approval.rejected", "approval.expired",
-    ];
     for (const t of types) source.addEventListener(t, fire);
     return () => {
       source.close();
       if (timer !== null) window.clearTimeout(timer);
     };
-  }, [url]);
+  }, [url, types, wait]);
 }
 
 export function ago(iso: string | null | undefined, now = Date.now()): string {

@@ -1,6 +1,6 @@
 import { useEffect, useState } from "preact/hooks";
 import { api, ApiError, may, type ApprovalView, type RunView, type Session } from "../api";
-import { ago, json, span, useEvents } from "../live";
+import { ago, EVENTS, json, span, useEvents } from "../live";
 
 function Countdown(props: { until: string }) {
   const [now, setNow] = useState(Date.now());
@@ -125,7 +125,7 @@ export function Approvals(props: { session: Session }) {
   useEffect(() => {
     load();
   }, [all]);
-  useEvents("/v1/events", load);
+  useEvents("/v1/events", EVENTS.approvals, 250, load);
   return (
     <section>
       <h1>Approvals</h1>

@@ -1,7 +1,7 @@
 import { useEffect, useRef, useState } from "preact/hooks";
 import { api, ApiError, may, type LogLine, type NodeView, type RunView, type Session } from "../api";
 import { criticalPath, Dag, itemsDone } from "../dag";
-import { ago, duration, json, useEvents } from "../live";
+import { ago, duration, EVENTS, json, useEvents } from "../live";
 import { startedBy } from "./runs";
 
 /** The node's agent's stderr: what it wrote so far, then followed live until the run ends. */
@@ -116,7 +116,7 @@ export function Run(props: { id: string; session: Session }) {
     setSelected(null);
     load();
   }, [props.id]);
-  useEvents(`/v1/events?run_id=${encodeURIComponent(props.id)}`, load);
+  useEvents(`/v1/events?run_id=${encodeURIComponent(props.id)}`, EVENTS.run, 100, load);
   const act = (what: "cancel" | "retry") => {
     setBusy(what);
     api<RunView>("POST", `/v1/runs/${encodeURIComponent(props.id)}/${what}`)

@@ -1,6 +1,6 @@
 import { useEffect, useState } from "preact/hooks";
 import { api, ApiError, type RunView } from "../api";
-import { ago, duration, useEvents } from "../live";
+import { ago, duration, EVENTS, useEvents } from "../live";
 
 const STATUSES = ["", "pending", "running", "waiting", "succeeded", "failed", "cancelled"];
 
@@ -28,7 +28,7 @@ export function Runs() {
       .catch((e: ApiError) => setError(e.detail));
   };
   useEffect(load, [workflow, status]);
-  useEvents("/v1/events", load);
+  useEvents("/v1/events", EVENTS.runs, 500, load);
   const workflows = [...new Set((runs ?? []).map((r) => r.workflow))].sort();
   return (
     <section>
