@@ -25,6 +25,17 @@ def _missing(what: str) -> None:
     pytest.skip(f"{what} is not installed")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def patient_assertions() -> None:
+    """Playwright's assertions wait for the page; 5 s by default is a bet on an idle machine (a run
+    of the suite shares two cores with every service): wait as long as actions do."""
+    try:
+        from playwright.sync_api import expect
+    except ImportError:
+        return  # the browser fixture says what is missing
+    expect.set_options(timeout=30_000)
+
+
 @pytest.fixture(scope="session")
 def browser() -> Iterator[object]:
     if not Path(CHROMIUM).exists():
