@@ -31,12 +31,12 @@ sys.path.insert(0, str(ROOT))
 
 from bench.stack import BenchStack, pct  # noqa: E402
 from services.executor.runtimes.docker import DockerRuntime  # noqa: E402
-from shared import agents as registry  # noqa: E402
-from shared import subjects  # noqa: E402
-from shared import workspace as ws  # noqa: E402
-from shared.bus import Bus  # noqa: E402
-from shared.config import BusConfig, NatsConfig  # noqa: E402
-from shared.contract import AgentSnapshot, RunRequested, TaskDispatched, decode_record  # noqa: E402
+from shared.bus.connection import Bus  # noqa: E402
+from shared.config.settings import BusConfig, NatsConfig  # noqa: E402
+from shared.contract import subjects  # noqa: E402
+from shared.contract.messages import AgentSnapshot, RunRequested, TaskDispatched, decode_record  # noqa: E402
+from shared.state import agents as registry  # noqa: E402
+from shared.state import workspace as ws  # noqa: E402
 from shared.workflow.loader import load_bundle  # noqa: E402
 
 IMAGE = "flowyard/base:bookworm"

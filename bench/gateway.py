@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.stack import pct, quiet_env, start, stop_all, wait_for  # noqa: E402
-from shared.natsserver import NatsServer  # noqa: E402
+from shared.bus.server import NatsServer  # noqa: E402
 
 TOKEN = "bench-token-0123456789abcdefghij"
 WORKFLOW = """

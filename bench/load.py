@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.stack import pct, quiet_env, start_with_gateway, stop_all  # noqa: E402
-from shared.natsserver import NatsServer  # noqa: E402
+from shared.bus.server import NatsServer  # noqa: E402
 
 OPERATOR = "load-operator-0123456789abcdefghij"
 APPROVER = "load-approver-0123456789abcdefghij"

@@ -28,12 +28,13 @@ from bench.stack import (  # noqa: E402
     start,
     stop_all,
 )
-from shared import agents as agent_registry  # noqa: E402
-from shared import subjects  # noqa: E402
-from shared.bus import Bus  # noqa: E402
-from shared.config import BusConfig, NatsConfig  # noqa: E402
-from shared.contract import RunRequested  # noqa: E402
-from shared.natsserver import NatsServer  # noqa: E402
+from shared.bus.connection import Bus  # noqa: E402
+from shared.bus.server import NatsServer  # noqa: E402
+from shared.bus.topology import ensure_topology  # noqa: E402
+from shared.config.settings import BusConfig, NatsConfig  # noqa: E402
+from shared.contract import subjects  # noqa: E402
+from shared.contract.messages import RunRequested  # noqa: E402
+from shared.state import agents as agent_registry  # noqa: E402
 from shared.workflow.loader import load_bundle  # noqa: E402
 
 GATED = """
@@ -73,7 +74,7 @@ async def main() -> None:
                 procs[name] = start(name, env, work / f"{name}.log")
             bus = Bus(NatsConfig(url=server.url), BusConfig(), name="bench")
             await bus.connect()
-            await bus.ensure_topology()
+            await ensure_topology(bus)
             bundle = load_bundle(GATED, "memory.yaml")
             await agent_registry.register(bus, bundle.agents.values())
             definition = msgspec.to_builtins(bundle.workflows[0])

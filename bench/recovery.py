@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.stack import pct, quiet_env, start, stop_all, wait_for  # noqa: E402  # noqa: E402
-from shared.natsserver import NatsServer  # noqa: E402
+from shared.bus.server import NatsServer  # noqa: E402
 
 NODES = 60
 

@@ -28,12 +28,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.stack import quiet_env, start, stop_all, wait_for  # noqa: E402
-from shared import agents as registry  # noqa: E402
-from shared import runs, subjects  # noqa: E402
-from shared.bus import Bus  # noqa: E402
-from shared.config import BusConfig, NatsConfig  # noqa: E402
-from shared.contract import RunRequested  # noqa: E402
-from shared.natsserver import NatsServer  # noqa: E402
+from shared.api import runs  # noqa: E402
+from shared.bus.connection import Bus  # noqa: E402
+from shared.bus.server import NatsServer  # noqa: E402
+from shared.config.settings import BusConfig, NatsConfig  # noqa: E402
+from shared.contract import subjects  # noqa: E402
+from shared.contract.messages import RunRequested  # noqa: E402
+from shared.state import agents as registry  # noqa: E402
 from shared.workflow.loader import load_file  # noqa: E402
 
 WORKFLOW = """

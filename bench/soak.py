@@ -35,13 +35,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.stack import quiet_env, start, stop_all, wait_for  # noqa: E402
-from shared import agents as registry  # noqa: E402
-from shared import approvals, runs, subjects  # noqa: E402
-from shared.bus import Bus  # noqa: E402
-from shared.config import BusConfig, NatsConfig  # noqa: E402
-from shared.contract import RunRequested  # noqa: E402
-from shared.decide import DecisionRequest, request_decision  # noqa: E402
-from shared.natsserver import NatsServer  # noqa: E402
+from shared.api import runs  # noqa: E402
+from shared.bus.connection import Bus  # noqa: E402
+from shared.bus.server import NatsServer  # noqa: E402
+from shared.config.settings import BusConfig, NatsConfig  # noqa: E402
+from shared.contract import subjects  # noqa: E402
+from shared.contract.messages import RunRequested  # noqa: E402
+from shared.state import agents as registry  # noqa: E402
+from shared.state import approvals  # noqa: E402
+from shared.state.decide import DecisionRequest, request_decision  # noqa: E402
 from shared.workflow.loader import load_file  # noqa: E402
 
 SERVICES = ("planner", "scheduler", "executor", "approver", "notifier")

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
-from shared.natsserver import NatsServer
+from shared.bus.server import NatsServer
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.stack import pct, quiet_env, start_with_gateway, stop_all  # noqa: E402
-from shared.natsserver import NatsServer  # noqa: E402
+from shared.bus.server import NatsServer  # noqa: E402
 
 TOKEN = "ui-bench-admin-0123456789abcdefghij"
 CHROMIUM = "/usr/bin/chromium"

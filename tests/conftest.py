@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import TelemetryConfig
-from shared.errors import ConfigurationError
-from shared.natsserver import NatsServer, find_binary
-from shared.telemetry import configure_tracing
+from shared.bus.server import NatsServer, find_binary
+from shared.config.settings import TelemetryConfig
+from shared.contract.errors import ConfigurationError
+from shared.telemetry.tracing import configure_tracing
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRE = os.environ.get("FLOWYARD_REQUIRE_SERVERS") == "1"
@@ -121,7 +121,7 @@ def agent_images(base_image: str) -> None:
 @pytest.fixture(scope="session")
 def service_image(base_image: str) -> str:
     """flowyard/flowyard:<version>, through `flowyard images build` (the agents' images aside)."""
-    from shared.metrics import VERSION
+    from shared.telemetry.metrics import VERSION
 
     done = subprocess.run(
         [sys.executable, "-m", "services.cli", "images", "build", "--no-agents"],

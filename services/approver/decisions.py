@@ -6,9 +6,9 @@ from collections.abc import Mapping
 
 import msgspec
 
-from shared.contract import ApprovalRecord, Decision
-from shared.decide import DecisionReply, DecisionRequest, RefusalCode
-from shared.durations import format_duration
+from shared.contract.messages import ApprovalRecord, Decision
+from shared.formats.durations import format_duration
+from shared.state.decide import DecisionReply, DecisionRequest, RefusalCode
 
 replace = msgspec.structs.replace
 __all__ = ["DecisionReply", "DecisionRequest", "Refused", "allowed", "apply", "close", "expire"]

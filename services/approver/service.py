@@ -18,9 +18,12 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
-from shared import metrics, runs, subjects, telemetry
-from shared.bus import Delivery
-from shared.contract import (
+from shared.api import runs
+from shared.bus.delivery import Delivery
+from shared.contract import subjects
+from shared.contract.envelope import epoch, now_rfc3339
+from shared.contract.errors import NotYet, PermanentError, RetryableError
+from shared.contract.messages import (
     AnyEvent,
     ApprovalDecided,
     ApprovalRecord,
@@ -30,9 +33,9 @@ from shared.contract import (
     decode_approval,
     encode,
 )
-from shared.envelope import epoch, now_rfc3339
-from shared.errors import NotYet, PermanentError, RetryableError
-from shared.service import Service
+from shared.service.host import Service
+from shared.telemetry import metrics
+from shared.telemetry import tracing as telemetry
 
 from . import decisions
 

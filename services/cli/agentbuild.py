@@ -17,8 +17,8 @@ from typing import Any
 
 import aiodocker
 
-from shared import dockerclient
-from shared.builtin_agents import agent_dirs, agents_dir, builtin_agents
+from shared.docker import client as dockerclient
+from shared.workflow.builtin import agent_dirs, agents_dir, builtin_agents
 
 from .output import EXIT_BROKEN, EXIT_INVALID, EXIT_OK
 

@@ -8,11 +8,11 @@ from typing import Any
 
 import msgspec
 
-from shared import approvals
-from shared.api import approval_view, to_json
-from shared.config import Config
-from shared.contract import ApprovalRecord
-from shared.decide import DecisionRequest, NoApprover, request_decision
+from shared.api.views import approval_view, to_json
+from shared.config.settings import Config
+from shared.contract.messages import ApprovalRecord
+from shared.state import approvals
+from shared.state.decide import DecisionRequest, NoApprover, request_decision
 
 from .client import connected
 from .output import EXIT_BROKEN, EXIT_FAILED, EXIT_INVALID, EXIT_OK, echo_json

@@ -12,11 +12,13 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 
-from shared import subjects
-from shared.api import finished_view, run_view, to_json
-from shared.bus import Bus
-from shared.config import Config
-from shared.contract import (
+from shared.api.runs import get_record, get_request, list_records, new_run_id, publish_request
+from shared.api.views import finished_view, run_view, to_json
+from shared.bus.connection import Bus
+from shared.bus.delivery import TRANSIENT
+from shared.config.settings import Config
+from shared.contract import subjects
+from shared.contract.messages import (
     AnyEvent,
     RunFinished,
     RunRecord,
@@ -25,8 +27,6 @@ from shared.contract import (
     decode_event,
     node_results,
 )
-from shared.delivery import TRANSIENT
-from shared.runs import get_record, get_request, list_records, new_run_id, publish_request
 
 __all__ = ["get_record", "get_request", "list_records", "new_run_id"]
 
@@ -129,7 +129,7 @@ async def wait_for_end(bus: Bus, run_id: str, *, timeout: float) -> RunRecord:
 
 
 def result_json(record: RunRecord, request: RunRequested | None = None) -> dict[str, Any]:
-    """The ``--json`` shape, the same object as the gateway's (:class:`shared.api.RunView`)."""
+    """The ``--json`` shape, the same object as the gateway's (:class:`shared.api.views.RunView`)."""
     return to_json(run_view(record, request))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import getpass
 import signal
 import sys
@@ -10,17 +11,19 @@ from pathlib import Path
 
 import msgspec
 
-from shared import agents as agent_registry
-from shared import registry, runs
-from shared import workspace as ws
-from shared.bus import Bus
-from shared.config import Config
-from shared.contract import RunRejected, RunRequested
-from shared.durations import parse_duration
-from shared.envelope import now_rfc3339
-from shared.errors import ConfigurationError, PermanentError, ValidationFailed
-from shared.service import serve
-from shared.values import Values
+from shared.api import runs
+from shared.bus.connection import Bus
+from shared.bus.topology import ensure_topology
+from shared.config.settings import Config
+from shared.contract.envelope import now_rfc3339
+from shared.contract.errors import ConfigurationError, PermanentError, ValidationFailed
+from shared.contract.messages import RunRejected, RunRequested
+from shared.formats.durations import parse_duration
+from shared.service.host import serve
+from shared.state import agents as agent_registry
+from shared.state import registry
+from shared.state import workspace as ws
+from shared.state.values import Values
 from shared.workflow.loader import Bundle, load_file
 from shared.workflow.model import NAME_RE, WorkflowDoc
 from shared.workflow.validate import check_inputs
@@ -73,7 +76,7 @@ async def run_workflow(
     try:
         await bus.connect()
         # Every step before the request is idempotent: each rides through a NATS restart.
-        await bus.through_outage(bus.ensure_topology, "creating the streams")
+        await bus.through_outage(functools.partial(ensure_topology, bus), "creating the streams")
         version: int | None = None
         if registered_name is not None:
             workflow, version = await bus.through_outage(

@@ -7,12 +7,12 @@ import asyncio
 import msgspec
 import nats.js.errors
 
-from shared import subjects
-from shared.builtin_agents import builtin_agents
-from shared.bus import Bus
-from shared.config import Config
-from shared.errors import ConfigurationError
-from shared.secrets import SecretSource
+from shared.bus.connection import Bus
+from shared.config.secrets import SecretSource
+from shared.config.settings import Config
+from shared.contract import subjects
+from shared.contract.errors import ConfigurationError
+from shared.workflow.builtin import builtin_agents
 from shared.workflow.model import AgentDoc
 
 from .output import EXIT_FAILED, EXIT_OK, configure
@@ -78,7 +78,7 @@ async def _docker_checks(config: Config, agents: list[AgentDoc], report) -> None
     import aiodocker
     import aiohttp
 
-    from shared import dockerclient
+    from shared.docker import client as dockerclient
 
     docker = dockerclient.client()
     try:

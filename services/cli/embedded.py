@@ -16,9 +16,9 @@ from services.gateway.service import GatewayService
 from services.notifier.service import NotifierService
 from services.planner.service import PlannerService
 from services.scheduler.service import SchedulerService
-from shared.config import Config
-from shared.natsserver import NatsServer
-from shared.service import Service, ServiceHost
+from shared.bus.server import NatsServer
+from shared.config.settings import Config
+from shared.service.host import Service, ServiceHost
 
 # The CLI is the composition root: the one place that knows every service.
 SERVICE_KINDS: dict[str, Callable[[Config], Service]] = {

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import aiodocker
 
-from shared import dockerclient
-from shared.metrics import VERSION
+from shared.docker import client as dockerclient
+from shared.telemetry.metrics import VERSION
 
 from .agentbuild import _image, build_agents, ensure_base
 from .output import EXIT_BROKEN, EXIT_INVALID, EXIT_OK

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from shared.errors import ValidationFailed
+from shared.contract.errors import ValidationFailed
 from shared.workflow.check import check_bundle
 from shared.workflow.loader import Bundle, load_file
 from shared.workflow.model import AgentDoc, WorkflowDoc

@@ -8,9 +8,9 @@ import sys
 import msgspec
 import nats.errors
 
-from shared import subjects
-from shared.config import Config
-from shared.contract import TaskLog, decode_event, unit_token
+from shared.config.settings import Config
+from shared.contract import subjects
+from shared.contract.messages import TaskLog, decode_event, unit_token
 
 from . import client
 from .client import connected

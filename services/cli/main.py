@@ -12,9 +12,9 @@ from typing import Any, NoReturn
 import click
 import msgspec
 
-from shared.config import Config, load_config
-from shared.delivery import NatsUnavailable
-from shared.errors import ConfigurationError, ValidationFailed
+from shared.bus.delivery import NatsUnavailable
+from shared.config.settings import Config, load_config
+from shared.contract.errors import ConfigurationError, ValidationFailed
 
 from .output import EXIT_BROKEN, EXIT_INVALID, echo_json
 from .output import fail as _fail
@@ -448,7 +448,7 @@ def agents_build(names: tuple[str, ...], base: str, force: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def agents_list(as_json: bool) -> None:
     """The built-in agents: name, image, risk, workspace."""
-    from shared.builtin_agents import builtin_agents
+    from shared.workflow.builtin import builtin_agents
 
     shipped = builtin_agents()
     rows = [

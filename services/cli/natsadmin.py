@@ -2,7 +2,7 @@
 
 nats-config prints a complete nats-server configuration: JetStream, one account for flowyard with
 its JetStream limits, and one user per service plus ``cli`` and ``admin``, each with exactly the
-permissions of ``shared.natsperms`` and its password as a bcrypt hash of the secret
+permissions of ``shared.contract.permissions`` and its password as a bcrypt hash of the secret
 ``NATS_PASSWORD_<USER>``. nats-bootstrap creates the streams and buckets as admin, so that the
 services, on their own users, only bind to what exists.
 """
@@ -10,6 +10,7 @@ services, on their own users, only bind to what exists.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import sys
@@ -20,10 +21,12 @@ from typing import Any
 import bcrypt
 import nats.js.errors
 
-from shared import natsperms
-from shared.bus import Bus, NatsUnavailable
-from shared.config import Config
-from shared.secrets import SecretSource
+from shared.bus.connection import Bus
+from shared.bus.delivery import NatsUnavailable
+from shared.bus.topology import ensure_topology
+from shared.config.secrets import SecretSource
+from shared.config.settings import Config
+from shared.contract import permissions as natsperms
 from shared.workflow.model import memory_bytes
 
 from .output import EXIT_BROKEN, EXIT_INVALID, EXIT_OK
@@ -142,7 +145,7 @@ async def nats_bootstrap(config: Config) -> int:
             return EXIT_INVALID
         try:
             # A JetStream cluster just started elects its leader first: wait for it, within bounds.
-            await bus.through_outage(bus.ensure_topology, "creating the streams")
+            await bus.through_outage(functools.partial(ensure_topology, bus), "creating the streams")
         except NatsUnavailable as exc:
             print(
                 f"flowyard: {exc}. Is JetStream up on every server (a cluster elects a leader first)? "

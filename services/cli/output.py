@@ -16,8 +16,8 @@ from typing import Any, NoReturn
 
 import click
 
-from shared.config import Config
-from shared.service import configure_process
+from shared.config.settings import Config
+from shared.service.host import configure_process
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_BROKEN = 0, 1, 2, 3
 

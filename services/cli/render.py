@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any, TextIO
 
-from shared.contract import (
+from shared.contract.messages import (
     AnyEvent,
     ApprovalDecided,
     ApprovalRequested,
@@ -17,7 +17,7 @@ from shared.contract import (
     TaskStarted,
     TaskSucceeded,
 )
-from shared.telemetry import run_trace_id, trace_link
+from shared.telemetry.tracing import run_trace_id, trace_link
 
 _MARK = {"succeeded": "✓", "failed": "✗", "skipped": "–", "cancelled": "⊘", "running": "▶", "pending": "·"}
 

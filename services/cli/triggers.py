@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from shared.api import to_json
-from shared.config import Config
-from shared.triggering import list_triggers
+from shared.api.views import to_json
+from shared.config.settings import Config
+from shared.state.triggering import list_triggers
 
 from .client import connected
 from .output import EXIT_OK, echo_json

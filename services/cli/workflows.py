@@ -7,11 +7,11 @@ import socket
 import sys
 from pathlib import Path
 
-from shared import audit, registry
-from shared.api import to_json
-from shared.bus import Bus
-from shared.config import Config
-from shared.errors import ValidationFailed
+from shared.api.views import to_json
+from shared.bus.connection import Bus
+from shared.config.settings import Config
+from shared.contract.errors import ValidationFailed
+from shared.state import audit, registry
 from shared.workflow.check import agent_names
 from shared.workflow.loader import load_file
 
@@ -37,7 +37,7 @@ async def record(bus: Bus, user: str, action: audit.Action, target: str, detail:
 async def apply_file(config: Config, path: Path, *, user: str, as_json: bool) -> int:
     loaded = await asyncio.to_thread(load_file, path)  # malformed or unreadable: exit 2 before connecting
     async with connected(config) as bus:
-        from shared import agents as agent_registry
+        from shared.state import agents as agent_registry
 
         registered = await agent_registry.lookup(bus, agent_names(loaded) - set(loaded.agents))
         bundle = await asyncio.to_thread(load_and_check, path, registered)

@@ -7,10 +7,10 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from shared import workspace as ws
-from shared.bus import Bus
-from shared.config import Config
-from shared.errors import ValidationFailed
+from shared.bus.connection import Bus
+from shared.config.settings import Config
+from shared.contract.errors import ValidationFailed
+from shared.state import workspace as ws
 
 from . import client
 from .client import connected

@@ -16,14 +16,14 @@ from typing import Protocol
 import msgspec
 from opentelemetry.trace import Status, StatusCode
 
-from shared import telemetry
-from shared import workspace as ws
-from shared.contract import Event, TaskDispatched, TaskFailed, TaskStarted, TaskSucceeded
-from shared.durations import format_duration
-from shared.errors import PermanentError, RetryableError
-from shared.schemas import first_error
-from shared.secrets import SecretSource
-from shared.values import REF, is_ref
+from shared.config.secrets import SecretSource
+from shared.contract.errors import PermanentError, RetryableError
+from shared.contract.messages import Event, TaskDispatched, TaskFailed, TaskStarted, TaskSucceeded
+from shared.formats.durations import format_duration
+from shared.formats.schemas import first_error
+from shared.state import workspace as ws
+from shared.state.values import REF, is_ref
+from shared.telemetry import tracing as telemetry
 
 from .logstream import LogStream
 from .runtimes.base import Outcome, Runtime, WorkspaceCopy

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
 
-from shared.contract import TaskDispatched, TaskLog
+from shared.contract.messages import TaskDispatched, TaskLog
 
 log = structlog.get_logger("flowyard.executor.logs")
 

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from shared import workspace as ws
+from shared.state import workspace as ws
 
 
 def unpack(src: str, dest: str) -> int:

@@ -15,16 +15,18 @@ import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
 
-from shared import executors, metrics, subjects
-from shared import workspace as ws
-from shared.bus import Delivery, is_outage
-from shared.config import Config, seconds
-from shared.contract import AnyEvent, Event, NodeRecord, TaskDispatched, TaskLog, TaskSucceeded, decode_record
-from shared.errors import FlowyardError, PermanentError, RetryableError
-from shared.runstate import item_state
-from shared.secrets import SecretSource
-from shared.service import Service
-from shared.values import ValueMissing, Values
+from shared.bus.delivery import Delivery, is_outage
+from shared.config.secrets import SecretSource
+from shared.config.settings import Config, seconds
+from shared.contract import subjects
+from shared.contract.errors import FlowyardError, PermanentError, RetryableError
+from shared.contract.messages import AnyEvent, Event, NodeRecord, TaskDispatched, TaskLog, TaskSucceeded, decode_record
+from shared.service.host import Service
+from shared.state import executors
+from shared.state import workspace as ws
+from shared.state.runstate import item_state
+from shared.state.values import ValueMissing, Values
+from shared.telemetry import metrics
 
 from . import handlers
 from .breaker import Breaker

@@ -11,10 +11,10 @@ import uuid
 
 from aiohttp import web
 
-from shared import subjects
-from shared.alerts import AlertsAccepted, Notification, encode_notification
-from shared.envelope import MSG_ID
-from shared.triggering import list_triggers
+from shared.contract import subjects
+from shared.contract.alerts import AlertsAccepted, Notification, encode_notification
+from shared.contract.envelope import MSG_ID
+from shared.state.triggering import list_triggers
 
 from .context import GATEWAY
 from .http import json_body, json_response

@@ -1,10 +1,10 @@
-"""The aiohttp application: one handler per operation of :data:`shared.openapi.OPERATIONS`."""
+"""The aiohttp application: one handler per operation of :data:`shared.api.openapi.OPERATIONS`."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from shared.errors import ConfigurationError
+from shared.contract.errors import ConfigurationError
 
 from . import alerts, approvals, catalog, runs, signin, streams, ui, workflows
 from .context import GATEWAY, Gateway

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from shared import approvals, subjects
-from shared.api import ApprovalView, ApproveBody, DecisionResult, RejectBody, approval_view
-from shared.decide import DecisionRequest, NoApprover, request_decision
+from shared.api.views import ApprovalView, ApproveBody, DecisionResult, RejectBody, approval_view
+from shared.contract import subjects
+from shared.state import approvals
+from shared.state.decide import DecisionRequest, NoApprover, request_decision
 
 from .context import GATEWAY, Gateway
 from .http import choice_param, json_body, json_response, user_of

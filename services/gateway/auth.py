@@ -18,9 +18,9 @@ from pathlib import Path
 
 import structlog
 
-from shared.config import GatewayConfig
-from shared.errors import ConfigurationError
-from shared.secrets import SecretSource
+from shared.config.secrets import SecretSource
+from shared.config.settings import GatewayConfig
+from shared.contract.errors import ConfigurationError
 
 log = structlog.get_logger("flowyard.gateway")
 

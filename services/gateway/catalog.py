@@ -8,10 +8,11 @@ import msgspec
 import nats.js.errors
 from aiohttp import web
 
-from shared import audit, subjects
-from shared.api import AgentView, Health
-from shared.builtin_agents import builtin_agents
-from shared.openapi import document
+from shared.api.openapi import document
+from shared.api.views import AgentView, Health
+from shared.contract import subjects
+from shared.state import audit
+from shared.workflow.builtin import builtin_agents
 from shared.workflow.model import AgentDoc
 
 from .context import GATEWAY

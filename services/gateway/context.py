@@ -9,11 +9,11 @@ from typing import Literal
 import structlog
 from aiohttp import web
 
-from shared import audit, registry
-from shared.bus import Bus
-from shared.config import Config
-from shared.openapi import OPERATIONS, Operation
-from shared.registry import WorkflowVersion
+from shared.api.openapi import OPERATIONS, Operation
+from shared.bus.connection import Bus
+from shared.config.settings import Config
+from shared.state import audit, registry
+from shared.state.registry import WorkflowVersion
 from shared.workflow.model import WorkflowDoc
 
 from .auth import User, Users

@@ -18,9 +18,9 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from shared import metrics
-from shared.bus import is_outage
-from shared.errors import ConfigurationError, MalformedDocument, ValidationFailed
+from shared.bus.delivery import is_outage
+from shared.contract.errors import ConfigurationError, MalformedDocument, ValidationFailed
+from shared.telemetry import metrics
 
 from . import sessions, ui
 from .auth import User, bearer

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import msgspec
 from aiohttp import web
 
-from shared.api import Problem
+from shared.api.views import Problem
 
 PROBLEM_JSON = "application/problem+json"
 _TITLES = {

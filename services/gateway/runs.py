@@ -10,10 +10,12 @@ import msgspec
 import nats.js.errors
 from aiohttp import web
 
-from shared import registry, runs, subjects
-from shared.api import RunView, StartRun, ViewStatus, pending_view, run_status, run_view
-from shared.contract import RunRequested
-from shared.envelope import now_rfc3339
+from shared.api import runs
+from shared.api.views import RunView, StartRun, ViewStatus, pending_view, run_status, run_view
+from shared.contract import subjects
+from shared.contract.envelope import now_rfc3339
+from shared.contract.messages import RunRequested
+from shared.state import registry
 from shared.workflow.model import NAME_RE
 from shared.workflow.validate import check_inputs
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from shared.config import Config
-from shared.errors import ConfigurationError
-from shared.service import Service
+from shared.config.settings import Config
+from shared.contract.errors import ConfigurationError
+from shared.service.host import Service
 
 from .app import build_app
 from .auth import Users, default_data_dir, load_users

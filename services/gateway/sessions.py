@@ -22,8 +22,8 @@ import msgspec
 import nats.js.errors
 from aiohttp import web
 
-from shared import subjects
-from shared.bus import Bus
+from shared.bus.connection import Bus
+from shared.contract import subjects
 
 COOKIE = "fy_session"
 CSRF_HEADER = "X-CSRF-Token"

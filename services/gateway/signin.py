@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from shared.api import SessionEnded, SessionStart, SessionView, rfc3339
-from shared.config import seconds
+from shared.api.views import SessionEnded, SessionStart, SessionView, rfc3339
+from shared.config.settings import seconds
 
 from . import sessions
 from .auth import User

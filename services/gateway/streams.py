@@ -16,16 +16,10 @@ import nats.errors
 from aiohttp import web
 from nats.js import api
 
-from shared import runs, subjects
-from shared.api import LogChunk, LogLine
-from shared.contract import (
-    AnyEvent,
-    ApprovalDecided,
-    Event,
-    RunFinished,
-    TaskLog,
-    decode_event,
-)
+from shared.api import runs
+from shared.api.views import LogChunk, LogLine
+from shared.contract import subjects
+from shared.contract.messages import AnyEvent, ApprovalDecided, Event, RunFinished, TaskLog, decode_event
 
 from .context import GATEWAY, Gateway
 from .http import bool_param, json_response

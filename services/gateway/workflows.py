@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from shared import registry
-from shared.openapi import ApplyResult
+from shared.api.openapi import ApplyResult
+from shared.state import registry
 from shared.workflow.model import NAME_RE
 
 from .context import GATEWAY

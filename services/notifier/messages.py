@@ -8,10 +8,10 @@ from typing import Any
 
 import msgspec
 
-from shared.config import NotifierConfig
-from shared.contract import AnyEvent, ApprovalDecided, ApprovalRequested, NodeFailed, RunFinished
-from shared.telemetry import run_trace_id
-from shared.triggering import TriggerOutcome
+from shared.config.settings import NotifierConfig
+from shared.contract.messages import AnyEvent, ApprovalDecided, ApprovalRequested, NodeFailed, RunFinished
+from shared.state.triggering import TriggerOutcome
+from shared.telemetry.tracing import run_trace_id
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -17,14 +17,16 @@ import structlog
 from nats.js.kv import KeyValue
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from shared import metrics, subjects
-from shared.bus import Delivery
-from shared.config import seconds
-from shared.contract import AnyEvent, NotificationFailed
-from shared.envelope import header
-from shared.secrets import SecretSource
-from shared.service import Service
-from shared.triggering import TriggerOutcome
+from shared.bus.consumer import Consumer
+from shared.bus.delivery import Delivery
+from shared.config.secrets import SecretSource
+from shared.config.settings import seconds
+from shared.contract import subjects
+from shared.contract.envelope import header
+from shared.contract.messages import AnyEvent, NotificationFailed
+from shared.service.host import Service
+from shared.state.triggering import TriggerOutcome
+from shared.telemetry import metrics
 
 from .messages import Notice, notice, sinks_for, trigger_notice
 from .sinks import DeliveryError, Sinks
@@ -49,7 +51,8 @@ class NotifierService(Service):
             "notifier", subjects.RUNS_STREAM, subjects.NOTIFIER_FILTERS, self.handle, concurrency=cfg.concurrency
         )
         self.consumers.append(
-            self.bus.consumer(
+            Consumer(
+                self.bus,
                 durable="notifier-triggers",
                 stream=subjects.TRIGGER_EVENTS_STREAM,
                 filters=subjects.NOTIFIER_TRIGGER_FILTERS,

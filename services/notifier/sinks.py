@@ -11,9 +11,9 @@ import aiohttp
 import aiosmtplib
 import structlog
 
-from shared.config import SinkConfig
-from shared.durations import parse_duration
-from shared.secrets import SecretSource
+from shared.config.secrets import SecretSource
+from shared.config.settings import SinkConfig
+from shared.formats.durations import parse_duration
 
 from .messages import Notice, slack_text
 

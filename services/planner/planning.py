@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 
-from shared.contract import RunPlanned, RunRejected, RunRequested
-from shared.errors import ValidationFailed
+from shared.contract.errors import ValidationFailed
+from shared.contract.messages import RunPlanned, RunRejected, RunRequested
 from shared.workflow.loader import parse_workflow
 from shared.workflow.model import AgentDoc, WorkflowDoc
 from shared.workflow.validate import check_inputs, plan_workflow, validate_agent, validate_workflow

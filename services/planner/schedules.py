@@ -11,22 +11,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import msgspec
 import nats.js.errors
 import structlog
 
-from shared import runs
-from shared.envelope import now_rfc3339
-from shared.errors import ValidationFailed
+from shared.api import runs
+from shared.contract.envelope import now_rfc3339
+from shared.contract.errors import ValidationFailed
 from shared.workflow.schedules import catchup, jitter_s, last_time, next_time
 
 from .triggers.active import Active
+from .triggers.host import TriggerHost
 from .triggers.start import request_for, run_id_for
-
-if TYPE_CHECKING:
-    from .triggering import Triggers
 
 log = structlog.get_logger("flowyard.planner.triggers")
 _enc = msgspec.json.Encoder()
@@ -45,7 +42,7 @@ _dec_cron = msgspec.json.Decoder(_CronState)
 
 
 class Schedules:
-    def __init__(self, triggers: Triggers) -> None:
+    def __init__(self, triggers: TriggerHost) -> None:
         self.triggers = triggers
         self._tasks: dict[str, tuple[Active, asyncio.Task[None]]] = {}
 

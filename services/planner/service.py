@@ -8,12 +8,13 @@ from collections.abc import Iterable
 
 import structlog
 
-from shared import agents, executors, subjects
-from shared.builtin_agents import builtin_agents
-from shared.bus import Delivery
-from shared.contract import AnyEvent, RunPlanned, RunRequested
-from shared.errors import PermanentError
-from shared.service import Service
+from shared.bus.delivery import Delivery
+from shared.contract import subjects
+from shared.contract.errors import PermanentError
+from shared.contract.messages import AnyEvent, RunPlanned, RunRequested
+from shared.service.host import Service
+from shared.state import agents, executors
+from shared.workflow.builtin import builtin_agents
 from shared.workflow.model import AgentDoc
 
 from .planning import plan_run

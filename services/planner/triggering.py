@@ -31,13 +31,18 @@ import nats.errors
 import nats.js.errors
 import structlog
 
-from shared import capture, metrics, registry, runs, subjects
-from shared.bus import Bus, Delivery
-from shared.consumer import Consumer
-from shared.durations import parse_duration
-from shared.envelope import MSG_ID, now_rfc3339
-from shared.errors import ValidationFailed
-from shared.triggering import Outcome, PlannerCounts, TriggerCounts, TriggerOutcome
+from shared.api import runs
+from shared.bus import capture
+from shared.bus.connection import Bus
+from shared.bus.consumer import Consumer
+from shared.bus.delivery import Delivery
+from shared.contract import subjects
+from shared.contract.envelope import MSG_ID, now_rfc3339
+from shared.contract.errors import ValidationFailed
+from shared.formats.durations import parse_duration
+from shared.state import registry
+from shared.state.triggering import Outcome, PlannerCounts, TriggerCounts, TriggerOutcome
+from shared.telemetry import metrics
 
 from .schedules import Schedules
 from .triggers import events, storm
@@ -73,7 +78,8 @@ class Triggers:
     # --- lifecycle ------------------------------------------------------------------------------
 
     def consumer(self) -> Consumer:
-        return self.bus.consumer(
+        return Consumer(
+            self.bus,
             durable="planner-triggers",
             stream=subjects.TRIGGERS_STREAM,
             filters=[],

@@ -1,4 +1,4 @@
-from shared.service import main
+from shared.service.host import main
 
 from .service import SchedulerService
 

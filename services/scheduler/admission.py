@@ -11,7 +11,7 @@ import msgspec
 import nats.js.errors
 from nats.js.kv import KeyValue
 
-from shared.errors import RetryableError
+from shared.contract.errors import RetryableError
 
 
 class Slots(msgspec.Struct, kw_only=True):

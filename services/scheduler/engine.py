@@ -20,8 +20,8 @@ from typing import Any
 
 import msgspec
 
-from shared import subjects
-from shared.contract import (
+from shared.contract import subjects
+from shared.contract.messages import (
     ApprovalDecided,
     ApprovalRequested,
     ItemDispatches,
@@ -43,8 +43,8 @@ from shared.contract import (
     node_results,
     unit_token,
 )
-from shared.durations import format_duration
-from shared.masking import mask_secrets
+from shared.formats.durations import format_duration
+from shared.formats.masking import mask_secrets
 from shared.workflow.expressions import ExpressionError, evaluate
 from shared.workflow.templates import TemplateError, render
 

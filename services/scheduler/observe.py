@@ -6,9 +6,11 @@ what makes it happen once). Pure apart from the metrics and the span it records.
 
 from __future__ import annotations
 
-from shared import metrics, subjects, telemetry
-from shared.contract import RunRecord
-from shared.envelope import epoch
+from shared.contract import subjects
+from shared.contract.envelope import epoch
+from shared.contract.messages import RunRecord
+from shared.telemetry import metrics
+from shared.telemetry import tracing as telemetry
 
 _NODE_ENDS = ("succeeded", "failed", "skipped", "cancelled", "rejected")
 

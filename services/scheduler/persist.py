@@ -18,8 +18,7 @@ import msgspec
 import nats.js.errors
 from nats.js.kv import KeyValue
 
-from shared import metrics
-from shared.contract import (
+from shared.contract.messages import (
     ApprovalRequested,
     ItemDispatches,
     NodeRecord,
@@ -29,8 +28,9 @@ from shared.contract import (
     TaskDispatched,
     encode,
 )
-from shared.runstate import item_key, item_runs
-from shared.values import Values
+from shared.state.runstate import item_key, item_runs
+from shared.state.values import Values
+from shared.telemetry import metrics
 
 from .engine import DONE
 

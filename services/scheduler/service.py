@@ -22,10 +22,12 @@ import nats.js.errors
 import structlog
 from nats.js.kv import KeyValue
 
-from shared import metrics, subjects
-from shared.bus import Delivery
-from shared.config import seconds
-from shared.contract import (
+from shared.bus.delivery import Delivery
+from shared.config.settings import seconds
+from shared.contract import subjects
+from shared.contract.envelope import epoch, now_rfc3339
+from shared.contract.errors import NotYet, PermanentError, RetryableError
+from shared.contract.messages import (
     AnyEvent,
     ApprovalDecided,
     NodeFailed,
@@ -42,11 +44,10 @@ from shared.contract import (
     TimerDue,
     decode_record,
 )
-from shared.envelope import epoch, now_rfc3339
-from shared.errors import NotYet, PermanentError, RetryableError
-from shared.runstate import hydrate
-from shared.service import Service
-from shared.values import Values
+from shared.service.host import Service
+from shared.state.runstate import hydrate
+from shared.state.values import Values
+from shared.telemetry import metrics
 
 from . import engine, observe
 from .admission import Admission

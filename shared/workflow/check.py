@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from shared.builtin_agents import builtin_agents
-from shared.errors import ValidationFailed
+from shared.contract.errors import ValidationFailed
+from shared.workflow.builtin import builtin_agents
 from shared.workflow.loader import Bundle
 from shared.workflow.model import AgentDoc
 from shared.workflow.validate import validate_agent, validate_workflow

@@ -14,8 +14,8 @@ from typing import Any
 import msgspec
 import yaml
 
-from shared import yamlio
-from shared.errors import MalformedDocument, ValidationFailed
+from shared.contract.errors import MalformedDocument, ValidationFailed
+from shared.formats import yamlio
 from shared.workflow.model import API_VERSION, KNOWN_KEYS, AgentDoc, InputDef, NodeDef, WorkflowDoc
 
 MAX_FILE_BYTES = 1024 * 1024

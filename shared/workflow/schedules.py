@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from cronsim import CronSim
 
-from shared.durations import parse_duration
+from shared.formats.durations import parse_duration
 from shared.workflow.model import CronTrigger
 from shared.workflow.triggers import zone
 

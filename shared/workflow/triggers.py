@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
-from shared.durations import parse_duration
+from shared.formats.durations import parse_duration
 from shared.workflow.expressions import ExpressionError, parse, references
 from shared.workflow.model import TriggerDef, WorkflowDoc
 from shared.workflow.templates import TemplateError, find_refs

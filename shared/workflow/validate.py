@@ -13,10 +13,10 @@ from typing import Any
 
 import msgspec
 
-from shared.contract import AgentResources, AgentSnapshot, ApprovalPolicy, Plan, PlannedNode, RetryPolicy
-from shared.durations import parse_duration
-from shared.errors import ValidationFailed
-from shared.schemas import first_error, schema_problem
+from shared.contract.errors import ValidationFailed
+from shared.contract.messages import AgentResources, AgentSnapshot, ApprovalPolicy, Plan, PlannedNode, RetryPolicy
+from shared.formats.durations import parse_duration
+from shared.formats.schemas import first_error, schema_problem
 from shared.workflow.expressions import ExpressionError, parse, references
 from shared.workflow.loader import Located, line_of
 from shared.workflow.model import (

@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from shared.natsserver import NatsServer
+from shared.bus.server import NatsServer
 from tests.integration.stack import Stack
 
 SEED = int(os.environ.get("FLOWYARD_TEST_SEED", random.randrange(2**32)))

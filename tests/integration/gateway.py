@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from shared.natsserver import NatsServer
+from shared.bus.server import NatsServer
 
 from .stack import Stack
 

@@ -8,15 +8,18 @@ import os
 import sys
 from pathlib import Path
 
-from shared.bus import Bus, Delivery
-from shared.config import BusConfig, NatsConfig
-from shared.contract import decode_event
+from shared.bus.connection import Bus
+from shared.bus.consumer import Consumer
+from shared.bus.delivery import Delivery
+from shared.bus.topology import ensure_topology
+from shared.config.settings import BusConfig, NatsConfig
+from shared.contract.messages import decode_event
 
 
 async def main(url: str, out: Path) -> None:
     bus = Bus(NatsConfig(url=url), BusConfig(ack_wait="1s", poison_deliveries=3), name="poisoned")
     await bus.connect()
-    await bus.ensure_topology()
+    await ensure_topology(bus)
 
     async def handle(event: object, delivery: Delivery) -> None:
         run_id = event.run_id  # type: ignore[attr-defined]
@@ -25,7 +28,8 @@ async def main(url: str, out: Path) -> None:
         with out.open("a") as f:
             f.write(run_id + "\n")
 
-    consumer = bus.consumer(
+    consumer = Consumer(
+        bus,
         durable="poison-test",
         stream="FY_RUNS",
         filters=["fy.run.*.requested"],

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shared.natsserver import NatsServer
+from shared.bus.server import NatsServer
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("planner", "scheduler", "executor")

@@ -16,9 +16,9 @@ import pytest
 
 from services.executor import handlers
 from services.executor.runtimes.docker import LABEL, DockerRuntime
-from shared import workspace as ws
-from shared.builtin_agents import builtin_agents
-from shared.contract import Event, TaskDispatched, TaskFailed, TaskSucceeded
+from shared.contract.messages import Event, TaskDispatched, TaskFailed, TaskSucceeded
+from shared.state import workspace as ws
+from shared.workflow.builtin import builtin_agents
 from shared.workflow.validate import snapshot
 
 from ..cli import clean_env, flowyard, flowyard_up

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.natsserver import NatsServer
+from shared.bus.server import NatsServer
 
 from ..conftest import missing
 from ..hooks import Hooks

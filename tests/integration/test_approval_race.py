@@ -9,11 +9,12 @@ import secrets
 import msgspec
 
 from services.approver.service import ApproverService
-from shared import subjects
-from shared.config import load_config
-from shared.contract import ApprovalRequested
-from shared.decide import DecisionRequest
-from shared.natsserver import NatsServer
+from shared.bus.server import NatsServer
+from shared.bus.topology import ensure_topology
+from shared.config.settings import load_config
+from shared.contract import subjects
+from shared.contract.messages import ApprovalRequested
+from shared.state.decide import DecisionRequest
 
 
 async def test_a_decision_before_the_request_is_stored_is_taken(nats_server: NatsServer) -> None:
@@ -21,7 +22,7 @@ async def test_a_decision_before_the_request_is_stored_is_taken(nats_server: Nat
     approver = ApproverService(config)
     await approver.bus.connect()
     try:
-        await approver.bus.ensure_topology()
+        await ensure_topology(approver.bus)
         await approver.setup()  # its consumers are made but never run: the request stays unhandled
         run_id = f"rrace{secrets.token_hex(4)}"
         request = ApprovalRequested(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.natsserver import NatsServer
+from shared.bus.server import NatsServer
 
 from .stack import Stack
 

@@ -9,19 +9,22 @@ from pathlib import Path
 
 import pytest
 
-from shared import subjects
-from shared.bus import Bus, Delivery
-from shared.config import BusConfig, NatsConfig
-from shared.contract import RunStarted, decode_event
-from shared.errors import ConfigurationError, PermanentError, RetryableError
-from shared.natsserver import NatsServer
+from shared.bus.connection import Bus
+from shared.bus.consumer import Consumer
+from shared.bus.delivery import Delivery
+from shared.bus.server import NatsServer
+from shared.bus.topology import ensure_topology
+from shared.config.settings import BusConfig, NatsConfig
+from shared.contract import subjects
+from shared.contract.errors import ConfigurationError, PermanentError, RetryableError
+from shared.contract.messages import RunStarted, decode_event
 
 
 @pytest.fixture
 async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
     b = Bus(NatsConfig(url=nats_server.url), BusConfig(ack_wait="2s"), name=f"t{secrets.token_hex(3)}")
     await b.connect()
-    await b.ensure_topology()
+    await ensure_topology(b)
     yield b
     await b.close()
 
@@ -32,7 +35,8 @@ def started(run_id: str) -> RunStarted:
 
 async def consume(bus: Bus, handler, *, max_deliver: int = 5):
     run = f"r{secrets.token_hex(4)}"
-    consumer = bus.consumer(
+    consumer = Consumer(
+        bus,
         durable=f"test-{run}",
         stream=subjects.RUNS_STREAM,
         # Not fy.run.RUN.>: a dead letter also publishes fy.run.RUN.abandoned for the scheduler.
@@ -74,8 +78,8 @@ async def test_topology_creation_is_idempotent_and_concurrent(nats_server: NatsS
     buses = [Bus(NatsConfig(url=nats_server.url), BusConfig(), name=f"b{i}") for i in range(3)]
     for b in buses:
         await b.connect()
-    await asyncio.gather(*(b.ensure_topology() for b in buses))
-    await asyncio.gather(*(b.ensure_topology() for b in buses))
+    await asyncio.gather(*(ensure_topology(b) for b in buses))
+    await asyncio.gather(*(ensure_topology(b) for b in buses))
     assert await buses[0].topology_present()
     for b in buses:
         await b.close()

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from shared.metrics import VERSION
+from shared.telemetry.metrics import VERSION
 from tests.chaos.harness import free_port
 
 from .stack import ROOT

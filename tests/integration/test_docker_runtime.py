@@ -15,7 +15,7 @@ import pytest
 
 from services.executor import handlers
 from services.executor.runtimes.docker import LABEL, DockerRuntime
-from shared.contract import AgentResources, AgentSnapshot, TaskDispatched
+from shared.contract.messages import AgentResources, AgentSnapshot, TaskDispatched
 
 pytestmark = pytest.mark.docker
 ROOT = Path(__file__).resolve().parents[2]
@@ -321,7 +321,7 @@ def test_executor_sigkilled_while_its_container_runs(base_image: str, nats_binar
     import signal
     import time
 
-    from shared.natsserver import NatsServer
+    from shared.bus.server import NatsServer
 
     from .stack import Stack
 
@@ -380,7 +380,7 @@ def test_a_missing_image_fails_clearly_then_trips_the_breaker(
 ) -> None:
     import json
 
-    from shared.natsserver import NatsServer
+    from shared.bus.server import NatsServer
 
     from .stack import Stack
 
@@ -426,7 +426,7 @@ def test_a_docker_daemon_that_comes_back_within_the_wait_loses_no_run(
     import os
     import threading
 
-    from shared.natsserver import NatsServer
+    from shared.bus.server import NatsServer
 
     from .stack import Stack
 

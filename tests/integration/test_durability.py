@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.natsserver import NatsServer
+from shared.bus.server import NatsServer
 from tests.chaos.harness import Chaos, run_trials
 from tests.chaos.test_services import SCENARIOS
 

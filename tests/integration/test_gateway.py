@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from shared.natsserver import NatsServer
+from shared.bus.server import NatsServer
 
 from .gateway import API_YAML, TOKENS, auth, gateway_config, sse, start_gateway
 from .stack import Stack

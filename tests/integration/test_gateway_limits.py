@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from shared.natsserver import NatsServer
+from shared.bus.server import NatsServer
 
 from .gateway import TOKENS, gateway_config, start_gateway
 from .stack import Stack

@@ -12,7 +12,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from shared.natsserver import NatsServer
+from shared.bus.server import NatsServer
 
 from ..cli import flowyard
 from .stack import Stack

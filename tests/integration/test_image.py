@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.metrics import VERSION
-from shared.natsserver import NatsServer
+from shared.bus.server import NatsServer
+from shared.telemetry.metrics import VERSION
 from tests.chaos.harness import WORKFLOWS
 
 from .stack import ROOT

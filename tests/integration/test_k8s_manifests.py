@@ -16,8 +16,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from shared import natsperms, subjects
-from shared.config import load_config
+from shared.config.settings import load_config
+from shared.contract import permissions as natsperms
+from shared.contract import subjects
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = ("dev", "prod", "prod-no-keda")

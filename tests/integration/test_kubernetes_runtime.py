@@ -21,9 +21,9 @@ from lightkube import AsyncClient, KubeConfig
 from services.executor.runtimes import podspec
 from services.executor.runtimes.base import WorkspaceCopy
 from services.executor.runtimes.kubernetes import KubernetesRuntime
-from shared import workspace as ws
-from shared.config import KubernetesRuntimeConfig
-from shared.contract import AgentResources, AgentSnapshot, TaskDispatched
+from shared.config.settings import KubernetesRuntimeConfig
+from shared.contract.messages import AgentResources, AgentSnapshot, TaskDispatched
+from shared.state import workspace as ws
 
 from .fakekube import FakeKube
 
@@ -292,7 +292,7 @@ def test_the_stack_runs_agents_as_pods_and_an_executor_killed_mid_run_adopts_the
     import signal
     import time
 
-    from shared.natsserver import NatsServer
+    from shared.bus.server import NatsServer
 
     from .stack import Stack
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.natsserver import NatsServer
+from shared.bus.server import NatsServer
 from tests.chaos.harness import EXPECTED, WORKFLOWS, Sink, free_port
 
 from .stack import ROOT

@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from shared.natsserver import NatsServer
+from shared.bus.server import NatsServer
 
 from .stack import Stack
 

@@ -23,11 +23,11 @@ from typing import Any
 import nats
 import pytest
 
-from shared.bus import Bus
-from shared.config import BusConfig, NatsConfig, NatsTls
-from shared.contract import AgentSnapshot, TaskDispatched, TaskSucceeded
-from shared.errors import ConfigurationError, PermanentError
-from shared.natsserver import NatsServer
+from shared.bus.connection import Bus
+from shared.bus.server import NatsServer
+from shared.config.settings import BusConfig, NatsConfig, NatsTls
+from shared.contract.errors import ConfigurationError, PermanentError
+from shared.contract.messages import AgentSnapshot, TaskDispatched, TaskSucceeded
 from tests.chaos.harness import EXPECTED, TOKEN, WORKFLOWS, Sink, free_port
 
 from .stack import ROOT, Stack

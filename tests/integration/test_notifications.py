@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from shared.natsserver import NatsServer
+from shared.bus.server import NatsServer
 
 from .stack import Stack
 
@@ -163,9 +163,9 @@ def test_a_sink_that_never_recovers_is_given_up_visibly(setup: tuple[Stack, Hook
     # ... and the failure is an event in the run's audit log.
     import asyncio
 
-    from shared.bus import Bus
-    from shared.config import BusConfig, NatsConfig
-    from shared.contract import NotificationFailed, decode_event
+    from shared.bus.connection import Bus
+    from shared.config.settings import BusConfig, NatsConfig
+    from shared.contract.messages import NotificationFailed, decode_event
 
     async def read() -> NotificationFailed:
         bus = Bus(NatsConfig(url=stack.server.url), BusConfig(), name="t")
@@ -181,8 +181,8 @@ def test_a_sink_that_never_recovers_is_given_up_visibly(setup: tuple[Stack, Hook
 
 
 def test_bad_notifier_configuration_is_refused_with_the_reason(tmp_path: Path) -> None:
-    from shared.config import load_config
-    from shared.errors import ConfigurationError
+    from shared.config.settings import load_config
+    from shared.contract.errors import ConfigurationError
 
     path = tmp_path / "c.yaml"
     path.write_text("notifier:\n  sinks: {a: {type: webhook}}\n  rules: [{on: [run.failed], sinks: [b]}]\n")

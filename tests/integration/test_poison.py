@@ -11,9 +11,10 @@ from pathlib import Path
 
 import nats
 
-from shared.bus import Bus
-from shared.config import BusConfig, NatsConfig
-from shared.contract import RunRequested, decode_event
+from shared.bus.connection import Bus
+from shared.bus.topology import ensure_topology
+from shared.config.settings import BusConfig, NatsConfig
+from shared.contract.messages import RunRequested, decode_event
 
 from .stack import ROOT
 
@@ -25,7 +26,7 @@ def test_a_message_that_kills_its_handler_every_time_is_dead_lettered(fresh_nats
     async def publish() -> None:
         bus = Bus(NatsConfig(url=url), BusConfig(), name="test")
         await bus.connect()
-        await bus.ensure_topology()
+        await ensure_topology(bus)
         for run_id in ("rpoison1", "rgood1"):
             event = RunRequested(run_id=run_id, workflow="w", definition={})
             await bus.publish(f"fy.run.{run_id}.requested", event, msg_id=f"{run_id}:requested")

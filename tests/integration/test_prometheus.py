@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 import yaml
 
-from shared import dashboards, metrics
-from shared.natsserver import NatsServer
+from shared.bus.server import NatsServer
+from shared.codegen import dashboards
+from shared.telemetry import metrics
 
 from ..conftest import ROOT, missing
 from ..hooks import Hooks

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.natsserver import NatsServer
+from shared.bus.server import NatsServer
 
 from .stack import Stack
 
@@ -134,8 +134,8 @@ def test_fan_out_of_many_items(stack: Stack) -> None:
 def test_poison_messages_do_not_block_the_services(stack: Stack) -> None:
     import asyncio
 
-    from shared.bus import Bus
-    from shared.config import BusConfig, NatsConfig
+    from shared.bus.connection import Bus
+    from shared.config.settings import BusConfig, NatsConfig
 
     async def send() -> None:
         bus = Bus(NatsConfig(url=stack.server.url), BusConfig(), name="poisoner")

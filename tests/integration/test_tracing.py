@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.natsserver import NatsServer
+from shared.bus.server import NatsServer
 from tests.otlp import Collector, ReceivedSpan
 
 from .stack import Stack

@@ -15,7 +15,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from shared.natsserver import NatsServer
+from shared.bus.server import NatsServer
 
 from .stack import Stack
 from .test_triggers import TRIGGERED, runs_of, triggers_idle, wait_for

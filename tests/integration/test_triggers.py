@@ -13,7 +13,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from shared.natsserver import NatsServer
+from shared.bus.server import NatsServer
 
 from .stack import Stack
 

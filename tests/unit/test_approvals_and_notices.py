@@ -8,8 +8,8 @@ from services.approver import decisions
 from services.approver.decisions import DecisionRequest, Refused
 from services.notifier.messages import notice, sinks_for, slack_text
 from services.scheduler import engine
-from shared.config import NotifierConfig, NotifyRule, SinkConfig
-from shared.contract import (
+from shared.config.settings import NotifierConfig, NotifyRule, SinkConfig
+from shared.contract.messages import (
     AgentSnapshot,
     ApprovalDecided,
     ApprovalPolicy,
@@ -177,7 +177,7 @@ def test_notices_and_routing() -> None:
 
 
 def test_notices_carry_the_runs_trace_and_a_link_when_configured() -> None:
-    from shared.telemetry import run_trace_id
+    from shared.telemetry.tracing import run_trace_id
 
     event = RunFinished(run_id="r9", workflow="deploy-api", status="failed", error="boom")
     plain = notice(event)

@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import load_config
-from shared.durations import parse_duration
-from shared.errors import ConfigurationError
+from shared.config.settings import load_config
+from shared.contract.errors import ConfigurationError
+from shared.formats.durations import parse_duration
 
 
 def test_defaults_file_and_environment_layer(tmp_path: Path) -> None:

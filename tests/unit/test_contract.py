@@ -1,7 +1,8 @@
 import msgspec
 import pytest
 
-from shared.contract import (
+from shared.contract.envelope import build_headers, header
+from shared.contract.messages import (
     EVENT_TYPES,
     AgentSnapshot,
     RunRequested,
@@ -11,7 +12,6 @@ from shared.contract import (
     encode,
     event_type,
 )
-from shared.envelope import build_headers, header
 
 
 def test_every_event_round_trips_through_the_union_decoder() -> None:

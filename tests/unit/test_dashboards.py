@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import re
 
-from shared import dashboards, metrics
+from shared.codegen import dashboards
+from shared.telemetry import metrics
 
 METRIC = re.compile(r"\b(flowyard_[a-z_]+)\b")
 
 
 def test_the_committed_dashboards_are_what_the_code_generates() -> None:
     stale = dashboards.stale()
-    assert not stale, f"deploy/grafana/dashboards is stale ({', '.join(stale)}): run `python -m shared.dashboards`"
+    assert not stale, f"deploy/grafana/dashboards is stale ({', '.join(stale)}): run `python -m shared.codegen.dashboards`"
     assert sorted(p.name for p in dashboards.OUT.glob("*.json")) == sorted(dashboards.render())
 
 

@@ -8,8 +8,8 @@ import pytest
 
 from services.executor import handlers
 from services.executor.runtimes import DockerRuntime
-from shared import dockerclient
-from shared.contract import AgentSnapshot, TaskDispatched
+from shared.contract.messages import AgentSnapshot, TaskDispatched
+from shared.docker import client as dockerclient
 
 
 async def test_a_missing_daemon_is_a_retryable_start_failure_naming_the_socket(
@@ -53,8 +53,8 @@ async def test_no_socket_anywhere_falls_back_to_the_standard_one(monkeypatch: py
 async def test_an_outage_hands_the_dispatch_back_until_the_last_delivery(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from shared.contract import Event, TaskFailed
-    from shared.errors import RetryableError
+    from shared.contract.errors import RetryableError
+    from shared.contract.messages import Event, TaskFailed
 
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'docker.sock'}")
     task = TaskDispatched(

@@ -7,7 +7,7 @@ import tarfile
 
 from services.executor.runtimes import dockerinput
 from services.executor.runtimes.docker import DockerRuntime
-from shared.contract import AgentSnapshot, TaskDispatched
+from shared.contract.messages import AgentSnapshot, TaskDispatched
 
 
 def test_small_inputs_go_in_the_environment_large_ones_in_a_file_and_no_shell_means_the_attach() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from services.scheduler import engine
-from shared.contract import (
+from shared.contract.messages import (
     AgentSnapshot,
     Plan,
     PlannedNode,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.scheduler import engine
-from shared.contract import (
+from shared.contract.messages import (
     AgentSnapshot,
     Plan,
     PlannedNode,

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.scheduler import engine
-from shared.contract import (
+from shared.contract.messages import (
     AgentSnapshot,
     Plan,
     PlannedNode,

@@ -13,8 +13,8 @@ import pytest
 
 from services.executor import handlers
 from services.executor.runtimes import ProcessRuntime
-from shared.contract import AgentSnapshot, Event, TaskDispatched, TaskFailed, TaskStarted, TaskSucceeded
-from shared.secrets import SecretSource
+from shared.config.secrets import SecretSource
+from shared.contract.messages import AgentSnapshot, Event, TaskDispatched, TaskFailed, TaskStarted, TaskSucceeded
 
 
 def task(
@@ -244,7 +244,7 @@ def test_the_breaker_opens_after_consecutive_infrastructure_failures_and_closes_
 
 
 async def test_an_output_too_large_to_report_fails_the_node_instead_of_vanishing() -> None:
-    from shared.errors import PermanentError
+    from shared.contract.errors import PermanentError
 
     sent: list[Event] = []
 
@@ -276,7 +276,7 @@ async def test_each_attempt_is_a_span_saying_how_it_ended(monkeypatch: pytest.Mo
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr("shared.telemetry.tracer", lambda: provider.get_tracer("test"))
+    monkeypatch.setattr("shared.telemetry.tracing.tracer", lambda: provider.get_tracer("test"))
     await run(task("print('{}')"))
     await run(
         task("import sys; print('token=hunter22', file=sys.stderr); sys.exit(5)", secrets=["TOKEN"]),

@@ -12,8 +12,8 @@ import msgspec
 from services.executor import handlers
 from services.executor.logstream import LogStream
 from services.executor.runtimes import ProcessRuntime
-from shared import workspace as ws
-from shared.contract import AgentSnapshot, Event, TaskDispatched, TaskLog, TaskSucceeded
+from shared.contract.messages import AgentSnapshot, Event, TaskDispatched, TaskLog, TaskSucceeded
+from shared.state import workspace as ws
 
 
 class MemoryWorkspaces:
@@ -135,7 +135,7 @@ async def test_task_events_carry_the_workspace_fields() -> None:
 
 
 async def test_a_full_store_fails_the_node_instead_of_redelivering_it() -> None:
-    from shared.errors import PermanentError
+    from shared.contract.errors import PermanentError
 
     class Full(MemoryWorkspaces):
         async def store(self, name: str, data: bytes) -> str:

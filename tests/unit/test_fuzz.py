@@ -17,10 +17,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.alerts import decode_notification
-from shared.config import load_config
-from shared.contract import decode_approval, decode_event, decode_record
-from shared.errors import ConfigurationError, ValidationFailed
+from shared.config.settings import load_config
+from shared.contract.alerts import decode_notification
+from shared.contract.errors import ConfigurationError, ValidationFailed
+from shared.contract.messages import decode_approval, decode_event, decode_record
 from shared.workflow.check import check_bundle
 from shared.workflow.loader import load_bundle
 

@@ -6,8 +6,8 @@ import pytest
 
 from services.gateway.auth import User, Users, bearer
 from services.gateway.ratelimit import RateLimiter, retry_after
-from shared.api import run_status
-from shared.contract import NodeRecord, RunRecord
+from shared.api.views import run_status
+from shared.contract.messages import NodeRecord, RunRecord
 
 
 def test_bearer_parsing() -> None:
@@ -72,8 +72,8 @@ def test_run_status_while_it_goes() -> None:
 
 
 def test_a_run_view_carries_the_graph_for_drawing_it() -> None:
-    from shared.api import pending_view, run_view
-    from shared.contract import AgentSnapshot, NodeRecord, Plan, PlannedNode, RunRecord, RunRequested
+    from shared.api.views import pending_view, run_view
+    from shared.contract.messages import AgentSnapshot, NodeRecord, Plan, PlannedNode, RunRecord, RunRequested
 
     plan = Plan(
         nodes=[
@@ -94,8 +94,8 @@ def test_a_run_view_carries_the_graph_for_drawing_it() -> None:
 
 
 def test_a_steps_input_is_shown_with_secret_looking_values_masked() -> None:
-    from shared.api import run_view
-    from shared.contract import NodeRecord, RunRecord
+    from shared.api.views import run_view
+    from shared.contract.messages import NodeRecord, RunRecord
 
     node = NodeRecord(input={"host": "db-3", "api_token": "s3cret", "nested": [{"Password": "x", "port": 5432}]})
     view = run_view(RunRecord(run_id="r1", workflow="w", nodes={"a": node}))

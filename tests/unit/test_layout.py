@@ -1,14 +1,17 @@
-"""The design's import rules: no service imports another, nothing under services/ needs the CLI,
-and the CLI knows the services in one place only (its composition root)."""
+"""The design's import rules (docs/architecture.md): the kit's layers point down, no service imports
+another, nothing under services/ needs the CLI, the CLI knows the services in one place only (its
+composition root), codegen is build-time, and nothing imports in a circle."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ROOT / "services"
-COMPOSITION_ROOT = SERVICES / "cli" / "embedded.py"
 
 
 def _imports(path: Path) -> set[str]:
@@ -22,23 +25,39 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
-def test_no_service_imports_another_or_the_cli() -> None:
-    problems = []
-    for package in sorted(p for p in SERVICES.iterdir() if (p / "__init__.py").exists()):
-        for path in package.rglob("*.py"):
-            if path == COMPOSITION_ROOT:
-                continue
-            for module in _imports(path):
-                parts = module.split(".")
-                if parts[0] == "services" and len(parts) > 1 and parts[1] != package.name:
-                    problems.append(f"{path.relative_to(ROOT)} imports {module}")
-    assert not problems, "\n".join(problems)
+def test_import_contracts_hold() -> None:
+    """The layers of shared/, independent services, codegen at build time only, no circles: the
+    contracts in pyproject.toml ([tool.importlinter]), checked by import-linter's own engine."""
+    result = subprocess.run(
+        [sys.executable, "-c", "from importlinter.cli import lint_imports_command; lint_imports_command()"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "0 broken" in result.stdout
+
+
+def test_the_contracts_cover_every_kit_layer_and_service() -> None:
+    """A new subpackage of shared/ or a new service must be placed in the contracts."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    contracts = {c["id"]: c for c in config["contracts"]}
+    layered = {name.strip() for layer in contracts["kit-layers"]["layers"] for name in layer.split("|")}
+    packages = {p.name for p in (ROOT / "shared").iterdir() if (p / "__init__.py").exists()}
+    assert packages == layered, f"shared/ subpackages not in the layers: {packages ^ layered}"
+    modules = {p.stem for p in (ROOT / "shared").glob("*.py")} - {"__init__"}
+    assert not modules, f"shared/ holds modules outside a layer: {sorted(modules)}"
+    services = {
+        f"services.{p.name}" for p in SERVICES.iterdir() if (p / "__main__.py").exists() and p.name != "cli"
+    }
+    assert set(contracts["services-independent"]["modules"]) == services
 
 
 def test_every_service_starts_from_the_platform_kit() -> None:
     for package in sorted(p for p in SERVICES.iterdir() if (p / "__main__.py").exists() and p.name != "cli"):
         imports = _imports(package / "__main__.py")
-        assert "shared.service" in imports and not any(m.startswith("services.cli") for m in imports), package.name
+        assert "shared.service.host" in imports and not any(m.startswith("services.cli") for m in imports), package.name
 
 
 def test_cli_modules_do_not_import_main() -> None:
@@ -54,6 +73,6 @@ def test_cli_modules_do_not_import_main() -> None:
         "sys",
         "typing",
         "click",
-        "shared.config",
-        "shared.service",
+        "shared.config.settings",
+        "shared.service.host",
     }

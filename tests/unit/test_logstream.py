@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from services.executor.logstream import LogStream
-from shared.contract import AgentSnapshot, TaskDispatched, TaskLog
+from shared.contract.messages import AgentSnapshot, TaskDispatched, TaskLog
 
 TASK = TaskDispatched(run_id="r1", workflow="w", node_id="n", attempt=2, agent=AgentSnapshot(name="a"))
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from shared import natsperms, subjects
-from shared.protogen import CONSUMERS
+from shared.contract import permissions as natsperms
+from shared.contract import subjects
+from shared.contract.catalog import CONSUMERS
 
 TABLE = natsperms.table()
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import msgspec
 
 from services.scheduler import engine, observe
-from shared import metrics
-from shared.contract import AgentSnapshot, Plan, PlannedNode, RunPlanned, RunRejected
-from shared.envelope import epoch
+from shared.contract.envelope import epoch
+from shared.contract.messages import AgentSnapshot, Plan, PlannedNode, RunPlanned, RunRejected
+from shared.telemetry import metrics
 
 
 def _value(metric, *labels: str) -> float:  # type: ignore[no-untyped-def]

@@ -7,8 +7,8 @@ import json
 from openapi_spec_validator import validate
 
 from services.gateway.app import HANDLERS
-from shared import protogen
-from shared.openapi import OPERATIONS, document
+from shared.api.openapi import OPERATIONS, document
+from shared.codegen import protogen
 
 
 def test_openapi_document_is_valid_3_1() -> None:

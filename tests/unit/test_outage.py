@@ -8,8 +8,9 @@ import msgspec
 import nats.errors
 import pytest
 
-from shared.bus import Bus, NatsUnavailable
-from shared.config import BusConfig, NatsConfig
+from shared.bus.connection import Bus
+from shared.bus.delivery import NatsUnavailable
+from shared.config.settings import BusConfig, NatsConfig
 
 
 def _bus(retry_for: str) -> Bus:

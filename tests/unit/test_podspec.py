@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.executor.runtimes import podspec
-from shared.contract import AgentSnapshot, TaskDispatched
+from shared.contract.messages import AgentSnapshot, TaskDispatched
 
 SETTINGS = podspec.PodSettings(namespace="flowyard-agents", helper_image="flowyard/flowyard:0.1.0", pull_policy="Never")
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")

@@ -1,11 +1,11 @@
 from pathlib import Path
 
-from shared import protogen
+from shared.codegen import protogen
 
 
 def test_proto_is_up_to_date_with_shared() -> None:
     stale = protogen.stale()
-    assert not stale, f"proto/ is stale ({', '.join(stale)}): run `python -m shared.protogen`"
+    assert not stale, f"proto/ is stale ({', '.join(stale)}): run `python -m shared.codegen.protogen`"
 
 
 def test_staleness_is_detected(tmp_path: Path) -> None:

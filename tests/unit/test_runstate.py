@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from services.scheduler import engine
 from services.scheduler.persist import _ranges
-from shared.contract import (
+from shared.contract.messages import (
     AgentSnapshot,
     NodeRecord,
     Plan,
@@ -15,8 +15,8 @@ from shared.contract import (
     TaskFailed,
     TaskSucceeded,
 )
-from shared.runstate import item_runs, item_state
-from shared.values import is_ref
+from shared.state.runstate import item_runs, item_state
+from shared.state.values import is_ref
 
 CLOCK = engine.Clock(now="2026-01-01T00:00:00Z", epoch=1_000_000.0, pool="default")
 AGENT = AgentSnapshot(name="echo", command=["cat"], timeout_s=7)
@@ -118,7 +118,7 @@ def test_only_flowyard_shaped_references_are_references() -> None:
 
 
 async def test_values_remembered_as_measured_stay_within_their_budget() -> None:
-    from shared import values
+    from shared.state import values
 
     v = values.Values(None, 64 * 1024)  # type: ignore[arg-type]  # inline values never reach the bus
     kept = [[i] * 200 for i in range(20_000)]
@@ -131,7 +131,7 @@ async def test_values_remembered_as_measured_stay_within_their_budget() -> None:
 async def test_an_ended_item_gone_from_the_store_reads_as_failed_saying_so() -> None:
     import nats.js.errors
 
-    from shared import runstate
+    from shared.state import runstate
 
     class Gone:
         async def get(self, key: str) -> None:

@@ -13,9 +13,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from shared import metrics, telemetry
-from shared.config import ConfigurationError, load_config
-from shared.spanexport import BackgroundExport
+from shared.config.settings import ConfigurationError, load_config
+from shared.telemetry import metrics
+from shared.telemetry import tracing as telemetry
+from shared.telemetry.spanexport import BackgroundExport
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 
 from services.planner.triggers import events, storm
 from services.planner.triggers.start import run_id_for
-from shared.alerts import Alert, Notification
+from shared.contract.alerts import Alert, Notification
 from shared.workflow.model import CronTrigger
 from shared.workflow.schedules import catchup, jitter_s, last_time, next_time
 from shared.workflow.triggers import covers, minimal_subjects, parse_matcher, subject_matches, subject_problems
@@ -150,7 +150,7 @@ def test_run_ids_from_triggers_sort_by_time_and_agree() -> None:
 
 
 def _problems(triggers: str) -> list[str]:
-    from shared.errors import ValidationFailed
+    from shared.contract.errors import ValidationFailed
     from shared.workflow.check import check_bundle
     from shared.workflow.loader import load_bundle
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from services.cli.inputs import load_and_check, parse_inputs
-from shared.errors import ValidationFailed
+from shared.contract.errors import ValidationFailed
 from shared.workflow import check_inputs, load_file, plan_workflow
 
 AGENTS = """\
@@ -316,7 +316,7 @@ def test_every_shipped_example_and_agent_validates() -> None:
     from pathlib import Path
 
     from services.cli.inputs import load_and_check
-    from shared.builtin_agents import agents_dir, builtin_agents
+    from shared.workflow.builtin import agents_dir, builtin_agents
     from shared.workflow.validate import validate_agent
 
     root = Path(__file__).resolve().parents[2]

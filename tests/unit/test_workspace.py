@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shared import workspace as ws
+from shared.state import workspace as ws
 
 
 def make_tree(root: Path) -> Path:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from shared.config import KubernetesRuntimeConfig
-from shared.errors import ConfigurationError
+from shared.config.settings import KubernetesRuntimeConfig
+from shared.contract.errors import ConfigurationError
 
 from .base import Outcome, Runtime
 from .docker import DockerRuntime

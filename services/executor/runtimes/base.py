@@ -4,7 +4,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from shared.contract import TaskDispatched
+from shared.contract.messages import TaskDispatched
 from shared.workflow.model import memory_bytes
 
 # An agent's limits when its spec names none, whatever runs it (a container, a pod).

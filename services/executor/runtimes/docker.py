@@ -34,10 +34,10 @@ import aiodocker
 import aiohttp
 import structlog
 
-from shared import dockerclient
-from shared import workspace as ws
-from shared.contract import TaskDispatched
-from shared.errors import RetryableError
+from shared.contract.errors import RetryableError
+from shared.contract.messages import TaskDispatched
+from shared.docker import client as dockerclient
+from shared.state import workspace as ws
 
 from . import dockerinput
 from .base import DEFAULT_CPUS, LogSink, Outcome, Runtime, WorkspaceCopy, memory_limit

@@ -29,9 +29,9 @@ from lightkube.core.exceptions import ApiError, ConfigError
 from lightkube.resources.core_v1 import Pod, PodLog, Secret
 from lightkube.types import PatchType
 
-from shared.config import KubernetesRuntimeConfig, seconds
-from shared.contract import TaskDispatched
-from shared.errors import ConfigurationError
+from shared.config.settings import KubernetesRuntimeConfig, seconds
+from shared.contract.errors import ConfigurationError
+from shared.contract.messages import TaskDispatched
 
 from . import podspec
 from .base import LogSink, Outcome, Runtime, WorkspaceCopy, memory_limit

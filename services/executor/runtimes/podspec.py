@@ -23,8 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from shared import workspace as ws
-from shared.contract import TaskDispatched
+from shared.contract.messages import TaskDispatched
+from shared.state import workspace as ws
 
 from .base import DEFAULT_CPUS, memory_limit
 

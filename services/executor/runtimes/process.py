@@ -32,8 +32,8 @@ from pathlib import Path
 
 import structlog
 
-from shared import workspace as ws
-from shared.contract import TaskDispatched
+from shared.contract.messages import TaskDispatched
+from shared.state import workspace as ws
 
 from .base import LogSink, Outcome, Runtime, WorkspaceCopy
 

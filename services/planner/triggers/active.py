@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.registry import WorkflowVersion, parse_version
-from shared.triggering import trigger_id
+from shared.state.registry import WorkflowVersion, parse_version
+from shared.state.triggering import trigger_id
 from shared.workflow.model import TriggerDef, WorkflowDoc
 from shared.workflow.triggers import Matcher, parse_matcher
 

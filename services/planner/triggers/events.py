@@ -7,8 +7,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from shared.alerts import Alert, Notification, decode_notification
-from shared.envelope import header
+from shared.contract.alerts import Alert, Notification, decode_notification
+from shared.contract.envelope import header
 from shared.workflow.expressions import ExpressionError, evaluate
 from shared.workflow.triggers import subject_matches
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from shared.contract import RunRequested
-from shared.errors import ValidationFailed
+from shared.contract.errors import ValidationFailed
+from shared.contract.messages import RunRequested
 from shared.workflow.templates import TemplateError, render
 from shared.workflow.validate import check_inputs
 

@@ -119,8 +119,8 @@ def test_diff_is_another_name_for_patch_and_a_missing_one_is_named(tmp_path: Pat
     import io
     import json
 
-    from shared.builtin_agents import builtin_agents
-    from shared.schemas import first_error
+    from shared.formats.schemas import first_error
+    from shared.workflow.builtin import builtin_agents
 
     tree(tmp_path)
     monkeypatch.setenv("FLOWYARD_WORKSPACE", str(tmp_path))

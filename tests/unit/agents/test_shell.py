@@ -7,8 +7,8 @@ import pytest
 
 from services.executor import handlers
 from services.executor.runtimes.base import Outcome
-from shared.builtin_agents import builtin_agents
-from shared.contract import TaskDispatched
+from shared.contract.messages import TaskDispatched
+from shared.workflow.builtin import builtin_agents
 from shared.workflow.validate import snapshot
 
 
@@ -57,7 +57,7 @@ def test_text_output_is_stdout_and_exit_code() -> None:
 
 
 def test_shell_input_schema_requires_a_command() -> None:
-    from shared.schemas import first_error
+    from shared.formats.schemas import first_error
 
     schema = builtin_agents()["shell"].spec.inputs
     assert first_error(schema, {}) is not None

@@ -1,0 +1,40 @@
+"""The agent registry: ``kind: Agent`` documents kept in the ``fy_agents`` KV bucket by name."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import msgspec
+import nats.js.errors
+
+from shared.bus.connection import Bus
+from shared.contract import subjects
+from shared.workflow.model import AgentDoc
+
+_decoder = msgspec.json.Decoder(AgentDoc)
+_encoder = msgspec.json.Encoder()
+
+
+async def register(bus: Bus, agents: Iterable[AgentDoc]) -> list[str]:
+    kv = await bus.kv(subjects.AGENTS_BUCKET)
+    names = []
+    for agent in agents:
+        await kv.put(agent.metadata.name, _encoder.encode(agent))
+        names.append(agent.metadata.name)
+    return names
+
+
+async def lookup(bus: Bus, names: Iterable[str]) -> dict[str, AgentDoc]:
+    """The registered agents among ``names``; unknown names are simply absent."""
+    kv = await bus.kv(subjects.AGENTS_BUCKET)
+    found: dict[str, AgentDoc] = {}
+    for name in names:
+        if not subjects.TOKEN.match(name):
+            continue  # not a valid key, so it cannot be registered; validation names it
+        try:
+            entry = await kv.get(name)
+        except nats.js.errors.KeyNotFoundError:
+            continue
+        if entry.value:
+            found[name] = _decoder.decode(entry.value)
+    return found
