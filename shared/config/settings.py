@@ -22,6 +22,8 @@ from shared.contract.errors import ConfigurationError
 from shared.formats import yamlio
 from shared.formats.durations import parse_duration
 
+from .llm import AgentsConfig, LlmConfig
+
 ENV_PREFIX = "FLOWYARD_"
 # FLOWYARD_* names that are not settings.
 _NOT_SETTINGS = ("CONFIG", "SECRET_", "REQUIRE_SERVERS", "TEST_")
@@ -421,6 +423,8 @@ class Config(_Section, kw_only=True):
     notifier: NotifierConfig = msgspec.field(default_factory=NotifierConfig)
     telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
     gateway: GatewayConfig = msgspec.field(default_factory=GatewayConfig)
+    llm: LlmConfig = msgspec.field(default_factory=LlmConfig)
+    agents: AgentsConfig = msgspec.field(default_factory=AgentsConfig)
 
 
 SECTIONS: dict[str, type[_Section]] = {f.name: f.type for f in msgspec.structs.fields(Config)}
