@@ -7,6 +7,7 @@ import functools
 import getpass
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import msgspec
@@ -24,6 +25,7 @@ from shared.state import agents as agent_registry
 from shared.state import registry
 from shared.state import workspace as ws
 from shared.state.values import Values
+from shared.workflow.check import agent_names
 from shared.workflow.loader import Bundle, load_file
 from shared.workflow.model import NAME_RE, WorkflowDoc
 from shared.workflow.validate import check_inputs
@@ -62,7 +64,8 @@ async def run_workflow(
             ]
         )
     # Check everything we can before starting anything: a bad file costs no server start.
-    bundle = await asyncio.to_thread(load_and_check, file) if not remote else None
+    priorities = config.agents.priorities
+    bundle = await asyncio.to_thread(load_and_check, file, None, priorities) if not remote else None
     if workspace_out is not None:
         await asyncio.to_thread(workspaces.check_out_dir, workspace_out)
     packed = await workspaces.pack(workspace, config, exclude) if workspace is not None else None
@@ -85,7 +88,9 @@ async def run_workflow(
             source = f"workflow {registered_name!r} version {version}"
         else:
             if bundle is None:
-                bundle = await bus.through_outage(lambda: _load_remote(bus, file), "reading the workflow registry")
+                bundle = await bus.through_outage(
+                    lambda: _load_remote(bus, file, config.agents.priorities), "reading the workflow registry"
+                )
             workflow = bundle.workflow(workflow_name)
             agents = bundle.agents.values()
             await bus.through_outage(lambda: agent_registry.register(bus, agents), "registering the agents")
@@ -227,12 +232,11 @@ async def _load_registered(bus: Bus, name: str) -> tuple[WorkflowDoc, int]:
     return registry.parse_version(found), found.version
 
 
-async def _load_remote(bus: Bus, file: Path) -> Bundle:
+async def _load_remote(bus: Bus, file: Path, priorities: Mapping[str, list[str]]) -> Bundle:
     """Validate FILE against the agents it defines plus those the stack has registered."""
     loaded = await asyncio.to_thread(load_file, file)
-    names = {n.agent for wf in loaded.workflows for n in wf.spec.nodes}
-    registered = await agent_registry.lookup(bus, names)
-    return await asyncio.to_thread(load_and_check, file, registered)
+    registered = await agent_registry.lookup(bus, agent_names(loaded), but=loaded.agents)
+    return await asyncio.to_thread(load_and_check, file, registered, priorities)
 
 
 async def list_runs(config: Config, *, limit: int, as_json: bool) -> int:

@@ -39,6 +39,11 @@ def parse_inputs(pairs: Iterable[str], workflow: WorkflowDoc | None = None) -> d
     return out
 
 
-def load_and_check(path: Path, registered: Mapping[str, AgentDoc] | None = None) -> Bundle:
-    """Load FILE and validate its agents and workflows; agents in the file win over registered ones."""
-    return check_bundle(load_file(path), registered)
+def load_and_check(
+    path: Path,
+    registered: Mapping[str, AgentDoc] | None = None,
+    priorities: Mapping[str, list[str]] | None = None,
+) -> Bundle:
+    """Load FILE and validate its agents and workflows; agents in the file win over registered ones.
+    ``priorities``: the config's agents.priorities, the order `capability:` nodes try agents in."""
+    return check_bundle(load_file(path), registered, priorities)

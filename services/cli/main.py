@@ -54,9 +54,10 @@ def validate(obj: Ctx, files: tuple[Path, ...], inputs: tuple[str, ...]) -> None
     from .inputs import load_and_check, parse_inputs
 
     problems: list[str] = []
+    priorities = obj.config().agents.priorities
     for path in files:
         try:
-            bundle = load_and_check(path)
+            bundle = load_and_check(path, priorities=priorities)
             for wf in bundle.workflows:
                 if inputs:
                     check_inputs(wf, parse_inputs(inputs, wf), file=str(path))

@@ -39,8 +39,8 @@ async def apply_file(config: Config, path: Path, *, user: str, as_json: bool) ->
     async with connected(config) as bus:
         from shared.state import agents as agent_registry
 
-        registered = await agent_registry.lookup(bus, agent_names(loaded) - set(loaded.agents))
-        bundle = await asyncio.to_thread(load_and_check, path, registered)
+        registered = await agent_registry.lookup(bus, agent_names(loaded), but=loaded.agents)
+        bundle = await asyncio.to_thread(load_and_check, path, registered, config.agents.priorities)
         if not bundle.workflows:
             raise ValidationFailed([f"{path}: holds no `kind: Workflow` document; a workflow is what gets applied"])
         text = await asyncio.to_thread(path.read_text, "utf-8")

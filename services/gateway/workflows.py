@@ -48,7 +48,7 @@ async def apply_workflow(request: web.Request) -> web.Response:
         raise HttpProblem(400, "the body is not UTF-8 text; send the YAML file as UTF-8") from None
     label = request.headers.get("X-Flowyard-Filename", "") or "workflow.yaml"
     label = label if len(label) < 200 and label.isprintable() else "workflow.yaml"
-    bundle = await registry.check_text(gw.bus, text, label)
+    bundle = await registry.check_text(gw.bus, text, label, gw.config.agents.priorities)
     applied = await registry.apply(gw.bus, bundle, text, user=user_of(request).name)
     first = applied[0]
     request["audit_target"] = ", ".join(f"workflow/{a.name}" for a in applied)

@@ -8,20 +8,40 @@ from shared.contract.errors import ValidationFailed
 from shared.contract.messages import RunPlanned, RunRejected, RunRequested
 from shared.workflow.loader import parse_workflow
 from shared.workflow.model import AgentDoc, WorkflowDoc
+from shared.workflow.plan import node_agents
 from shared.workflow.validate import check_inputs, plan_workflow, validate_agent, validate_workflow
 
-AgentLoader = Callable[[Iterable[str]], Awaitable[dict[str, AgentDoc]]]
+# Names -> agents; None asks for every agent known (a `capability:` node chooses among them).
+AgentLoader = Callable[[Iterable[str] | None], Awaitable[dict[str, AgentDoc]]]
+SANDBOXES = ("docker", "kubernetes")
 
 
 def runtime_problems(
-    workflow: WorkflowDoc, agents: Mapping[str, AgentDoc], runtimes: set[str], where: str
+    workflow: WorkflowDoc,
+    agents: Mapping[str, AgentDoc],
+    runtimes: set[str],
+    where: str,
+    priorities: Mapping[str, list[str]] | None = None,
 ) -> list[str]:
     """Agents the stack's executors cannot run: in containers or pods an agent needs an image, and
     in pods its command too (the executor cannot read an image's ENTRYPOINT there)."""
-    if not runtimes or not runtimes <= {"docker", "kubernetes"}:
-        return []  # no executor seen yet, or one that runs commands too: nothing to refuse here
-    used = {n.agent for n in workflow.spec.nodes if n.agent in agents}
+    used = {name for n in workflow.spec.nodes for name in node_agents(n, agents, priorities)}
     problems = []
+    # An agent that acts without asking runs only where a container or pod holds it in. With no
+    # executor seen yet the planner cannot know where it would run, so it refuses then too.
+    unsandboxed = runtimes - set(SANDBOXES)
+    if unsandboxed or not runtimes:
+        autonomous = sorted(name for name in used if agents[name].spec.autonomous)
+        if autonomous:
+            names = ", ".join(repr(n) for n in autonomous)
+            seen = f"this stack's executors run {', '.join(sorted(unsandboxed))}" if runtimes else "no executor is live"
+            problems.append(
+                f"{where}: agent(s) {names} are autonomous (spec.autonomous: true: they act without asking), and "
+                f"{seen}; autonomous agents run only in a sandbox, on executors with runtime "
+                f"{' or '.join(SANDBOXES)} (`flowyard up --runtime docker`)"
+            )
+    if not runtimes or not runtimes <= set(SANDBOXES):
+        return problems  # no executor seen yet, or one that runs commands too: nothing more to refuse
     imageless = sorted(used - {name for name, a in agents.items() if a.spec.image or a.spec.image_input})
     if imageless:
         names = ", ".join(repr(n) for n in imageless)
@@ -46,16 +66,23 @@ def runtime_problems(
 
 
 async def plan_run(
-    request: RunRequested, load_agents: AgentLoader, runtimes: set[str] | None = None
+    request: RunRequested,
+    load_agents: AgentLoader,
+    runtimes: set[str] | None = None,
+    priorities: Mapping[str, list[str]] | None = None,
 ) -> RunPlanned | RunRejected:
     where = request.source or f"workflow {request.workflow!r}"
     try:
         workflow = parse_workflow(request.definition, where)
-        agents = await load_agents({n.agent for n in workflow.spec.nodes})
-        problems = validate_workflow(workflow, agents, file=where)
-        problems.extend(runtime_problems(workflow, agents, runtimes or set(), where))
-        for agent in agents.values():
-            problems.extend(validate_agent(agent, f"registered agent {agent.metadata.name!r}"))
+        nodes = workflow.spec.nodes
+        wanted = None if any(n.capability for n in nodes) else {n.agent for n in nodes if n.agent}
+        agents = await load_agents(wanted)
+        problems = validate_workflow(workflow, agents, file=where, priorities=priorities)
+        if not problems:
+            problems.extend(runtime_problems(workflow, agents, runtimes or set(), where, priorities))
+        used = {name for n in nodes for name in node_agents(n, agents, priorities)}
+        for name in sorted(used):
+            problems.extend(validate_agent(agents[name], f"registered agent {name!r}"))
         if problems:
             raise ValidationFailed(problems)
         inputs = check_inputs(workflow, request.inputs, file=where)
@@ -64,7 +91,7 @@ async def plan_run(
     return RunPlanned(
         run_id=request.run_id,
         workflow=workflow.metadata.name,
-        plan=plan_workflow(workflow, agents),
+        plan=plan_workflow(workflow, agents, priorities),
         inputs=inputs,
         trigger=request.trigger,
         retry_of=request.retry_of,

@@ -56,12 +56,12 @@ class PlannerService(Service):
             self._runtimes_at = now
         return self._runtimes_seen
 
-    async def _load_agents(self, names: Iterable[str]) -> dict[str, AgentDoc]:
-        names = set(names)
-        found = await agents.lookup(self.bus, names)
+    async def _load_agents(self, names: Iterable[str] | None) -> dict[str, AgentDoc]:
+        wanted = set(names) if names is not None else None
+        found = await agents.lookup(self.bus, wanted)
         shipped = builtin_agents()
         # Registered agents win; the ones flowyard ships fill in the rest.
-        return {**{n: shipped[n] for n in names if n in shipped}, **found}
+        return {**{n: a for n, a in shipped.items() if wanted is None or n in wanted}, **found}
 
     async def handle(self, event: AnyEvent, delivery: Delivery) -> None:
         if not isinstance(event, RunRequested):
@@ -70,7 +70,7 @@ class PlannerService(Service):
             subjects.check_token(event.run_id, "run id")
         except ValueError as exc:
             raise PermanentError(str(exc)) from None
-        result = await plan_run(event, self._load_agents, await self._runtimes())
+        result = await plan_run(event, self._load_agents, await self._runtimes(), self.config.agents.priorities)
         if isinstance(result, RunPlanned):
             subject = subjects.run_planned(event.run_id)
             log.info("run planned", run_id=event.run_id, workflow=result.workflow, nodes=len(result.plan.nodes))

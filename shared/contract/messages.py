@@ -11,6 +11,20 @@ from typing import Any, Literal
 
 import msgspec
 
+from .plans import (  # noqa: F401  (re-exported: the plan is part of the wire contract)
+    AgentResources,
+    AgentSnapshot,
+    ApprovalPolicy,
+    Budget,
+    LlmUse,
+    Plan,
+    PlannedNode,
+    RetryPolicy,
+    RouteStep,
+    Usage,
+    Wire,
+)
+
 RunStatus = Literal["running", "succeeded", "failed", "cancelled"]
 FinalRunStatus = Literal["succeeded", "failed", "cancelled"]
 NodeStatus = Literal["pending", "running", "succeeded", "failed", "skipped", "cancelled", "rejected"]
@@ -29,78 +43,8 @@ FailureReason = Literal[
 ]
 
 
-class Wire(msgspec.Struct, frozen=True, kw_only=True):
-    """Base of wire structs that are not events."""
-
-
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     run_id: str
-
-
-class AgentResources(Wire, kw_only=True):
-    memory: str | None = None
-    cpus: float | None = None
-    pids: int | None = None
-
-
-class AgentSnapshot(Wire, kw_only=True):
-    """An agent as registered when the run was planned: later re-registrations do not change a run."""
-
-    name: str
-    image: str | None = None
-    command: list[str] | None = None
-    risk: Literal["auto", "approval_required"] = "auto"
-    inputs: dict[str, Any] = {}
-    outputs: dict[str, Any] = {}
-    timeout_s: float = 300.0
-    resources: AgentResources = AgentResources()
-    network: Literal["none", "egress"] = "none"
-    secrets: list[str] = []
-    env: dict[str, str] = {}
-    workspace: Literal["none", "ro", "rw"] = "none"
-    stdout: Literal["json", "text"] = "json"
-    command_input: str | None = None
-    image_input: str | None = None
-
-
-class RetryPolicy(Wire, kw_only=True):
-    attempts: int = 1
-    backoff_s: float = 1.0
-    factor: float = 2.0
-    max_backoff_s: float = 300.0
-    jitter: bool = True
-
-
-class ApprovalPolicy(Wire, kw_only=True):
-    """Who must approve a node before it runs (agent risk `approval_required`, or `approval:`)."""
-
-    approvers: list[str] = []  # user names or group:NAME; empty: anyone but the run's requester
-    min_approvals: int = 1
-    expires_in_s: float = 3600.0
-    on_expiry: Literal["reject", "approve"] = "reject"
-    allow_self_approval: bool = False
-    reason: str = ""
-
-
-class PlannedNode(Wire, kw_only=True):
-    id: str
-    agent: AgentSnapshot
-    needs: list[str] = []
-    with_: dict[str, Any] = msgspec.field(default_factory=dict, name="with")
-    timeout_s: float | None = None
-    when: str | None = None
-    foreach: Any = None  # a template string or a literal list; None: not a fan-out
-    parallelism: int | None = None
-    retry: RetryPolicy = RetryPolicy()
-    continue_on_failure: bool = False
-    approval: ApprovalPolicy | None = None
-
-
-class Plan(Wire, kw_only=True):
-    nodes: list[PlannedNode]
-    outputs: dict[str, Any] = {}
-    timeout_s: float | None = None  # the whole run
-    concurrency: int | None = None  # runs of this workflow at once
 
 
 # --- run events -------------------------------------------------------------------------------
@@ -253,6 +197,10 @@ class TaskDispatched(Event, tag="task.dispatched", kw_only=True):
     # dispatch older than the de-dup window and check the run record before running it.
     dispatched_at: float = 0.0
     workspace: str | None = None  # the workspace version to copy in (agents with `workspace`)
+    # A `capability:` node: every agent that may run it, in order (``agent`` is the first); the
+    # executor tries the next when one is unusable or fails for a routable reason.
+    capability: str | None = None
+    candidates: list[AgentSnapshot] = []
 
     @property
     def unit(self) -> str:
@@ -281,6 +229,9 @@ class TaskSucceeded(Event, tag="task.succeeded", kw_only=True):
     log: str = ""
     executor: str = ""
     workspace: str | None = None  # an `rw` agent changed the workspace: the new version
+    agent: str | None = None  # the agent that ran (a `capability:` node's chosen candidate)
+    routing: list[RouteStep] = []  # a `capability:` node: every candidate tried, in order
+    usage: Usage | None = None  # tokens and cost, for agents that call a model
 
 
 class TaskFailed(Event, tag="task.failed", kw_only=True):
@@ -294,6 +245,10 @@ class TaskFailed(Event, tag="task.failed", kw_only=True):
     duration_s: float = 0.0
     log: str = ""
     executor: str = ""
+    agent: str | None = None
+    routing: list[RouteStep] = []
+    usage: Usage | None = None  # what the failed attempt spent all the same
+    cause: str | None = None  # the agent's own failure reason (docs/workflows.md), e.g. rate_limited
 
 
 class TaskLog(Event, tag="task.log", kw_only=True):
@@ -394,6 +349,9 @@ class NodeRecord(Wire, kw_only=True):
     reused_from: str | None = None  # `runs retry`: the run whose output this node kept
     approval_id: str | None = None  # set once an approval was requested for the node
     approval: ApprovalStatus | None = None
+    agent: str | None = None  # the agent that ran last (a `capability:` node's choice)
+    routing: list[RouteStep] = []  # the last attempt's candidates (a `capability:` node)
+    usage: Usage | None = None  # summed over the node's attempts (and items)
     # Stored form only (the scheduler keeps ``items`` outside the record, ADR 11); None in memory.
     item_runs: list[ItemRun] | None = None
 
@@ -420,6 +378,7 @@ class RunRecord(Wire, kw_only=True):
     workspace_version: int = 0  # how many times `rw` agents changed it
     workflow_version: int | None = None  # the registry version that ran; None: sent as a file
     requested_at: str = ""  # when the run was asked for; created_at is when the scheduler took it
+    usage: Usage = Usage()  # summed over every attempt of every step
     outbox: list[Outgoing] = []
     outbox_items: list[ItemDispatches] = []  # stored form: the outbox's fan-out dispatches, as ranges
 

@@ -24,9 +24,16 @@ async def register(bus: Bus, agents: Iterable[AgentDoc]) -> list[str]:
     return names
 
 
-async def lookup(bus: Bus, names: Iterable[str]) -> dict[str, AgentDoc]:
-    """The registered agents among ``names``; unknown names are simply absent."""
+async def lookup(bus: Bus, names: Iterable[str] | None, *, but: Iterable[str] = ()) -> dict[str, AgentDoc]:
+    """The registered agents among ``names`` (None: every one, for `capability:` nodes), leaving
+    out those in ``but``; unknown names are simply absent."""
     kv = await bus.kv(subjects.AGENTS_BUCKET)
+    if names is None:
+        try:
+            names = await kv.keys()
+        except nats.js.errors.NoKeysError:
+            return {}
+    names = set(names) - set(but)
     found: dict[str, AgentDoc] = {}
     for name in names:
         if not subjects.TOKEN.match(name):

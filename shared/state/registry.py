@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -103,11 +104,11 @@ def input_views(definitions: dict[str, InputDef]) -> dict[str, InputView]:
     }
 
 
-async def check_text(bus: Bus, text: str, file: str) -> Bundle:
+async def check_text(bus: Bus, text: str, file: str, priorities: Mapping[str, list[str]] | None = None) -> Bundle:
     """Parse and validate YAML exactly as ``flowyard validate`` does, also knowing registered agents."""
     bundle = await asyncio.to_thread(load_bundle, text, file)
-    registered = await agent_registry.lookup(bus, agent_names(bundle) - set(bundle.agents))
-    await asyncio.to_thread(check_bundle, bundle, registered)
+    registered = await agent_registry.lookup(bus, agent_names(bundle), but=bundle.agents)
+    await asyncio.to_thread(check_bundle, bundle, registered, priorities)
     if not bundle.workflows:
         raise ValidationFailed([f"{file}: holds no `kind: Workflow` document; a workflow is what gets applied"])
     return bundle

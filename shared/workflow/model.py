@@ -47,6 +47,17 @@ class Resources(_Doc, kw_only=True):
     pids: int | None = None
 
 
+class NetworkAllow(_Doc, kw_only=True):
+    # host:port pairs (host may start with "*." for its subdomains): the only places the agent
+    # reaches, through the egress proxy (docs/agents.md, "Egress").
+    allow: list[str]
+
+
+class LlmSpec(_Doc, kw_only=True):
+    provider: str | None = None  # a name under llm.providers; default: llm.default_provider
+    kinds: list[str] = []  # the provider kinds it speaks; empty: any
+
+
 class AgentSpec(_Doc, kw_only=True):
     description: str = ""
     image: str | None = None
@@ -56,7 +67,7 @@ class AgentSpec(_Doc, kw_only=True):
     outputs: dict[str, Any] = {}
     timeout: str = "5m"
     resources: Resources = msgspec.field(default_factory=Resources)
-    network: Literal["none", "egress"] = "none"
+    network: Literal["none", "egress"] | NetworkAllow = "none"
     secrets: list[str] = []
     env: dict[str, str] = {}
     # The run's workspace copied in at /workspace: ro (changes are discarded) or rw (changes
@@ -67,6 +78,10 @@ class AgentSpec(_Doc, kw_only=True):
     stdout: Literal["json", "text"] = "json"
     command_input: str | None = None  # an input field holding the command to run instead of `command`
     image_input: str | None = None  # an input field naming the image to run instead of `image`
+    capabilities: list[str] = []  # what `capability:` nodes it may serve (code_fixes, triage, ...)
+    # Acts without asking (a coding CLI's skip-permissions mode): never on the process runtime.
+    autonomous: bool = False
+    llm: LlmSpec | None = None  # it calls a model: a provider is given to it, budgets count it
 
 
 class AgentDoc(_Doc, kw_only=True):
@@ -155,7 +170,8 @@ class TriggerDef(_Doc, kw_only=True):
 
 class NodeDef(_Doc, kw_only=True):
     id: str
-    agent: str
+    agent: str | None = None
+    capability: str | None = None  # instead of agent: the first usable agent offering it
     description: str = ""
     needs: list[str] = []
     with_: dict[str, Any] = msgspec.field(default_factory=dict, name="with")
@@ -168,6 +184,11 @@ class NodeDef(_Doc, kw_only=True):
     approval: ApprovalSpec | None = None
 
 
+class BudgetSpec(_Doc, kw_only=True):
+    tokens: int | None = None  # input and output tokens of every LLM and CLI step together
+    usd: float | None = None  # their cost, from llm.providers.<name>.prices
+
+
 class WorkflowSpec(_Doc, kw_only=True):
     description: str = ""
     inputs: dict[str, InputDef] = {}
@@ -177,6 +198,7 @@ class WorkflowSpec(_Doc, kw_only=True):
     concurrency: int | None = None  # runs of this workflow at once; more wait their turn
     timeout: str | None = None  # the whole run
     triggers: list[TriggerDef] = []  # what starts runs on its own: NATS events, alerts, schedules
+    budget: BudgetSpec | None = None  # the run's LLM and CLI steps stop starting once it is spent
 
 
 class WorkflowDoc(_Doc, kw_only=True):
@@ -192,6 +214,9 @@ KNOWN_KEYS: dict[str, list[str]] = {
     for t in (
         Metadata,
         Resources,
+        NetworkAllow,
+        LlmSpec,
+        BudgetSpec,
         AgentSpec,
         AgentDoc,
         InputDef,

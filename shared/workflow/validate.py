@@ -14,9 +14,9 @@ from typing import Any
 import msgspec
 
 from shared.contract.errors import ValidationFailed
-from shared.contract.messages import AgentResources, AgentSnapshot, ApprovalPolicy, Plan, PlannedNode, RetryPolicy
 from shared.formats.durations import parse_duration
 from shared.formats.schemas import first_error, schema_problem
+from shared.workflow import routing
 from shared.workflow.expressions import ExpressionError, parse, references
 from shared.workflow.loader import Located, line_of
 from shared.workflow.model import (
@@ -32,6 +32,7 @@ from shared.workflow.model import (
     WorkflowDoc,
     memory_bytes,
 )
+from shared.workflow.plan import approval_policy, node_agents, plan_workflow, retry_policy, snapshot  # noqa: F401
 from shared.workflow.templates import FOREACH_ROOTS, Ref, TemplateError, find_refs
 from shared.workflow.triggers import validate_triggers
 
@@ -105,28 +106,8 @@ def validate_agent(agent: AgentDoc, file: str = "<agent>") -> list[str]:
                 f"{where}: spec.{key} names input {field!r}, which spec.inputs does not declare; "
                 f"add it under spec.inputs.properties"
             )
+    problems.extend(routing.agent_problems(agent, where))
     return problems
-
-
-def snapshot(agent: AgentDoc) -> AgentSnapshot:
-    spec = agent.spec
-    return AgentSnapshot(
-        name=agent.metadata.name,
-        image=spec.image,
-        command=spec.command,
-        risk=spec.risk,
-        inputs=spec.inputs,
-        outputs=spec.outputs,
-        timeout_s=parse_duration(spec.timeout),
-        resources=AgentResources(memory=spec.resources.memory, cpus=spec.resources.cpus, pids=spec.resources.pids),
-        network=spec.network,
-        secrets=spec.secrets,
-        env=spec.env,
-        workspace=spec.workspace,
-        stdout=spec.stdout,
-        command_input=spec.command_input,
-        image_input=spec.image_input,
-    )
 
 
 def _upstream(needs: Mapping[str, list[str]], node: str) -> set[str]:
@@ -180,6 +161,7 @@ def validate_workflow(
     *,
     raw: Located | None = None,
     file: str = "<workflow>",
+    priorities: Mapping[str, list[str]] | None = None,
 ) -> list[str]:
     """Structure-level problems of a workflow whose documents already parsed."""
     problems: list[str] = []
@@ -212,6 +194,13 @@ def validate_workflow(
         return f"{file}:{line}" if line else at(key="triggers")
 
     problems.extend(validate_triggers(wf, trigger_at))
+    if spec.budget is not None:
+        if spec.budget.tokens is None and spec.budget.usd is None:
+            problems.append(f"{at(key='budget')}: spec.budget: give tokens, usd or both (what the run may spend)")
+        if spec.budget.tokens is not None and spec.budget.tokens < 1:
+            problems.append(f"{at(key='budget')}: spec.budget.tokens must be at least 1")
+        if spec.budget.usd is not None and spec.budget.usd <= 0:
+            problems.append(f"{at(key='budget')}: spec.budget.usd must be more than zero")
     if spec.concurrency is not None and spec.concurrency < 1:
         problems.append(f"{at(key='concurrency')}: spec.concurrency must be at least 1 (runs at once)")
     if spec.defaults is not None:
@@ -300,14 +289,26 @@ def validate_workflow(
                 problems.extend(
                     _check_ref_list(list(references(tree, node.when)), spec.inputs, ids, upstream_of(node.id), where)
                 )
-        agent = agents.get(node.agent)
-        if agent is None:
+        runners: list[AgentDoc] = []
+        if (node.agent is None) == (node.capability is None):
+            problems.append(
+                f"{at(i)}: {label}: name exactly one of `agent:` (the agent to run) or `capability:` "
+                "(any agent offering it, e.g. capability: code_fixes)"
+            )
+        elif node.capability is not None:
+            found = routing.problems(node.capability, agents, priorities, f"{at(i, 'capability')}: {label}")
+            problems.extend(found)
+            if not found:
+                runners = [agents[n] for n in routing.candidates(node.capability, agents, priorities)]
+        elif (agent := agents.get(node.agent or "")) is None:
             known = sorted(agents)
             listing = f" Registered agents: {', '.join(known)}." if known else " No agents are registered."
             problems.append(
-                f"{at(i, 'agent')}: {label}: unknown agent {node.agent!r}.{_hint(node.agent, known)}"
+                f"{at(i, 'agent')}: {label}: unknown agent {node.agent!r}.{_hint(node.agent or '', known)}"
                 f"{listing} Define it with `kind: Agent` in this file or register it first"
             )
+        else:
+            runners = [agent]
         upstream = _upstream(needs, node.id)
         problems.extend(
             _check_refs(
@@ -319,8 +320,8 @@ def validate_workflow(
                 foreach=node.foreach is not None,
             )
         )
-        if agent is not None:
-            problems.extend(_check_with_schema(node.with_, agent, f"{at(i, 'with')}: {label}: with"))
+        for runner in runners:  # a capability's every candidate must accept the input
+            problems.extend(_check_with_schema(node.with_, runner, f"{at(i, 'with')}: {label}: with"))
     cycle = find_cycle(needs)
     if cycle:
         problems.append(
@@ -519,66 +520,3 @@ def check_inputs(wf: WorkflowDoc, given: Mapping[str, Any], *, file: str = "<wor
     if problems:
         raise ValidationFailed(problems)
     return resolved
-
-
-def retry_policy(spec: RetrySpec | None) -> RetryPolicy:
-    if spec is None:
-        return RetryPolicy()
-    return RetryPolicy(
-        attempts=spec.attempts,
-        backoff_s=parse_duration(spec.backoff),
-        factor=spec.factor,
-        max_backoff_s=parse_duration(spec.max_backoff),
-        jitter=spec.jitter,
-    )
-
-
-def approval_policy(spec: ApprovalSpec | None, agent: AgentDoc) -> ApprovalPolicy | None:
-    """A node needs approval when it says so, or when its agent's risk requires it."""
-    if spec is None:
-        if agent.spec.risk != "approval_required":
-            return None
-        return ApprovalPolicy(reason=f"agent {agent.metadata.name!r} is marked risk: approval_required")
-    reason = spec.reason or (
-        f"agent {agent.metadata.name!r} is marked risk: approval_required"
-        if agent.spec.risk == "approval_required"
-        else "the workflow asks for approval of this step"
-    )
-    return ApprovalPolicy(
-        approvers=list(spec.approvers),
-        min_approvals=spec.min_approvals,
-        expires_in_s=parse_duration(spec.expires_in),
-        on_expiry=spec.on_expiry,
-        allow_self_approval=spec.allow_self_approval,
-        reason=reason,
-    )
-
-
-def plan_workflow(wf: WorkflowDoc, agents: Mapping[str, AgentDoc]) -> Plan:
-    defaults = wf.spec.defaults
-    default_retry = defaults.retry if defaults else None
-    default_timeout = defaults.timeout if defaults else None
-    nodes = []
-    for n in wf.spec.nodes:
-        timeout = n.timeout or default_timeout
-        nodes.append(
-            PlannedNode(
-                id=n.id,
-                agent=snapshot(agents[n.agent]),
-                needs=list(n.needs),
-                with_=dict(n.with_),
-                timeout_s=parse_duration(timeout) if timeout else None,
-                when=n.when,
-                foreach=n.foreach,
-                parallelism=n.parallelism,
-                retry=retry_policy(n.retry or default_retry),
-                continue_on_failure=n.continue_on_failure,
-                approval=approval_policy(n.approval, agents[n.agent]),
-            )
-        )
-    return Plan(
-        nodes=nodes,
-        outputs=dict(wf.spec.outputs),
-        timeout_s=parse_duration(wf.spec.timeout) if wf.spec.timeout else None,
-        concurrency=wf.spec.concurrency,
-    )
