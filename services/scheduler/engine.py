@@ -48,6 +48,8 @@ from shared.formats.masking import mask_secrets
 from shared.workflow.expressions import ExpressionError, evaluate
 from shared.workflow.templates import TemplateError, render
 
+from . import spending
+
 DONE = ("succeeded", "failed", "skipped", "cancelled", "rejected")
 replace = msgspec.structs.replace
 
@@ -123,6 +125,7 @@ def apply_result(record: RunRecord, event: TaskSucceeded | TaskFailed, clock: Cl
     if slot is None or slot.status != "running" or slot.attempts != event.attempt or slot.retry_at is not None:
         return None
     outbox: list[Outgoing] = []
+    record, slot = spending.spent(record, slot, event)
     if isinstance(event, TaskSucceeded):
         slot = replace(
             slot,
@@ -168,9 +171,12 @@ def fire_timer(record: RunRecord, timer: TimerDue, clock: Clock) -> RunRecord | 
     slot = _slot(record, timer.node_id, timer.item)
     if slot is None or slot.status != "running" or slot.retry_at is None or slot.attempts != timer.attempt - 1:
         return None
+    planned = _planned(record, timer.node_id)
+    if (why := spending.over_budget(record, planned)) is not None:
+        slot = replace(slot, status="failed", retry_at=None, error=why, finished_at=clock.now)
+        return advance(_put_slot(record, timer.node_id, timer.item, slot), clock, [])
     slot = replace(slot, attempts=timer.attempt, retry_at=None, started_at=clock.now)
     record = _put_slot(record, timer.node_id, timer.item, slot)
-    planned = _planned(record, timer.node_id)
     return advance(record, clock, [_dispatch(record, planned, timer.item, slot.input, timer.attempt, clock)])
 
 
@@ -305,6 +311,8 @@ def _decide(
         return replace(state, status="failed", error=f"cannot build the input: {exc}", finished_at=clock.now)
     if planned.approval is not None:
         return _request_approval(record, replace(state, input=task_input), planned, clock, outbox)
+    if (why := spending.over_budget(record, planned)) is not None:
+        return replace(state, status="failed", input=task_input, error=why, finished_at=clock.now)
     outbox.append(_dispatch(record, planned, None, task_input, 1, clock))
     return replace(state, status="running", attempts=1, input=task_input, started_at=clock.now)
 
@@ -396,7 +404,9 @@ def _fan_out(
         for index, item in enumerate(items):
             if room <= 0:
                 break
-            if item.status == "pending":
+            if item.status == "pending" and (why := spending.over_budget(record, planned)) is not None:
+                started[index] = replace(item, status="failed", error=why, finished_at=clock.now)
+            elif item.status == "pending":
                 outbox.append(_dispatch(record, planned, index, item.input, 1, clock))
                 started[index] = replace(item, status="running", attempts=1, started_at=clock.now)
                 room -= 1
@@ -409,11 +419,18 @@ def _fan_out(
         first = items[failed[0]]
         error = f"{len(failed)} of {len(items)} items did not succeed; item {failed[0]}: {first.error}"
         return replace(
-            state, items=items, status="failed", error=error, finished_at=clock.now, output=[it.output for it in items]
+            state,
+            items=items,
+            status="failed",
+            error=error,
+            finished_at=clock.now,
+            output=[it.output for it in items],
+            usage=spending.node_usage(items),
         )
     return replace(
         state,
         items=items,
+        usage=spending.node_usage(items),
         status="succeeded",
         output=[it.output for it in items],
         finished_at=clock.now,
@@ -536,6 +553,10 @@ def _put_slot(record: RunRecord, node_id: str, item: int | None, slot: NodeRecor
     return replace(record, nodes={**record.nodes, node_id: replace(node, items=items)})
 
 
+def _uses_workspace(planned: PlannedNode) -> bool:
+    return any(a.workspace != "none" for a in (planned.candidates or [planned.agent]))
+
+
 def _dispatch(
     record: RunRecord, planned: PlannedNode, item: int | None, task_input: Any, attempt: int, clock: Clock
 ) -> Outgoing:
@@ -549,7 +570,9 @@ def _dispatch(
         input=task_input,
         timeout_s=planned.timeout_s or planned.agent.timeout_s,
         dispatched_at=clock.epoch,
-        workspace=record.workspace if planned.agent.workspace != "none" else None,
+        workspace=record.workspace if _uses_workspace(planned) else None,
+        capability=planned.capability,
+        candidates=planned.candidates,
     )
     return Outgoing(subject=subjects.dispatch(clock.pool), msg_id=task.key, event=task)
 
@@ -573,6 +596,8 @@ def item_dispatches(record: RunRecord, spans: list[ItemDispatches]) -> list[Outg
                 timeout_s=planned.timeout_s or planned.agent.timeout_s,
                 dispatched_at=span.dispatched_at,
                 workspace=span.workspace,
+                capability=planned.capability,
+                candidates=planned.candidates,
             )
             out.append(Outgoing(subject=span.subject, msg_id=task.key, event=task))
     return out

@@ -47,7 +47,7 @@ def step(before: RunRecord | None, after: RunRecord, *, now: float) -> tuple[str
         if node.status in _NODE_ENDS and (old is None or old.status not in _NODE_ENDS):
             if node.reused_from:
                 continue  # kept from the run retried, not run again
-            metrics.NODES_FINISHED.labels(after.workflow, agents.get(nid, ""), node.status).inc()
+            metrics.NODES_FINISHED.labels(after.workflow, node.agent or agents.get(nid, ""), node.status).inc()
     ended = after.status != "running" and (before is None or before.status == "running")
     if ended:
         status = "rejected" if after.rejected else after.status
