@@ -201,6 +201,9 @@ class TaskDispatched(Event, tag="task.dispatched", kw_only=True):
     # executor tries the next when one is unusable or fails for a routable reason.
     capability: str | None = None
     candidates: list[AgentSnapshot] = []
+    # Executor-internal: which candidate this copy of the dispatch runs (0: the first). Part of
+    # the key, so that each candidate of one attempt has its own container, pod and spool.
+    route: int = 0
 
     @property
     def unit(self) -> str:
@@ -210,7 +213,8 @@ class TaskDispatched(Event, tag="task.dispatched", kw_only=True):
     @property
     def key(self) -> str:
         """The effectively-once key: de-dup id, container name and process tag all use it."""
-        return f"{self.run_id}:{self.unit}:{self.attempt}"
+        key = f"{self.run_id}:{self.unit}:{self.attempt}"
+        return f"{key}~{self.route}" if self.route else key
 
 
 class TaskStarted(Event, tag="task.started", kw_only=True):

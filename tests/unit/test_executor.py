@@ -178,6 +178,7 @@ async def test_environment_is_scrubbed_and_temp_files_removed(tmp_path: Path) ->
         "FLOWYARD_RUN_ID",
         "FLOWYARD_NODE_ID",
         "FLOWYARD_ATTEMPT",
+        "FLOWYARD_TIMEOUT_S",
         "LC_CTYPE",
         "PWD",
     }

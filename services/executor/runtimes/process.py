@@ -54,8 +54,9 @@ _POLL = 0.02
 
 @functools.lru_cache(maxsize=256)
 def _which(name: str) -> str | None:
-    # The executor's own PATH does not change while it runs; a lookup per attempt would.
-    return shutil.which(name)
+    # The executor's own PATH does not change while it runs; a lookup per attempt would. Then
+    # flowyard's own install: built-in agents written in Python (flowyard-agent-llm) live there.
+    return shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
 
 
 def _watch_children_with_pidfd() -> None:
