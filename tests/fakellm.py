@@ -1,0 +1,260 @@
+"""A protocol-level fake model provider on loopback: Anthropic Messages, OpenAI Chat Completions
+and Responses, plain or streamed (server-sent events), answering from a script.
+
+Each request takes the next scripted reply (the last one repeats when the script runs out):
+an answer (text or a JSON object), an HTTP error with optional ``retry-after``, a body that is
+not JSON, or a delay first. Every request is kept, headers included, for the tests to read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Reply:
+    text: str = "ok"
+    data: dict[str, Any] | None = None  # a structured answer (a tool call, or JSON in the text)
+    status: int = 200
+    retry_after: str | None = None
+    error_type: str = ""
+    not_json: bool = False
+    delay: float = 0.0
+    model: str = ""  # default: the model asked for
+    input_tokens: int = 12
+    output_tokens: int = 7
+    stop_reason: str | None = None
+
+
+def answer(text: str = "ok", **kw: Any) -> Reply:
+    return Reply(text=text, **kw)
+
+
+def structured(data: dict[str, Any], **kw: Any) -> Reply:
+    return Reply(data=data, **kw)
+
+
+def error(status: int, *, retry_after: str | None = None, error_type: str = "") -> Reply:
+    return Reply(status=status, retry_after=retry_after, error_type=error_type or _ERROR_TYPES.get(status, "api_error"))
+
+
+_ERROR_TYPES = {
+    429: "rate_limit_error",
+    401: "authentication_error",
+    400: "invalid_request_error",
+    529: "overloaded_error",
+}
+
+
+@dataclass
+class Seen:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+@dataclass
+class FakeProvider:
+    script: list[Reply] = field(default_factory=list)
+    seen: list[Seen] = field(default_factory=list)
+    port: int = 0
+    _runner: web.AppRunner | None = None
+    host: str = "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def then(self, *replies: Reply) -> FakeProvider:
+        self.script.extend(replies)
+        return self
+
+    async def start(self, host: str = "127.0.0.1") -> FakeProvider:
+        app = web.Application()
+        app.router.add_post("/v1/messages", self._anthropic)
+        app.router.add_post("/chat/completions", self._chat)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/responses", self._responses)
+        app.router.add_post("/v1/responses", self._responses)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, self.port)
+        await site.start()
+        self.host = host
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def __aenter__(self) -> FakeProvider:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- the protocols ------------------------------------------------------------------------
+
+    async def _take(self, request: web.Request) -> tuple[Reply, dict[str, Any], web.Response | None]:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = {}
+        self.seen.append(Seen(request.path, dict(request.headers), body))
+        reply = self.script.pop(0) if len(self.script) > 1 else (self.script[0] if self.script else Reply())
+        if reply.delay:
+            await asyncio.sleep(reply.delay)
+        if reply.status >= 400:
+            headers = {"retry-after": reply.retry_after} if reply.retry_after is not None else {}
+            payload = {"type": "error", "error": {"type": reply.error_type, "message": f"scripted {reply.status}"}}
+            return reply, body, web.json_response(payload, status=reply.status, headers=headers)
+        if reply.not_json:
+            return reply, body, web.Response(text="<html>upstream proxy error</html>", content_type="text/html")
+        return reply, body, None
+
+    async def _sse(self, request: web.Request, events: list[tuple[str | None, Any]]) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        for name, data in events:
+            chunk = (
+                f"event: {name}\n" if name else ""
+            ) + f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+            await response.write(chunk.encode())
+        await response.write_eof()
+        return response
+
+    async def _anthropic(self, request: web.Request) -> web.StreamResponse:
+        reply, body, early = await self._take(request)
+        if early is not None:
+            return early
+        model = reply.model or body.get("model", "")
+        tool = bool(body.get("tools")) and reply.data is not None
+        if tool:
+            block: dict[str, Any] = {
+                "type": "tool_use",
+                "id": f"toolu_{len(self.seen)}",
+                "name": "answer",
+                "input": reply.data,
+            }
+        else:
+            text = json.dumps(reply.data) if reply.data is not None else reply.text
+            block = {"type": "text", "text": text}
+        stop = reply.stop_reason or ("tool_use" if tool else "end_turn")
+        usage = {"input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens}
+        if not body.get("stream"):
+            return web.json_response(
+                {
+                    "id": "msg_1",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": [block],
+                    "stop_reason": stop,
+                    "usage": usage,
+                }
+            )
+        start_block = dict(block, input={}) if tool else dict(block, text="")
+        delta = (
+            {"type": "input_json_delta", "partial_json": json.dumps(reply.data)}
+            if tool
+            else {"type": "text_delta", "text": block["text"]}
+        )
+        return await self._sse(
+            request,
+            [
+                (
+                    "message_start",
+                    {
+                        "type": "message_start",
+                        "message": {"model": model, "usage": {"input_tokens": reply.input_tokens, "output_tokens": 1}},
+                    },
+                ),
+                ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": start_block}),
+                ("ping", {"type": "ping"}),
+                ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}),
+                ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                (
+                    "message_delta",
+                    {
+                        "type": "message_delta",
+                        "delta": {"stop_reason": stop},
+                        "usage": {"output_tokens": reply.output_tokens},
+                    },
+                ),
+                ("message_stop", {"type": "message_stop"}),
+            ],
+        )
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        reply, body, early = await self._take(request)
+        if early is not None:
+            return early
+        model = reply.model or body.get("model", "")
+        text = json.dumps(reply.data) if reply.data is not None else reply.text
+        stop = reply.stop_reason or "stop"
+        usage = {
+            "prompt_tokens": reply.input_tokens,
+            "completion_tokens": reply.output_tokens,
+            "total_tokens": reply.input_tokens + reply.output_tokens,
+        }
+        if not body.get("stream"):
+            return web.json_response(
+                {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion",
+                    "model": model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": stop}],
+                    "usage": usage,
+                }
+            )
+        half = len(text) // 2
+        chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": model}
+        return await self._sse(
+            request,
+            [
+                (None, {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": text[:half]}}]}),
+                (None, {**chunk, "choices": [{"index": 0, "delta": {"content": text[half:]}, "finish_reason": stop}]}),
+                (None, {**chunk, "choices": [], "usage": usage}),
+                (None, "[DONE]"),
+            ],
+        )
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        reply, body, early = await self._take(request)
+        if early is not None:
+            return early
+        model = reply.model or body.get("model", "")
+        text = json.dumps(reply.data) if reply.data is not None else reply.text
+        response = {
+            "id": "resp_1",
+            "object": "response",
+            "status": "completed",
+            "model": model,
+            "output": [
+                {
+                    "type": "message",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}],
+                }
+            ],
+            "usage": {"input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens},
+        }
+        if not body.get("stream"):
+            return web.json_response(response)
+        return await self._sse(
+            request,
+            [
+                (
+                    "response.created",
+                    {"type": "response.created", "response": {**response, "status": "in_progress", "output": []}},
+                ),
+                ("response.output_text.delta", {"type": "response.output_text.delta", "delta": text}),
+                ("response.completed", {"type": "response.completed", "response": response}),
+            ],
+        )
