@@ -20,6 +20,7 @@ from opentelemetry.trace import Status, StatusCode
 from shared.config.secrets import SecretSource
 from shared.contract.errors import PermanentError, RetryableError
 from shared.contract.messages import (
+    AgentSnapshot,
     Event,
     RouteStep,
     TaskDispatched,
@@ -140,6 +141,8 @@ class Prepared:
 Prepare = Callable[[TaskDispatched], Awaitable[Prepared | Refusal]]
 # Told about each hand-over: (capability, from agent, cause).
 OnRoute = Callable[[str, str, str], None]
+# Told after each candidate ran (breaker, token counts, cool-downs).
+AfterRun = Callable[[AgentSnapshot, Judgement], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -163,6 +166,7 @@ async def execute(
     hand_back_outages: bool = False,
     prepare: Prepare | None = None,
     on_route: OnRoute | None = None,
+    after: AfterRun | None = None,
 ) -> Judgement:
     """Run one attempt and report it. With ``hand_back_outages``, a runtime that cannot be reached
     (the Docker daemon restarting) raises :class:`RetryableError` instead of reporting a failure:
@@ -206,6 +210,7 @@ async def execute(
                 hand_back_outages,
                 prepare,
                 on_route,
+                after,
             )
             verdict = await _report(task, ran, tried, routing, usage, publish, executor_id, started)
         finally:
@@ -245,6 +250,7 @@ async def _route(
     hand_back_outages: bool,
     prepare: Prepare | None,
     on_route: OnRoute | None,
+    after: AfterRun | None,
 ) -> tuple[str, _Tried, list[RouteStep], Usage | None]:
     """Try the candidates in order; (the agent whose result stands, that result, routing, usage)."""
     routed = bool(task.candidates)
@@ -264,6 +270,8 @@ async def _route(
             routing.append(RouteStep(agent=agent.name, outcome="skipped", reason=f"{gate.cause}: {gate.message}"))
             continue
         tried = await _try(candidate, runtime, log_tail_bytes, gate, workspaces, logs, hand_back_outages)
+        if after is not None:
+            await after(agent, tried.verdict)
         ran = agent.name
         if tried.verdict.usage is not None:
             usage = tried.verdict.usage if usage is None else usage + tried.verdict.usage
@@ -289,6 +297,7 @@ async def _route(
         cause=last_verdict.cause if last_verdict is not None else "no_candidate",
         usage=last_verdict.usage if last_verdict is not None else None,
         model=last_verdict.model if last_verdict is not None else "",
+        unroutable=True,
     )
     base = tried or _Tried(verdict)
     return ran, dataclasses.replace(base, verdict=verdict, new_version=None), routing, usage

@@ -39,6 +39,7 @@ class Judgement:
     cause: str | None = None
     usage: Usage | None = None  # what the attempt's model calls cost (agents with spec.llm)
     model: str = ""  # the model that answered, for the token metrics
+    unroutable: bool = False  # a `capability:` node: no candidate could be used or all failed routably
 
 
 def redact(text: str, secrets: Mapping[str, str]) -> str:

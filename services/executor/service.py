@@ -20,16 +20,27 @@ from shared.config.secrets import SecretSource
 from shared.config.settings import Config, seconds
 from shared.contract import subjects
 from shared.contract.errors import FlowyardError, PermanentError, RetryableError
-from shared.contract.messages import AnyEvent, Event, NodeRecord, TaskDispatched, TaskLog, TaskSucceeded, decode_record
+from shared.contract.messages import (
+    AgentSnapshot,
+    AnyEvent,
+    Event,
+    NodeRecord,
+    TaskDispatched,
+    TaskLog,
+    TaskSucceeded,
+    decode_record,
+)
 from shared.service.host import Service
 from shared.state import executors
 from shared.state import workspace as ws
+from shared.state.ratelimits import Limits
 from shared.state.runstate import item_state
 from shared.state.values import ValueMissing, Values
 from shared.telemetry import metrics
 
 from . import handlers
 from .breaker import Breaker
+from .gates import Gates
 from .logstream import LogStream
 from .runtimes import DockerRuntime, KubernetesRuntime, Runtime, make_runtime
 
@@ -57,6 +68,7 @@ class ExecutorService(Service):
         self._dedup_window = seconds(config.bus.duplicate_window)
         self.secrets = SecretSource(config.executor.secrets_dir)
         self.breaker = Breaker(threshold=cfg.breaker_threshold, cooldown=seconds(cfg.breaker_cooldown))
+        self.gates = Gates(config, self.secrets, self.breaker, None)  # limits: once connected (setup)
         self._running: dict[str, set[asyncio.Task[handlers.Judgement]]] = {}
         self._cleanups: set[asyncio.Task[int]] = set()
         self._ended: set[asyncio.Task[handlers.Judgement]] = set()
@@ -81,6 +93,7 @@ class ExecutorService(Service):
         self.records = await self.bus.kv(subjects.RUNS_BUCKET)
         self.values = Values(self.bus, self.config.bus.inline_limit)
         self.workspaces = ws.WorkspaceStore(self.bus, max_bytes=self.config.bus.workspace_max_bytes)
+        self.gates.limits = Limits(self.bus)
         if isinstance(self.runtime, DockerRuntime | KubernetesRuntime):
             # The stack's identity: when its run stream was created (the same for every replica,
             # different for every stack sharing a Docker daemon or a namespace).
@@ -177,7 +190,8 @@ class ExecutorService(Service):
             await handlers.fail_fast(event, publish=publish, executor_id=self.executor_id, error=f"its input: {exc}")
             return
         image = event.agent.image or event.agent.name
-        refusal = self.breaker.refusal(image)
+        # A capability's candidates are each checked in turn (gates.py): a closed one is skipped.
+        refusal = self.breaker.refusal(image) if not event.candidates else None
         if refusal is not None:
             bound.warning("refused: circuit open", image=image)
             await handlers.fail_fast(event, publish=publish, executor_id=self.executor_id, error=refusal)
@@ -196,6 +210,9 @@ class ExecutorService(Service):
                 logs=self._log_stream,
                 # The last delivery reports the outage as the attempt's failure instead.
                 hand_back_outages=delivery.num_delivered < self.config.bus.max_deliver,
+                prepare=self.gates.prepare,
+                on_route=self._routed,
+                after=self._after,
             )
         )
         running = self._running.setdefault(event.run_id, set())
@@ -234,8 +251,8 @@ class ExecutorService(Service):
             self._ended.discard(attempt)
             if not running:
                 self._running.pop(event.run_id, None)
-        if self.breaker.record(image, infrastructure_failure=verdict.infrastructure, error=verdict.error):
-            metrics.BREAKER_TRIPS.labels(image).inc()
+        if verdict.unroutable:
+            metrics.CAPABILITY_UNROUTABLE.labels(event.capability or "").inc()
         metrics.ATTEMPTS.labels(event.agent.name, "succeeded" if verdict.ok else verdict.reason).inc()
         metrics.ATTEMPT_SECONDS.labels(event.agent.name).observe(time.monotonic() - began)
         bound.info(
@@ -244,6 +261,16 @@ class ExecutorService(Service):
             error=verdict.error or None,
             reason=verdict.reason if not verdict.ok else None,
         )
+
+    @staticmethod
+    def _routed(capability: str, from_agent: str, reason: str) -> None:
+        metrics.AGENT_FALLBACKS.labels(capability, from_agent, reason).inc()
+
+    async def _after(self, agent: AgentSnapshot, verdict: handlers.Judgement) -> None:
+        image = agent.image or agent.name
+        if self.breaker.record(image, infrastructure_failure=verdict.infrastructure, error=verdict.error):
+            metrics.BREAKER_TRIPS.labels(image).inc()
+        await self.gates.after(agent.name, verdict)
 
     def _log_stream(self, task: TaskDispatched, secrets: Mapping[str, str]) -> LogStream:
         subject = subjects.task_log(task.run_id, task.unit)

@@ -137,6 +137,9 @@ async def ensure(bus: Bus) -> None:
         bus, subjects.SESSIONS_BUCKET, "Web UI sessions, by the SHA-256 of their id", history=1, ttl=24 * 3600
     )
     await _ensure_kv(bus, subjects.EXECUTORS_BUCKET, "Live executors: pool and runtime", history=1, ttl=30)
+    await _ensure_kv(
+        bus, subjects.LIMITS_BUCKET, "Agents' request and token counts, rate-limit cool-downs", history=1, ttl=7200
+    )
     await _ensure_kv(bus, subjects.TRIGGER_STATE_BUCKET, "Schedules, storm windows, trigger counts", history=1)
     await _ensure_kv(
         bus, subjects.IDEMPOTENCY_BUCKET, "Idempotency-Key of a run request -> its run", history=1, ttl=24 * 3600

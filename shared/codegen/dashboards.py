@@ -330,6 +330,55 @@ def agents() -> DashboardSpec:
                 ],
             ),
             (
+                "Models and routing",
+                [
+                    ts(
+                        "Tokens per second, by agent, model and kind",
+                        "Input and output tokens of the agents' model calls (llm, the coding CLIs).",
+                        "short",
+                        q(
+                            f"sum by (agent, model, kind) (rate(flowyard_agent_tokens_total{AGENT}[{RATE}]))",
+                            "{{agent}} {{model}} {{kind}}",
+                        ),
+                    ),
+                    ts(
+                        "Cost per hour, by agent and model",
+                        "US dollars an hour at the current rate, from llm.providers.<name>.prices"
+                        " (models without a price count 0).",
+                        "currencyUSD",
+                        q(
+                            f"sum by (agent, model) (rate(flowyard_agent_cost_usd_total{AGENT}[{RATE}])) * 3600",
+                            "{{agent}} {{model}}",
+                        ),
+                    ),
+                    ts(
+                        "Fallbacks, by capability, agent left and reason",
+                        "A capability's attempt went on to its next agent: rate-limited, provider down,"
+                        " key refused, image missing, breaker open…",
+                        "short",
+                        q(
+                            "sum by (capability, from_agent, reason) "
+                            f"(increase(flowyard_agent_fallbacks_total[{RATE}]))",
+                            "{{capability}} {{from_agent}} {{reason}}",
+                        ),
+                    ),
+                    ts(
+                        "Rate limited and unroutable",
+                        "Attempts held back by agents.limits or rate-limited by the provider, by agent; and"
+                        " capability attempts no agent could take.",
+                        "short",
+                        q(
+                            f"sum by (agent) (increase(flowyard_agent_rate_limited_total{AGENT}[{RATE}]))",
+                            "{{agent}} rate limited",
+                        ),
+                        q(
+                            f"sum by (capability) (increase(flowyard_capability_unroutable_total[{RATE}]))",
+                            "{{capability}} unroutable",
+                        ),
+                    ),
+                ],
+            ),
+            (
                 "Executors",
                 [
                     ts(

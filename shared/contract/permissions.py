@@ -172,7 +172,7 @@ def grants(user: str, *, pools: tuple[str, ...] = ("default",)) -> Grants:
         g.event(*(s.task_event(run, run, kind) for kind in ("started", "succeeded", "failed")), "fy.log.>")
         # Stop notices: a run's end, heard on core NATS.
         g.subscribe.update(s.run_finished(run, st) for st in ("succeeded", "failed", "cancelled"))
-        g.kv(s.EXECUTORS_BUCKET, write=True).kv(s.RUNS_BUCKET)
+        g.kv(s.EXECUTORS_BUCKET, write=True).kv(s.RUNS_BUCKET).kv(s.LIMITS_BUCKET, write=True)
         g.objects(s.WORKSPACES_BUCKET, write=True).objects(s.VALUES_BUCKET, write=True)
         return g
     if user == "approver":

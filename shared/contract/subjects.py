@@ -41,6 +41,9 @@ IDEMPOTENCY_BUCKET = "fy_idempotency"
 EXECUTORS_BUCKET = "fy_executors"
 # Redelivered messages being handled, by consumer and stream sequence: how often a handler died
 # with the message in hand (the poison ceiling, bus.poison_deliveries).
+# Agents' limits and rate-limit cool-downs, shared by every executor replica (AGENT.WINDOW.START
+# -> a count; AGENT.cool -> until when routing passes the agent over). Entries expire after 2 h.
+LIMITS_BUCKET = "fy_limits"
 SESSIONS_BUCKET = "fy_sessions"  # web UI sessions: SHA-256 of the id -> user, CSRF token, expiry
 INFLIGHT_BUCKET = "fy_inflight"  # Idempotency-Key of POST /v1/runs -> the run it started (24 h)
 

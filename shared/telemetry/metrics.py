@@ -129,6 +129,33 @@ BREAKERS_OPEN = Gauge(
     "flowyard_executor_breakers_open", "Images whose circuit breaker is open on this executor now (work refused)"
 )
 
+# --- model-calling agents and routing (executor) ---------------------------------------------
+AGENT_TOKENS = Counter(
+    "flowyard_agent_tokens_total",
+    "Tokens the agents' model calls used, by agent, model and kind (input or output)",
+    ["agent", "model", "kind"],
+)
+AGENT_COST = Counter(
+    "flowyard_agent_cost_usd_total",
+    "What the agents' model calls cost in US dollars (llm.providers.<name>.prices; unpriced models add 0)",
+    ["agent", "model"],
+)
+AGENT_FALLBACKS = Counter(
+    "flowyard_agent_fallbacks_total",
+    "Times a capability's attempt went on to the next agent, by the agent it left and why",
+    ["capability", "from_agent", "reason"],
+)
+AGENT_RATE_LIMITED = Counter(
+    "flowyard_agent_rate_limited_total",
+    "Attempts held back or passed over by agents.limits, or rate-limited by the provider",
+    ["agent"],
+)
+CAPABILITY_UNROUTABLE = Counter(
+    "flowyard_capability_unroutable_total",
+    "Attempts of a capability node for which no agent could be used or every one failed for a routable reason",
+    ["capability"],
+)
+
 # --- approvals (approver) --------------------------------------------------------------------
 APPROVALS_PENDING = Gauge("flowyard_approvals_pending", "Approvals waiting for a decision", ["workflow"])
 APPROVAL_NEXT_EXPIRY = Gauge(
@@ -214,6 +241,7 @@ def names() -> set[str]:
         CONSUMER_ACK_PENDING, CONSUMER_REDELIVERED, CONSUMER_WAITING, STREAM_MESSAGES, STREAM_BYTES,
         SPANS_EXPORTED, SPANS_DROPPED, RUNS_STARTED, RUNS_FINISHED, RUN_SECONDS, RUNS_ACTIVE, RUNS_OLDEST_START,
         NODES_FINISHED, ATTEMPTS, ATTEMPT_SECONDS, EXECUTOR_SLOTS, BREAKER_TRIPS, BREAKERS_OPEN,
+        AGENT_TOKENS, AGENT_COST, AGENT_FALLBACKS, AGENT_RATE_LIMITED, CAPABILITY_UNROUTABLE,
         APPROVALS_PENDING, APPROVAL_NEXT_EXPIRY, APPROVAL_WAIT_SECONDS, NOTIFICATIONS, HTTP_REQUESTS, HTTP_SECONDS,
         *TRIGGERS.values(),
     ):  # fmt: skip

@@ -97,6 +97,7 @@ def test_every_alert_explains_itself_and_links_a_runbook_that_exists() -> None:
         "FlowyardDeadLetters",
         "FlowyardExecutorSaturated",
         "FlowyardCircuitBreakerOpen",
+        "FlowyardCapabilityUnroutable",
         "FlowyardApprovalExpiringSoon",
         "FlowyardServiceDown",
     }
