@@ -16,6 +16,7 @@ from shared.contract.messages import (
     TaskFailed,
     TaskStarted,
     TaskSucceeded,
+    Usage,
 )
 from shared.telemetry.tracing import run_trace_id, trace_link
 
@@ -50,7 +51,12 @@ class Progress:
                 self.line(f"  ▶ {event.node_id:<{self.width}} started{again}")
             case TaskSucceeded() if event.item is None:
                 self.reported.add(event.node_id)
-                self.line(f"  ✓ {event.node_id:<{self.width}} succeeded in {event.duration_s * 1000:.0f} ms")
+                via = f" by {event.agent}" if event.agent else ""
+                fell = [r.agent for r in event.routing if r.outcome != "chosen"]
+                past = f" (passed over: {', '.join(fell)})" if fell else ""
+                self.line(
+                    f"  ✓ {event.node_id:<{self.width}} succeeded{via} in {event.duration_s * 1000:.0f} ms{past}"
+                )
             case TaskFailed():
                 unit = event.node_id if event.item is None else f"{event.node_id}[{event.item}]"
                 self.line(f"  ✗ {unit:<{self.width}} attempt {event.attempt} failed: {event.error}")
@@ -95,6 +101,11 @@ def print_outputs(outputs: dict[str, Any], out: TextIO) -> None:
             print(f"  {name}: {value if isinstance(value, str) else _dump(value)}", file=out)
 
 
+def usage_text(usage: Usage) -> str:
+    cost = f", ${usage.cost_usd:.4f}" if usage.cost_usd is not None else ", cost unknown"
+    return f"{usage.input_tokens:,} tokens in, {usage.output_tokens:,} out{cost}"
+
+
 def print_record(record: RunRecord, out: TextIO = sys.stdout) -> None:
     print(f"run      {record.run_id}", file=out)
     print(f"workflow {record.workflow}", file=out)
@@ -105,6 +116,9 @@ def print_record(record: RunRecord, out: TextIO = sys.stdout) -> None:
     if record.error:
         print(f"error    {record.error}", file=out)
     print(f"trace    {trace_link(run_trace_id(record.run_id)) or run_trace_id(record.run_id)}", file=out)
+    if record.usage.tokens or record.usage.cost_usd:
+        print(f"usage    {usage_text(record.usage)}", file=out)
+    planned = {p.id: p for p in record.plan.nodes} if record.plan else {}
     if record.nodes:
         width = max(len(n) for n in record.nodes)
         print("nodes:", file=out)
@@ -112,6 +126,16 @@ def print_record(record: RunRecord, out: TextIO = sys.stdout) -> None:
             took = f" in {node.duration_s * 1000:.0f} ms" if node.duration_s is not None else ""
             tries = f", {node.attempts} attempt{'s' if node.attempts != 1 else ''}" if node.attempts else ""
             print(f"  {_MARK.get(node.status, '?')} {nid:<{width}} {node.status}{took}{tries}", file=out)
+            plan = planned.get(nid)
+            if plan is not None and plan.capability:
+                ran = f", ran {node.agent}" if node.agent else ""
+                names = ", ".join(c.name for c in plan.candidates)
+                print(f"      capability {plan.capability} ({names}){ran}", file=out)
+            for step in node.routing:
+                why = f": {step.reason}" if step.reason else ""
+                print(f"      → {step.agent} {step.outcome}{why}", file=out)
+            if node.usage is not None:
+                print(f"      usage {usage_text(node.usage)}", file=out)
             for err in node.errors or ([node.error] if node.error else []):
                 print(f"      {err}", file=out)
     if record.outputs:

@@ -65,7 +65,8 @@ class Gates:
             if refusal is not None:
                 return Refusal("breaker_open", refusal)
         if self.limits is not None:
-            left = await self.limits.cooling(agent.name)
+            # A cool-down steers routing away; a node that names its agent still gets it.
+            left = await self.limits.cooling(agent.name) if task.candidates else None
             if left is not None:
                 return Refusal(
                     "cooling_down", f"the provider rate-limited {agent.name!r}; passed over for {left:.0f}s more"

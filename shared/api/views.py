@@ -17,9 +17,11 @@ from shared.contract.messages import (
     Decision,
     NodeRecord,
     PlannedNode,
+    RouteStep,
     RunFinished,
     RunRecord,
     RunRequested,
+    Usage,
 )
 from shared.formats.masking import mask_secrets
 from shared.telemetry.tracing import run_trace_id, trace_link
@@ -51,6 +53,13 @@ class NodeView(View, kw_only=True):
     approval: str | None = None  # pending, granted, rejected, expired, closed
     items: list[NodeView] | None = None  # foreach: one per item, in order
     reused_from: str | None = None  # `runs retry`: the run whose output this node kept
+    # A `capability:` node: the capability, its candidates in the order they are tried, and the
+    # last attempt's routing (each candidate chosen, skipped or failed, and why); ``agent`` is the
+    # one that ran (before it runs: the first candidate).
+    capability: str | None = None
+    candidates: list[str] = []
+    routing: list[RouteStep] = []
+    usage: Usage | None = None  # model calls' tokens and cost, over the node's attempts
 
 
 class WorkspaceView(View, kw_only=True):
@@ -73,6 +82,7 @@ class RunView(View, kw_only=True):
     finished_at: str | None = None
     retry_of: str | None = None
     workspace: WorkspaceView | None = None
+    usage: Usage = Usage()  # model calls' tokens and cost, summed over every step
     trace_id: str = ""  # the run's trace in the tracing backend (one run, one trace)
     trace_url: str | None = None  # a link to it, when telemetry.trace_url is set
 
@@ -97,7 +107,7 @@ def run_status(record: RunRecord) -> ViewStatus:
 def _node_view(n: NodeRecord, planned: PlannedNode | None = None) -> NodeView:
     return NodeView(
         status=n.status,
-        agent=planned.agent.name if planned else None,
+        agent=n.agent or (planned.agent.name if planned else None),
         needs=list(planned.needs) if planned else [],
         foreach=planned is not None and planned.foreach is not None,
         attempts=n.attempts,
@@ -111,6 +121,10 @@ def _node_view(n: NodeRecord, planned: PlannedNode | None = None) -> NodeView:
         approval=n.approval,
         items=[_node_view(i) for i in n.items] if n.items is not None else None,
         reused_from=n.reused_from,
+        capability=planned.capability if planned else None,
+        candidates=[c.name for c in planned.candidates] if planned else [],
+        routing=list(n.routing),
+        usage=n.usage,
     )
 
 
@@ -136,6 +150,7 @@ def run_view(record: RunRecord, request: RunRequested | None = None) -> RunView:
         workspace=WorkspaceView(version=record.workspace_version, object=record.workspace)
         if record.workspace
         else None,
+        usage=record.usage,
     )
 
 
