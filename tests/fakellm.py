@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -258,3 +259,26 @@ class FakeProvider:
                 ("response.completed", {"type": "response.completed", "response": response}),
             ],
         )
+
+
+class Threaded:
+    """Fake providers served from a thread of their own, for tests that drive processes."""
+
+    def __init__(self, count: int = 1) -> None:
+        self.fakes = [FakeProvider() for _ in range(count)]
+        self._loop = asyncio.new_event_loop()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> list[FakeProvider]:
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fake-llm", daemon=True)
+        self._thread.start()
+        for fake in self.fakes:
+            asyncio.run_coroutine_threadsafe(fake.start(), self._loop).result(10)
+        return self.fakes
+
+    def __exit__(self, *exc: object) -> None:
+        for fake in self.fakes:
+            asyncio.run_coroutine_threadsafe(fake.stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)

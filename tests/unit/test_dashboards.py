@@ -13,7 +13,9 @@ METRIC = re.compile(r"\b(flowyard_[a-z_]+)\b")
 
 def test_the_committed_dashboards_are_what_the_code_generates() -> None:
     stale = dashboards.stale()
-    assert not stale, f"deploy/grafana/dashboards is stale ({', '.join(stale)}): run `python -m shared.codegen.dashboards`"
+    assert not stale, (
+        f"deploy/grafana/dashboards is stale ({', '.join(stale)}): run `python -m shared.codegen.dashboards`"
+    )
     assert sorted(p.name for p in dashboards.OUT.glob("*.json")) == sorted(dashboards.render())
 
 

@@ -48,9 +48,7 @@ def test_the_contracts_cover_every_kit_layer_and_service() -> None:
     assert packages == layered, f"shared/ subpackages not in the layers: {packages ^ layered}"
     modules = {p.stem for p in (ROOT / "shared").glob("*.py")} - {"__init__"}
     assert not modules, f"shared/ holds modules outside a layer: {sorted(modules)}"
-    services = {
-        f"services.{p.name}" for p in SERVICES.iterdir() if (p / "__main__.py").exists() and p.name != "cli"
-    }
+    services = {f"services.{p.name}" for p in SERVICES.iterdir() if (p / "__main__.py").exists() and p.name != "cli"}
     assert set(contracts["services-independent"]["modules"]) == services
 
 
