@@ -73,7 +73,10 @@ def _watch_children_with_pidfd() -> None:
         return  # kernel without pidfd: keep the default
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        if isinstance(asyncio.get_child_watcher(), asyncio.PidfdChildWatcher):
+        current = asyncio.get_child_watcher()
+        if isinstance(current, asyncio.PidfdChildWatcher):
+            if not current.is_active():  # attached to a loop that has ended (a second asyncio.run)
+                current.attach_loop(asyncio.get_running_loop())
             return
         watcher = asyncio.PidfdChildWatcher()
         watcher.attach_loop(asyncio.get_running_loop())
