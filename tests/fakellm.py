@@ -30,6 +30,8 @@ class Reply:
     input_tokens: int = 12
     output_tokens: int = 7
     stop_reason: str | None = None
+    # A turn of an agent loop (a coding CLI): the tools to call, as (name, input) pairs.
+    tool_calls: list[tuple[str, dict[str, Any]]] | None = None
 
 
 def answer(text: str = "ok", **kw: Any) -> Reply:
@@ -38,6 +40,10 @@ def answer(text: str = "ok", **kw: Any) -> Reply:
 
 def structured(data: dict[str, Any], **kw: Any) -> Reply:
     return Reply(data=data, **kw)
+
+
+def calls(*tool_calls: tuple[str, dict[str, Any]], **kw: Any) -> Reply:
+    return Reply(tool_calls=list(tool_calls), **kw)
 
 
 def error(status: int, *, retry_after: str | None = None, error_type: str = "") -> Reply:
@@ -135,6 +141,8 @@ class FakeProvider:
         if early is not None:
             return early
         model = reply.model or body.get("model", "")
+        if reply.tool_calls:
+            return await self._anthropic_tools(request, body, reply, model)
         tool = bool(body.get("tools")) and reply.data is not None
         if tool:
             block: dict[str, Any] = {
@@ -191,6 +199,72 @@ class FakeProvider:
                 ("message_stop", {"type": "message_stop"}),
             ],
         )
+
+    async def _anthropic_tools(
+        self, request: web.Request, body: dict[str, Any], reply: Reply, model: str
+    ) -> web.StreamResponse:
+        assert reply.tool_calls is not None
+        blocks = [
+            {"type": "tool_use", "id": f"toolu_{len(self.seen)}_{i}", "name": name, "input": args}
+            for i, (name, args) in enumerate(reply.tool_calls)
+        ]
+        usage = {"input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens}
+        if not body.get("stream"):
+            return web.json_response(
+                {
+                    "id": "msg_t",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": blocks,
+                    "stop_reason": "tool_use",
+                    "usage": usage,
+                }
+            )
+        events: list[tuple[str | None, Any]] = [
+            (
+                "message_start",
+                {
+                    "type": "message_start",
+                    "message": {
+                        "id": "msg_t",
+                        "type": "message",
+                        "role": "assistant",
+                        "model": model,
+                        "content": [],
+                        "usage": {"input_tokens": reply.input_tokens, "output_tokens": 1},
+                    },
+                },
+            ),
+        ]
+        for i, block in enumerate(blocks):
+            events += [
+                (
+                    "content_block_start",
+                    {"type": "content_block_start", "index": i, "content_block": dict(block, input={})},
+                ),
+                (
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": i,
+                        "delta": {"type": "input_json_delta", "partial_json": json.dumps(block["input"])},
+                    },
+                ),
+                ("content_block_stop", {"type": "content_block_stop", "index": i}),
+            ]
+        events += [
+            (
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "tool_use"},
+                    "usage": {"output_tokens": reply.output_tokens},
+                },
+            ),
+            ("message_stop", {"type": "message_stop"}),
+        ]
+        return await self._sse(request, events)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         reply, body, early = await self._take(request)

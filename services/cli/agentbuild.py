@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import shutil
 import sys
 import tarfile
 from pathlib import Path
@@ -20,6 +21,7 @@ import aiodocker
 from shared.docker import client as dockerclient
 from shared.workflow.builtin import agent_dirs, agents_dir, builtin_agents
 
+from . import vendor
 from .output import EXIT_BROKEN, EXIT_INVALID, EXIT_OK
 
 DEFAULT_BASE = "flowyard/base:bookworm"
@@ -71,13 +73,24 @@ async def build_agents(names: tuple[str, ...], *, base: str, force: bool) -> int
         for name in names or tuple(folders):
             image = shipped[name].spec.image
             assert image is not None, f"built-in agent {name} has no image"
-            digest = await asyncio.to_thread(context_digest, folders[name], base_info["Id"])
+            extra = vendor.read(folders[name])
+            on, on_info = base, base_info
+            if extra is not None and extra.base == "service":
+                from .imagebuild import default_tag
+
+                on = default_tag()
+                on_info = await _image(docker, on)
+                if on_info is None:
+                    failed += 1
+                    print(f"flowyard: {image} builds on {on}, which is not here; `flowyard images build` makes both")
+                    continue
+            digest = await asyncio.to_thread(context_digest, folders[name], on_info["Id"])
             existing = await _image(docker, image)
             if not force and existing and (existing.get("Config") or {}).get("Labels", {}).get(CONTEXT_LABEL) == digest:
                 print(f"{image}: up to date")
                 continue
-            print(f"{image}: building from {folders[name]} on {base}", flush=True)
-            error = await _build(docker, folders[name], image, base, digest)
+            print(f"{image}: building from {folders[name]} on {on}", flush=True)
+            error = await _build(docker, folders[name], image, on, digest, extra)
             if error:
                 failed += 1
                 print(f"flowyard: {image} did not build: {error}", file=sys.stderr)
@@ -121,8 +134,19 @@ async def _image(docker: aiodocker.Docker, name: str) -> dict[str, Any] | None:
         raise
 
 
-async def _build(docker: aiodocker.Docker, folder: Path, tag: str, base: str, digest: str) -> str | None:
+async def _build(
+    docker: aiodocker.Docker, folder: Path, tag: str, base: str, digest: str, extra: vendor.Vendor | None = None
+) -> str | None:
     context = await asyncio.to_thread(context_tar, folder)
+    if extra is not None:
+        print(f"{tag}: fetching {extra.npm} from the npm registry", flush=True)
+        staged, problem = await vendor.stage(extra)
+        try:
+            if problem:
+                return problem
+            context = await asyncio.to_thread(vendor.add_to, context, staged)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
     try:
         lines = await docker.images.build(
             fileobj=io.BytesIO(context),

@@ -54,9 +54,7 @@ class Progress:
                 via = f" by {event.agent}" if event.agent else ""
                 fell = [r.agent for r in event.routing if r.outcome != "chosen"]
                 past = f" (passed over: {', '.join(fell)})" if fell else ""
-                self.line(
-                    f"  ✓ {event.node_id:<{self.width}} succeeded{via} in {event.duration_s * 1000:.0f} ms{past}"
-                )
+                self.line(f"  ✓ {event.node_id:<{self.width}} succeeded{via} in {event.duration_s * 1000:.0f} ms{past}")
             case TaskFailed():
                 unit = event.node_id if event.item is None else f"{event.node_id}[{event.item}]"
                 self.line(f"  ✗ {unit:<{self.width}} attempt {event.attempt} failed: {event.error}")

@@ -345,6 +345,8 @@ async def _try(
         "FLOWYARD_NODE_ID": task.node_id,
         "FLOWYARD_ATTEMPT": str(task.attempt),
         "FLOWYARD_TIMEOUT_S": f"{task.timeout_s:g}",
+        # Built-in CLI agents pass their skip-permission flags only when this says so.
+        **({"FLOWYARD_AUTONOMOUS": "1"} if task.agent.autonomous else {}),
     }
     stdin = msgspec.json.encode(task.input)
     stream = logs(task, secrets) if logs is not None else None

@@ -12,8 +12,16 @@ Reason = Literal[
     "bad_request",  # 400/404/422: the request (model name, parameters) is wrong
     "bad_answer",  # the provider's answer could not be read, or did not match the schema
     "no_provider",  # nothing configured to call
+    # The coding CLIs' own (docs/agents.md): none is routable, another agent would fare no better.
+    "max_turns",  # it ran out of turns before it finished
+    "needs_permission",  # it stopped to ask a person, in a run nobody watches
+    "cli_failed",  # it ended without a result
+    "timeout",  # it did not finish within the attempt's timeout
+    "unstartable",  # the CLI is not installed where the agent ran (routable: another agent may be)
 ]
-ROUTABLE: frozenset[str] = frozenset({"rate_limited", "provider_unavailable", "auth_refused", "no_provider"})
+ROUTABLE: frozenset[str] = frozenset(
+    {"rate_limited", "provider_unavailable", "auth_refused", "no_provider", "unstartable"}
+)
 
 
 class LlmError(Exception):
@@ -24,12 +32,14 @@ class LlmError(Exception):
         *,
         status: int | None = None,
         retry_after: float | None = None,
+        usage: dict[str, int] | None = None,
     ) -> None:
         super().__init__(message)
         self.reason: Reason = reason
         self.message = message
         self.status = status
         self.retry_after = retry_after
+        self.usage = usage  # what was spent before it failed, when the failing side knows
 
     @property
     def retryable(self) -> bool:

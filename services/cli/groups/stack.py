@@ -13,8 +13,6 @@ from ..context import Ctx, _run
 SERVICES = ("planner", "scheduler", "executor", "approver", "notifier", "gateway")
 
 
-
-
 @click.command()
 @click.pass_obj
 def doctor(obj: Ctx) -> None:
