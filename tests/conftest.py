@@ -106,8 +106,9 @@ def base_image(docker_available: bool) -> str:
 
 
 @pytest.fixture(scope="session")
-def agent_images(base_image: str) -> None:
-    """Every built-in agent's image, through `flowyard agents build` (reuses what is up to date)."""
+def agent_images(base_image: str, service_image: str) -> None:
+    """Every built-in agent's image, through `flowyard agents build` (reuses what is up to date);
+    the coding CLIs' build on the service image, so that comes first."""
     done = subprocess.run(
         [sys.executable, "-m", "services.cli", "agents", "build"],
         cwd=ROOT,

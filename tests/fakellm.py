@@ -81,7 +81,8 @@ class FakeProvider:
         self.script.extend(replies)
         return self
 
-    async def start(self, host: str = "127.0.0.1") -> FakeProvider:
+    async def start(self, host: str | None = None) -> FakeProvider:
+        host = host or self.host
         app = web.Application()
         app.router.add_post("/v1/messages", self._anthropic)
         app.router.add_post("/chat/completions", self._chat)

@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -30,6 +31,9 @@ from .client import Endpoint
 from .errors import LlmError, classify
 
 DEFAULT_MAX_TURNS = 20
+_UNREACHABLE = re.compile(
+    r"ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENOTFOUND|Connection refused|timed? ?out|fetch failed", re.I
+)
 _KNOWN = {"prompt", "max_turns", "model", "provider"}
 _QUIET = {
     # Nothing but the model calls: no updates, no telemetry, no error reports, no other traffic.
@@ -127,8 +131,13 @@ def claude_result(report: Any, ask: Ask) -> dict[str, Any]:
         )
     if report.get("is_error") or subtype != "success":
         status = report.get("api_error_status")
-        reason = classify(int(status)) if isinstance(status, int) else "cli_failed"
         text = str(report.get("result") or subtype or "an error")[:500]
+        if isinstance(status, int):
+            reason = classify(status)
+        elif _UNREACHABLE.search(text):  # it retried on its own and never got through
+            reason = "provider_unavailable"
+        else:
+            reason = "cli_failed"
         raise LlmError(reason, f"claude ended with an error: {text}", usage=spent)
     if denied and not ask.autonomous:
         tools = sorted({str(d.get("tool_name", "?")) for d in denied if isinstance(d, dict)})

@@ -1,0 +1,144 @@
+"""The real Claude Code CLI in its image (npm package fetched at build time) against the fake
+provider on the Docker bridge: it makes a failing test pass through scripted tool calls, and
+the change is the run's next workspace version; out of turns, it fails saying so."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fakellm import FakeProvider, Threaded, answer, calls
+
+pytestmark = pytest.mark.docker
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "sk-ant-cli-test-3e4f5a6b7c"
+WORKFLOW = """\
+apiVersion: flowyard/v1
+kind: Agent
+metadata: {name: unit-tests}
+spec:
+  image: flowyard/base:bookworm
+  command: [python3, -m, unittest, -q]
+  workspace: ro
+  stdout: text
+---
+apiVersion: flowyard/v1
+kind: Workflow
+metadata: {name: cli-fix}
+spec:
+  inputs: {max_turns: {type: integer, default: 5}}
+  nodes:
+    - id: fix
+      capability: code_fixes
+      with: {prompt: "Make the failing tests in test_ratelimit.py pass.", max_turns: "{{ inputs.max_turns }}"}
+    - {id: test, agent: unit-tests, needs: [fix]}
+"""
+
+
+def bridge_gateway() -> str:
+    done = subprocess.run(
+        ["docker", "network", "inspect", "bridge", "-f", "{{(index .IPAM.Config 0).Gateway}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def fake(agent_images: None) -> Iterator[FakeProvider]:
+    """Served on the bridge's gateway address: this machine, reachable from the containers."""
+    threaded = Threaded(1)
+    threaded.fakes[0].host = bridge_gateway()
+    with threaded as (started,):
+        yield started
+
+
+def run(fake: FakeProvider, tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict]:
+    (tmp_path / "wf.yaml").write_text(WORKFLOW)
+    (tmp_path / "flowyard.yaml").write_text(
+        "llm:\n  providers:\n"
+        f"    anthropic: {{kind: anthropic, base_url: '{fake.url}', api_key_secret: ANTHROPIC_KEY, "
+        "default_model: claude-test, prices: {claude-test: {input: 3.0, output: 15.0}}}\n"
+        "agents:\n  priorities: {code_fixes: [claude-code]}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWYARD_")}
+    env |= {"FLOWYARD_CONFIG": str(tmp_path / "flowyard.yaml"), "FLOWYARD_SECRET_ANTHROPIC_KEY": KEY}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "run",
+            str(tmp_path / "wf.yaml"),
+            "--runtime",
+            "docker",
+            "--json",
+            "--workspace",
+            str(ROOT / "examples/sample-repo"),
+            *args,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return done, (json.loads(done.stdout) if done.stdout.strip() else {})
+
+
+def test_claude_code_makes_the_failing_test_pass(fake: FakeProvider, tmp_path: Path) -> None:
+    fake.script[:] = [
+        calls(
+            (
+                "Edit",
+                {
+                    "file_path": "/workspace/ratelimit.py",
+                    "old_string": "if self.tokens > 1:",
+                    "new_string": "if self.tokens >= 1:",
+                },
+            ),
+            input_tokens=900,
+            output_tokens=40,
+        ),
+        answer(
+            "Fixed the off-by-one in TokenBucket.allow: a bucket with one token left now allows.",
+            input_tokens=1000,
+            output_tokens=25,
+        ),
+    ]
+    fake.seen.clear()
+    out = tmp_path / "out"
+    done, result = run(fake, tmp_path, "--workspace-out", str(out))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    fix = result["nodes"]["fix"]
+    assert fix["agent"] == "claude-code" and fix["routing"] == [
+        {"agent": "claude-code", "outcome": "chosen", "reason": ""}
+    ]
+    output = fix["output"]
+    assert output["changed_files"] == ["ratelimit.py"]
+    assert output["result"].startswith("Fixed the off-by-one")
+    assert output["turns"] == 2 and output["session_id"]
+    assert output["usage"] == {"input_tokens": 1900, "output_tokens": 65}
+    assert output["cost_usd"] == pytest.approx((1900 * 3 + 65 * 15) / 1e6)
+    assert result["nodes"]["test"]["status"] == "succeeded"  # the tests pass on the new version
+    assert result["workspace"]["version"] == 1
+    assert "if self.tokens >= 1:" in (out / "ratelimit.py").read_text()
+    assert len(fake.seen) == 2 and all(s.headers["x-api-key"] == KEY for s in fake.seen)
+    assert KEY not in done.stdout and KEY not in done.stderr
+
+
+def test_out_of_turns_fails_saying_so(fake: FakeProvider, tmp_path: Path) -> None:
+    looping = calls(("Read", {"file_path": "/workspace/ratelimit.py"}))
+    fake.script[:] = [looping]  # it never stops calling tools
+    done, result = run(fake, tmp_path, "-i", "max_turns=1")
+    assert done.returncode == 1
+    error = result["nodes"]["fix"]["error"]
+    assert "max_turns: ran out of turns (max_turns 1) before it finished" in error, error
+    assert result["nodes"]["test"]["status"] == "skipped"
