@@ -33,15 +33,18 @@ def flowyard(
 
 
 @contextlib.contextmanager
-def flowyard_up(data_dir: Path, *, runtime: str = "process") -> Iterator[dict[str, str]]:
-    """A running `flowyard up`; yields the environment that points the CLI at it."""
+def flowyard_up(
+    data_dir: Path, *, runtime: str = "process", env: dict[str, str] | None = None
+) -> Iterator[dict[str, str]]:
+    """A running `flowyard up` (``env`` added to its environment); yields the environment that
+    points the CLI at it."""
     up = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "up", "--data-dir", str(data_dir)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        env=clean_env({"FLOWYARD_EXECUTOR_RUNTIME": runtime, "FLOWYARD_GATEWAY_PORT": "0"}),
+        env=clean_env({"FLOWYARD_EXECUTOR_RUNTIME": runtime, "FLOWYARD_GATEWAY_PORT": "0", **(env or {})}),
     )
     try:
         assert up.stdout is not None

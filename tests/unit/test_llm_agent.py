@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -196,3 +197,84 @@ def test_retry_after_forms() -> None:
     assert retry_after(httpx.Headers({"retry-after": "3"})) == 3.0
     assert retry_after(httpx.Headers({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 0.0
     assert retry_after(httpx.Headers({})) is None
+
+
+# --- the coding-CLI wrapper's reading of Claude Code's result --------------------------------
+
+from shared.llm import cli  # noqa: E402
+
+ASK = cli.Ask("fix it", 5, None, autonomous=True)
+USAGE = {"input_tokens": 10, "cache_read_input_tokens": 5, "output_tokens": 3}
+
+
+def test_a_claude_success_becomes_the_output() -> None:
+    report = {
+        "type": "result",
+        "subtype": "success",
+        "is_error": False,
+        "result": "done",
+        "num_turns": 2,
+        "session_id": "s1",
+        "total_cost_usd": 0.5,
+        "usage": USAGE,
+    }
+    assert cli.claude_result(report, ASK) == {
+        "result": "done",
+        "usage": {"input_tokens": 15, "output_tokens": 3},
+        "cost_usd": 0.5,
+        "turns": 2,
+        "session_id": "s1",
+    }
+
+
+@pytest.mark.parametrize(
+    ("report", "reason"),
+    [
+        ({"subtype": "error_max_turns"}, "max_turns"),
+        ({"subtype": "success", "is_error": True, "api_error_status": 429, "result": "rate"}, "rate_limited"),
+        ({"subtype": "success", "is_error": True, "api_error_status": 401, "result": "key"}, "auth_refused"),
+        (
+            {"subtype": "success", "is_error": True, "result": "API Error: Connection refused (ECONNREFUSED)"},
+            "provider_unavailable",
+        ),
+        ({"subtype": "error_during_execution", "is_error": True, "result": "boom"}, "cli_failed"),
+    ],
+)
+def test_claude_failures_have_their_reasons(report: dict[str, Any], reason: str) -> None:
+    with pytest.raises(LlmError) as caught:
+        cli.claude_result({"type": "result", "usage": USAGE, **report}, ASK)
+    assert caught.value.reason == reason and caught.value.usage == {"input_tokens": 15, "output_tokens": 3}
+
+
+def test_a_claude_that_asked_for_permission_fails_saying_so() -> None:
+    report = {
+        "type": "result",
+        "subtype": "success",
+        "result": "I need to edit",
+        "usage": USAGE,
+        "permission_denials": [{"tool_name": "Edit"}, {"tool_name": "Bash"}],
+    }
+    with pytest.raises(LlmError) as caught:
+        cli.claude_result(report, cli.Ask("x", 5, None, autonomous=False))
+    assert caught.value.reason == "needs_permission" and "Bash, Edit" in caught.value.message
+
+
+def test_changed_files_compare_contents(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text("1")
+    (tmp_path / "b.py").write_text("2")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "HEAD").write_text("x")
+    before = cli.snapshot(tmp_path)
+    (tmp_path / "a.py").write_text("one")
+    (tmp_path / "b.py").unlink()
+    (tmp_path / "c.py").write_text("3")
+    (tmp_path / ".git" / "HEAD").write_text("y")
+    assert cli.changed(before, cli.snapshot(tmp_path)) == ["a.py", "b.py", "c.py"]
+
+
+async def test_a_missing_cli_is_unstartable(tmp_path: Path) -> None:
+    async with FakeProvider() as fake:
+        provider = {"name": "fake", **msgspec.to_builtins(endpoint(fake).config)}
+        env = {"FLOWYARD_LLM_PROVIDER": json.dumps(provider), "PATH": str(tmp_path)}
+        out, code = await cli.amain("claude-code", json.dumps({"prompt": "fix"}), env, tmp_path)
+    assert code == 1 and out["error"]["reason"] == "unstartable"
