@@ -19,12 +19,19 @@ from typing import Any
 import aiodocker
 
 from shared.docker import client as dockerclient
+from shared.telemetry.metrics import VERSION
 from shared.workflow.builtin import agent_dirs, agents_dir, builtin_agents
 
 from . import vendor
 from .output import EXIT_BROKEN, EXIT_INVALID, EXIT_OK
 
 DEFAULT_BASE = "flowyard/base:bookworm"
+
+
+def service_tag() -> str:
+    """The service image, flowyard/flowyard:<version> (`flowyard images build`)."""
+    return f"flowyard/flowyard:{VERSION}"
+
 CONTEXT_LABEL = "io.flowyard.context"
 _IGNORED = {"tests", "__pycache__", ".pytest_cache"}
 
@@ -76,9 +83,7 @@ async def build_agents(names: tuple[str, ...], *, base: str, force: bool) -> int
             extra = vendor.read(folders[name])
             on, on_info = base, base_info
             if extra is not None and extra.base == "service":
-                from .imagebuild import default_tag
-
-                on = default_tag()
+                on = service_tag()
                 on_info = await _image(docker, on)
                 if on_info is None:
                     failed += 1

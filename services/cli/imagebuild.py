@@ -20,7 +20,7 @@ import aiodocker
 from shared.docker import client as dockerclient
 from shared.telemetry.metrics import VERSION
 
-from .agentbuild import _image, build_agents, ensure_base
+from .agentbuild import _image, build_agents, ensure_base, service_tag
 from .output import EXIT_BROKEN, EXIT_INVALID, EXIT_OK
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +28,7 @@ DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 
 
 def default_tag() -> str:
-    return f"flowyard/flowyard:{VERSION}"
+    return service_tag()
 
 
 async def build_images(*, tag: str, base: str, agents: bool) -> int:

@@ -323,12 +323,16 @@ def test_every_shipped_example_and_agent_validates() -> None:
     for example in sorted((root / "examples").glob("*.yaml")):
         load_and_check(example)  # raises ValidationFailed naming the problem
     shipped = builtin_agents()
-    assert set(shipped) == {"compliance-checker", "code-reviewer", "patcher", "shell", "llm"}
+    assert set(shipped) == {"compliance-checker", "code-reviewer", "patcher", "shell", "llm", "claude-code"}
     for name, agent in shipped.items():
         assert validate_agent(agent, str(agents_dir() / name)) == []
         # Agents written in flowyard's own code (llm) run in the service image, built by `images build`.
         own = (agent.spec.image or "").startswith("flowyard/flowyard:")
         assert own or (agents_dir() / name / "Dockerfile").is_file()
+        if own:  # the service image of this version, or the agent would run on a stale one
+            from services.cli.agentbuild import service_tag
+
+            assert agent.spec.image == service_tag(), name
     assert {a.metadata.name for a in shipped.values() if a.spec.risk == "approval_required"} == {"patcher", "shell"}
 
 
