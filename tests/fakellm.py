@@ -84,6 +84,8 @@ class FakeProvider:
     async def start(self, host: str | None = None) -> FakeProvider:
         host = host or self.host
         app = web.Application()
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/models", self._models)
         app.router.add_post("/v1/messages", self._anthropic)
         app.router.add_post("/chat/completions", self._chat)
         app.router.add_post("/v1/chat/completions", self._chat)
@@ -106,6 +108,13 @@ class FakeProvider:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    async def _models(self, request: web.Request) -> web.Response:
+        self.seen.append(Seen(request.path, dict(request.headers), {}))
+        reply = self.script[0] if self.script else Reply()
+        if reply.status >= 400:
+            return web.json_response({"error": {"message": f"scripted {reply.status}"}}, status=reply.status)
+        return web.json_response({"data": [{"id": "claude-test", "type": "model"}], "object": "list"})
 
     # --- the protocols ------------------------------------------------------------------------
 

@@ -63,6 +63,7 @@ async def doctor(config: Config) -> int:
     else:
         print("     (executor.runtime is process: Docker and agent images are not needed)")
     source = SecretSource(config.executor.secrets_dir)
+    await _provider_checks(config, source, report)
     for agent in agents:
         if agent.spec.secrets:
             _, missing = await source.resolve(agent.spec.secrets)
@@ -72,6 +73,30 @@ async def doctor(config: Config) -> int:
                 report(True, f"agent {agent.metadata.name}: secrets {', '.join(agent.spec.secrets)} resolvable")
     print(f"\n{problems} problem(s)" if problems else "\nall good")
     return EXIT_FAILED if problems else EXIT_OK
+
+
+async def _provider_checks(config: Config, source: SecretSource, report) -> None:
+    """Each llm.providers entry: its key resolvable, its endpoint answering and taking the key."""
+    from shared.llm.client import Endpoint, probe
+
+    for name, provider in sorted(config.llm.providers.items()):
+        key = None
+        if provider.api_key_secret:
+            values, missing = await source.resolve([provider.api_key_secret])
+            if missing:
+                report(
+                    False,
+                    f"provider {name}: key (secret {provider.api_key_secret})",
+                    f"provide {source.where(provider.api_key_secret)} where the executors run",
+                )
+                continue
+            key = values[provider.api_key_secret]
+        problem = await probe(Endpoint(name, provider, key))
+        report(
+            problem is None,
+            f"provider {name}: {provider.kind} at {provider.url} answers" + (" and takes the key" if key else ""),
+            f"{problem}; check base_url, the key and the network (an egress proxy: HTTPS_PROXY)",
+        )
 
 
 async def _docker_checks(config: Config, agents: list[AgentDoc], report) -> None:
@@ -105,7 +130,8 @@ async def _docker_checks(config: Config, agents: list[AgentDoc], report) -> None
                 report(
                     False,
                     f"agent {agent.metadata.name}: image {image} present",
-                    "run `flowyard agents build` (offline; it builds the base image too)"
+                    "run `flowyard images build` (offline: the base, the service image, then every "
+                    "built-in agent's; `flowyard agents build` when the service image is there)"
                     if builtin
                     else "build it on this machine (nothing is pulled); the base: deploy/base-image/build.sh",
                 )

@@ -200,3 +200,23 @@ async def call(
     finally:
         if own:
             await http.aclose()
+
+
+async def probe(ep: Endpoint, *, timeout: float = 5.0, http: httpx.AsyncClient | None = None) -> str | None:
+    """None when the provider answers and takes the key (``GET /models``, which costs nothing);
+    else what is wrong, in words (for ``flowyard doctor``)."""
+    path = "/v1/models" if ep.config.kind == "anthropic" else "/models"
+    own = http is None
+    http = http or httpx.AsyncClient(trust_env=True)
+    try:
+        response = await http.get(ep.config.url + path, headers=_headers(ep), timeout=timeout)
+    except httpx.HTTPError as exc:
+        return f"{ep.config.url} could not be reached: {type(exc).__name__}"
+    finally:
+        if own:
+            await http.aclose()
+    if response.status_code in (401, 403):
+        return f"{ep.config.url} refused the key (HTTP {response.status_code}): {_error_message(response)}"
+    if response.status_code >= 500:
+        return f"{ep.config.url} answered HTTP {response.status_code}: {_error_message(response)}"
+    return None  # 2xx, or a 404 from a server without the listing: it is there and took the request

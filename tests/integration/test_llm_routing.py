@@ -171,3 +171,14 @@ def test_no_provider_key_reaches_logs_events_outputs_or_the_store(stack: Stack) 
     for run in json.loads(listing.stdout):
         shown = stack.cli("runs", "show", run["run_id"], "--json").stdout
         assert all(k not in shown for k in (PRIMARY_KEY, BACKUP_KEY, DENIED_KEY))
+
+
+def test_doctor_checks_each_provider(stack: Stack, fakes: list[FakeProvider]) -> None:
+    fakes[1].script[:] = [answer()]
+    fakes[2].script[:] = [error(401)]
+    done = stack.cli("doctor")
+    assert done.returncode == 1, done.stdout
+    assert "ok   provider backup: openai-compatible at" in done.stdout
+    assert "FIX  provider denied: anthropic at" in done.stdout and "refused the key (HTTP 401)" in done.stdout
+    assert "FIX  provider nokey: key (secret NOKEY_KEY)" in done.stdout
+    assert all(k not in done.stdout for k in (PRIMARY_KEY, BACKUP_KEY, DENIED_KEY))

@@ -278,3 +278,15 @@ async def test_a_missing_cli_is_unstartable(tmp_path: Path) -> None:
         env = {"FLOWYARD_LLM_PROVIDER": json.dumps(provider), "PATH": str(tmp_path)}
         out, code = await cli.amain("claude-code", json.dumps({"prompt": "fix"}), env, tmp_path)
     assert code == 1 and out["error"]["reason"] == "unstartable"
+
+
+async def test_doctor_probe_says_what_is_wrong() -> None:
+    from shared.llm.client import probe
+
+    async with FakeProvider() as fake:
+        assert await probe(endpoint(fake)) is None
+        assert fake.seen[0].path == "/v1/models" and fake.seen[0].headers["x-api-key"] == KEY
+        fake.script[:] = [error(401)]
+        assert "refused the key (HTTP 401)" in str(await probe(endpoint(fake, "openai-compatible")))
+        assert fake.seen[1].path == "/v1/models"  # base_url …/v1 + /models
+    assert "could not be reached" in str(await probe(endpoint(fake)))
