@@ -23,7 +23,6 @@ import httpx
 import msgspec
 
 from shared.config.llm import ProviderConfig
-from shared.formats.schemas import first_error, schema_problem
 
 from .client import Endpoint, call
 from .errors import LlmError
@@ -80,6 +79,9 @@ def check_input(given: Any) -> dict[str, Any]:
     if schema is not None:
         if not isinstance(schema, dict) or schema.get("type", "object") != "object":
             raise LlmError("bad_request", "input `schema` must be a JSON Schema of an object (type: object)")
+        # jsonschema costs ~60 ms of start-up: imported only for a step that has a schema.
+        from shared.formats.schemas import schema_problem
+
         if (problem := schema_problem(schema)) is not None:
             raise LlmError("bad_request", f"input `schema` is not a valid JSON Schema: {problem}")
     return given
@@ -106,6 +108,8 @@ def mismatch(answer: Answer, schema: dict[str, Any]) -> tuple[Any, str | None]:
         return None, str(exc)
     if not isinstance(data, dict):
         return data, f"the answer is a JSON {type(data).__name__}, not an object"
+    from shared.formats.schemas import first_error  # see check_input
+
     error = first_error(schema, data)
     if error is None:
         return data, None

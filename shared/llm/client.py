@@ -162,6 +162,14 @@ async def _once(http: httpx.AsyncClient, ep: Endpoint, req: Request, timeout: fl
 Sleep = Callable[[float], Any]
 
 
+def new_client(ep: Endpoint) -> httpx.AsyncClient:
+    """A client for one agent's calls. A plain-http endpoint (a local Ollama, a proxy on the
+    pod's network) gets no TLS context: building one (loading the CA bundle) costs ~70 ms of the
+    agent's start-up and would never be used; https endpoints verify as always."""
+    plain = ep.config.url.startswith("http://")
+    return httpx.AsyncClient(trust_env=True, verify=not plain)
+
+
 async def call(
     ep: Endpoint,
     req: Request,
@@ -174,7 +182,7 @@ async def call(
     """The answer, or :class:`LlmError` once retries are spent or the deadline (monotonic) is near."""
     rng = rng or random.Random()
     own = http is None
-    http = http or httpx.AsyncClient(trust_env=True)
+    http = http or new_client(ep)
     try:
         attempt = 0
         while True:
@@ -207,7 +215,7 @@ async def probe(ep: Endpoint, *, timeout: float = 5.0, http: httpx.AsyncClient |
     else what is wrong, in words (for ``flowyard doctor``)."""
     path = "/v1/models" if ep.config.kind == "anthropic" else "/models"
     own = http is None
-    http = http or httpx.AsyncClient(trust_env=True)
+    http = http or new_client(ep)
     try:
         response = await http.get(ep.config.url + path, headers=_headers(ep), timeout=timeout)
     except httpx.HTTPError as exc:
