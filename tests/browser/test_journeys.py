@@ -106,6 +106,20 @@ def test_a_failed_step_says_why_and_shows_its_log(page: Page, gateway: str) -> N
     expect(page).not_to_have_url(f"/#/runs/{run_id}")
 
 
+def test_a_capability_step_shows_its_routing(page: Page, gateway: str) -> None:
+    run_id = start(gateway, "ui-routed")
+    sign_in(page, "olga")
+    page.goto(f"/#/runs/{run_id}")
+    expect(page.get_by_test_id("run-status")).to_have_text("succeeded")
+    page.get_by_role("button", name="fix").first.click()
+    panel = page.get_by_role("complementary", name="step fix")
+    expect(panel).to_contain_text("ui_fix (ui-a-limited, ui-b-fixer)")
+    tried = panel.get_by_role("list", name="candidates tried").get_by_role("listitem")
+    expect(tried).to_have_count(2)
+    expect(tried.nth(0)).to_contain_text("ui-a-limited failed rate_limited:")
+    expect(tried.nth(1)).to_contain_text("ui-b-fixer chosen")
+
+
 def test_approve_and_reject_in_the_inbox(page: Page, gateway: str) -> None:
     approve_run = start(gateway, "ui-gated", inputs={"version": "1.0"})
     reject_run = start(gateway, "ui-gated", inputs={"version": "2.0"})

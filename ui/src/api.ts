@@ -61,6 +61,22 @@ export interface NodeView {
   approval_id: string | null;
   approval: string | null;
   items: NodeView[] | null;
+  capability?: string | null;
+  candidates?: string[];
+  routing?: RouteStep[];
+  usage?: Usage | null;
+}
+
+export interface RouteStep {
+  agent: string;
+  outcome: "chosen" | "skipped" | "failed";
+  reason: string;
+}
+
+export interface Usage {
+  input_tokens: number;
+  output_tokens: number;
+  cost_usd: number | null;
 }
 
 export interface RunView {

@@ -1,5 +1,5 @@
 import { useEffect, useRef, useState } from "preact/hooks";
-import { api, ApiError, may, type LogLine, type NodeView, type RunView, type Session } from "../api";
+import { api, ApiError, may, type LogLine, type NodeView, type RunView, type Session, type Usage } from "../api";
 import { criticalPath, Dag, itemsDone } from "../dag";
 import { ago, duration, EVENTS, json, useEvents } from "../live";
 import { startedBy } from "./runs";
@@ -37,6 +37,11 @@ function Logs(props: { runId: string; node: string }) {
   );
 }
 
+function usageText(u: Usage): string {
+  const cost = u.cost_usd === null ? "cost unknown" : `$${u.cost_usd.toFixed(4)}`;
+  return `${u.input_tokens.toLocaleString()} tokens in, ${u.output_tokens.toLocaleString()} out, ${cost}`;
+}
+
 function NodePanel(props: { run: RunView; id: string; node: NodeView }) {
   const { node, id } = props;
   return (
@@ -47,6 +52,20 @@ function NodePanel(props: { run: RunView; id: string; node: NodeView }) {
       <dl>
         <dt>Agent</dt>
         <dd>{node.agent ?? "—"}</dd>
+        {node.capability && (
+          <>
+            <dt>Capability</dt>
+            <dd>
+              {node.capability} ({(node.candidates ?? []).join(", ")})
+            </dd>
+          </>
+        )}
+        {node.usage && (
+          <>
+            <dt>Usage</dt>
+            <dd>{usageText(node.usage)}</dd>
+          </>
+        )}
         <dt>Attempts</dt>
         <dd>{node.attempts}</dd>
         <dt>Took</dt>
@@ -66,6 +85,19 @@ function NodePanel(props: { run: RunView; id: string; node: NodeView }) {
           </>
         )}
       </dl>
+      {node.routing && node.routing.length > 0 && (
+        <div class="routing">
+          <h3>Routing</h3>
+          <ol aria-label="candidates tried">
+            {node.routing.map((r, i) => (
+              <li key={i}>
+                <strong>{r.agent}</strong> <span class={`badge r-${r.outcome}`}>{r.outcome}</span>
+                {r.reason && <span class="muted"> {r.reason}</span>}
+              </li>
+            ))}
+          </ol>
+        </div>
+      )}
       {node.error && (
         <div class="error" role="alert">
           <h3>Why it failed</h3>
