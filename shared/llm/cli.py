@@ -31,6 +31,7 @@ from .client import Endpoint
 from .errors import LlmError, classify
 
 DEFAULT_MAX_TURNS = 20
+_NO_KEY = re.compile(r"Not logged in|Invalid API key|/login", re.I)
 _UNREACHABLE = re.compile(
     r"ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENOTFOUND|Connection refused|timed? ?out|fetch failed", re.I
 )
@@ -136,6 +137,8 @@ def claude_result(report: Any, ask: Ask) -> dict[str, Any]:
             reason = classify(status)
         elif _UNREACHABLE.search(text):  # it retried on its own and never got through
             reason = "provider_unavailable"
+        elif _NO_KEY.search(text):
+            reason = "auth_refused"
         else:
             reason = "cli_failed"
         raise LlmError(reason, f"claude ended with an error: {text}", usage=spent)

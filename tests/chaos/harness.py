@@ -86,7 +86,7 @@ class Sink:
 class Chaos:
     """The whole stack (every service, the gateway on a fixed port, a webhook sink) on one nats-server."""
 
-    def __init__(self, workdir: Path, **env: str) -> None:
+    def __init__(self, workdir: Path, *, extra_config: str = "", **env: str) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.sink = Sink()
@@ -107,6 +107,7 @@ notifier:
   rules:
     - {{on: [run.succeeded, run.failed], workflows: ["chaos-*"], sinks: [hook]}}
 """
+            + extra_config
         )
         self.server = NatsServer(workdir / "nats").start()
         self.stack = Stack(self.server, workdir, FLOWYARD_CONFIG=str(config), FLOWYARD_SECRET_OLGA_TOKEN=TOKEN, **env)

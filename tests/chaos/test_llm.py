@@ -1,0 +1,123 @@
+"""The executor SIGKILLed at a uniformly random moment of an LLM attempt (the llm agent, process
+runtime) and of a coding-CLI attempt (Claude Code in its container), restarted after 0-2 s: the
+run ends right, and the provider saw each call exactly once — the attempt was adopted, or had
+not started and ran once; never a second call whose result is recorded twice."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fakellm import Threaded, answer, calls, structured
+
+from .harness import SEED, Chaos, trials
+
+CHAIN = """\
+apiVersion: flowyard/v1
+kind: Workflow
+metadata: {name: chaos-llm}
+spec:
+  nodes:
+    - {id: one, agent: llm, with: {prompt: "first", schema: {type: object, required: [n], properties: {n: {type: integer}}}}}
+    - {id: two, agent: llm, needs: [one], with: {prompt: "second {{ nodes.one.output.json.n }}"}}
+    - {id: three, agent: llm, needs: [two], with: {prompt: "third {{ nodes.two.output.text }}"}}
+  outputs: {n: "{{ nodes.one.output.json.n }}", last: "{{ nodes.three.output.text }}"}
+"""
+
+
+def provider(url: str) -> str:
+    return (
+        "llm:\n  providers:\n"
+        f"    fake: {{kind: anthropic, base_url: '{url}', api_key_secret: FAKE_KEY, default_model: m, max_retries: 0}}\n"
+        "agents:\n  priorities: {code_fixes: [claude-code]}\n"
+    )
+
+
+def test_executor_sigkilled_during_llm_attempts(nats_binary: str, tmp_path: Path) -> None:
+    count = trials(8)
+    rng = random.Random(f"{SEED}:executor-llm")
+    print(f"seed {SEED}: {count} trials killing the executor during llm steps (FLOWYARD_TEST_SEED={SEED} replays)")
+    workflow = tmp_path / "llm.yaml"
+    workflow.write_text(CHAIN)
+    with Threaded(1) as (fake,):
+        chaos = Chaos(
+            tmp_path,
+            extra_config=provider(fake.url),
+            FLOWYARD_EXECUTOR_RUNTIME="process",
+            FLOWYARD_SECRET_FAKE_KEY="sk-chaos-1",
+        ).start()
+        try:
+            for trial in range(count):
+                # Each call answers after 0.4 s: three calls and three agent starts, ~2 s in all.
+                fake.script[:] = [structured({"n": 7}, delay=0.4), answer("two", delay=0.4), answer("three", delay=0.4)]
+                fake.seen.clear()
+                at, down = rng.uniform(0, 2.0), rng.uniform(0, 2)
+                where = f"trial {trial} (seed {SEED}): killed {at:.2f} s into the run, down {down:.2f} s"
+                run = chaos.stack.cli_background("run", str(workflow), "--json")
+                time.sleep(at)
+                chaos.kill("executor")
+                time.sleep(down)
+                chaos.restart("executor")
+                out, err = run.communicate(timeout=180)
+                result = json.loads(out) if out.strip() else {}
+                assert result.get("status") == "succeeded", f"{where}: {err[-2000:]} {out[-2000:]}"
+                assert result["outputs"] == {"n": 7, "last": "three"}, where
+                prompts = [s.body["messages"][0]["content"] for s in fake.seen]
+                assert prompts == ["first", "second 7", "third two"], f"{where}: the provider saw {prompts}"
+                assert all(n["attempts"] == 1 for n in result["nodes"].values()), where
+                assert result["usage"]["input_tokens"] == 3 * 12, where  # each call counted once
+        finally:
+            chaos.stop()
+
+
+@pytest.mark.docker
+def test_executor_sigkilled_during_a_cli_attempt(agent_images: None, nats_binary: str, tmp_path: Path) -> None:
+    import subprocess
+
+    count = trials(5)
+    rng = random.Random(f"{SEED}:executor-cli")
+    print(f"seed {SEED}: {count} trials killing the executor during claude-code (FLOWYARD_TEST_SEED={SEED} replays)")
+    gateway = subprocess.run(
+        ["docker", "network", "inspect", "bridge", "-f", "{{(index .IPAM.Config 0).Gateway}}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    workflow = tmp_path / "cli.yaml"
+    workflow.write_text(
+        "apiVersion: flowyard/v1\nkind: Workflow\nmetadata: {name: chaos-cli}\nspec:\n  nodes:\n"
+        "    - {id: fix, capability: code_fixes, with: {prompt: 'fix the limiter', max_turns: 4}}\n"
+    )
+    sample = Path(__file__).resolve().parents[2] / "examples/sample-repo"
+    threaded = Threaded(1)
+    threaded.fakes[0].host = gateway
+    with threaded as (fake,):
+        chaos = Chaos(
+            tmp_path,
+            extra_config=provider(fake.url),
+            FLOWYARD_EXECUTOR_RUNTIME="docker",
+            FLOWYARD_SECRET_FAKE_KEY="sk-chaos-1",
+        ).start()
+        try:
+            for trial in range(count):
+                edit = {"file_path": "/workspace/ratelimit.py", "old_string": "> 1:", "new_string": ">= 1:"}
+                fake.script[:] = [calls(("Edit", edit), delay=0.5), answer("fixed", delay=0.5)]
+                fake.seen.clear()
+                at, down = rng.uniform(0, 3.0), rng.uniform(0, 2)
+                where = f"trial {trial} (seed {SEED}): killed {at:.2f} s into the run, down {down:.2f} s"
+                run = chaos.stack.cli_background("run", str(workflow), "--json", "--workspace", str(sample))
+                time.sleep(at)
+                chaos.kill("executor")
+                time.sleep(down)
+                chaos.restart("executor")
+                out, err = run.communicate(timeout=240)
+                result = json.loads(out) if out.strip() else {}
+                assert result.get("status") == "succeeded", f"{where}: {err[-2000:]} {out[-2000:]}"
+                fix = result["nodes"]["fix"]
+                assert fix["attempts"] == 1 and fix["output"]["changed_files"] == ["ratelimit.py"], where
+                assert result["workspace"]["version"] == 1, where  # the change kept once
+                assert len(fake.seen) == 2, f"{where}: the provider saw {len(fake.seen)} calls, not 2"
+        finally:
+            chaos.stop()
