@@ -28,11 +28,8 @@ async def lookup(bus: Bus, names: Iterable[str] | None, *, but: Iterable[str] = 
     """The registered agents among ``names`` (None: every one, for `capability:` nodes), leaving
     out those in ``but``; unknown names are simply absent."""
     kv = await bus.kv(subjects.AGENTS_BUCKET)
-    if names is None:
-        try:
-            names = await kv.keys()
-        except nats.js.errors.NoKeysError:
-            return {}
+    if names is None:  # from the stream's subjects: right after a write too (Bus.kv_keys)
+        names = await bus.kv_keys(subjects.AGENTS_BUCKET)
     names = set(names) - set(but)
     found: dict[str, AgentDoc] = {}
     for name in names:

@@ -75,7 +75,7 @@ def test_an_unknown_capability_names_it_and_lists_those_on_offer() -> None:
     found = problems(workflow("    - {id: a, capability: code_fix, with: {prompt: x}}\n"))
     assert len(found) == 1
     assert "no agent offers capability 'code_fix'. Did you mean 'code_fixes'?" in found[0]
-    assert "Capabilities on offer: classify, code_fixes, pr_review, summarise, triage." in found[0]  # llm's too
+    assert "Capabilities on offer: classify, code_fixes, pr_review, security_scan, summarise, triage." in found[0]
 
 
 def test_exactly_one_of_agent_and_capability() -> None:
