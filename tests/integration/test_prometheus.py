@@ -22,6 +22,7 @@ import yaml
 from shared.bus.server import NatsServer
 from shared.codegen import dashboards
 from shared.telemetry import metrics
+from tests.fakellm import Threaded, answer, error
 
 from ..conftest import ROOT, missing
 from ..hooks import Hooks
@@ -222,6 +223,11 @@ def watched(nats_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     tool("prometheus", "prometheus")
     workdir = tmp_path_factory.mktemp("watched")
     hooks = Hooks()
+    # Model providers for the LLM panels: one that always rate-limits, one that answers.
+    providers = Threaded(2)
+    limited, good = providers.__enter__()
+    limited.script[:] = [error(429)]
+    good.script[:] = [answer("all quiet", input_tokens=300, output_tokens=40)]
     config = workdir / "flowyard.yaml"
     config.write_text(
         "notifier:\n"
@@ -229,6 +235,11 @@ def watched(nats_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         "  rules: [{on: [run.failed, approval.requested], sinks: [hook]}]\n"
         "executor:\n  breaker_threshold: 1\n"
         "telemetry:\n  gauge_interval: 1s\n"
+        "llm:\n  default_provider: limited\n  providers:\n"
+        f"    limited: {{kind: anthropic, base_url: '{limited.url}', default_model: m, max_retries: 0}}\n"
+        f"    good: {{kind: openai-compatible, base_url: '{good.url}/v1', default_model: g, "
+        "prices: {g: {input: 1.0, output: 2.0}}}\n"
+        "agents:\n  priorities: {triage: [llm, obs-llm-good]}\n"
     )
     server = NatsServer(workdir / "nats").start()
     stack = Stack(server, workdir, FLOWYARD_CONFIG=str(config))
@@ -243,6 +254,7 @@ def watched(nats_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
             prom.stop()
         stack.stop_all()
         server.stop()
+        providers.__exit__(None, None, None)
 
 
 def _run_the_mix(stack: Stack, prom: Prometheus, workdir: Path) -> None:
@@ -255,6 +267,19 @@ def _run_the_mix(stack: Stack, prom: Prometheus, workdir: Path) -> None:
     assert code == 1
     code, _, _ = stack.run_json(OBSERVED, "--workflow", "obs-missing")
     assert code == 1
+    # Model calls: triage falls back from the rate-limited llm to obs-llm-good (tokens, cost, a
+    # fallback, a rate limit); classify has only llm, cooling down now: no agent can take it.
+    llm = workdir / "llm.yaml"
+    llm.write_text(
+        "apiVersion: flowyard/v1\nkind: Agent\nmetadata: {name: obs-llm-good}\nspec:\n"
+        "  command: [flowyard-agent-llm]\n  capabilities: [triage]\n  llm: {provider: good}\n---\n"
+        "apiVersion: flowyard/v1\nkind: Workflow\nmetadata: {name: obs-llm}\nspec:\n  nodes:\n"
+        "    - {id: triage, capability: triage, with: {prompt: 'how bad?'}}\n"
+        "    - {id: sort, capability: classify, needs: [triage], with: {prompt: 'which team?'}}\n"
+    )
+    code, result, _ = stack.run_json(str(llm))
+    assert code == 1 and result["nodes"]["triage"]["agent"] == "obs-llm-good", result
+    assert "no agent offering capability 'classify'" in result["nodes"]["sort"]["error"]
     gate = stack.cli_background("run", OBSERVED, "--workflow", "obs-gate", "--as", "carol", "--json")
     # While it waits, Prometheus sees it active and its approval pending, with an expiry.
     prom.wait(lambda: prom.value('max(flowyard_runs_active{workflow="obs-gate"})') == 1, "an active run")
