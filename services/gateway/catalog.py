@@ -35,9 +35,13 @@ def agent_view(agent: AgentDoc, source: str) -> AgentView:
         outputs=spec.outputs,
         timeout=spec.timeout,
         resources=msgspec.to_builtins(spec.resources),
-        network=spec.network,
+        network=spec.network if isinstance(spec.network, str) else "allow",
+        network_allow=[] if isinstance(spec.network, str) else list(spec.network.allow),
         secrets=spec.secrets,
         workspace=spec.workspace,
+        capabilities=list(spec.capabilities),
+        autonomous=spec.autonomous,
+        llm=spec.llm is not None,
     )
 
 

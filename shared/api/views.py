@@ -318,9 +318,13 @@ class AgentView(View, kw_only=True):
     outputs: dict[str, Any] = {}  # JSON Schema
     timeout: str = "5m"
     resources: dict[str, Any] = {}
-    network: str = "none"
+    network: str = "none"  # none | egress | allow (then network_allow lists the hosts)
+    network_allow: list[str] = []
     secrets: list[str] = []  # names only; values never leave the secret source
     workspace: str = "none"
+    capabilities: list[str] = []
+    autonomous: bool = False
+    llm: bool = False  # it calls a model (llm.providers)
 
 
 class LogLine(View, kw_only=True):

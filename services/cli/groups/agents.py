@@ -32,7 +32,7 @@ def agents_build(names: tuple[str, ...], base: str, force: bool) -> None:
 @agents.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def agents_list(as_json: bool) -> None:
-    """The built-in agents: name, image, risk, workspace."""
+    """The built-in agents: name, image, risk, workspace, capabilities."""
     from shared.workflow.builtin import builtin_agents
 
     shipped = builtin_agents()
@@ -42,6 +42,9 @@ def agents_list(as_json: bool) -> None:
             "image": a.spec.image,
             "risk": a.spec.risk,
             "workspace": a.spec.workspace,
+            "capabilities": list(a.spec.capabilities),
+            "autonomous": a.spec.autonomous,
+            "llm": a.spec.llm is not None,
             "description": a.metadata.description,
         }
         for a in shipped.values()
@@ -51,7 +54,8 @@ def agents_list(as_json: bool) -> None:
         return
     for r in rows:
         click.echo(
-            f"{r['name']:<20} {r['image']:<40} {r['risk']:<18} workspace {r['workspace']:<3}  {r['description']}"
+            f"{r['name']:<20} {r['image']:<40} {r['risk']:<18} workspace {r['workspace']:<4} "
+            f"{','.join(r['capabilities']) or '-':<24} {r['description']}"
         )
 
 
