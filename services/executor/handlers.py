@@ -265,7 +265,9 @@ async def _route(
         last = index == len(candidates) - 1
         if isinstance(gate, Refusal):
             if not routed:
-                verdict = Judgement(False, error=gate.message, reason="runtime", retryable=False, cause=gate.cause)
+                # A limit passes with time: the node's retry policy may try again; the rest needs a fix.
+                retry = gate.cause == "limited"
+                verdict = Judgement(False, error=gate.message, reason="runtime", retryable=retry, cause=gate.cause)
                 return ran, _Tried(verdict), routing, usage
             routing.append(RouteStep(agent=agent.name, outcome="skipped", reason=f"{gate.cause}: {gate.message}"))
             continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import tempfile
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -103,3 +104,29 @@ async def test_the_gate_routes_on_limits_and_cool_downs(buses: tuple[Bus, Bus]) 
     # A node that names its agent is not steered by the cool-down; its limit still holds.
     still = await gates.prepare(plain)
     assert isinstance(still, Refusal) and still.cause == "limited"
+
+
+async def test_a_plain_node_over_its_limit_fails_retryably(buses: tuple[Bus, Bus]) -> None:
+    from services.executor import handlers
+    from services.executor.runtimes import ProcessRuntime
+    from shared.contract.messages import Event, TaskFailed
+
+    name = f"p{secrets.token_hex(3)}"
+    config = msgspec.convert({"agents": {"limits": {name: {"per_minute": 1}}, "limit_wait": "0s"}}, Config)
+    gates = Gates(config, SecretSource(None, {}), Breaker(threshold=3, cooldown=60), Limits(buses[0]))
+    await gates.limits.take(name, Limit(per_minute=1))  # type: ignore[union-attr]  # the minute's one request
+    sent: list[Event] = []
+
+    async def publish(event: Event, kind: str) -> None:
+        sent.append(event)
+
+    task = TaskDispatched(
+        run_id="r", workflow="w", node_id="n", attempt=1, agent=AgentSnapshot(name=name, command=["true"])
+    )
+    runtime = ProcessRuntime(max_output_bytes=1024, log_tail_bytes=512, state_dir=tempfile.mkdtemp(prefix="fy-"))
+    verdict = await handlers.execute(
+        task, runtime=runtime, publish=publish, executor_id="x", log_tail_bytes=512, prepare=gates.prepare
+    )
+    await runtime.close()
+    assert not verdict.ok and verdict.retryable and verdict.cause == "limited"
+    assert isinstance(sent[-1], TaskFailed) and sent[-1].retryable and sent[-1].cause == "limited"
