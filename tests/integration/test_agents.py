@@ -20,6 +20,7 @@ from shared.contract.messages import Event, TaskDispatched, TaskFailed, TaskSucc
 from shared.state import workspace as ws
 from shared.workflow.builtin import builtin_agents
 from shared.workflow.validate import snapshot
+from tests.integration.dockerclean import remove_mine
 
 from ..cli import clean_env, flowyard, flowyard_up
 from ..unit.test_executor_workspace import MemoryWorkspaces
@@ -33,7 +34,7 @@ _seq = count()
 async def runtime(agent_images: None) -> AsyncIterator[DockerRuntime]:
     rt = DockerRuntime(max_output_bytes=1 << 20, log_tail_bytes=4096)
     yield rt
-    await rt.sweep(older_than=-1)
+    await remove_mine(rt)  # this test's containers only
     await rt.close()
 
 

@@ -16,6 +16,7 @@ import pytest
 from services.executor import handlers
 from services.executor.runtimes.docker import LABEL, DockerRuntime
 from shared.contract.messages import AgentResources, AgentSnapshot, TaskDispatched
+from tests.integration.dockerclean import remove_mine
 
 pytestmark = pytest.mark.docker
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,7 +27,7 @@ IMAGE = "flowyard/base:bookworm"
 async def runtime(base_image: str) -> AsyncIterator[DockerRuntime]:
     rt = DockerRuntime(max_output_bytes=1024 * 1024, log_tail_bytes=4096)
     yield rt
-    await rt.sweep(older_than=-1)  # remove every finished flowyard container
+    await remove_mine(rt)  # this test's containers only
     await rt.close()
 
 
@@ -249,7 +250,7 @@ async def test_a_restarted_executor_adopts_the_running_container(base_image: str
         mine = await second.docker.containers.list(all=True, filters={"label": [f"{LABEL}.key={t.key}"]})
         assert len(mine) == 1, "a second container was started for the same attempt"
     finally:
-        await second.sweep(older_than=-1)
+        await remove_mine(second)  # this test's containers only
         await second.close()
 
 
@@ -270,7 +271,7 @@ async def test_an_attempt_that_ended_before_the_redelivery_is_read_not_rerun(bas
         v = handlers.judge(bad, again_bad, log_tail_bytes=4096)
         assert not v.ok and v.error == "exited with code 3: disk full"
     finally:
-        await rt.sweep(older_than=-1)
+        await remove_mine(rt)  # this test's containers only
         await rt.close()
 
 
@@ -491,7 +492,7 @@ async def test_containers_of_gone_or_ended_runs_are_removed_but_only_this_stacks
         for t in [*running, foreign]:
             t.cancel()
         await asyncio.gather(*running, foreign, return_exceptions=True)
-        await mine.sweep(older_than=-1)
+        await remove_mine(mine)  # this test's containers only
         await mine.close()
         await other.close()
 
