@@ -271,3 +271,15 @@ def test_the_provider_is_chosen_by_input_agent_and_default() -> None:
     assert "not configured" in str(gates.provider_for(llm, snap, {"provider": "zz"}))
     only = AgentSnapshot(name="claude-code", llm=LlmUse(kinds=["anthropic"]))
     assert "speaks only anthropic" in str(gates.provider_for(llm, only, {"provider": "b"}))
+
+
+def test_each_candidate_of_an_attempt_has_its_own_container_and_pod_name() -> None:
+    from services.executor.runtimes.docker import container_name
+    from services.executor.runtimes.podspec import pod_name
+
+    snap = AgentSnapshot(name="a", command=["true"])
+    first = TaskDispatched(run_id="r1", workflow="w", node_id="n", attempt=1, agent=snap, candidates=[snap, snap])
+    second = TaskDispatched(run_id="r1", workflow="w", node_id="n", attempt=1, agent=snap, route=1)
+    lookalike = TaskDispatched(run_id="r1", workflow="w", node_id="n_1", attempt=1, agent=snap)
+    keys = [first.key, second.key, lookalike.key]
+    assert len({container_name(k) for k in keys}) == 3 and len({pod_name(k) for k in keys}) == 3

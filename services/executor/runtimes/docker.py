@@ -52,7 +52,9 @@ KILL_GRACE_S = 30.0  # how long a SIGKILLed container may take to be reported st
 
 
 def container_name(key: str) -> str:
-    return "fy-" + re.sub(r"[^a-zA-Z0-9_.-]", "_", key.replace("#", "_i"))
+    # "#" (a foreach item) and "~" (a capability's later candidate) get markers of their own, so
+    # that no two keys of a run share a name once ":" becomes "_" (node "n" route 1 vs node "n_1").
+    return "fy-" + re.sub(r"[^a-zA-Z0-9_.-]", "_", key.replace("#", "_i").replace("~", "_r"))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
