@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -345,11 +346,23 @@ class FakeProvider:
         )
 
 
-class Threaded:
-    """Fake providers served from a thread of their own, for tests that drive processes."""
+def docker_bridge_address() -> str:
+    """The default Docker bridge's gateway: this machine, as the containers on it reach it."""
+    done = subprocess.run(
+        ["docker", "network", "inspect", "bridge", "-f", "{{(index .IPAM.Config 0).Gateway}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
 
-    def __init__(self, count: int = 1) -> None:
-        self.fakes = [FakeProvider() for _ in range(count)]
+
+class Threaded:
+    """Fake providers served from a thread of their own, for tests that drive processes; on
+    ``host`` (default loopback; ``docker_bridge_address()`` for agents in containers)."""
+
+    def __init__(self, count: int = 1, host: str = "127.0.0.1") -> None:
+        self.fakes = [FakeProvider(host=host) for _ in range(count)]
         self._loop = asyncio.new_event_loop()
         self._thread: threading.Thread | None = None
 

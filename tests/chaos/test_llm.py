@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakellm import Threaded, answer, calls, structured
+from tests.fakellm import Threaded, answer, calls, docker_bridge_address, structured
 
 from .harness import SEED, Chaos, trials
 
@@ -76,24 +76,16 @@ def test_executor_sigkilled_during_llm_attempts(nats_binary: str, tmp_path: Path
 
 @pytest.mark.docker
 def test_executor_sigkilled_during_a_cli_attempt(agent_images: None, nats_binary: str, tmp_path: Path) -> None:
-    import subprocess
-
     count = trials(5)
     rng = random.Random(f"{SEED}:executor-cli")
     print(f"seed {SEED}: {count} trials killing the executor during claude-code (FLOWYARD_TEST_SEED={SEED} replays)")
-    gateway = subprocess.run(
-        ["docker", "network", "inspect", "bridge", "-f", "{{(index .IPAM.Config 0).Gateway}}"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
     workflow = tmp_path / "cli.yaml"
     workflow.write_text(
         "apiVersion: flowyard/v1\nkind: Workflow\nmetadata: {name: chaos-cli}\nspec:\n  nodes:\n"
         "    - {id: fix, capability: code_fixes, with: {prompt: 'fix the limiter', max_turns: 4}}\n"
     )
     sample = Path(__file__).resolve().parents[2] / "examples/sample-repo"
-    threaded = Threaded(1)
-    threaded.fakes[0].host = gateway
-    with threaded as (fake,):
+    with Threaded(1, host=docker_bridge_address()) as (fake,):
         chaos = Chaos(
             tmp_path,
             extra_config=provider(fake.url),

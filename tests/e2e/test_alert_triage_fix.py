@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakellm import Threaded, answer, calls, structured
+from tests.fakellm import Threaded, answer, calls, docker_bridge_address, structured
 
 from ..cli import ROOT, clean_env, flowyard, flowyard_up
 
@@ -21,20 +21,8 @@ KEY = "sk-ant-example-9d8c7b6a5f"
 ALERT = "RateLimiterRejectsLastToken: 429s from checkout at full burst"
 
 
-def gateway() -> str:
-    done = subprocess.run(
-        ["docker", "network", "inspect", "bridge", "-f", "{{(index .IPAM.Config 0).Gateway}}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return done.stdout.strip()
-
-
 def test_alert_triage_fix_end_to_end(agent_images: None, tmp_path: Path) -> None:
-    threaded = Threaded(1)
-    threaded.fakes[0].host = gateway()
-    with threaded as (fake,):
+    with Threaded(1, host=docker_bridge_address()) as (fake,):
         fake.then(
             structured({"severity": "high", "component": "ratelimit.py", "change": "allow the last token"}),
             calls(

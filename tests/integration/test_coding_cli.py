@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakellm import FakeProvider, Threaded, answer, calls
+from tests.fakellm import FakeProvider, Threaded, answer, calls, docker_bridge_address
 
 pytestmark = pytest.mark.docker
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,22 +41,10 @@ spec:
 """
 
 
-def bridge_gateway() -> str:
-    done = subprocess.run(
-        ["docker", "network", "inspect", "bridge", "-f", "{{(index .IPAM.Config 0).Gateway}}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return done.stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def fake(agent_images: None) -> Iterator[FakeProvider]:
     """Served on the bridge's gateway address: this machine, reachable from the containers."""
-    threaded = Threaded(1)
-    threaded.fakes[0].host = bridge_gateway()
-    with threaded as (started,):
+    with Threaded(1, host=docker_bridge_address()) as (started,):
         yield started
 
 

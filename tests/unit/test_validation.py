@@ -323,7 +323,15 @@ def test_every_shipped_example_and_agent_validates() -> None:
     for example in sorted((root / "examples").glob("*.yaml")):
         load_and_check(example)  # raises ValidationFailed naming the problem
     shipped = builtin_agents()
-    assert set(shipped) == {"compliance-checker", "code-reviewer", "patcher", "shell", "llm", "claude-code", "security-scanner"}
+    assert set(shipped) == {
+        "compliance-checker",
+        "code-reviewer",
+        "patcher",
+        "shell",
+        "llm",
+        "claude-code",
+        "security-scanner",
+    }
     for name, agent in shipped.items():
         assert validate_agent(agent, str(agents_dir() / name)) == []
         # Agents written in flowyard's own code (llm) run in the service image, built by `images build`.
