@@ -31,11 +31,12 @@ import msgspec
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import diamond  # noqa: E402
 from bench.stack import BenchStack, pct  # noqa: E402
 from shared.bus.connection import Bus  # noqa: E402
 from shared.config.settings import BusConfig, NatsConfig  # noqa: E402
 from shared.contract import subjects  # noqa: E402
-from shared.contract.messages import RunFinished, RunRequested, decode_event, decode_record  # noqa: E402
+from shared.contract.messages import RunFinished, RunRequested, decode_record  # noqa: E402
 from shared.state import agents as registry  # noqa: E402
 from shared.workflow.loader import load_bundle  # noqa: E402
 from tests.fakellm import FakeProvider, answer, error  # noqa: E402
@@ -58,21 +59,11 @@ def workflow(name: str, node: str) -> dict:
     return msgspec.to_builtins(load_bundle(AGENTS + "---\n" + text, "bench").workflow(name))
 
 
-class Runner:
+class Runner(diamond.Runner):
+    """The diamond bench's run-end listener, timing one-node workflows of any name."""
+
     def __init__(self, bus: Bus) -> None:
-        self.bus = bus
-        self.waiting: dict[str, asyncio.Future[tuple[float, RunFinished]]] = {}
-
-    async def listen(self) -> None:
-        async def on_msg(msg) -> None:
-            event = decode_event(msg.data)
-            fut = self.waiting.pop(event.run_id, None)
-            if fut is not None and not fut.done():
-                fut.set_result((time.perf_counter(), event))
-
-        assert self.bus.nc is not None
-        for status in ("succeeded", "failed"):
-            await self.bus.nc.subscribe(f"fy.run.*.{status}", cb=on_msg)
+        super().__init__(bus, {})
 
     async def one(self, name: str, definition: dict, want: str = "succeeded") -> tuple[float, float]:
         """(end-to-end ms, the node's attempt duration ms)."""
