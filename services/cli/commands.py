@@ -239,9 +239,11 @@ async def _load_remote(bus: Bus, file: Path, priorities: Mapping[str, list[str]]
     return await asyncio.to_thread(load_and_check, file, registered, priorities)
 
 
-async def list_runs(config: Config, *, limit: int, as_json: bool) -> int:
+async def list_runs(
+    config: Config, *, limit: int, as_json: bool, workflow: str | None = None, status: str | None = None
+) -> int:
     async with connected(config) as bus:
-        records = await client.list_records(bus, limit)
+        records = await client.list_records(bus, limit, workflow=workflow, status=status)  # type: ignore[arg-type]
     if as_json:
         echo_json([client.result_json(r) for r in records])
     else:

@@ -146,12 +146,7 @@ async def list_runs(request: web.Request) -> web.Response:
     status = choice_param(request, "status", STATUSES)
     limit = int_param(request, "limit", 50, low=1, high=1000)
 
-    def keep(record: object) -> bool:
-        return (workflow is None or record.workflow == workflow) and (  # type: ignore[attr-defined]
-            status is None or run_status(record) == status  # type: ignore[arg-type]
-        )
-
-    records = await runs.list_records(gw.bus, limit, keep=keep)
+    records = await runs.list_records(gw.bus, limit, workflow=workflow, status=status)  # type: ignore[arg-type]
     return json_response([run_view(r) for r in records])
 
 

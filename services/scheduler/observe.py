@@ -35,6 +35,10 @@ def active_subject(record: RunRecord) -> str:
     return subjects.active_run(record.workflow, requested(record), record.run_id)
 
 
+def ended_subject(record: RunRecord) -> str:
+    return subjects.ended_run(record.status, record.workflow, record.run_id)
+
+
 def step(before: RunRecord | None, after: RunRecord, *, now: float) -> tuple[str | None, str | None]:
     """Count what changed; return the active-index subjects to (add, remove)."""
     add = remove = None

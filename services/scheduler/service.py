@@ -51,6 +51,7 @@ from shared.telemetry import metrics
 
 from . import engine, observe
 from .admission import Admission
+from .indexing import index_ended_runs
 from .persist import Persist, Prepared, TooBig
 
 log = structlog.get_logger("flowyard.scheduler")
@@ -78,6 +79,7 @@ class SchedulerService(Service):
         self._cache: OrderedDict[str, tuple[int, RunRecord, bool]] = OrderedDict()
         self._dedup_window = seconds(self.config.bus.duplicate_window)
         self._active = metrics.InProgress(metrics.RUNS_ACTIVE, metrics.RUNS_OLDEST_START)
+        self._ended_indexed = False
         concurrency = self.config.scheduler.concurrency
         ack_wait = seconds(self.config.scheduler.ack_wait)
         self.consume(
@@ -200,7 +202,7 @@ class SchedulerService(Service):
                 if record is not None and record.status != "running":
                     # In case a crash came between finishing and releasing.
                     await self._release(record)
-                    await self._index(None, observe.active_subject(record))
+                    await self._index(observe.ended_subject(record), observe.active_subject(record))
                 return
             assert new is not None
             new = engine.replace(new, outbox=outbox + _node_failures(record, new))
@@ -233,7 +235,8 @@ class SchedulerService(Service):
             if record is None or record.status == "running":
                 log.info("run finished", run_id=run_id, workflow=new.workflow, status=new.status, error=new.error)
             await self._release(new)
-            await self._index(None, removed)
+            # Listed as ended before it stops being listed as active: always in one of the two.
+            await self._index(observe.ended_subject(new), removed)
             return
         raise RetryableError(f"run {run_id}: record kept changing under {_MAX_CONFLICTS} attempts", delay=0.2)
 
@@ -267,6 +270,8 @@ class SchedulerService(Service):
     async def refresh_gauges(self) -> None:
         await super().refresh_gauges()
         self._active.update(await self.bus.active(subjects.ACTIVE_RUNS))
+        if not self._ended_indexed:
+            self._ended_indexed = await index_ended_runs(self.bus, self.records)
 
     async def _release(self, record: RunRecord) -> None:
         """A finished run leaves its workflow's concurrency; the next queued run is admitted."""

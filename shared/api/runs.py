@@ -15,7 +15,7 @@ from typing import TypeVar
 import msgspec
 import nats.js.errors
 
-from shared.api.views import RunView, pending_view, run_view
+from shared.api.views import RunView, ViewStatus, pending_view, run_status, run_view
 from shared.bus.connection import Bus
 from shared.contract import subjects
 from shared.contract.envelope import now_rfc3339
@@ -80,11 +80,17 @@ async def get_view(bus: Bus, run_id: str) -> RunView | None:
     return pending_view(request) if request is not None else None
 
 
-async def list_records(bus: Bus, limit: int, *, keep: object = None) -> list[RunRecord]:
-    """The newest ``limit`` records, newest first; ``keep(record)`` filters before the limit."""
+ACTIVE_VIEWS = ("pending", "running", "waiting")
+
+
+async def list_records(
+    bus: Bus, limit: int, *, workflow: str | None = None, status: ViewStatus | None = None
+) -> list[RunRecord]:
+    """The newest ``limit`` records of ``workflow`` in ``status`` (either may be None: any), newest
+    first. With a filter, only the runs the index in FY_ACTIVE names are read (ADR 11)."""
     kv = await bus.kv(subjects.RUNS_BUCKET)
     # Run ids sort by creation time, so the newest are the largest keys.
-    keys = sorted(await bus.kv_keys(subjects.RUNS_BUCKET), reverse=True)
+    keys = sorted(await _candidates(bus, workflow, status), reverse=True)
     records: list[RunRecord] = []
     batch = max(limit, 32)
     for start in range(0, len(keys), batch):
@@ -93,11 +99,26 @@ async def list_records(bus: Bus, limit: int, *, keep: object = None) -> list[Run
             if isinstance(e, BaseException) or not e.value:
                 continue
             record = decode_record(e.value)
-            if keep is None or keep(record):  # type: ignore[operator]
+            # The index may name a run in a status it has since left: the record decides.
+            if (workflow is None or record.workflow == workflow) and (status is None or run_status(record) == status):
                 records.append(record)
                 if len(records) >= limit:
                     return records
     return records
+
+
+async def _candidates(bus: Bus, workflow: str | None, status: ViewStatus | None) -> set[str] | list[str]:
+    """The run ids that may match: from the index when there is a filter and the index is whole."""
+    if (workflow is None and status is None) or not await bus.active(subjects.ENDED_INDEXED):
+        return await bus.kv_keys(subjects.RUNS_BUCKET)
+    wf = subjects.index_workflow(workflow) if workflow is not None else "*"
+    filters = []
+    if status is None or status in ACTIVE_VIEWS:
+        filters.append(f"fy.active.run.{wf}.>")
+    if status is None or status in subjects.RUN_ENDS:
+        filters.append(f"fy.ended.run.{status or '*'}.{wf}.>")
+    found = await asyncio.gather(*(bus.active(f) for f in filters))
+    return {subject.rsplit(".", 1)[-1] for listed in found for subject in listed}
 
 
 async def publish_request(bus: Bus, request: RunRequested) -> None:

@@ -95,8 +95,8 @@ async def ensure(bus: Bus) -> None:
         ),
         api.StreamConfig(
             name=subjects.ACTIVE_STREAM,
-            description="Runs active and approvals pending, one empty message each, for the gauges",
-            subjects=[subjects.ACTIVE_SUBJECTS],
+            description="Runs active or ended by status and approvals pending, one empty message each",
+            subjects=[subjects.ACTIVE_SUBJECTS, subjects.ENDED_SUBJECTS],
             retention=api.RetentionPolicy.LIMITS,
             max_msgs_per_subject=1,
             duplicate_window=dup,

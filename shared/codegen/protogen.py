@@ -148,11 +148,12 @@ STREAMS = {
         "description": "Agents' stderr while they run (TaskLog), for `flowyard logs` and the gateway",
     },
     subjects.ACTIVE_STREAM: {
-        "subjects": [subjects.ACTIVE_SUBJECTS],
-        "retention": "limits, one message per subject, purged by subject when the run ends or the approval is decided",
+        "subjects": [subjects.ACTIVE_SUBJECTS, subjects.ENDED_SUBJECTS],
+        "retention": "limits, one message per subject; fy.active.* purged by subject when the run ends or the"
+        " approval is decided, fy.ended.* kept as long as the run's record",
         "description": "fy.active.run.<workflow>.<started-at>.<run> and"
         " fy.active.approval.<workflow>.<expires-at>.<approval>: counted for flowyard_runs_active and"
-        " flowyard_approvals_pending",
+        " flowyard_approvals_pending; fy.ended.run.<status>.<workflow>.<run>: the runs each status lists read",
     },
     subjects.AUDIT_STREAM: {
         "subjects": [subjects.AUDIT_SUBJECTS],

@@ -89,9 +89,9 @@ class Grants:
             self.publish.update({f"$O.{bucket}.>", f"$JS.API.STREAM.PURGE.OBJ_{bucket}"})
         return self
 
-    def active_index(self, prefix: str) -> Grants:
+    def active_index(self, *prefixes: str) -> Grants:
         """FY_ACTIVE: mark (publish), clear (purge by subject), count (stream info)."""
-        self.publish.update({prefix, f"$JS.API.STREAM.PURGE.{s.ACTIVE_STREAM}"})
+        self.publish.update({*prefixes, f"$JS.API.STREAM.PURGE.{s.ACTIVE_STREAM}"})
         return self.stream_info(s.ACTIVE_STREAM)
 
     def rendered(self, user: str, durables: set[tuple[str, str]]) -> dict[str, Any]:
@@ -160,7 +160,7 @@ def grants(user: str, *, pools: tuple[str, ...] = ("default",)) -> Grants:
             s.timer(run),
             *(s.dispatch(p) for p in pools),
         )
-        g.active_index("fy.active.run.>")
+        g.active_index(s.ACTIVE_RUNS, s.ENDED_SUBJECTS)
         for bucket in (s.RUNS_BUCKET, s.ITEMS_BUCKET, s.CONCURRENCY_BUCKET):
             g.kv(bucket, write=True)
         g.objects(s.VALUES_BUCKET, write=True)

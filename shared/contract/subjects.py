@@ -59,6 +59,11 @@ TRIGGER_EVENT_SUBJECTS = "fy.trigger.>"
 ACTIVE_SUBJECTS = "fy.active.>"
 ACTIVE_RUNS = "fy.active.run.>"
 ACTIVE_APPROVALS = "fy.active.approval.>"
+# Ended runs by status, in FY_ACTIVE beside the active ones: what `status=` lists read (ADR 11).
+ENDED_SUBJECTS = "fy.ended.>"
+ENDED_RUNS = "fy.ended.run.>"
+ENDED_INDEXED = "fy.ended.indexed"  # present once the ended runs of older stacks were indexed
+RUN_ENDS = ("succeeded", "failed", "cancelled")
 
 TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
@@ -79,6 +84,16 @@ def _index_token(name: str) -> str:
 def active_run(workflow: str, started_at: float, run_id: str) -> str:
     """``fy.active.run.<workflow>.<started-at>.<run>``: present while the run is active."""
     return f"fy.active.run.{_index_token(workflow)}.{int(started_at)}.{run_id}"
+
+
+def ended_run(status: str, workflow: str, run_id: str) -> str:
+    """``fy.ended.run.<status>.<workflow>.<run>``: present once the run ended with ``status``."""
+    return f"fy.ended.run.{status}.{_index_token(workflow)}.{run_id}"
+
+
+def index_workflow(workflow: str) -> str:
+    """The token a workflow's runs are indexed under (``_`` when its name cannot be one)."""
+    return _index_token(workflow)
 
 
 def active_approval(workflow: str, expires_at: float, approval_id: str) -> str:

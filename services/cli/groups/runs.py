@@ -14,15 +14,21 @@ def runs() -> None:
     """Look at runs kept by a running stack (FLOWYARD_NATS_URL)."""
 
 
+# As shared.api.views.ViewStatus (a unit test keeps them equal); not imported, so --help stays quick.
+RUN_STATUSES = ("pending", "running", "waiting", "succeeded", "failed", "cancelled")
+
+
 @runs.command("list")
-@click.option("--limit", default=50, show_default=True, help="How many of the newest runs.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1), help="How many of the newest runs.")
+@click.option("--workflow", default=None, help="Only the runs of this workflow.")
+@click.option("--status", type=click.Choice(RUN_STATUSES), default=None, help="Only the runs in this status.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def runs_list(obj: Ctx, limit: int, as_json: bool) -> None:
-    """The newest runs, newest first."""
+def runs_list(obj: Ctx, limit: int, workflow: str | None, status: str | None, as_json: bool) -> None:
+    """The newest runs, newest first (of one workflow, in one status)."""
     from ..commands import list_runs
 
-    _run(list_runs(obj.config(), limit=limit, as_json=as_json))
+    _run(list_runs(obj.config(), limit=limit, workflow=workflow, status=status, as_json=as_json))
 
 
 @runs.command("show")
