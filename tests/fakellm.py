@@ -9,7 +9,10 @@ not JSON, or a delay first. Every request is kept, headers included, for the tes
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import socket
+import struct
 import subprocess
 import threading
 from dataclasses import dataclass, field
@@ -347,14 +350,27 @@ class FakeProvider:
 
 
 def docker_bridge_address() -> str:
-    """The default Docker bridge's gateway: this machine, as the containers on it reach it."""
-    done = subprocess.run(
-        ["docker", "network", "inspect", "bridge", "-f", "{{(index .IPAM.Config 0).Gateway}}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return done.stdout.strip()
+    """The default Docker bridge's gateway: this machine, as the containers on it reach it.
+
+    Docker reports it in the network's IPAM config, except where the daemon left it to the
+    bridge interface (seen with Docker 28: the config holds only the subnet); then it is the
+    address of that interface (``docker0`` unless the network names another).
+    """
+
+    def inspect(template: str) -> str:
+        done = subprocess.run(
+            ["docker", "network", "inspect", "bridge", "-f", template], capture_output=True, text=True, check=True
+        )
+        return done.stdout.strip()
+
+    gateway = inspect("{{range .IPAM.Config}}{{.Gateway}}{{end}}")
+    if gateway:
+        return gateway
+    name = inspect('{{index .Options "com.docker.network.bridge.name"}}') or "docker0"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        siocgifaddr = 0x8915  # the interface's IPv4 address (netdevice(7))
+        packed = fcntl.ioctl(sock.fileno(), siocgifaddr, struct.pack("256s", name.encode()[:15]))
+    return socket.inet_ntoa(packed[20:24])
 
 
 class Threaded:

@@ -17,7 +17,7 @@ from shared.state.registry import WorkflowVersion
 from shared.workflow.model import WorkflowDoc
 
 from .auth import User, Users
-from .ratelimit import RateLimiter
+from .ratelimit import SharedLimiter
 
 log = structlog.get_logger("flowyard.gateway")
 
@@ -28,7 +28,7 @@ class Gateway:
         self.cfg = config.gateway
         self.bus = bus
         self.users = users
-        self.limiter = RateLimiter(self.cfg.rate_limit.per_minute, self.cfg.rate_limit.burst)
+        self.limiter = SharedLimiter(bus, self.cfg.rate_limit.per_minute, self.cfg.rate_limit.burst)
         self.operations: dict[str, Operation] = {op.operation_id: op for op in OPERATIONS}
         # Workflow versions, parsed: a version number never names two documents, so this never
         # goes stale (whether the workflow still exists is read from its head every time).

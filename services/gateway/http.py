@@ -71,7 +71,7 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
         if request.method == "OPTIONS" and _allowed_origin(gw, request):
             return _preflight(request)
         if (op is not None and op.role is None) or ui.is_ui(request):
-            _limit(gw, f"addr:{request.remote}")
+            await _limit(gw, f"addr:{request.remote}")
         else:
             user = await _authenticate(gw, request)
             request["user"] = user
@@ -150,7 +150,7 @@ async def _authenticate(gw: Gateway, request: web.Request) -> User:
     user = gw.users.authenticate(token) if token else None
     if user is None:
         # Unauthenticated requests spend their address's budget: guessing tokens is rate limited.
-        _limit(gw, f"addr:{request.remote}")
+        await _limit(gw, f"addr:{request.remote}")
         if token is None:
             raise HttpProblem(401, "send the API token as `Authorization: Bearer TOKEN`", headers=_UNAUTHENTICATED)
         raise HttpProblem(
@@ -158,7 +158,7 @@ async def _authenticate(gw: Gateway, request: web.Request) -> User:
             "the token is not valid; check it, or ask an admin for one",
             headers={"WWW-Authenticate": 'Bearer realm="flowyard", error="invalid_token"'},
         )
-    _limit(gw, f"user:{user.name}")
+    await _limit(gw, f"user:{user.name}")
     return user
 
 
@@ -167,7 +167,7 @@ async def _from_session(gw: Gateway, request: web.Request, session_id: str) -> U
     session = await sessions.find(gw.bus, session_id)
     user = gw.users.named(session.user) if session is not None else None
     if session is None or user is None:
-        _limit(gw, f"addr:{request.remote}")
+        await _limit(gw, f"addr:{request.remote}")
         raise HttpProblem(401, "the session has ended or is not valid; sign in again", headers=_UNAUTHENTICATED)
     if request.method not in sessions.SAFE_METHODS and not sessions.csrf_ok(session, request):
         raise HttpProblem(
@@ -176,12 +176,12 @@ async def _from_session(gw: Gateway, request: web.Request, session_id: str) -> U
             "header that sign-in (POST /v1/session) returned",
         )
     request["session"] = (session_id, session)
-    _limit(gw, f"user:{user.name}")
+    await _limit(gw, f"user:{user.name}")
     return user
 
 
-def _limit(gw: Gateway, key: str) -> None:
-    wait = gw.limiter.take(key, time.monotonic())
+async def _limit(gw: Gateway, key: str) -> None:
+    wait = await gw.limiter.take(key)
     if wait > 0:
         raise HttpProblem(
             429,

@@ -1,17 +1,53 @@
-"""Token buckets per caller: ``per_minute`` refill, ``burst`` capacity. Pure; the clock is passed in."""
+"""Token buckets per caller: ``per_minute`` refill, ``burst`` capacity, shared by every replica.
+
+The arithmetic (``spend``) is pure, the clock passed in. ``SharedLimiter`` keeps each caller's
+bucket in NATS KV (``fy_limits``, key ``_gateway.<sha256 of the caller>``: no user name or
+address in a key) with compare-and-set, so N gateways allow the configured rate, not N times
+it. A replica remembers the last state it wrote: in the steady state a request costs one KV
+update (no read), and a caller already over the limit costs no NATS round trip at all (others
+can only have spent more since). While NATS is unreachable, each replica limits on its own
+(``RateLimiter``) rather than refusing everyone.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import math
+import time
 from collections import OrderedDict
+from collections.abc import Callable
+
+import nats.errors
+import nats.js.errors
+import structlog
+
+from shared.bus.connection import Bus
+from shared.contract import subjects
+from shared.contract.errors import ConfigurationError
+
+log = structlog.get_logger("flowyard.gateway")
+
+State = tuple[float, float]  # (tokens, at): the bucket's tokens at time ``at`` (epoch seconds)
+_TRIES = 10  # compare-and-set rounds before the request goes ahead on this replica's count
+
+
+def spend(state: State | None, now: float, rate: float, burst: float) -> tuple[State, float]:
+    """One request at ``now``: the bucket after it, and 0 (it may go) or the seconds to wait."""
+    tokens, at = state if state is not None else (burst, now)
+    tokens = min(burst, tokens + max(0.0, now - at) * rate)
+    if tokens >= 1.0:
+        return (tokens - 1.0, now), 0.0
+    return (tokens, now), (1.0 - tokens) / rate
 
 
 class RateLimiter:
+    """The buckets of one process, bounded in memory."""
+
     def __init__(self, per_minute: int, burst: int, *, max_keys: int = 100_000) -> None:
         self.rate = per_minute / 60.0  # tokens per second
         self.burst = float(burst)
         self.max_keys = max_keys
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
+        self._buckets: OrderedDict[str, State] = OrderedDict()
 
     @property
     def enabled(self) -> bool:
@@ -21,19 +57,101 @@ class RateLimiter:
         """0 when the request may go ahead; otherwise the seconds until it may (Retry-After)."""
         if not self.enabled:
             return 0.0
-        tokens, at = self._buckets.pop(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - at) * self.rate)
-        if tokens >= 1.0:
-            self._buckets[key] = (tokens - 1.0, now)
-            wait = 0.0
-        else:
-            self._buckets[key] = (tokens, now)
-            wait = (1.0 - tokens) / self.rate
+        self._buckets[key], wait = spend(self._buckets.pop(key, None), now, self.rate, self.burst)
         # Bounded memory however many addresses call: the least recently seen are forgotten
         # (a forgotten caller starts with a full bucket, which is what a new caller gets anyway).
         while len(self._buckets) > self.max_keys:
             self._buckets.popitem(last=False)
         return wait
+
+
+class SharedLimiter:
+    def __init__(
+        self, bus: Bus, per_minute: int, burst: int, *, clock: Callable[[], float] = time.time, max_keys: int = 100_000
+    ) -> None:
+        self.bus = bus
+        self.local = RateLimiter(per_minute, burst, max_keys=max_keys)
+        self.max_keys = max_keys
+        self._now = clock
+        # The last state this replica read or wrote per bucket, with the entry's revision.
+        self._seen: OrderedDict[str, tuple[State, int]] = OrderedDict()
+        self._degraded = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.local.enabled
+
+    async def take(self, key: str) -> float:
+        if not self.enabled:
+            return 0.0
+        now = self._now()
+        if not self.bus.connected:
+            return self._alone(key, now)
+        try:
+            wait = await self._shared(_kv_key(key), now)
+        except (TimeoutError, nats.errors.Error, ConfigurationError) as exc:
+            return self._alone(key, now, exc)
+        if self._degraded:
+            self._degraded = False
+            log.info("rate limits shared again across gateway replicas")
+        return wait
+
+    def _alone(self, key: str, now: float, exc: BaseException | None = None) -> float:
+        if not self._degraded:
+            self._degraded = True
+            log.warning(
+                "rate limits held by this gateway alone until NATS answers again",
+                error=type(exc).__name__ if exc else "disconnected",
+            )
+        return self.local.take(key, now)
+
+    async def _shared(self, key: str, now: float) -> float:
+        kv = await self.bus.kv(subjects.LIMITS_BUCKET)
+        rate, burst = self.local.rate, self.local.burst
+        seen = self._seen.pop(key, None)
+        for _ in range(_TRIES):
+            if seen is not None:
+                state, revision = seen
+                after, wait = spend(state, now, rate, burst)
+                if wait > 0:
+                    self._remember(key, seen)  # no token even by this replica's count: refuse
+                    return wait
+            else:
+                state, revision = await self._read(kv, key)
+                after, wait = spend(state, now, rate, burst)
+                if wait > 0:
+                    self._remember(key, (after, revision))
+                    return wait
+            data = f"{after[0]:.6f} {after[1]:.6f}".encode()
+            try:
+                written = await kv.update(key, data, last=revision) if revision else await kv.create(key, data)
+            except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
+                seen = None  # another replica spent meanwhile (or the entry expired): read it
+                continue
+            self._remember(key, (after, written))
+            return 0.0
+        return 0.0  # a bucket this contended is being spent on every replica at once: let it go
+
+    async def _read(self, kv, key: str) -> tuple[State | None, int]:
+        try:
+            entry = await kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None, 0
+        try:
+            tokens, at = (float(x) for x in (entry.value or b"").split())
+        except ValueError:
+            return None, entry.revision or 0  # not ours to read: start it afresh
+        return (tokens, at), entry.revision or 0
+
+    def _remember(self, key: str, seen: tuple[State, int]) -> None:
+        self._seen[key] = seen
+        while len(self._seen) > self.max_keys:
+            self._seen.popitem(last=False)
+
+
+def _kv_key(key: str) -> str:
+    # Agents' counters are "<agent>.<kind>.<window>"; an agent name cannot start with "_".
+    return "_gateway." + hashlib.sha256(key.encode()).hexdigest()[:40]
 
 
 def retry_after(wait: float) -> str:

@@ -71,7 +71,9 @@ class SchedulerService(Service):
         self.persist = Persist(
             self.values, await self.bus.kv(subjects.ITEMS_BUCKET), self.config.bus.max_payload - _HEADROOM
         )
-        self.admission = Admission(await self.bus.kv(subjects.CONCURRENCY_BUCKET))
+        self.admission = Admission(
+            await self.bus.kv(subjects.CONCURRENCY_BUCKET), self.bus.js, subjects.CONCURRENCY_BUCKET
+        )
         self._locks: dict[str, asyncio.Lock] = {}
         self._waiting: dict[str, list[tuple[Transition, asyncio.Future[None]]]] = {}
         # The last record this replica wrote per run, with its revision and whether its outbox
@@ -140,13 +142,17 @@ class SchedulerService(Service):
     async def _plan(self, event: RunPlanned) -> None:
         limit = event.plan.concurrency
         queued = False
+        admitted: list[str] = []
         if limit is not None:
-            queued = not await self.admission.enter(event.workflow, event.run_id, limit)
+            entry = await self.admission.enter(event.workflow, event.run_id, limit)
+            queued, admitted = not entry.now, entry.admitted
             if queued:
                 log.info("run queued", run_id=event.run_id, workflow=event.workflow, concurrency=limit)
         await self.mutate(
             event.run_id, lambda rec, clk: engine.start_run(event, clk, queued=queued) if rec is None else None
         )
+        # Runs taken from the queue while this one entered (itself, when a place was free by then).
+        await self._admit(admitted)
 
     # --- the record under compare-and-set ------------------------------------------------------
 
@@ -277,7 +283,9 @@ class SchedulerService(Service):
         """A finished run leaves its workflow's concurrency; the next queued run is admitted."""
         if record.plan is None or record.plan.concurrency is None:
             return
-        admitted = await self.admission.leave(record.workflow, record.run_id, record.plan.concurrency)
+        await self._admit(await self.admission.leave(record.workflow, record.run_id, record.plan.concurrency))
+
+    async def _admit(self, admitted: list[str]) -> None:
         for run_id in admitted:
             timer = TimerDue(run_id=run_id, kind="admit", due_at=0.0)
             await self.bus.publish(subjects.timer(run_id), timer, msg_id=f"{run_id}:timer:admit")

@@ -169,8 +169,8 @@ BUCKETS = {
         "writer": "scheduler (create)",
     },
     subjects.CONCURRENCY_BUCKET: {
-        "key": "workflow name",
-        "value": "running and queued run ids",
+        "key": "WORKFLOW (the admitted runs) and WORKFLOW.q.RUN (one per queued run, in stream order)",
+        "value": "the admitted run ids; a queued run's key is empty",
         "writer": "scheduler (compare-and-set)",
     },
     subjects.APPROVALS_BUCKET: {
@@ -193,6 +193,11 @@ BUCKETS = {
         "key": "sha256 of user and Idempotency-Key",
         "value": "the run it started (kept 24 h)",
         "writer": "gateway (create)",
+    },
+    subjects.LIMITS_BUCKET: {
+        "key": "AGENT.m|h|t.WINDOW and AGENT.cool (agents' limits); _gateway.SHA256 (a caller of the API)",
+        "value": "a count, a cool-down's end, or an API caller's token bucket 'TOKENS AT' (kept 2 h)",
+        "writer": "executor (agents), gateway (the API's rate limits), both compare-and-set",
     },
 }
 HEADERS = {

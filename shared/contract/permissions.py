@@ -163,6 +163,8 @@ def grants(user: str, *, pools: tuple[str, ...] = ("default",)) -> Grants:
         g.active_index(s.ACTIVE_RUNS, s.ENDED_SUBJECTS)
         for bucket in (s.RUNS_BUCKET, s.ITEMS_BUCKET, s.CONCURRENCY_BUCKET):
             g.kv(bucket, write=True)
+        # An admitted run's queue key is purged from the stream, leaving no delete marker behind.
+        g.publish.add(f"$JS.API.STREAM.PURGE.KV_{s.CONCURRENCY_BUCKET}")
         g.objects(s.VALUES_BUCKET, write=True)
         return g
     if user == "executor":
@@ -211,6 +213,7 @@ def grants(user: str, *, pools: tuple[str, ...] = ("default",)) -> Grants:
             g.event(s.ALERTMANAGER)
             g.kv(s.IDEMPOTENCY_BUCKET, write=True)
             g.kv(s.SESSIONS_BUCKET, write=True)
+            g.kv(s.LIMITS_BUCKET, write=True)  # the API's rate limits, shared by every replica
         return g
     if user == "admin":
         return Grants(publish={">"}, subscribe={">"}, responses=True)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
 import random
+import re
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -13,7 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
+from shared.bus.connection import Bus
 from shared.bus.server import NatsServer
+from shared.config.settings import BusConfig, NatsConfig
+from shared.contract import subjects
 
 from .gateway import TOKENS, gateway_config, start_gateway
 from .stack import Stack
@@ -59,6 +64,34 @@ def test_rate_limit_is_429_with_retry_after_per_user_and_per_address(limited) ->
     # Guessing tokens spends the address's budget.
     wrong = [request(url, "GET", "/v1/runs", headers={"Authorization": "Bearer guess"})[0] for _ in range(4)]
     assert wrong == [401, 401, 401, 429]
+
+
+def test_two_gateways_share_one_budget_per_caller(limited) -> None:
+    stack, server, first = limited
+    stack.start_replica("gateway")
+    content = stack.wait_for_log("gateway-2", "gateway listening")
+    second = re.findall(r'"url": "(http://127\.0\.0\.1:\d+)", "users"', content)[-1]
+    assert second != first
+    # Burst 3 for olga across both replicas, not 3 on each: alternating, the fourth is refused,
+    # and then by either gateway.
+    urls = [first, second, first, second, first, second]
+    statuses = [request(url, "GET", "/v1/workflows", headers=bearer("olga"))[0] for url in urls]
+    assert statuses == [200, 200, 200, 429, 429, 429]
+    # The address limit is shared too: guessing tokens on both spends one budget.
+    wrong = [request(url, "GET", "/v1/runs", headers={"Authorization": "Bearer guess"})[0] for url in urls]
+    assert wrong == [401, 401, 401, 429, 429, 429]
+    # Two buckets (olga's, the address's), and nothing in their keys says who called.
+    keys = asyncio.run(limit_keys(server.url))
+    assert len(keys) == 2 and all(k.startswith("_gateway.") and "olga" not in k and "127" not in k for k in keys)
+
+
+async def limit_keys(url: str) -> list[str]:
+    bus = Bus(NatsConfig(url=url), BusConfig(), name="limits-test")
+    await bus.connect()
+    try:
+        return await bus.kv_keys(subjects.LIMITS_BUCKET, "_gateway.")
+    finally:
+        await bus.close()
 
 
 def test_cors_only_for_configured_origins(limited) -> None:
