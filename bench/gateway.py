@@ -1,6 +1,6 @@
 """The gateway under 50 concurrent clients: POST /v1/runs latency and GET /v1/runs/{id} throughput.
 
-    .venv/bin/python bench/gateway.py [--clients 50] [--posts 2000] [--seconds 10] [--rate 500] [--with-stack]
+    .venv/bin/python bench/gateway.py [--clients 50] [--posts 2000] [--seconds 10] [--rate 500] [--with-stack] [--rate-limited]
 
 Starts a nats-server and `flowyard serve gateway` as its own process (plus the planner,
 scheduler and executor with --with-stack, so the runs really run), applies a one-node workflow,
@@ -133,14 +133,20 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=float, nargs="*", default=[], help="open-loop POST rates to try (per second)")
     parser.add_argument("--with-stack", action="store_true", help="also run planner, scheduler and executor")
+    parser.add_argument(
+        "--rate-limited",
+        action="store_true",
+        help="switch the rate limit on, too high to refuse anything: every request pays the shared bucket's update",
+    )
     args = parser.parse_args()
+    limit = "{per_minute: 60000000, burst: 1000000}" if args.rate_limited else "{per_minute: 0}"
 
     with tempfile.TemporaryDirectory(prefix="fy-bench-gw-") as tmp:
         work = Path(tmp)
         server = NatsServer(work / "nats").start()
         config = work / "flowyard.yaml"
         config.write_text(
-            "gateway:\n  port: 0\n  rate_limit: {per_minute: 0}\n"
+            f"gateway:\n  port: 0\n  rate_limit: {limit}\n"
             "  users:\n    bench: {token_secret: BENCH_TOKEN, roles: [operator]}\n"
         )
         env = quiet_env(

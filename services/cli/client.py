@@ -55,11 +55,8 @@ async def submit_and_follow(
     """Publish the request and return the run's final event, passing every event to ``on_event``."""
     # Subscribe first (an ordered consumer replays from the start of the run's subjects), so no
     # event can slip past between publishing and listening.
-    sub = await bus.through_outage(
-        lambda: bus.js.subscribe(
-            subjects.run_events(request.run_id), ordered_consumer=True, stream=subjects.RUNS_STREAM
-        ),
-        "following the run",
+    sub = await bus.js.subscribe(
+        subjects.run_events(request.run_id), ordered_consumer=True, stream=subjects.RUNS_STREAM
     )
     try:
         await publish_request(bus, request)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import getpass
 import signal
 import sys
@@ -78,22 +77,18 @@ async def run_workflow(
     bus = Bus(config.nats, config.bus, name="cli")
     try:
         await bus.connect()
-        # Every step before the request is idempotent: each rides through a NATS restart.
-        await bus.through_outage(functools.partial(ensure_topology, bus), "creating the streams")
+        # Every step before the request is idempotent: each rides through a NATS restart (the bus's calls do).
+        await ensure_topology(bus)
         version: int | None = None
         if registered_name is not None:
-            workflow, version = await bus.through_outage(
-                lambda: _load_registered(bus, registered_name), "reading the workflow registry"
-            )
+            workflow, version = await _load_registered(bus, registered_name)
             source = f"workflow {registered_name!r} version {version}"
         else:
             if bundle is None:
-                bundle = await bus.through_outage(
-                    lambda: _load_remote(bus, file, config.agents.priorities), "reading the workflow registry"
-                )
+                bundle = await _load_remote(bus, file, config.agents.priorities)
             workflow = bundle.workflow(workflow_name)
             agents = bundle.agents.values()
-            await bus.through_outage(lambda: agent_registry.register(bus, agents), "registering the agents")
+            await agent_registry.register(bus, agents)
             source = str(file)
         inputs = check_inputs(workflow, parse_inputs(pairs, workflow), file=source)
         run_id = client.new_run_id()
@@ -119,9 +114,7 @@ async def run_workflow(
         )
         if remote:  # a private stack's audit log dies with it
             what = f"{workflow.metadata.name} from {source}"
-            await bus.through_outage(
-                lambda: record_audit(bus, requester, "start", f"run/{run_id}", what), "writing the audit log"
-            )
+            await record_audit(bus, requester, "start", f"run/{run_id}", what)
         code = await _submit(
             bus, request, as_json=as_json, wait_for=wait_for, nats_url=stack.server.url if stack else None
         )
@@ -149,7 +142,7 @@ async def _submit(
     if isinstance(final, RunRejected):
         raise ValidationFailed(final.errors)
     if as_json:
-        record = await bus.through_outage(lambda: client.get_record(bus, final.run_id), "reading the run")
+        record = await client.get_record(bus, final.run_id)
         echo_json(client.result_json(record) if record else client.finished_json(final))
     else:
         outputs = await Values(bus, bus.cfg.inline_limit).resolve_all(final.outputs)  # large ones by reference

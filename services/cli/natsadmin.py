@@ -10,7 +10,6 @@ services, on their own users, only bind to what exists.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import os
 import sys
@@ -144,8 +143,8 @@ async def nats_bootstrap(config: Config) -> int:
             )
             return EXIT_INVALID
         try:
-            # A JetStream cluster just started elects its leader first: wait for it, within bounds.
-            await bus.through_outage(functools.partial(ensure_topology, bus), "creating the streams")
+            # A JetStream cluster just started elects its leader first: each call waits for it, within bounds.
+            await ensure_topology(bus)
         except NatsUnavailable as exc:
             print(
                 f"flowyard: {exc}. Is JetStream up on every server (a cluster elects a leader first)? "

@@ -23,9 +23,10 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 from opentelemetry.trace import SpanKind
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from shared.bus.delivery import TRANSIENT, NatsUnavailable
+from shared.bus.riding import raw, riding
 from shared.config.secrets import SecretSource
 from shared.config.settings import BusConfig, NatsConfig, NatsTls, seconds
 from shared.contract import permissions as natsperms
@@ -51,10 +52,12 @@ class Bus:
         self.name = name
         self.nc: NATS | None = None
         self._js: JetStreamContext | None = None
+        self._raw_js: JetStreamContext | None = None
         self._kv: dict[str, KeyValue] = {}
         self._closing = False
         self._reconnect_hooks: list[Callable[[], None]] = []
         self._refusals: list[str] = []
+        self._refused_count = 0  # refusals ever heard: a call that was refused stops riding
         self._errors: list[str] = []  # the last few errors nats-py reported, for the first connect's message
 
     # --- connection -------------------------------------------------------------------------
@@ -129,7 +132,9 @@ class Bus:
                 "Start a stack with `flowyard up`, or point FLOWYARD_NATS_URL at a running nats-server "
                 "with JetStream enabled."
             ) from None
-        self._js = self.nc.jetstream(timeout=5)
+        self._raw_js = self.nc.jetstream(timeout=5)
+        # Every JetStream API call made through this bus rides a NATS restart (shared.bus.riding).
+        self._js = riding(self._raw_js, self.through_outage, "JetStream")
 
     async def _on_error(self, exc: Exception) -> None:
         text = str(exc) or type(exc).__name__
@@ -140,6 +145,7 @@ class Bus:
             # for an answer that will never come fails at once, naming it (see _refused).
             self._refusals.append(text)
             del self._refusals[:-20]
+            self._refused_count += 1
             log.error(
                 "NATS refused an operation: permissions violation",
                 service=self.name,
@@ -269,7 +275,7 @@ class Bus:
         ):
             inject(headers)
             try:
-                ack = await self.js.publish(subject, payload, headers=headers)
+                ack = await raw(self.js).publish(subject, payload, headers=headers)
             except TRANSIENT:
                 if (refusal := self._refused(subject)) is not None:
                     raise PermanentError(
@@ -282,31 +288,41 @@ class Bus:
 
     async def _publish_retrying(self, subject: str, payload: bytes, headers: dict[str, str]) -> api.PubAck:
         return await self.through_outage(
-            lambda: self.js.publish(subject, payload, headers=headers), f"publish to {subject}"
+            lambda: raw(self.js).publish(subject, payload, headers=headers), f"publish to {subject}"
         )
 
     async def through_outage(self, step: Callable[[], Awaitable[T]], what: str) -> T:
         """Run ``step`` again while NATS is away, for up to ``bus.publish_retry_for``.
 
-        For a client's idempotent steps (reads, subscribing, creating what may exist): a user's
-        ``flowyard run`` rides through a nats-server restart as the services do."""
+        Every JetStream API call made through the bus comes here (``shared.bus.riding``), and a
+        client's multi-step idempotent work may too. Not retried: a bus being closed on purpose
+        (shutting down never waits on NATS) and a call the server refused for permissions (its
+        answer will never come; waiting would only hide the misconfiguration)."""
+        refused_before = self._refused_count
+
+        def outage(exc: BaseException) -> bool:
+            return isinstance(exc, TRANSIENT) and not self._closing and self._refused_count == refused_before
+
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_delay(seconds(self.cfg.publish_retry_for)),
                 wait=wait_exponential(multiplier=0.05, max=1),
-                retry=retry_if_exception_type(TRANSIENT),
+                retry=retry_if_exception(outage),
                 reraise=True,
             ):
                 with attempt:
                     return await step()
         except TRANSIENT as exc:
+            if self._closing or self._refused_count != refused_before:
+                raise  # as it came: the caller's own handling (e.g. naming the refusal) applies
             raise NatsUnavailable(
                 f"{what} failed: NATS unreachable for {self.cfg.publish_retry_for} ({exc!r})"
             ) from exc
         raise AssertionError("unreachable")
 
     async def publish_raw(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
-        await self.js.publish(subject, data, headers=headers)
+        # Fire and forget (log lines): not held up by an outage, and not repeated after one.
+        await raw(self.js).publish(subject, data, headers=headers)
 
 def event_type_name(event: Event) -> str:
     return type(event).__name__

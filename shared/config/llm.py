@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-import msgspec
-
 from shared.formats.durations import parse_duration
+
+from .base import Section
 
 ProviderKind = Literal["anthropic", "openai", "openai-compatible"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -22,11 +22,7 @@ DEFAULT_BASE_URLS: dict[str, str] = {
 }
 
 
-class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    pass
-
-
-class Price(_Section, kw_only=True):
+class Price(Section, kw_only=True):
     """US dollars per million tokens."""
 
     input: float
@@ -37,7 +33,7 @@ class Price(_Section, kw_only=True):
             raise ValueError("prices: input and output are dollars per million tokens, 0 or more")
 
 
-class ProviderConfig(_Section, kw_only=True):
+class ProviderConfig(Section, kw_only=True):
     kind: ProviderKind
     base_url: str | None = None  # default: the vendor's API; required for openai-compatible
     api_key_secret: str | None = None  # a secret name; None: the endpoint needs no key (a local Ollama)
@@ -75,7 +71,7 @@ class ProviderConfig(_Section, kw_only=True):
         return self.prices.get(model)
 
 
-class LlmConfig(_Section, kw_only=True):
+class LlmConfig(Section, kw_only=True):
     providers: dict[str, ProviderConfig] = {}
     default_provider: str | None = None  # default: the only provider, or the first by name
 
@@ -97,7 +93,7 @@ class LlmConfig(_Section, kw_only=True):
         return chosen, self.providers[chosen]
 
 
-class AgentLimit(_Section, kw_only=True):
+class AgentLimit(Section, kw_only=True):
     """Held across every executor replica (NATS KV); 0 or absent: no limit."""
 
     per_minute: int | None = None
@@ -111,7 +107,7 @@ class AgentLimit(_Section, kw_only=True):
                 raise ValueError(f"{field}: must be 0 (no limit) or more")
 
 
-class AgentsConfig(_Section, kw_only=True):
+class AgentsConfig(Section, kw_only=True):
     # capability -> agents in the order they are tried; without an entry: every agent offering it, by name.
     priorities: dict[str, list[str]] = {}
     limits: dict[str, AgentLimit] = {}

@@ -20,7 +20,9 @@ from shared.contract.catalog import CONSUMERS
 
 # What every connection checks is there before it starts (Bus.topology_present, /readyz).
 TOPOLOGY = (s.RUNS_STREAM, s.TASKS_STREAM, s.TIMERS_STREAM, s.DLQ_STREAM)
-USERS = ("planner", "scheduler", "executor", "approver", "notifier", "gateway", "cli", "admin")
+# The services, each its own package under services/ and its own NATS user; then the two others.
+SERVICES = ("planner", "scheduler", "executor", "approver", "notifier", "gateway")
+USERS = (*SERVICES, "cli", "admin")
 ANY_RUN = "*"  # a run id, node id or unit: one token
 
 

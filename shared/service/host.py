@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import signal
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -85,8 +84,8 @@ class Service(ABC):
 
     async def start(self) -> None:
         await self.bus.connect()
-        # A cluster still electing its leader answers slowly at first: wait it out, as a client would.
-        await self.bus.through_outage(functools.partial(ensure_topology, self.bus), "checking the streams")
+        # A cluster still electing its leader answers slowly at first: each call rides it out.
+        await ensure_topology(self.bus)
         await self.setup()
         for consumer in self.consumers:
             await consumer.ensure()

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from shared.bus.server import NatsServer
+from shared.contract.permissions import SERVICES
 from tests.integration.stack import Stack
 
 SEED = int(os.environ.get("FLOWYARD_TEST_SEED", random.randrange(2**32)))
 WORKFLOWS = Path(__file__).parent / "workflows" / "chaos.yaml"
 TOKEN = "chaos-operator-token-0123456789"
 APPROVER = "amy"
-SERVICES = ("planner", "scheduler", "executor", "approver", "notifier", "gateway")
 # What each workflow must end with, and the marker files its agents leave (one line per execution).
 EXPECTED = {
     "chaos-diamond": ({"total": 8}, ("a", "b", "c", "f0", "f1", "f2", "e")),

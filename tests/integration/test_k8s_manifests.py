@@ -22,7 +22,6 @@ from shared.contract import subjects
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = ("dev", "prod", "prod-no-keda")
-SERVICES = ("planner", "scheduler", "executor", "approver", "notifier", "gateway")
 VERSION = kubernetes_validate.latest_version()
 
 
@@ -99,7 +98,7 @@ def test_every_pod_is_locked_down(overlay: str) -> None:
 def test_services_probe_health_and_readiness_and_run_as_their_own_nats_user(overlay: str) -> None:
     docs = render(f"overlays/{overlay}")
     deployments = of(docs, "Deployment")
-    assert set(deployments) == set(SERVICES)
+    assert set(deployments) == set(natsperms.SERVICES)
     assert not of(docs, "Secret"), "a Secret in the manifests: they are made by the operator (docs/deploy.md)"
     for name, d in deployments.items():
         c = d["spec"]["template"]["spec"]["containers"][0]
@@ -180,7 +179,7 @@ def test_prod_is_a_three_server_cluster_with_two_of_everything_and_budgets() -> 
     assert env["NATS_CLUSTER_NAME"] and env["FLOWYARD_BUS_REPLICAS"] == "3"
     assert nats["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
     pdbs = of(docs, "PodDisruptionBudget")
-    assert set(pdbs) == {*SERVICES, "nats"}
+    assert set(pdbs) == {*natsperms.SERVICES, "nats"}
     assert all(p["spec"]["maxUnavailable"] == 1 for p in pdbs.values())
     job = of(docs, "Job")["flowyard-bootstrap"]
     env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}

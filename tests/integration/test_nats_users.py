@@ -28,13 +28,12 @@ from shared.bus.server import NatsServer
 from shared.config.settings import BusConfig, NatsConfig, NatsTls
 from shared.contract.errors import ConfigurationError, PermanentError
 from shared.contract.messages import AgentSnapshot, TaskDispatched, TaskSucceeded
+from shared.contract.permissions import SERVICES, USERS
 from tests.chaos.harness import EXPECTED, TOKEN, WORKFLOWS, Sink, free_port
 
 from .stack import ROOT, Stack
 from .test_durability import MANY
 
-USERS = ("planner", "scheduler", "executor", "approver", "notifier", "gateway", "cli", "admin")
-SERVICES = ("planner", "scheduler", "executor", "approver", "notifier", "gateway")
 PASSWORDS = {f"FLOWYARD_SECRET_NATS_PASSWORD_{u.upper()}": f"pw-{u}-{os.getpid()}-secret" for u in USERS}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.gateway.auth import User, Users, bearer
-from services.gateway.ratelimit import RateLimiter, retry_after
+from services.gateway.ratelimit import RateLimiter, retry_after, spend
 from shared.api.views import run_status
 from shared.contract.messages import NodeRecord, RunRecord
 
@@ -49,6 +49,17 @@ def test_rate_limiter_burst_then_refill() -> None:
     assert limiter.take("a", 1.0) == 0.0  # one token back after a second
     assert limiter.take("a", 1.0) > 0
     assert RateLimiter(per_minute=0, burst=1).take("a", 0.0) == 0.0  # off
+
+
+def test_requests_spent_together_take_the_tokens_there_are() -> None:
+    # Five requests of one caller in one update of its shared bucket (burst 3, one token a second).
+    state, waits = spend(None, 10.0, 1.0, 3.0, 5)
+    assert waits[:3] == [0.0, 0.0, 0.0] and waits[3:] == [pytest.approx(1.0)] * 2
+    assert state == (0.0, 10.0)
+    state, waits = spend(state, 11.5, 1.0, 3.0, 2)  # 1.5 tokens back: one goes, one waits half a second
+    assert waits == [0.0, pytest.approx(0.5)] and state == (pytest.approx(0.5), 11.5)
+    # A clock behind the stored one (another replica's) refills nothing rather than going negative.
+    assert spend((0.0, 20.0), 19.0, 1.0, 3.0)[1] == [pytest.approx(1.0)]
 
 
 def test_rate_limiter_memory_is_bounded() -> None:

@@ -8,9 +8,9 @@ from typing import Any
 
 import click
 
-from ..context import Ctx, _run
+from shared.contract.permissions import SERVICES
 
-SERVICES = ("planner", "scheduler", "executor", "approver", "notifier", "gateway")
+from ..context import Ctx, _run
 
 
 @click.command()
