@@ -321,8 +321,8 @@ class Bus:
         raise AssertionError("unreachable")
 
     async def publish_raw(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
-        # Fire and forget (log lines): not held up by an outage, and not repeated after one.
-        await raw(self.js).publish(subject, data, headers=headers)
+        # Audit entries, dead letters, alerts, trigger events: they ride an outage like every call.
+        await self.js.publish(subject, data, headers=headers)
 
 def event_type_name(event: Event) -> str:
     return type(event).__name__

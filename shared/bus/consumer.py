@@ -24,6 +24,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from shared.bus import giveup
 from shared.bus.delivery import Decoder, Delivery, Handler, is_outage
+from shared.bus.riding import raw
 from shared.config.settings import seconds
 from shared.contract.envelope import header, run_attributes
 from shared.contract.errors import NotYet, PermanentError, RetryableError
@@ -78,8 +79,11 @@ class Consumer:
     def inflight(self) -> int:
         return len(self._inflight)
 
-    async def ensure(self) -> None:
-        """Create or update the durable consumer (idempotent; safe from every replica)."""
+    async def ensure(self, *, ride: bool = True) -> None:
+        """Create or update the durable consumer (idempotent; safe from every replica).
+
+        At start it rides a NATS restart like every bus call; the pull loop re-ensures with
+        ``ride=False``: it has its own outage handling and must keep noticing stop() meanwhile."""
         config = api.ConsumerConfig(
             name=self.durable,
             durable_name=self.durable,
@@ -93,7 +97,8 @@ class Consumer:
             filter_subjects=self.filters if len(self.filters) > 1 else None,
             filter_subject=self.filters[0] if len(self.filters) == 1 else None,
         )
-        await self.bus.js.add_consumer(self.stream, config)
+        js = self.bus.js if ride else raw(self.bus.js)
+        await js.add_consumer(self.stream, config)
         self._ensured = True
 
     async def run(self) -> None:
@@ -145,12 +150,12 @@ class Consumer:
         now = time.monotonic()
         if not self._ensured and self.bus.connected:
             with contextlib.suppress(Exception):
-                await self.ensure()  # a restarted server without file storage lost the consumer
+                await self.ensure(ride=False)  # a restarted server without file storage lost the consumer
         while self._pulls and self._pulls[0][0] < now:
             # Expired without the server saying so: the server restarted or the link dropped.
             self._pulls.popleft()
             with contextlib.suppress(Exception):
-                await self.ensure()
+                await self.ensure(ride=False)
         outstanding = sum(int(p[1]) for p in self._pulls)
         want = self.concurrency - len(self._inflight) - outstanding
         if want <= 0 or not self.bus.connected:
@@ -196,7 +201,7 @@ class Consumer:
         if status == "409" and "Deleted" in description:
             log.warning("consumer was deleted; recreating it", consumer=self.durable)
             with contextlib.suppress(Exception):
-                await self.ensure()
+                await self.ensure(ride=False)
         elif status not in ("404", "408"):
             log.info("pull request ended", consumer=self.durable, status=status, description=description)
 
