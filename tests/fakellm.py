@@ -320,34 +320,71 @@ class FakeProvider:
             return early
         model = reply.model or body.get("model", "")
         text = json.dumps(reply.data) if reply.data is not None else reply.text
+        turn = len(self.seen)
+        output = _response_items(reply, text, turn)
+        usage = {
+            "input_tokens": reply.input_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": reply.output_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": reply.input_tokens + reply.output_tokens,
+        }
         response = {
-            "id": "resp_1",
+            "id": f"resp_{turn}",
             "object": "response",
             "status": "completed",
             "model": model,
-            "output": [
-                {
-                    "type": "message",
-                    "role": "assistant",
-                    "content": [{"type": "output_text", "text": text, "annotations": []}],
-                }
-            ],
-            "usage": {"input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens},
+            "output": output,
+            "usage": usage,
         }
         if not body.get("stream"):
             return web.json_response(response)
-        return await self._sse(
-            request,
-            [
-                (
-                    "response.created",
-                    {"type": "response.created", "response": {**response, "status": "in_progress", "output": []}},
-                ),
-                ("response.output_text.delta", {"type": "response.output_text.delta", "delta": text}),
-                ("response.completed", {"type": "response.completed", "response": response}),
-            ],
-        )
+        started = {**response, "status": "in_progress", "output": []}
+        events: list[tuple[str | None, Any]] = [("response.created", {"type": "response.created", "response": started})]
+        for index, item in enumerate(output):
+            events += _item_events(index, item)
+        events.append(("response.completed", {"type": "response.completed", "response": response}))
+        return await self._sse(request, events)
 
+
+def _response_items(reply: Reply, text: str, turn: int) -> list[dict[str, Any]]:
+    """A Responses answer's output: function calls (an agent loop's turn) or one message."""
+    if reply.tool_calls:
+        return [
+            {
+                "type": "function_call",
+                "id": f"fc_{turn}_{i}",
+                "call_id": f"call_{turn}_{i}",
+                "name": name,
+                "arguments": json.dumps(args),
+                "status": "completed",
+            }
+            for i, (name, args) in enumerate(reply.tool_calls)
+        ]
+    part = {"type": "output_text", "text": text, "annotations": []}
+    return [{"type": "message", "id": f"msg_{turn}", "role": "assistant", "status": "completed", "content": [part]}]
+
+
+def _item_events(index: int, item: dict[str, Any]) -> list[tuple[str | None, Any]]:
+    """The real API's events for one output item: added, its deltas, done."""
+    if item["type"] != "message":
+        opened = {**item, "arguments": "", "status": "in_progress"}
+        return [
+            ("response.output_item.added", {"type": "response.output_item.added", "output_index": index, "item": opened}),
+            ("response.output_item.done", {"type": "response.output_item.done", "output_index": index, "item": item}),
+        ]
+    text = item["content"][0]["text"]
+    ids = {"item_id": item["id"], "output_index": index, "content_index": 0}
+    empty = {"type": "output_text", "text": "", "annotations": []}
+    opened = {**item, "status": "in_progress", "content": []}
+    return [
+        ("response.output_item.added", {"type": "response.output_item.added", "output_index": index, "item": opened}),
+        ("response.content_part.added", {"type": "response.content_part.added", **ids, "part": empty}),
+        ("response.output_text.delta", {"type": "response.output_text.delta", **ids, "delta": text}),
+        ("response.output_text.done", {"type": "response.output_text.done", **ids, "text": text}),
+        ("response.content_part.done", {"type": "response.content_part.done", **ids, "part": item["content"][0]}),
+        ("response.output_item.done", {"type": "response.output_item.done", "output_index": index, "item": item}),
+    ]
 
 def docker_bridge_address() -> str:
     """The default Docker bridge's gateway: this machine, as the containers on it reach it.

@@ -43,7 +43,8 @@ class Riding:
         async def riding(*args: Any, **kwargs: Any) -> Any:
             result = await self._ride(lambda: attr(*args, **kwargs), f"{self._what} {name}")
             if isinstance(result, KeyValue | ObjectStore):
-                return Riding(result, self._ride, f"{type(result).__name__} {name}")
+                # Named by its bucket, so a long outage's message says which one it was reading.
+                return Riding(result, self._ride, f"{type(result).__name__} {getattr(result, '_name', '')}".strip())
             return result
 
         return riding

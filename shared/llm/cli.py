@@ -104,7 +104,7 @@ def claude_command(ask: Ask, endpoint: Endpoint, home: str) -> tuple[list[str], 
         argv += ["--model", ask.model]
     if ask.autonomous:
         argv.append("--dangerously-skip-permissions")
-    env = {"HOME": home, "CLAUDE_CONFIG_DIR": str(Path(home) / ".claude"), **_QUIET}
+    env = {"HOME": home, "CLAUDE_CONFIG_DIR": str(Path(home) / ".claude")}
     env["ANTHROPIC_BASE_URL"] = endpoint.config.url
     if endpoint.api_key:
         env["ANTHROPIC_API_KEY"] = endpoint.api_key
@@ -159,7 +159,100 @@ def claude_result(report: Any, ask: Ask) -> dict[str, Any]:
     }
 
 
-DRIVERS = {"claude-code": (claude_command, claude_result)}
+# --- Codex ---------------------------------------------------------------------------------------
+
+_CODEX_TOOLS = {"command_execution", "file_change", "mcp_tool_call", "web_search"}
+_CODEX_RATE = re.compile(r"\b429\b|rate.?limit|too many requests|quota", re.I)
+_CODEX_AUTH = re.compile(r"\b401\b|\b403\b|unauthori[sz]ed|invalid api key|incorrect api key", re.I)
+_CODEX_DOWN = re.compile(r"stream disconnected|reconnecting|high demand|\b5\d\d\b|error sending request", re.I)
+
+
+def codex_command(ask: Ask, endpoint: Endpoint, home: str) -> tuple[list[str], dict[str, str]]:
+    # The provider is configured on the command line (no config file is read: --ignore-user-config);
+    # the key comes from the environment variable it names, never from an argument.
+    provider = {
+        "name": '"flowyard"',
+        "base_url": json.dumps(endpoint.config.url),
+        "env_key": '"OPENAI_API_KEY"',
+        "wire_api": '"responses"',
+    }
+    argv = ["codex", "exec", "--json", "--ephemeral", "--skip-git-repo-check", "--ignore-user-config"]
+    argv += ["-c", 'model_provider="flowyard"']
+    for key, value in provider.items():
+        argv += ["-c", f"model_providers.flowyard.{key}={value}"]
+    argv += ["-c", "analytics.enabled=false", "-c", "check_for_update_on_startup=false"]
+    if ask.model:
+        argv += ["-m", ask.model]
+    # Autonomous: no approvals and no sandbox of its own (the container is the sandbox). Otherwise
+    # read-only: it may look, and whatever would change something is refused, never asked.
+    argv += ["--dangerously-bypass-approvals-and-sandbox"] if ask.autonomous else ["--sandbox", "read-only"]
+    argv.append(ask.prompt)
+    # CODEX_HOME must exist: the fresh temporary home itself (its sessions go nowhere: --ephemeral).
+    env = {"HOME": home, "CODEX_HOME": home}
+    if endpoint.api_key:
+        env["OPENAI_API_KEY"] = endpoint.api_key
+    return argv, env
+
+
+def codex_turns(events: list[Any]) -> int:
+    """Codex's steps so far: each tool it used (a command, a file change) is one."""
+    done = (e.get("item") or {} for e in events if isinstance(e, dict) and e.get("type") == "item.completed")
+    return sum(1 for item in done if item.get("type") in _CODEX_TOOLS)
+
+
+def codex_result(events: list[Any], ask: Ask) -> dict[str, Any]:
+    """``codex exec --json``'s event lines as the agent's output, or LlmError."""
+    spent = {"input_tokens": 0, "output_tokens": 0}
+    session, text, failure = None, "", None
+    for event in events:
+        if not isinstance(event, dict):
+            continue
+        kind = event.get("type")
+        if kind == "thread.started":
+            session = event.get("thread_id")
+        elif kind == "item.completed" and (event.get("item") or {}).get("type") == "agent_message":
+            text = str(event["item"].get("text") or "")
+        elif kind == "turn.completed":
+            usage = event.get("usage") or {}
+            spent["input_tokens"] += int(usage.get("input_tokens") or 0)
+            spent["output_tokens"] += int(usage.get("output_tokens") or 0)
+        elif kind == "turn.failed":
+            failure = str((event.get("error") or {}).get("message") or "the turn failed")
+    if codex_turns(events) > ask.max_turns:
+        raise LlmError(
+            "max_turns",
+            f"ran out of turns (max_turns {ask.max_turns}) before it finished; raise max_turns or narrow the prompt",
+            usage=spent,
+        )
+    if failure is not None:
+        if _CODEX_AUTH.search(failure):
+            reason = "auth_refused"
+        elif _CODEX_RATE.search(failure):
+            reason = "rate_limited"
+        elif _CODEX_DOWN.search(failure) or _UNREACHABLE.search(failure):
+            reason = "provider_unavailable"
+        else:
+            reason = "cli_failed"
+        raise LlmError(reason, f"codex ended with an error: {failure[:500]}", usage=spent)
+    if not any(isinstance(e, dict) and e.get("type") == "turn.completed" for e in events):
+        raise LlmError("cli_failed", "codex printed no completed turn", usage=spent)
+    # Codex reports no price; the provider's price table (if any) gives cost_usd.
+    return {"result": text, "usage": spent, "cost_usd": None, "turns": codex_turns(events), "session_id": session}
+
+
+@dataclass(frozen=True, slots=True)
+class Driver:
+    command: Any  # (Ask, Endpoint, home) -> (argv, env)
+    result: Any  # (events, Ask) -> output
+    # The CLI's steps so far, where it has no max-turns flag of its own: stopped past the limit.
+    turns: Any = None
+
+
+DRIVERS = {
+    # Claude Code prints one result object, its last line.
+    "claude-code": Driver(claude_command, lambda events, ask: claude_result(events[-1], ask)),
+    "codex": Driver(codex_command, codex_result, codex_turns),
+}
 
 
 async def run(
@@ -171,14 +264,14 @@ async def run(
     ask = Ask(
         ask.prompt, ask.max_turns, ask.model or endpoint.config.default_model, environ.get("FLOWYARD_AUTONOMOUS") == "1"
     )
-    command, parse = DRIVERS[name]
+    driver = DRIVERS[name]
     home = tempfile.mkdtemp(prefix="flowyard-cli-home-")  # on the container's tmpfs (/tmp)
     try:
-        argv, extra = command(ask, endpoint, home)
+        argv, extra = driver.command(ask, endpoint, home)
         program = shutil.which(argv[0], path=environ.get("PATH"))
         if program is None:
             raise LlmError("unstartable", f"the {argv[0]!r} CLI is not installed here (build the {name} agent's image)")
-        env = {k: environ[k] for k in _PASS if k in environ} | extra
+        env = {k: environ[k] for k in _PASS if k in environ} | _QUIET | extra
         before = await asyncio.to_thread(snapshot, workspace)
         log(f"running {name} on {workspace} (max_turns {ask.max_turns}{', autonomous' if ask.autonomous else ''})")
         proc = await asyncio.create_subprocess_exec(
@@ -189,21 +282,18 @@ async def run(
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=None,
+            limit=16 * 1024 * 1024,  # one JSON line may be a long transcript
         )
         try:
-            stdout, _ = await asyncio.wait_for(proc.communicate(), timeout)
+            events = await asyncio.wait_for(_read_events(proc, driver, ask), timeout)
         except TimeoutError:
             proc.kill()
             await proc.wait()
             raise LlmError("timeout", f"{name} did not finish within {timeout:.0f}s") from None
-        text = stdout.decode("utf-8", "replace").strip()
-        try:
-            report = json.loads(text.splitlines()[-1]) if text else None
-        except (json.JSONDecodeError, IndexError):
-            report = None
-        if report is None:
+        if not events:
             raise LlmError("cli_failed", f"{name} exited with code {proc.returncode} and printed no JSON result")
-        out = parse(report, ask)
+        report = events[-1]
+        out = driver.result(events, ask)
         after = await asyncio.to_thread(snapshot, workspace)
     finally:
         shutil.rmtree(home, ignore_errors=True)
@@ -216,6 +306,25 @@ async def run(
         "model": model,
         "provider": endpoint.name,
     }
+
+
+async def _read_events(proc: asyncio.subprocess.Process, driver: Driver, ask: Ask) -> list[Any]:
+    """The JSON lines the CLI prints; stopped once it is past ``max_turns`` where it cannot stop itself."""
+    assert proc.stdout is not None
+    events: list[Any] = []
+    async for raw in proc.stdout:
+        line = raw.decode("utf-8", "replace").strip()
+        if not line:
+            continue
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # not ours to read (a CLI's stray output); its JSON lines are what count
+        if driver.turns is not None and driver.turns(events) > ask.max_turns:
+            proc.kill()
+            break
+    await proc.wait()
+    return events
 
 
 def _model_of(report: dict[str, Any]) -> str | None:

@@ -130,3 +130,59 @@ def test_out_of_turns_fails_saying_so(fake: FakeProvider, tmp_path: Path) -> Non
     error = result["nodes"]["fix"]["error"]
     assert "max_turns: ran out of turns (max_turns 1) before it finished" in error, error
     assert result["nodes"]["test"]["status"] == "skipped"
+
+
+# --- Codex -------------------------------------------------------------------------------------
+
+OPENAI_KEY = "sk-codex-test-9d8c7b6a5f"
+
+
+def run_codex(fake: FakeProvider, tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict]:
+    (tmp_path / "wf.yaml").write_text(WORKFLOW)
+    (tmp_path / "flowyard.yaml").write_text(
+        "llm:\n  providers:\n"
+        f"    openai: {{kind: openai, base_url: '{fake.url}/v1', api_key_secret: OPENAI_KEY, "
+        "default_model: gpt-test, prices: {gpt-test: {input: 1.25, output: 10.0}}}\n"
+        "agents:\n  priorities: {code_fixes: [codex]}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWYARD_")}
+    env |= {"FLOWYARD_CONFIG": str(tmp_path / "flowyard.yaml"), "FLOWYARD_SECRET_OPENAI_KEY": OPENAI_KEY}
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", "run", str(tmp_path / "wf.yaml"), "--runtime", "docker", "--json",
+         "--workspace", str(ROOT / "examples/sample-repo"), *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    return done, (json.loads(done.stdout) if done.stdout.strip() else {})
+
+
+def test_codex_makes_the_failing_test_pass(fake: FakeProvider, tmp_path: Path) -> None:
+    sed = "sed -i 's/if self.tokens > 1:/if self.tokens >= 1:/' ratelimit.py"
+    fake.script[:] = [
+        calls(("exec_command", {"cmd": sed}), input_tokens=800, output_tokens=30),
+        answer("Fixed the off-by-one in TokenBucket.allow.", input_tokens=900, output_tokens=20),
+    ]
+    fake.seen.clear()
+    out = tmp_path / "out"
+    done, result = run_codex(fake, tmp_path, "--workspace-out", str(out))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    fix = result["nodes"]["fix"]
+    assert fix["agent"] == "codex"
+    output = fix["output"]
+    assert output["changed_files"] == ["ratelimit.py"]
+    assert output["result"] == "Fixed the off-by-one in TokenBucket.allow."
+    assert output["turns"] == 1 and output["session_id"]
+    assert output["usage"] == {"input_tokens": 1700, "output_tokens": 50}
+    assert output["cost_usd"] == pytest.approx((1700 * 1.25 + 50 * 10.0) / 1e6)
+    assert result["nodes"]["test"]["status"] == "succeeded"
+    assert "if self.tokens >= 1:" in (out / "ratelimit.py").read_text()
+    responses = [s for s in fake.seen if s.path.endswith("/responses")]
+    assert len(responses) == 2 and all(s.headers["Authorization"] == f"Bearer {OPENAI_KEY}" for s in responses)
+    assert OPENAI_KEY not in done.stdout and OPENAI_KEY not in done.stderr
+
+
+def test_codex_out_of_turns_fails_saying_so(fake: FakeProvider, tmp_path: Path) -> None:
+    fake.script[:] = [calls(("exec_command", {"cmd": "cat ratelimit.py"}))]  # it never stops
+    done, result = run_codex(fake, tmp_path, "-i", "max_turns=1")
+    assert done.returncode == 1
+    error = result["nodes"]["fix"]["error"]
+    assert "max_turns: ran out of turns (max_turns 1) before it finished" in error, error

@@ -330,6 +330,7 @@ def test_every_shipped_example_and_agent_validates() -> None:
         "shell",
         "llm",
         "claude-code",
+        "codex",
         "security-scanner",
     }
     for name, agent in shipped.items():
