@@ -1,5 +1,5 @@
 """The executor SIGKILLed at a uniformly random moment of an LLM attempt (the llm agent, process
-runtime) and of a coding-CLI attempt (Claude Code in its container), restarted after 0-2 s: the
+runtime) and of a coding-CLI attempt (Claude Code, Codex, each in its container), restarted after 0-2 s: the
 run ends right, and the provider saw each call exactly once — the attempt was adopted, or had
 not started and ran once; never a second call whose result is recorded twice."""
 
@@ -74,11 +74,36 @@ def test_executor_sigkilled_during_llm_attempts(nats_binary: str, tmp_path: Path
             chaos.stop()
 
 
+def codex_provider(url: str) -> str:
+    return (
+        "llm:\n  providers:\n"
+        f"    fake: {{kind: openai, base_url: '{url}/v1', api_key_secret: FAKE_KEY, default_model: m, max_retries: 0}}\n"
+        "agents:\n  priorities: {code_fixes: [codex]}\n"
+    )
+
+
+# Each CLI's scripted fix: its own tool for the edit, then its final answer.
+_CLI_FIXES = {
+    "claude-code": (
+        provider,
+        lambda: calls(
+            ("Edit", {"file_path": "/workspace/ratelimit.py", "old_string": "> 1:", "new_string": ">= 1:"}), delay=0.5
+        ),
+    ),
+    "codex": (
+        codex_provider,
+        lambda: calls(("exec_command", {"cmd": "sed -i 's/> 1:/>= 1:/' ratelimit.py"}), delay=0.5),
+    ),
+}
+
+
 @pytest.mark.docker
-def test_executor_sigkilled_during_a_cli_attempt(agent_images: None, nats_binary: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("cli", sorted(_CLI_FIXES))
+def test_executor_sigkilled_during_a_cli_attempt(cli: str, agent_images: None, nats_binary: str, tmp_path: Path) -> None:
     count = trials(5)
-    rng = random.Random(f"{SEED}:executor-cli")
-    print(f"seed {SEED}: {count} trials killing the executor during claude-code (FLOWYARD_TEST_SEED={SEED} replays)")
+    rng = random.Random(f"{SEED}:executor-cli" if cli == "claude-code" else f"{SEED}:executor-{cli}")
+    print(f"seed {SEED}: {count} trials killing the executor during {cli} (FLOWYARD_TEST_SEED={SEED} replays)")
+    configure, edit = _CLI_FIXES[cli]
     workflow = tmp_path / "cli.yaml"
     workflow.write_text(
         "apiVersion: flowyard/v1\nkind: Workflow\nmetadata: {name: chaos-cli}\nspec:\n  nodes:\n"
@@ -88,17 +113,16 @@ def test_executor_sigkilled_during_a_cli_attempt(agent_images: None, nats_binary
     with Threaded(1, host=docker_bridge_address()) as (fake,):
         chaos = Chaos(
             tmp_path,
-            extra_config=provider(fake.url),
+            extra_config=configure(fake.url),
             FLOWYARD_EXECUTOR_RUNTIME="docker",
             FLOWYARD_SECRET_FAKE_KEY="sk-chaos-1",
         ).start()
         try:
             for trial in range(count):
-                edit = {"file_path": "/workspace/ratelimit.py", "old_string": "> 1:", "new_string": ">= 1:"}
-                fake.script[:] = [calls(("Edit", edit), delay=0.5), answer("fixed", delay=0.5)]
+                fake.script[:] = [edit(), answer("fixed", delay=0.5)]
                 fake.seen.clear()
                 at, down = rng.uniform(0, 3.0), rng.uniform(0, 2)
-                where = f"trial {trial} (seed {SEED}): killed {at:.2f} s into the run, down {down:.2f} s"
+                where = f"{cli} trial {trial} (seed {SEED}): killed {at:.2f} s into the run, down {down:.2f} s"
                 run = chaos.stack.cli_background("run", str(workflow), "--json", "--workspace", str(sample))
                 time.sleep(at)
                 chaos.kill("executor")
@@ -108,8 +132,10 @@ def test_executor_sigkilled_during_a_cli_attempt(agent_images: None, nats_binary
                 result = json.loads(out) if out.strip() else {}
                 assert result.get("status") == "succeeded", f"{where}: {err[-2000:]} {out[-2000:]}"
                 fix = result["nodes"]["fix"]
+                assert fix["agent"] == cli, where
                 assert fix["attempts"] == 1 and fix["output"]["changed_files"] == ["ratelimit.py"], where
                 assert result["workspace"]["version"] == 1, where  # the change kept once
-                assert len(fake.seen) == 2, f"{where}: the provider saw {len(fake.seen)} calls, not 2"
+                model_calls = [s for s in fake.seen if s.path.endswith(("/messages", "/responses"))]
+                assert len(model_calls) == 2, f"{where}: the provider saw {len(model_calls)} calls, not 2"
         finally:
             chaos.stop()
