@@ -16,18 +16,15 @@ import argparse
 import asyncio
 import inspect
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.stack import bare_bus  # noqa: E402
 from services.scheduler.admission import Admission  # noqa: E402
 from shared.bus.connection import Bus  # noqa: E402
-from shared.bus.server import NatsServer  # noqa: E402
-from shared.bus.topology import ensure_topology  # noqa: E402
-from shared.config.settings import BusConfig, NatsConfig  # noqa: E402
 from shared.contract import subjects  # noqa: E402
 
 BUCKET = subjects.CONCURRENCY_BUCKET
@@ -77,18 +74,9 @@ async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", default="1000,10000", help="comma-separated numbers of queued runs")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="fy-bench-queue-") as data:
-        server = NatsServer(Path(data) / "nats").start()
-        try:
-            bus = Bus(NatsConfig(url=server.url), BusConfig(), name="bench-queue")
-            await bus.connect()
-            await ensure_topology(bus)
-            for n in (int(x) for x in args.runs.split(",")):
-                await one(bus, n)
-            await bus.close()
-        finally:
-            server.stop()
-
+    async with bare_bus("bench-queue") as bus:
+        for n in (int(x) for x in args.runs.split(",")):
+            await one(bus, n)
 
 if __name__ == "__main__":
     asyncio.run(main())

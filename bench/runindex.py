@@ -17,18 +17,15 @@ import argparse
 import asyncio
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.stack import bare_bus  # noqa: E402
 from shared.api.runs import list_records, new_run_id  # noqa: E402
 from shared.bus.connection import Bus  # noqa: E402
-from shared.bus.server import NatsServer  # noqa: E402
-from shared.bus.topology import ensure_topology  # noqa: E402
-from shared.config.settings import BusConfig, NatsConfig  # noqa: E402
 from shared.contract import subjects  # noqa: E402
 from shared.contract.messages import NodeRecord, RunRecord, encode  # noqa: E402
 
@@ -65,34 +62,25 @@ async def main() -> None:
     ap.add_argument("--failed", type=int, default=100)
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="fy-bench-index-") as data:
-        server = NatsServer(Path(data) / "nats").start()
-        try:
-            bus = Bus(NatsConfig(url=server.url), BusConfig(), name="bench-index")
-            await bus.connect()
-            await ensure_topology(bus)
-            await store(bus, args.runs, args.failed)
-            kv = await bus.kv(subjects.RUNS_BUCKET)
-            reads: list[str] = []
-            get = kv.get
+    async with bare_bus("bench-index") as bus:
+        await store(bus, args.runs, args.failed)
+        kv = await bus.kv(subjects.RUNS_BUCKET)
+        reads: list[str] = []
+        get = kv.get
 
-            async def counted(key: str, *a: object, **kw: object) -> object:
-                reads.append(key)
-                return await get(key, *a, **kw)
+        async def counted(key: str, *a: object, **kw: object) -> object:
+            reads.append(key)
+            return await get(key, *a, **kw)
 
-            kv.get = counted  # type: ignore[method-assign]
-            indexed = await timed(bus, args.repeat, reads)
-            await bus.js.purge_stream(subjects.ACTIVE_STREAM, subject=subjects.ENDED_INDEXED)
-            unindexed = await timed(bus, args.repeat, reads)
-            for name, (seconds, read, found) in (("with the index", indexed), ("reading every record", unindexed)):
-                print(
-                    f"{args.runs} runs, {args.failed} failed, status=failed limit 50, {name}: "
-                    f"{read} records read, {found} listed, median {seconds * 1000:,.1f} ms"
-                )
-            await bus.close()
-        finally:
-            server.stop()
-
+        kv.get = counted  # type: ignore[method-assign]
+        indexed = await timed(bus, args.repeat, reads)
+        await bus.js.purge_stream(subjects.ACTIVE_STREAM, subject=subjects.ENDED_INDEXED)
+        unindexed = await timed(bus, args.repeat, reads)
+        for name, (seconds, read, found) in (("with the index", indexed), ("reading every record", unindexed)):
+            print(
+                f"{args.runs} runs, {args.failed} failed, status=failed limit 50, {name}: "
+                f"{read} records read, {found} listed, median {seconds * 1000:,.1f} ms"
+            )
 
 if __name__ == "__main__":
     asyncio.run(main())

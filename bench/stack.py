@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from types import TracebackType
 
+from shared.bus.connection import Bus
 from shared.bus.server import NatsServer
+from shared.bus.topology import ensure_topology
+from shared.config.settings import BusConfig, NatsConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -157,3 +162,21 @@ class BenchStack:
             await asyncio.to_thread(p.wait, 30)
         if self.server is not None:
             await asyncio.to_thread(self.server.stop)
+
+
+@contextlib.asynccontextmanager
+async def bare_bus(name: str) -> AsyncIterator[Bus]:
+    """A nats-server in a temporary directory and a bus on it with the topology: for benchmarks
+    of one piece of the kit, no services."""
+    with tempfile.TemporaryDirectory(prefix=f"fy-{name}-") as data:
+        server = NatsServer(Path(data) / "nats").start()
+        try:
+            bus = Bus(NatsConfig(url=server.url), BusConfig(), name=name)
+            await bus.connect()
+            try:
+                await ensure_topology(bus)
+                yield bus
+            finally:
+                await bus.close()
+        finally:
+            server.stop()

@@ -54,11 +54,12 @@ class Admission:
             slots, revision = await self._read(workflow)
             if run_id in slots.running:
                 return Entry(now=True, admitted=[])
+            if len(slots.running) < limit and await self._head(workflow) is None:
+                # A free place and nobody waiting (so not this run either): take it.
+                if await self._write(workflow, Slots(running=[*slots.running, run_id]), revision):
+                    return Entry(now=True, admitted=[])
+                continue
             if not await self._is_queued(workflow, run_id):
-                if len(slots.running) < limit and await self._head(workflow) is None:
-                    if await self._write(workflow, Slots(running=[*slots.running, run_id]), revision):
-                        return Entry(now=True, admitted=[])
-                    continue
                 await self._enqueue(workflow, run_id)
             admitted = await self.fill(workflow, limit)
             return Entry(now=run_id in admitted, admitted=admitted)

@@ -303,6 +303,13 @@ class Bus:
         def outage(exc: BaseException) -> bool:
             return isinstance(exc, TRANSIENT) and not self._closing and self._refused_count == refused_before
 
+        # The first try outside the retry machinery: every JetStream call comes here, and NATS is
+        # almost always there (no per-call retry state on the scheduler's hot path).
+        try:
+            return await step()
+        except TRANSIENT as exc:
+            if not outage(exc):
+                raise
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_delay(seconds(self.cfg.publish_retry_for)),

@@ -181,6 +181,8 @@ def codex_command(ask: Ask, endpoint: Endpoint, home: str) -> tuple[list[str], d
     for key, value in provider.items():
         argv += ["-c", f"model_providers.flowyard.{key}={value}"]
     argv += ["-c", "analytics.enabled=false", "-c", "check_for_update_on_startup=false"]
+    # The commands it runs get the core variables only (PATH, HOME, …): never OPENAI_API_KEY.
+    argv += ["-c", 'shell_environment_policy.inherit="core"']
     if ask.model:
         argv += ["-m", ask.model]
     # Autonomous: no approvals and no sandbox of its own (the container is the sandbox). Otherwise
@@ -312,7 +314,15 @@ async def _read_events(proc: asyncio.subprocess.Process, driver: Driver, ask: As
     """The JSON lines the CLI prints; stopped once it is past ``max_turns`` where it cannot stop itself."""
     assert proc.stdout is not None
     events: list[Any] = []
-    async for raw in proc.stdout:
+    while True:
+        try:
+            raw = await proc.stdout.readline()
+        except ValueError:  # one line over the reader's limit: not a result anyone could read
+            proc.kill()
+            await proc.wait()
+            raise LlmError("cli_failed", "the CLI printed a line over 16 MiB; narrow the prompt") from None
+        if not raw:
+            break
         line = raw.decode("utf-8", "replace").strip()
         if not line:
             continue

@@ -48,16 +48,22 @@ def fake(agent_images: None) -> Iterator[FakeProvider]:
         yield started
 
 
-def run(fake: FakeProvider, tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict]:
-    (tmp_path / "wf.yaml").write_text(WORKFLOW)
-    (tmp_path / "flowyard.yaml").write_text(
-        "llm:\n  providers:\n"
+def claude_config(fake: FakeProvider) -> str:
+    return (
         f"    anthropic: {{kind: anthropic, base_url: '{fake.url}', api_key_secret: ANTHROPIC_KEY, "
         "default_model: claude-test, prices: {claude-test: {input: 3.0, output: 15.0}}}\n"
         "agents:\n  priorities: {code_fixes: [claude-code]}\n"
     )
+
+
+def run(
+    fake: FakeProvider, tmp_path: Path, *args: str, provider: str = "", secret: tuple[str, str] = ("ANTHROPIC_KEY", KEY)
+) -> tuple[subprocess.CompletedProcess[str], dict]:
+    """`flowyard run` of the workflow on the sample repo, the provider (default: Claude) in its config."""
+    (tmp_path / "wf.yaml").write_text(WORKFLOW)
+    (tmp_path / "flowyard.yaml").write_text("llm:\n  providers:\n" + (provider or claude_config(fake)))
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWYARD_")}
-    env |= {"FLOWYARD_CONFIG": str(tmp_path / "flowyard.yaml"), "FLOWYARD_SECRET_ANTHROPIC_KEY": KEY}
+    env |= {"FLOWYARD_CONFIG": str(tmp_path / "flowyard.yaml"), f"FLOWYARD_SECRET_{secret[0]}": secret[1]}
     done = subprocess.run(
         [
             sys.executable,
@@ -138,21 +144,12 @@ OPENAI_KEY = "sk-codex-test-9d8c7b6a5f"
 
 
 def run_codex(fake: FakeProvider, tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict]:
-    (tmp_path / "wf.yaml").write_text(WORKFLOW)
-    (tmp_path / "flowyard.yaml").write_text(
-        "llm:\n  providers:\n"
+    provider = (
         f"    openai: {{kind: openai, base_url: '{fake.url}/v1', api_key_secret: OPENAI_KEY, "
         "default_model: gpt-test, prices: {gpt-test: {input: 1.25, output: 10.0}}}\n"
         "agents:\n  priorities: {code_fixes: [codex]}\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWYARD_")}
-    env |= {"FLOWYARD_CONFIG": str(tmp_path / "flowyard.yaml"), "FLOWYARD_SECRET_OPENAI_KEY": OPENAI_KEY}
-    done = subprocess.run(
-        [sys.executable, "-m", "services.cli", "run", str(tmp_path / "wf.yaml"), "--runtime", "docker", "--json",
-         "--workspace", str(ROOT / "examples/sample-repo"), *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    return done, (json.loads(done.stdout) if done.stdout.strip() else {})
+    return run(fake, tmp_path, *args, provider=provider, secret=("OPENAI_KEY", OPENAI_KEY))
 
 
 def test_codex_makes_the_failing_test_pass(fake: FakeProvider, tmp_path: Path) -> None:

@@ -76,6 +76,7 @@ def test_the_command_line_names_the_provider_and_never_the_key() -> None:
     assert 'model_providers.flowyard.wire_api="responses"' in argv
     assert "--dangerously-bypass-approvals-and-sandbox" in argv and argv[argv.index("-m") :][:2] == ["-m", "gpt-test"]
     assert all("sk-secret" not in a for a in argv) and env["OPENAI_API_KEY"] == "sk-secret"
+    assert 'shell_environment_policy.inherit="core"' in argv  # the commands it runs never see the key
     assert env["CODEX_HOME"] == env["HOME"] == "/tmp/home"
     # Not autonomous: read-only, never the bypass.
     argv, _ = cli.codex_command(cli.Ask("look", 5, None, autonomous=False), endpoint, "/tmp/home")
