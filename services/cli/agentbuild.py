@@ -77,34 +77,52 @@ async def build_agents(names: tuple[str, ...], *, base: str, force: bool) -> int
         base_info = await ensure_base(docker, base)
         if isinstance(base_info, int):
             return base_info
-        failed = 0
+        # The egress proxy first: the built-in model and CLI agents reach their provider through it.
+        failed = 0 if await _build_one(docker, egress_dir(), egress_tag(), base, base_info, force) else 1
         for name in names or tuple(folders):
             image = shipped[name].spec.image
             assert image is not None, f"built-in agent {name} has no image"
-            extra = vendor.read(folders[name])
-            on, on_info = base, base_info
-            if extra is not None and extra.base == "service":
-                on = service_tag()
-                on_info = await _image(docker, on)
-                if on_info is None:
-                    failed += 1
-                    print(f"flowyard: {image} builds on {on}, which is not here; `flowyard images build` makes both")
-                    continue
-            digest = await asyncio.to_thread(context_digest, folders[name], on_info["Id"])
-            existing = await _image(docker, image)
-            if not force and existing and (existing.get("Config") or {}).get("Labels", {}).get(CONTEXT_LABEL) == digest:
-                print(f"{image}: up to date")
-                continue
-            print(f"{image}: building from {folders[name]} on {on}", flush=True)
-            error = await _build(docker, folders[name], image, on, digest, extra)
-            if error:
+            if not await _build_one(docker, folders[name], image, base, base_info, force):
                 failed += 1
-                print(f"flowyard: {image} did not build: {error}", file=sys.stderr)
-            else:
-                print(f"{image}: built")
         return EXIT_BROKEN if failed else EXIT_OK
     finally:
         await docker.close()
+
+
+def egress_tag() -> str:
+    """The egress proxy's image, flowyard/egress:<version> (executor.egress_image's default)."""
+    return f"flowyard/egress:{VERSION}"
+
+
+def egress_dir() -> Path:
+    return Path(agents_dir()).parent / "deploy" / "egress"
+
+
+async def _build_one(
+    docker: aiodocker.Docker, folder: Path, image: str, base: str, base_info: dict[str, Any], force: bool
+) -> bool:
+    """Build ``image`` from ``folder`` unless it is up to date; False when it failed."""
+    extra = vendor.read(folder)
+    on, on_info = base, base_info
+    if extra is not None and extra.base == "service":
+        on = service_tag()
+        found = await _image(docker, on)
+        if found is None:
+            print(f"flowyard: {image} builds on {on}, which is not here; `flowyard images build` makes both")
+            return False
+        on_info = found
+    digest = await asyncio.to_thread(context_digest, folder, on_info["Id"])
+    existing = await _image(docker, image)
+    if not force and existing and (existing.get("Config") or {}).get("Labels", {}).get(CONTEXT_LABEL) == digest:
+        print(f"{image}: up to date")
+        return True
+    print(f"{image}: building from {folder} on {on}", flush=True)
+    error = await _build(docker, folder, image, on, digest, extra)
+    if error:
+        print(f"flowyard: {image} did not build: {error}", file=sys.stderr)
+        return False
+    print(f"{image}: built")
+    return True
 
 
 async def ensure_base(docker: aiodocker.Docker, base: str) -> dict[str, Any] | int:

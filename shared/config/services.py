@@ -58,6 +58,11 @@ class ExecutorConfig(Section, kw_only=True):
     # An attempt's stderr streamed to `flowyard logs`: at most this much per attempt (the rest is
     # dropped with a note); the tail kept in the task event is log_tail_bytes.
     log_max_bytes: int = 1024 * 1024
+    # Agents with `network: {allow: [...]}`: the egress proxy's image (default
+    # flowyard/egress:<version>, built by `flowyard agents build`) and, on Docker, the network
+    # through which the proxy reaches the allowed hosts.
+    egress_image: str = ""
+    egress_network: str = "bridge"
 
     def __post_init__(self) -> None:
         duration(self.shutdown_grace, "shutdown_grace")

@@ -87,6 +87,7 @@ class AgentSnapshot(Wire, kw_only=True):
     # network: {allow: [...]}: `network` stays "none" so that an executor that predates the
     # allowlist runs the agent with no network at all rather than with all of it.
     egress_allow: list[str] = []
+    egress_provider: bool = False  # ... and the host of the provider the attempt is given
 
 
 class RetryPolicy(Wire, kw_only=True):

@@ -150,6 +150,11 @@ AGENT_RATE_LIMITED = Counter(
     "Attempts held back or passed over by agents.limits, or rate-limited by the provider",
     ["agent"],
 )
+EGRESS_DENIED = Counter(
+    "flowyard_egress_denied_total",
+    "Connections the egress proxy refused an agent with `network: {allow: [...]}` (the host was not on its list)",
+    ["agent"],
+)
 CAPABILITY_UNROUTABLE = Counter(
     "flowyard_capability_unroutable_total",
     "Attempts of a capability node for which no agent could be used or every one failed for a routable reason",
@@ -241,8 +246,9 @@ def names() -> set[str]:
         CONSUMER_ACK_PENDING, CONSUMER_REDELIVERED, CONSUMER_WAITING, STREAM_MESSAGES, STREAM_BYTES,
         SPANS_EXPORTED, SPANS_DROPPED, RUNS_STARTED, RUNS_FINISHED, RUN_SECONDS, RUNS_ACTIVE, RUNS_OLDEST_START,
         NODES_FINISHED, ATTEMPTS, ATTEMPT_SECONDS, EXECUTOR_SLOTS, BREAKER_TRIPS, BREAKERS_OPEN,
-        AGENT_TOKENS, AGENT_COST, AGENT_FALLBACKS, AGENT_RATE_LIMITED, CAPABILITY_UNROUTABLE,
-        APPROVALS_PENDING, APPROVAL_NEXT_EXPIRY, APPROVAL_WAIT_SECONDS, NOTIFICATIONS, HTTP_REQUESTS, HTTP_SECONDS,
+        AGENT_TOKENS, AGENT_COST, AGENT_FALLBACKS, AGENT_RATE_LIMITED, EGRESS_DENIED,
+        CAPABILITY_UNROUTABLE, APPROVALS_PENDING, APPROVAL_NEXT_EXPIRY, APPROVAL_WAIT_SECONDS, NOTIFICATIONS,
+        HTTP_REQUESTS, HTTP_SECONDS,
         *TRIGGERS.values(),
     ):  # fmt: skip
         for family in metric.describe():

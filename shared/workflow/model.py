@@ -50,7 +50,10 @@ class Resources(_Doc, kw_only=True):
 class NetworkAllow(_Doc, kw_only=True):
     # host:port pairs (host may start with "*." for its subdomains): the only places the agent
     # reaches, through the egress proxy (docs/agents.md, "Egress").
-    allow: list[str]
+    allow: list[str] = []
+    # Also the host of the model provider the attempt is given (spec.llm): the built-in model and
+    # coding-CLI agents reach their provider and nothing else.
+    provider: bool = False
 
 
 class LlmSpec(_Doc, kw_only=True):

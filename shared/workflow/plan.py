@@ -32,6 +32,7 @@ def snapshot(agent: AgentDoc) -> AgentSnapshot:
         resources=AgentResources(memory=spec.resources.memory, cpus=spec.resources.cpus, pids=spec.resources.pids),
         network=spec.network if isinstance(spec.network, str) else "none",
         egress_allow=[] if isinstance(spec.network, str) else list(spec.network.allow),
+        egress_provider=not isinstance(spec.network, str) and spec.network.provider,
         secrets=spec.secrets,
         env=spec.env,
         workspace=spec.workspace,

@@ -88,8 +88,16 @@ def agent_problems(agent: AgentDoc, where: str) -> list[str]:
                 found.append(f"{where}: spec.llm.kinds: {kind!r} is not a provider kind ({', '.join(PROVIDER_KINDS)})")
     network = spec.network
     if not isinstance(network, str):
-        if not network.allow:
-            found.append(f"{where}: spec.network.allow is empty; use `network: none` for no network at all")
+        if not network.allow and not network.provider:
+            found.append(
+                f"{where}: spec.network.allow is empty; list host:port pairs, set `provider: true` (an agent "
+                "with spec.llm), or use `network: none` for no network at all"
+            )
+        if network.provider and spec.llm is None:
+            found.append(
+                f"{where}: spec.network.provider: true needs spec.llm (the provider's host is the one the "
+                "attempt is given); list the hosts in spec.network.allow instead"
+            )
         for entry in network.allow:
             port = entry.rsplit(":", 1)[-1]
             if not ALLOW_RE.match(entry) or not 0 < int(port if port.isdigit() else 0) < 65536:

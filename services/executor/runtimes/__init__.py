@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from shared.config.settings import KubernetesRuntimeConfig
 from shared.contract.errors import ConfigurationError
+from shared.telemetry.metrics import VERSION
 
 from .base import Outcome, Runtime
 from .docker import DockerRuntime
@@ -23,7 +24,10 @@ def make_runtime(
     concurrency: int = 8,
     kubernetes: KubernetesRuntimeConfig | None = None,
     workspace_max_bytes: int = 64 * 1024 * 1024,
+    egress_image: str = "",
+    egress_network: str = "bridge",
 ) -> Runtime:
+    egress_image = egress_image or f"flowyard/egress:{VERSION}"
     if name == "process":
         return ProcessRuntime(
             max_output_bytes=max_output_bytes,
@@ -34,7 +38,11 @@ def make_runtime(
         )
     if name == "docker":
         return DockerRuntime(
-            max_output_bytes=max_output_bytes, log_tail_bytes=log_tail_bytes, retention=spool_retention
+            max_output_bytes=max_output_bytes,
+            log_tail_bytes=log_tail_bytes,
+            retention=spool_retention,
+            egress_image=egress_image,
+            egress_network=egress_network,
         )
     if name == "kubernetes":
         return KubernetesRuntime(
@@ -43,5 +51,6 @@ def make_runtime(
             log_tail_bytes=log_tail_bytes,
             retention=spool_retention,
             workspace_max_bytes=workspace_max_bytes,
+            egress_image=egress_image,
         )
     raise ConfigurationError(f"unknown runtime {name!r}; use process, docker or kubernetes")

@@ -41,6 +41,7 @@ from shared.state import workspace as ws
 
 from . import dockerinput
 from .base import DEFAULT_CPUS, LogSink, Outcome, Runtime, WorkspaceCopy, memory_limit
+from .dockeregress import DockerEgress, EgressError, proxy_env
 
 log = structlog.get_logger("flowyard.executor.docker")
 
@@ -79,8 +80,19 @@ class _Attached:
 class DockerRuntime(Runtime):
     name = "docker"
 
-    def __init__(self, *, max_output_bytes: int, log_tail_bytes: int, retention: float = 900.0) -> None:
+    def __init__(
+        self,
+        *,
+        max_output_bytes: int,
+        log_tail_bytes: int,
+        retention: float = 900.0,
+        egress_image: str = "flowyard/egress:latest",
+        egress_network: str = "bridge",
+    ) -> None:
         self.max_output_bytes = max_output_bytes
+        self.egress_image = egress_image
+        self.egress_network = egress_network
+        self._egress: DockerEgress | None = None
         self.stderr_keep = max(log_tail_bytes * 4, 16384)
         self.retention = retention
         self.detach = False
@@ -99,6 +111,12 @@ class DockerRuntime(Runtime):
             self._docker = dockerclient.client()
         return self._docker
 
+    @property
+    def egress(self) -> DockerEgress:
+        if self._egress is None:
+            self._egress = DockerEgress(self.docker, image=self.egress_image, network=self.egress_network)
+        return self._egress
+
     def start_sweeping(self) -> None:
         """Remove leftovers (see ``sweep``) soon after the start, then every so often."""
         if self._sweeper is None:
@@ -112,15 +130,20 @@ class DockerRuntime(Runtime):
         workspace: bool = False,
         command: list[str] | None = None,
         stdin: bytes = b"",
+        network: str | None = None,
     ) -> dict[str, Any]:
         """The container; with ``command`` (the agent's, resolved) its input is in the container
-        before it starts (the environment, or a file for a large one), else it comes on the attach."""
+        before it starts (the environment, or a file for a large one), else it comes on the attach.
+        ``network``: the attempt's internal network behind the egress proxy (``network.allow``)."""
         agent = task.agent
         mode = dockerinput.mode_for(stdin, shell=bool(command))
         res = agent.resources
         base_env = {"HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8"}
         if workspace:
             base_env["FLOWYARD_WORKSPACE"] = ws.MOUNT
+        allowed = network is not None  # network.allow: its own internal network, the proxy the only way out
+        if allowed:
+            env = {**env, **proxy_env()}
         spec: dict[str, Any] = {
             "Image": agent.image,
             "Entrypoint": agent.command or None,
@@ -133,7 +156,7 @@ class DockerRuntime(Runtime):
             "StdinOnce": mode == "stdin",
             "AttachStdin": mode == "stdin",
             "Tty": False,
-            "NetworkDisabled": agent.network == "none",
+            "NetworkDisabled": agent.network == "none" and not allowed,
             "Labels": {
                 f"{LABEL}.key": task.key,
                 f"{LABEL}.run": task.run_id,
@@ -145,7 +168,7 @@ class DockerRuntime(Runtime):
                 **({f"{LABEL}.stack": self.stack_id} if self.stack_id else {}),
             },
             "HostConfig": {
-                "NetworkMode": "none" if agent.network == "none" else "bridge",
+                "NetworkMode": network or ("none" if agent.network == "none" else "bridge"),
                 "ReadonlyRootfs": True,
                 "Tmpfs": {"/tmp": TMPFS},
                 "CapDrop": ["ALL"],
@@ -205,12 +228,44 @@ class DockerRuntime(Runtime):
         if not task.agent.image:
             return _refused(f"agent {task.agent.name!r} has no `image` to run", True)
         name = container_name(task.key)
+        if not task.agent.egress_allow:
+            return await self._attempt(task, name, stdin, env, timeout_s, workspace, on_log)
+        try:
+            network = await self.egress.open(name, task.agent.egress_allow, self._labels(task))
+        except EgressError as exc:
+            await self.egress.close(name, task.agent.name)
+            return Outcome(None, b"", b"", 0.0, start_error=str(exc), start_retryable=exc.retryable)
+        try:
+            return await self._attempt(task, name, stdin, env, timeout_s, workspace, on_log, network=network)
+        finally:
+            if not self.detach:  # shutting down: the adopting executor closes it
+                await asyncio.shield(self.egress.close(name, task.agent.name))
+
+    def _labels(self, task: TaskDispatched) -> dict[str, str]:
+        return {
+            f"{LABEL}.run": task.run_id,
+            f"{LABEL}.workflow": task.workflow,
+            **({f"{LABEL}.stack": self.stack_id} if self.stack_id else {}),
+        }
+
+    async def _attempt(
+        self,
+        task: TaskDispatched,
+        name: str,
+        stdin: bytes,
+        env: Mapping[str, str],
+        timeout_s: float,
+        workspace: WorkspaceCopy | None,
+        on_log: LogSink | None,
+        *,
+        network: str | None = None,
+    ) -> Outcome:
         started = time.monotonic()
         command = await self._command(task)
         # Create first: nearly always there is nothing to adopt, and a name already taken (409)
         # is how a redelivery finds the container an earlier executor started.
         container, adopted, refusal = await self._create(
-            task, env, name, workspace=workspace is not None, command=command, stdin=stdin
+            task, env, name, workspace=workspace is not None, command=command, stdin=stdin, network=network
         )
         if refusal is not None:
             return refusal
@@ -230,7 +285,9 @@ class DockerRuntime(Runtime):
                     self._no_shell.add(image)
                     log.warning("image has no /bin/sh: input goes through the attach", image=image)
                     await container.delete(force=True, v=True)
-                    container, adopted, refusal = await self._create(task, env, name, workspace=workspace is not None)
+                    container, adopted, refusal = await self._create(
+                        task, env, name, workspace=workspace is not None, network=network
+                    )
                     if refusal is not None:
                         return refusal
                     mode = "stdin"
@@ -399,12 +456,14 @@ class DockerRuntime(Runtime):
         workspace: bool,
         command: list[str] | None = None,
         stdin: bytes = b"",
+        network: str | None = None,
     ) -> tuple[Any, bool, Outcome | None]:
         """(the container, whether an earlier delivery made it, None), or (None, False, why not)."""
         try:
             return (
                 await self.docker.containers.create(
-                    self.spec(task, env, workspace=workspace, command=command, stdin=stdin), name=name
+                    self.spec(task, env, workspace=workspace, command=command, stdin=stdin, network=network),
+                    name=name,
                 ),
                 False,
                 None,
@@ -496,6 +555,7 @@ class DockerRuntime(Runtime):
         """Remove exited flowyard containers that finished more than ``retention`` ago, and this
         stack's containers whose run no longer exists or has ended."""
         removed = await self._sweep_orphans()
+        await self.egress.sweep()
         cutoff = time.time() - (self.retention if older_than is None else older_than)
         for c in await self.docker.containers.list(
             all=True, filters={"label": [f"{LABEL}.key"], "status": ["exited", "dead", "created"]}
