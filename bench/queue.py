@@ -65,8 +65,7 @@ async def one(bus: Bus, n: int) -> None:
     print(
         f"{n:>6} queued: {on_enter / n:,.0f} bytes written per queued run ({on_enter / 1e6:,.1f} MB), "
         f"{stored / 1e6:,.2f} MB stored with all queued; enter {entered / len(runs) * 1000:.2f} ms, "
-        f"leave (admits the next) {left / len(runs) * 1000:.2f} ms"
-        + (" [single-value layout]" if single_value else "")
+        f"leave (admits the next) {left / len(runs) * 1000:.2f} ms" + (" [single-value layout]" if single_value else "")
     )
 
 
@@ -77,6 +76,7 @@ async def main() -> None:
     async with bare_bus("bench-queue") as bus:
         for n in (int(x) for x in args.runs.split(",")):
             await one(bus, n)
+
 
 if __name__ == "__main__":
     asyncio.run(main())

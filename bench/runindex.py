@@ -37,9 +37,7 @@ async def store(bus: Bus, runs: int, failed: int) -> None:
         for i in range(start, min(start + 500, runs)):
             status = "failed" if i % (runs // failed) == 0 and i // (runs // failed) < failed else "succeeded"
             run_id = f"{new_run_id()}{i:05d}"
-            record = RunRecord(
-                run_id=run_id, workflow="bench", status=status, nodes={"a": NodeRecord(status=status)}
-            )
+            record = RunRecord(run_id=run_id, workflow="bench", status=status, nodes={"a": NodeRecord(status=status)})
             batch.append((run_id, status, record))
         await asyncio.gather(*(kv.put(run_id, encode(record)) for run_id, _, record in batch))
         await asyncio.gather(*(bus.mark_active(subjects.ended_run(s, "bench", r)) for r, s, _ in batch))
@@ -81,6 +79,7 @@ async def main() -> None:
                 f"{args.runs} runs, {args.failed} failed, status=failed limit 50, {name}: "
                 f"{read} records read, {found} listed, median {seconds * 1000:,.1f} ms"
             )
+
 
 if __name__ == "__main__":
     asyncio.run(main())

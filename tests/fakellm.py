@@ -370,7 +370,10 @@ def _item_events(index: int, item: dict[str, Any]) -> list[tuple[str | None, Any
     if item["type"] != "message":
         opened = {**item, "arguments": "", "status": "in_progress"}
         return [
-            ("response.output_item.added", {"type": "response.output_item.added", "output_index": index, "item": opened}),
+            (
+                "response.output_item.added",
+                {"type": "response.output_item.added", "output_index": index, "item": opened},
+            ),
             ("response.output_item.done", {"type": "response.output_item.done", "output_index": index, "item": item}),
         ]
     text = item["content"][0]["text"]
@@ -385,6 +388,7 @@ def _item_events(index: int, item: dict[str, Any]) -> list[tuple[str | None, Any
         ("response.content_part.done", {"type": "response.content_part.done", **ids, "part": item["content"][0]}),
         ("response.output_item.done", {"type": "response.output_item.done", "output_index": index, "item": item}),
     ]
+
 
 def docker_bridge_address() -> str:
     """The default Docker bridge's gateway: this machine, as the containers on it reach it.

@@ -62,9 +62,7 @@ def read(folder: Path) -> Vendor | None:
         raise ValueError(f"{path}: names nothing to fetch (npm:, deb: or pip:)")
     if base not in ("agent", "service"):
         raise ValueError(f"{path}: base is `agent` or `service`, not {base!r}")
-    return Vendor(
-        npm=npm, files={str(k): str(v) for k, v in files.items()}, base=base, pip=tuple(pip), deb=deb
-    )
+    return Vendor(npm=npm, files={str(k): str(v) for k, v in files.items()}, base=base, pip=tuple(pip), deb=deb)
 
 
 async def stage(vendor: Vendor) -> tuple[Path, str | None]:

@@ -155,4 +155,3 @@ class Admission:
     async def _dequeue(self, workflow: str, run_id: str) -> None:
         # A purge by subject leaves no marker (a KV delete would), so the head is always a queued run.
         await self.js.purge_stream(self.stream, subject=f"{self.root}{self._queue_key(workflow, run_id)}")
-

@@ -99,7 +99,9 @@ _CLI_FIXES = {
 
 @pytest.mark.docker
 @pytest.mark.parametrize("cli", sorted(_CLI_FIXES))
-def test_executor_sigkilled_during_a_cli_attempt(cli: str, agent_images: None, nats_binary: str, tmp_path: Path) -> None:
+def test_executor_sigkilled_during_a_cli_attempt(
+    cli: str, agent_images: None, nats_binary: str, tmp_path: Path
+) -> None:
     count = trials(5)
     rng = random.Random(f"{SEED}:executor-cli" if cli == "claude-code" else f"{SEED}:executor-{cli}")
     print(f"seed {SEED}: {count} trials killing the executor during {cli} (FLOWYARD_TEST_SEED={SEED} replays)")

@@ -79,10 +79,25 @@ class Running:
 
 
 class FakeKube:
-    def __init__(self, images: Iterable[str], helper_image: str = "flowyard/flowyard:0.1.0") -> None:
+    def __init__(
+        self,
+        images: Iterable[str],
+        helper_image: str = "flowyard/flowyard:0.1.0",
+        commands: dict[str, list[str]] | None = None,
+        path: Iterable[str] = (),
+    ) -> None:
         self.images = set(images) | {helper_image}
         self.helper_image = helper_image
-        self.objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {"pods": {}, "secrets": {}}
+        # An image's program the host does not have -> what runs instead (e.g. the egress proxy's
+        # script from deploy/egress), with ``path`` ahead of $PATH (its tinyproxy).
+        self.commands = commands or {}
+        self.path = list(path)
+        self.objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
+            "pods": {},
+            "secrets": {},
+            "networkpolicies": {},
+        }
+        self._addresses = itertools.count(2)  # each Pod its own loopback address: 127.0.0.N
         self.running: dict[tuple[str, str], Running] = {}
         self.invalid: list[str] = []
         self.created: list[str] = []  # "pods/NAME" per successful create
@@ -146,6 +161,11 @@ class FakeKube:
         app.router.add_delete(base + "/{name}", self.delete)
         app.router.add_patch(base + "/{name}", self.patch)
         app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}/log", self.log)
+        policies = "/apis/networking.k8s.io/v1/namespaces/{ns}/{kind:networkpolicies}"
+        app.router.add_post(policies, self.create)
+        app.router.add_get(policies, self.list_or_watch)
+        app.router.add_get(policies + "/{name}", self.get)
+        app.router.add_delete(policies + "/{name}", self.delete)
         runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -211,9 +231,10 @@ class FakeKube:
             ]
 
         if request.query.get("watch") not in ("true", "1"):
-            list_kind = "PodList" if kind == "pods" else "SecretList"
+            list_kind = {"pods": "PodList", "secrets": "SecretList"}.get(kind, "NetworkPolicyList")
+            version = "networking.k8s.io/v1" if kind == "networkpolicies" else "v1"
             meta = {"resourceVersion": str(next(self._rv))}
-            return respond({"kind": list_kind, "apiVersion": "v1", "metadata": meta, "items": items()})
+            return respond({"kind": list_kind, "apiVersion": version, "metadata": meta, "items": items()})
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
         seen: dict[str, str] = {}
@@ -334,7 +355,8 @@ class FakeKube:
                         pod["status"]["phase"] = "Failed"
                         await self._bump(pod)
                         return
-                pod["status"]["phase"] = "Running"
+                pod["status"] |= {"phase": "Running", "podIP": f"127.0.0.{next(self._addresses) % 250 + 2}"}
+                probe = asyncio.create_task(self._readiness(run))
                 codes = await asyncio.gather(
                     *(self._container(run, c, "containerStatuses") for c in spec["containers"])
                 )
@@ -343,22 +365,44 @@ class FakeKube:
             pod["status"] |= {"phase": "Failed", "reason": "DeadlineExceeded", "message": "Pod was active too long"}
             await self._bump(pod)
             return
+        probe.cancel()
         pod["status"]["phase"] = "Succeeded" if all(c == 0 for c in codes) else "Failed"
+        await self._bump(pod)
+
+    async def _readiness(self, run: Running) -> None:
+        """Ready once every container's tcpSocket probe connects (at once when none has one)."""
+        pod = run.pod
+        ports = [
+            c["readinessProbe"]["tcpSocket"]["port"]
+            for c in pod["spec"]["containers"]
+            if "tcpSocket" in (c.get("readinessProbe") or {})
+        ]
+        for port in ports:
+            while True:
+                try:
+                    _, writer = await asyncio.open_connection(pod["status"]["podIP"], port)
+                    writer.close()
+                    break
+                except OSError:
+                    await asyncio.sleep(0.05)  # the fake kubelet's probe period
+        pod["status"]["conditions"] = [{"type": "Ready", "status": "True", "lastTransitionTime": now()}]
         await self._bump(pod)
 
     async def _container(self, run: Running, c: dict[str, Any], where: str) -> int:
         pod = run.pod
         mounts = self._mounts(run, c)
         rewrite = _rewriter(mounts)
-        env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)}
+        env = {"PATH": os.pathsep.join([*self.path, os.environ["PATH"]]), "PYTHONPATH": str(ROOT)}
         for e in c.get("env", []):
             if "value" in e:
-                env[e["name"]] = rewrite(e["value"])
+                # The Pod's own address: what listens on all of them listens on this Pod's only.
+                env[e["name"]] = rewrite(e["value"]).replace("0.0.0.0", pod["status"].get("podIP", "127.0.0.1"))
             else:
                 ref = e["valueFrom"]["secretKeyRef"]
                 secret = self.objects["secrets"][(pod["metadata"]["namespace"], ref["name"])]
                 env[e["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
         argv = [rewrite(a) for a in c["command"]]
+        argv[:1] = self.commands.get(argv[0], argv[:1])
         if c["image"] == self.helper_image and argv[0] == "python3":
             argv[0] = sys.executable  # flowyard's image: python with flowyard installed
         cwd = rewrite(c.get("workingDir") or "/tmp")

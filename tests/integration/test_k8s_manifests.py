@@ -145,20 +145,33 @@ def test_network_policies_deny_by_default_and_open_only_what_is_needed() -> None
     assert open_ingress == ["gateway-ingress"]
     gateway = next(p for p in policies if p["metadata"]["name"] == "gateway-ingress")
     assert gateway["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/component": "gateway"}
-    # Agents get egress only by the label the runtime sets from `network: egress`.
-    agents = [p for p in by_ns["flowyard-agents"] if p["spec"].get("egress")]
-    assert [p["spec"]["podSelector"] for p in agents] == [{"matchLabels": {"flowyard.io/network": "egress"}}]
+    # Agents get egress only by the labels the runtime sets: `network: egress` the internet;
+    # `network: {allow: [...]}` the egress proxies' port and nothing else; the proxies anywhere
+    # (each one's filter decides), and into each proxy only its attempt's Pod, by a policy the
+    # executor makes per attempt (tests/integration/test_kubernetes_egress.py).
+    agents = {p["metadata"]["name"]: p["spec"] for p in by_ns["flowyard-agents"] if p["spec"].get("egress")}
+    assert {n: s["podSelector"] for n, s in agents.items()} == {
+        "agent-egress": {"matchLabels": {"flowyard.io/network": "egress"}},
+        "agent-allowlist": {"matchLabels": {"flowyard.io/network": "allow"}},
+        "egress-proxy": {"matchLabels": {"flowyard.io/role": "egress-proxy"}},
+    }
+    assert agents["agent-allowlist"]["egress"] == [
+        {"to": [{"podSelector": {"matchLabels": {"flowyard.io/role": "egress-proxy"}}}],
+         "ports": [{"protocol": "TCP", "port": 3128}]}
+    ]  # fmt: skip
     assert not any(p["spec"].get("ingress") for p in by_ns["flowyard-agents"])
 
 
-def test_the_executor_may_only_manage_pods_and_secrets_in_the_agents_namespace() -> None:
+def test_the_executor_may_only_manage_pods_secrets_and_proxy_policies_in_the_agents_namespace() -> None:
     docs = render("overlays/prod")
     roles = of(docs, "Role")
     assert list(roles) == ["flowyard-executor"] and not of(docs, "ClusterRole")
     role = roles["flowyard-executor"]
     assert role["metadata"]["namespace"] == "flowyard-agents"
     granted = {(r, v) for rule in role["rules"] for r in rule["resources"] for v in rule["verbs"]}
-    assert not {r for r, _ in granted} - {"pods", "pods/log", "secrets"}
+    assert not {r for r, _ in granted} - {"pods", "pods/log", "secrets", "networkpolicies"}
+    # Network policies: only the per-attempt ones of egress proxies (made, read, removed).
+    assert {v for r, v in granted if r == "networkpolicies"} == {"create", "get", "delete"}
     assert ("pods/exec", "create") not in granted and ("pods/attach", "create") not in granted
     binding = of(docs, "RoleBinding")["flowyard-executor"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "executor", "namespace": "flowyard"}]

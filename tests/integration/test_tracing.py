@@ -148,9 +148,7 @@ def test_retries_keep_the_trace_and_runs_show_links_it(traced: Stack, collector:
     collector.wait_for(_root_arrived(trace_id, "obs-retry"))
     # Each process exports its own batches: wait for the executor's two attempts as well, not
     # only for the root (which another process sends, and may send first).
-    collector.wait_for(
-        lambda spans: sum(s.trace_id == trace_id and s.name == "agent flaky" for s in spans) >= 2
-    )
+    collector.wait_for(lambda spans: sum(s.trace_id == trace_id and s.name == "agent flaky" for s in spans) >= 2)
     spans = collector.trace(trace_id)
     attempts = sorted(s.attributes["flowyard.attempt"] for s in spans if s.name == "agent flaky")
     assert attempts == [1, 2]

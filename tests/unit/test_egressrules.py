@@ -73,9 +73,8 @@ def test_a_providers_base_url_is_one_entry(url: str, entry: str) -> None:
 
 
 def agent(network: str, llm: bool = False) -> str:
-    return (
-        "apiVersion: flowyard/v1\nkind: Agent\nmetadata: {name: a}\nspec:\n"
-        f"  image: x\n  network: {network}\n" + ("  llm: {}\n" if llm else "")
+    return f"apiVersion: flowyard/v1\nkind: Agent\nmetadata: {{name: a}}\nspec:\n  image: x\n  network: {network}\n" + (
+        "  llm: {}\n" if llm else ""
     )
 
 

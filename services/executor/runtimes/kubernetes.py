@@ -27,13 +27,15 @@ import structlog
 from lightkube import AsyncClient, KubeConfig
 from lightkube.core.exceptions import ApiError, ConfigError
 from lightkube.resources.core_v1 import Pod, PodLog, Secret
+from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.types import PatchType
 
 from shared.config.settings import KubernetesRuntimeConfig, seconds
 from shared.contract.errors import ConfigurationError
 from shared.contract.messages import TaskDispatched
+from shared.telemetry import metrics
 
-from . import podspec
+from . import egressrules, podegress, podspec
 from .base import LogSink, Outcome, Runtime, WorkspaceCopy, memory_limit
 
 log = structlog.get_logger("flowyard.executor.kubernetes")
@@ -65,8 +67,10 @@ class KubernetesRuntime(Runtime):
         retention: float = 900.0,
         workspace_max_bytes: int = 64 * 1024 * 1024,
         client: AsyncClient | None = None,
+        egress_image: str = "flowyard/egress:latest",
     ) -> None:
         self.cfg = cfg
+        self.egress_image = egress_image
         self.max_output_bytes = max_output_bytes
         self.stderr_keep = max(log_tail_bytes * 4, 16384)
         self.retention = retention
@@ -137,6 +141,33 @@ class KubernetesRuntime(Runtime):
         packed = workspace.data if workspace is not None else None
         if (why := podspec.too_big(stdin, env, packed)) is not None:
             return _refused(why, True)
+        if not agent.egress_allow:
+            return await self._attempt(task, stdin, env, timeout_s, workspace, on_log)
+        try:
+            address = await self._open_egress(task)
+        except _EgressRefused as exc:
+            await self._close_egress(task)
+            return Outcome(None, b"", b"", 0.0, start_error=str(exc), start_retryable=exc.retryable)
+        try:
+            return await self._attempt(task, stdin, env, timeout_s, workspace, on_log, proxy=address)
+        finally:
+            if not self.detach:  # shutting down: the adopting executor closes it
+                await asyncio.shield(self._close_egress(task))
+
+    async def _attempt(
+        self,
+        task: TaskDispatched,
+        stdin: bytes,
+        env: Mapping[str, str],
+        timeout_s: float,
+        workspace: WorkspaceCopy | None,
+        on_log: LogSink | None,
+        *,
+        proxy: str | None = None,
+    ) -> Outcome:
+        agent = task.agent
+        assert agent.command is not None
+        packed = workspace.data if workspace is not None else None
         name = podspec.pod_name(task.key)
         started = time.monotonic()
         mode = "none" if workspace is None else ("rw" if workspace.writable else "ro")
@@ -150,6 +181,8 @@ class KubernetesRuntime(Runtime):
             timeout_s=timeout_s,
             max_output_bytes=self.max_output_bytes,
             workspace_max_bytes=workspace.max_bytes if workspace is not None else self.workspace_max_bytes,
+            extra_labels=podegress.agent_labels(task) if proxy is not None else None,
+            extra_env=podegress.proxy_env(proxy) if proxy is not None else None,
         )
         # The Secret first: the kubelet starts nothing before its volume is there, so the agent
         # never runs without its whole input. A Secret already there is an earlier delivery's
@@ -207,6 +240,66 @@ class KubernetesRuntime(Runtime):
         if mode == "rw" and state.exit_code == 0:
             outcome = await self._take_workspace(name, outcome)
         return outcome
+
+    # --- egress by allowlist (podegress) ------------------------------------------------------
+
+    async def _open_egress(self, task: TaskDispatched) -> str:
+        """The attempt's proxy Pod and NetworkPolicy made (or found), and the proxy's address once
+        it is ready."""
+        proxy = podegress.proxy_name(task)
+        with contextlib.suppress(_Conflict):
+            await self._create(NetworkPolicy, podegress.proxy_policy(task, self.settings))
+        try:
+            obj = await self._create(Pod, podegress.proxy_pod(task, self.settings, self.egress_image))
+        except _Conflict:
+            obj = (await self.client.get(Pod, proxy, namespace=self.cfg.namespace)).to_dict()
+        deadline = _epoch(obj["metadata"].get("creationTimestamp")) + seconds(self.cfg.start_timeout)
+        while (address := podegress.ready_address(obj)) is None:
+            if (why := podegress.proxy_failed(obj)) is not None:
+                raise _EgressRefused(why, retryable=False)
+            if time.time() >= deadline:
+                raise _EgressRefused(
+                    f"the egress proxy pod {proxy} was not ready within executor.kubernetes.start_timeout "
+                    f"({self.cfg.start_timeout}): see `kubectl -n {self.cfg.namespace} describe pod {proxy}`",
+                    retryable=True,
+                )
+            obj = await self._next_pod(proxy, obj, deadline - time.time())
+        return address
+
+    async def _next_pod(self, name: str, obj: dict[str, Any], within: float) -> dict[str, Any]:
+        version = obj["metadata"].get("resourceVersion")
+        with contextlib.suppress(TimeoutError, httpx2.TransportError, ApiError):
+            async with asyncio.timeout(min(within, 30.0)):
+                async for _op, new in self.client.watch(
+                    Pod, namespace=self.cfg.namespace, fields={"metadata.name": name}
+                ):
+                    fresh = new.to_dict()
+                    if fresh["metadata"].get("resourceVersion") != version:
+                        return dict(fresh)
+        return dict((await self.client.get(Pod, name, namespace=self.cfg.namespace)).to_dict())
+
+    async def _close_egress(self, task: TaskDispatched) -> list[str]:
+        """Count and log what the proxy refused, then remove it and its policy."""
+        proxy = podegress.proxy_name(task)
+        refused: list[str] = []
+        with contextlib.suppress(ApiError, httpx2.TransportError):
+            text = (await self._log(proxy, podegress.PROXY)).decode("utf-8", "replace")
+            refused = egressrules.refusals(text, every=True)
+        for place in dict.fromkeys(refused):
+            log.warning(
+                "the egress proxy refused the agent a host not on its network.allow list",
+                agent=task.agent.name,
+                host=place,
+                times=refused.count(place),
+                pod=podspec.pod_name(task.key),
+            )
+        if refused:
+            metrics.EGRESS_DENIED.labels(task.agent.name).inc(len(refused))
+        with contextlib.suppress(ApiError, httpx2.TransportError):
+            await self.client.delete(Pod, proxy, namespace=self.cfg.namespace, grace_period=0)
+        with contextlib.suppress(ApiError, httpx2.TransportError):
+            await self.client.delete(NetworkPolicy, proxy, namespace=self.cfg.namespace)
+        return refused
 
     # --- the API --------------------------------------------------------------------------------
 
@@ -418,6 +511,12 @@ class KubernetesRuntime(Runtime):
             self._sweeper.cancel()
         if self._client is not None:
             await self._client.close()
+
+
+class _EgressRefused(Exception):
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class _Conflict(Exception):

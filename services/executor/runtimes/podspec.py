@@ -149,7 +149,10 @@ def pod(
     timeout_s: float,
     max_output_bytes: int,
     workspace_max_bytes: int = 64 * 1024 * 1024,
+    extra_labels: Mapping[str, str] | None = None,
+    extra_env: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
+    """``extra_labels``/``extra_env``: what egress by allowlist adds (:mod:`.podegress`)."""
     agent = task.agent
     name = pod_name(task.key)
     memory = memory_limit(agent.resources.memory)
@@ -161,6 +164,7 @@ def pod(
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in base_env.items()]
     # Values stay in the Secret: the Pod spec (readable by more people) holds only their names.
     env += [{"name": n, "valueFrom": {"secretKeyRef": {"name": name, "key": f"env.{n}"}}} for n in sorted(env_names)]
+    env += extra_env or []
     mounts = [
         {"name": "input", "mountPath": INPUT_DIR, "readOnly": True},
         {"name": "out", "mountPath": OUT_DIR},
@@ -262,7 +266,7 @@ def pod(
         "metadata": {
             "name": name,
             "namespace": settings.namespace,
-            "labels": labels(task, settings),
+            "labels": labels(task, settings) | dict(extra_labels or {}),
             "annotations": {
                 f"{LABEL}/key": task.key,
                 f"{LABEL}/mark": mark,
