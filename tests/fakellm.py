@@ -292,27 +292,49 @@ class FakeProvider:
             "completion_tokens": reply.output_tokens,
             "total_tokens": reply.input_tokens + reply.output_tokens,
         }
+        turn = sum(1 for s in self.seen if s.path.endswith("/chat/completions"))
+        tools = [
+            {"id": f"call_{turn}_{i}", "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
+            for i, (name, args) in enumerate(reply.tool_calls or [])
+        ]
+        if tools:
+            stop = reply.stop_reason or "tool_calls"
         if not body.get("stream"):
+            message: dict[str, Any] = {"role": "assistant", "content": None if tools else text}
+            if tools:
+                message["tool_calls"] = tools
             return web.json_response(
                 {
                     "id": "chatcmpl-1",
                     "object": "chat.completion",
                     "model": model,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": stop}],
+                    "choices": [{"index": 0, "message": message, "finish_reason": stop}],
                     "usage": usage,
                 }
             )
-        half = len(text) // 2
         chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": model}
-        return await self._sse(
-            request,
-            [
+        if tools:
+            # As the API streams them: each call's id and name first, its arguments after.
+            deltas = [
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [{"index": i, **{**t, "function": {**t["function"], "arguments": ""}}}],
+                }
+                for i, t in enumerate(tools)
+            ] + [
+                {"tool_calls": [{"index": i, "function": {"arguments": t["function"]["arguments"]}}]}
+                for i, t in enumerate(tools)
+            ]
+            events = [(None, {**chunk, "choices": [{"index": 0, "delta": d}]}) for d in deltas]
+            events.append((None, {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": stop}]}))
+        else:
+            half = len(text) // 2
+            events = [
                 (None, {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": text[:half]}}]}),
                 (None, {**chunk, "choices": [{"index": 0, "delta": {"content": text[half:]}, "finish_reason": stop}]}),
-                (None, {**chunk, "choices": [], "usage": usage}),
-                (None, "[DONE]"),
-            ],
-        )
+            ]
+        return await self._sse(request, [*events, (None, {**chunk, "choices": [], "usage": usage}), (None, "[DONE]")])
 
     async def _responses(self, request: web.Request) -> web.StreamResponse:
         reply, body, early = await self._take(request)

@@ -13,7 +13,6 @@ llm agent's machine-readable shape, so routing can tell "rate-limited" from "cou
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import re
@@ -21,21 +20,18 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .agent import cost as priced
 from .agent import endpoint_from_env, log
+from .clibase import UNREACHABLE, Ask, Driver, changed, check_input, snapshot
 from .client import Endpoint
+from .codex import codex_command, codex_result, codex_turns
 from .errors import LlmError, classify
+from .opencode import opencode_command, opencode_result, opencode_turns
 
-DEFAULT_MAX_TURNS = 20
 _NO_KEY = re.compile(r"Not logged in|Invalid API key|/login", re.I)
-_UNREACHABLE = re.compile(
-    r"ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENOTFOUND|Connection refused|timed? ?out|fetch failed", re.I
-)
-_KNOWN = {"prompt", "max_turns", "model", "provider"}
 _QUIET = {
     # Nothing but the model calls: no updates, no telemetry, no error reports, no other traffic.
     "DISABLE_AUTOUPDATER": "1",
@@ -44,55 +40,6 @@ _QUIET = {
     "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
 }
 _PASS = ("PATH", "LANG", "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy", "no_proxy", "TZ")
-
-
-@dataclass(frozen=True, slots=True)
-class Ask:
-    prompt: str
-    max_turns: int
-    model: str | None
-    autonomous: bool
-
-
-def check_input(given: Any) -> Ask:
-    if not isinstance(given, dict):
-        raise LlmError("bad_request", f"the input must be a JSON object with a `prompt`, got {type(given).__name__}")
-    unknown = sorted(set(given) - _KNOWN)
-    if unknown:
-        raise LlmError(
-            "bad_request", f"unknown input field(s) {', '.join(unknown)}; it takes {', '.join(sorted(_KNOWN))}"
-        )
-    prompt = given.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise LlmError("bad_request", "input `prompt` must be non-empty text")
-    turns = given.get("max_turns", DEFAULT_MAX_TURNS)
-    if not isinstance(turns, int) or isinstance(turns, bool) or not 1 <= turns <= 500:
-        raise LlmError("bad_request", f"input `max_turns` must be a whole number from 1 to 500, got {turns!r}")
-    model = given.get("model")
-    if model is not None and not isinstance(model, str):
-        raise LlmError("bad_request", "input `model` must be text")
-    return Ask(prompt, turns, model, autonomous=False)
-
-
-# --- the workspace before and after ----------------------------------------------------------
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Relative path -> content digest of every file (symlinks by their target), .git left out."""
-    found: dict[str, str] = {}
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root)
-        if rel.parts and rel.parts[0] == ".git":
-            continue
-        if path.is_symlink():
-            found[str(rel)] = "link:" + os.readlink(path)
-        elif path.is_file():
-            found[str(rel)] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return found
-
-
-def changed(before: Mapping[str, str], after: Mapping[str, str]) -> list[str]:
-    return sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p))
 
 
 # --- Claude Code -------------------------------------------------------------------------------
@@ -135,7 +82,7 @@ def claude_result(report: Any, ask: Ask) -> dict[str, Any]:
         text = str(report.get("result") or subtype or "an error")[:500]
         if isinstance(status, int):
             reason = classify(status)
-        elif _UNREACHABLE.search(text):  # it retried on its own and never got through
+        elif UNREACHABLE.search(text):  # it retried on its own and never got through
             reason = "provider_unavailable"
         elif _NO_KEY.search(text):
             reason = "auth_refused"
@@ -159,102 +106,22 @@ def claude_result(report: Any, ask: Ask) -> dict[str, Any]:
     }
 
 
-# --- Codex ---------------------------------------------------------------------------------------
-
-_CODEX_TOOLS = {"command_execution", "file_change", "mcp_tool_call", "web_search"}
-_CODEX_RATE = re.compile(r"\b429\b|rate.?limit|too many requests|quota", re.I)
-_CODEX_AUTH = re.compile(r"\b401\b|\b403\b|unauthori[sz]ed|invalid api key|incorrect api key", re.I)
-_CODEX_DOWN = re.compile(r"stream disconnected|reconnecting|high demand|\b5\d\d\b|error sending request", re.I)
-
-
-def codex_command(ask: Ask, endpoint: Endpoint, home: str) -> tuple[list[str], dict[str, str]]:
-    # The provider is configured on the command line (no config file is read: --ignore-user-config);
-    # the key comes from the environment variable it names, never from an argument.
-    provider = {
-        "name": '"flowyard"',
-        "base_url": json.dumps(endpoint.config.url),
-        "env_key": '"OPENAI_API_KEY"',
-        "wire_api": '"responses"',
-    }
-    argv = ["codex", "exec", "--json", "--ephemeral", "--skip-git-repo-check", "--ignore-user-config"]
-    argv += ["-c", 'model_provider="flowyard"']
-    for key, value in provider.items():
-        argv += ["-c", f"model_providers.flowyard.{key}={value}"]
-    argv += ["-c", "analytics.enabled=false", "-c", "check_for_update_on_startup=false"]
-    # The commands it runs get the core variables only (PATH, HOME, …): never OPENAI_API_KEY.
-    argv += ["-c", 'shell_environment_policy.inherit="core"']
-    if ask.model:
-        argv += ["-m", ask.model]
-    # Autonomous: no approvals and no sandbox of its own (the container is the sandbox). Otherwise
-    # read-only: it may look, and whatever would change something is refused, never asked.
-    argv += ["--dangerously-bypass-approvals-and-sandbox"] if ask.autonomous else ["--sandbox", "read-only"]
-    argv.append(ask.prompt)
-    # CODEX_HOME must exist: the fresh temporary home itself (its sessions go nowhere: --ephemeral).
-    env = {"HOME": home, "CODEX_HOME": home}
-    if endpoint.api_key:
-        env["OPENAI_API_KEY"] = endpoint.api_key
-    return argv, env
-
-
-def codex_turns(events: list[Any]) -> int:
-    """Codex's steps so far: each tool it used (a command, a file change) is one."""
-    done = (e.get("item") or {} for e in events if isinstance(e, dict) and e.get("type") == "item.completed")
-    return sum(1 for item in done if item.get("type") in _CODEX_TOOLS)
-
-
-def codex_result(events: list[Any], ask: Ask) -> dict[str, Any]:
-    """``codex exec --json``'s event lines as the agent's output, or LlmError."""
-    spent = {"input_tokens": 0, "output_tokens": 0}
-    session, text, failure = None, "", None
-    for event in events:
-        if not isinstance(event, dict):
-            continue
-        kind = event.get("type")
-        if kind == "thread.started":
-            session = event.get("thread_id")
-        elif kind == "item.completed" and (event.get("item") or {}).get("type") == "agent_message":
-            text = str(event["item"].get("text") or "")
-        elif kind == "turn.completed":
-            usage = event.get("usage") or {}
-            spent["input_tokens"] += int(usage.get("input_tokens") or 0)
-            spent["output_tokens"] += int(usage.get("output_tokens") or 0)
-        elif kind == "turn.failed":
-            failure = str((event.get("error") or {}).get("message") or "the turn failed")
-    if codex_turns(events) > ask.max_turns:
-        raise LlmError(
-            "max_turns",
-            f"ran out of turns (max_turns {ask.max_turns}) before it finished; raise max_turns or narrow the prompt",
-            usage=spent,
-        )
-    if failure is not None:
-        if _CODEX_AUTH.search(failure):
-            reason = "auth_refused"
-        elif _CODEX_RATE.search(failure):
-            reason = "rate_limited"
-        elif _CODEX_DOWN.search(failure) or _UNREACHABLE.search(failure):
-            reason = "provider_unavailable"
-        else:
-            reason = "cli_failed"
-        raise LlmError(reason, f"codex ended with an error: {failure[:500]}", usage=spent)
-    if not any(isinstance(e, dict) and e.get("type") == "turn.completed" for e in events):
-        raise LlmError("cli_failed", "codex printed no completed turn", usage=spent)
-    # Codex reports no price; the provider's price table (if any) gives cost_usd.
-    return {"result": text, "usage": spent, "cost_usd": None, "turns": codex_turns(events), "session_id": session}
-
-
-@dataclass(frozen=True, slots=True)
-class Driver:
-    command: Any  # (Ask, Endpoint, home) -> (argv, env)
-    result: Any  # (events, Ask) -> output
-    # The CLI's steps so far, where it has no max-turns flag of its own: stopped past the limit.
-    turns: Any = None
-
-
 DRIVERS = {
     # Claude Code prints one result object, its last line.
     "claude-code": Driver(claude_command, lambda events, ask: claude_result(events[-1], ask)),
     "codex": Driver(codex_command, codex_result, codex_turns),
+    "opencode": Driver(opencode_command, opencode_result, opencode_turns),
 }
+__all__ = [
+    "DRIVERS",
+    "Ask",
+    "check_input",
+    "codex_command",
+    "codex_result",
+    "opencode_command",
+    "opencode_result",
+    "run",
+]
 
 
 async def run(

@@ -82,6 +82,14 @@ def codex_provider(url: str) -> str:
     )
 
 
+def opencode_provider(url: str) -> str:
+    return (
+        "llm:\n  providers:\n"
+        f"    fake: {{kind: openai-compatible, base_url: '{url}/v1', api_key_secret: FAKE_KEY, default_model: m}}\n"
+        "agents:\n  priorities: {code_fixes: [opencode]}\n"
+    )
+
+
 # Each CLI's scripted fix: its own tool for the edit, then its final answer.
 _CLI_FIXES = {
     "claude-code": (
@@ -93,6 +101,10 @@ _CLI_FIXES = {
     "codex": (
         codex_provider,
         lambda: calls(("exec_command", {"cmd": "sed -i 's/> 1:/>= 1:/' ratelimit.py"}), delay=0.5),
+    ),
+    "opencode": (
+        opencode_provider,
+        lambda: calls(("bash", {"command": "sed -i 's/> 1:/>= 1:/' ratelimit.py", "description": "fix"}), delay=0.5),
     ),
 }
 
@@ -137,7 +149,9 @@ def test_executor_sigkilled_during_a_cli_attempt(
                 assert fix["agent"] == cli, where
                 assert fix["attempts"] == 1 and fix["output"]["changed_files"] == ["ratelimit.py"], where
                 assert result["workspace"]["version"] == 1, where  # the change kept once
-                model_calls = [s for s in fake.seen if s.path.endswith(("/messages", "/responses"))]
+                model_calls = [
+                    s for s in fake.seen if s.path.endswith(("/messages", "/responses", "/chat/completions"))
+                ]
                 assert len(model_calls) == 2, f"{where}: the provider saw {len(model_calls)} calls, not 2"
         finally:
             chaos.stop()

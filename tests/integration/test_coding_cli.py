@@ -183,3 +183,51 @@ def test_codex_out_of_turns_fails_saying_so(fake: FakeProvider, tmp_path: Path) 
     assert done.returncode == 1
     error = result["nodes"]["fix"]["error"]
     assert "max_turns: ran out of turns (max_turns 1) before it finished" in error, error
+
+
+# --- OpenCode: the same task, its provider an OpenAI-compatible server (Chat Completions) ---------
+
+COMPAT_KEY = "sk-compat-test-1a2b3c4d5e"
+
+
+def run_opencode(fake: FakeProvider, tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict]:
+    provider = (
+        f"    local: {{kind: openai-compatible, base_url: '{fake.url}/v1', api_key_secret: COMPAT_KEY, "
+        "default_model: qwen-test, prices: {qwen-test: {input: 0.5, output: 1.5}}}\n"
+        "agents:\n  priorities: {code_fixes: [opencode]}\n"
+    )
+    return run(fake, tmp_path, *args, provider=provider, secret=("COMPAT_KEY", COMPAT_KEY))
+
+
+def test_opencode_makes_the_failing_test_pass(fake: FakeProvider, tmp_path: Path) -> None:
+    sed = "sed -i 's/if self.tokens > 1:/if self.tokens >= 1:/' ratelimit.py"
+    fake.script[:] = [
+        calls(("bash", {"command": sed, "description": "fix the comparison"}), input_tokens=600, output_tokens=40),
+        answer("Fixed the off-by-one in TokenBucket.allow.", input_tokens=700, output_tokens=10),
+    ]
+    fake.seen.clear()
+    out = tmp_path / "out"
+    done, result = run_opencode(fake, tmp_path, "--workspace-out", str(out))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    fix = result["nodes"]["fix"]
+    assert fix["agent"] == "opencode"
+    output = fix["output"]
+    assert output["changed_files"] == ["ratelimit.py"]
+    assert output["result"] == "Fixed the off-by-one in TokenBucket.allow."
+    assert output["turns"] == 2 and output["session_id"].startswith("ses_")
+    assert output["usage"] == {"input_tokens": 1300, "output_tokens": 50}
+    assert output["cost_usd"] == pytest.approx((1300 * 0.5 + 50 * 1.5) / 1e6)
+    assert result["nodes"]["test"]["status"] == "succeeded"
+    assert "if self.tokens >= 1:" in (out / "ratelimit.py").read_text()
+    chats = [s for s in fake.seen if s.path.endswith("/chat/completions")]
+    # Every model call is the agent's (no title call), each with the key it was given.
+    assert len(chats) == 2 and all(s.headers["Authorization"] == f"Bearer {COMPAT_KEY}" for s in chats)
+    assert COMPAT_KEY not in done.stdout and COMPAT_KEY not in done.stderr
+
+
+def test_opencode_out_of_turns_fails_saying_so(fake: FakeProvider, tmp_path: Path) -> None:
+    fake.script[:] = [calls(("bash", {"command": "cat ratelimit.py", "description": "look"}))]  # never stops
+    done, result = run_opencode(fake, tmp_path, "-i", "max_turns=1")
+    assert done.returncode == 1
+    error = result["nodes"]["fix"]["error"]
+    assert "max_turns: ran out of turns (max_turns 1) before it finished" in error, error
