@@ -95,6 +95,7 @@ class FakeProvider:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/responses", self._responses)
         app.router.add_post("/v1/responses", self._responses)
+        app.router.add_post("/v1beta/models/{call}", self._gemini)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, self.port)
@@ -335,6 +336,36 @@ class FakeProvider:
                 (None, {**chunk, "choices": [{"index": 0, "delta": {"content": text[half:]}, "finish_reason": stop}]}),
             ]
         return await self._sse(request, [*events, (None, {**chunk, "choices": [], "usage": usage}), (None, "[DONE]")])
+
+    async def _gemini(self, request: web.Request) -> web.StreamResponse:
+        """The Gemini API's generateContent and streamGenerateContent (``alt=sse``)."""
+        model, _, method = request.match_info["call"].partition(":")
+        if method == "countTokens":
+            self.seen.append(Seen(request.path, dict(request.headers), await request.json()))
+            return web.json_response({"totalTokens": 12})
+        reply, body, early = await self._take(request)
+        if early is not None:
+            status = {429: "RESOURCE_EXHAUSTED", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED"}
+            code = early.status
+            message = f"scripted {code}"
+            payload = {"error": {"code": code, "message": message, "status": status.get(code, "INTERNAL")}}
+            retry = {"retry-after": reply.retry_after} if reply.retry_after is not None else {}
+            return web.json_response(payload, status=code, headers=retry)
+        text = json.dumps(reply.data) if reply.data is not None else reply.text
+        if reply.tool_calls:
+            parts: list[dict[str, Any]] = [{"functionCall": {"name": n, "args": a}} for n, a in reply.tool_calls]
+        else:
+            parts = [{"text": text}]
+        usage = {
+            "promptTokenCount": reply.input_tokens,
+            "candidatesTokenCount": reply.output_tokens,
+            "totalTokenCount": reply.input_tokens + reply.output_tokens,
+        }
+        candidate = {"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}
+        answer_body = {"candidates": [candidate], "usageMetadata": usage, "modelVersion": reply.model or model}
+        if method != "streamGenerateContent":
+            return web.json_response(answer_body)
+        return await self._sse(request, [(None, answer_body)])
 
     async def _responses(self, request: web.Request) -> web.StreamResponse:
         reply, body, early = await self._take(request)

@@ -7,6 +7,7 @@ agent runs. ``base: service`` builds the agent on flowyard's own service image, 
 the agent's wrapper (``flowyard-agent-cli``).
 
     npm: "@anthropic-ai/claude-code@2.1.332"     # exact versions: the image is reproducible
+                                                 # (a list installs several together)
     files: {claude: node_modules/@anthropic-ai/claude-code-linux-x64/claude}
     base: service
 
@@ -34,8 +35,8 @@ VENDOR_FILE = "vendor.yaml"
 
 @dataclass(frozen=True, slots=True)
 class Vendor:
-    npm: str | None
-    files: dict[str, str]  # name under vendor/ -> path inside the npm install
+    npm: str | None  # one or more packages, space-separated, each <package>@<exact version>
+    files: dict[str, str]  # name under vendor/ -> a file or folder inside the npm install
     base: str = "agent"  # agent: the offline base image; service: flowyard/flowyard:<version>
     pip: tuple[str, ...] = ()
     deb: str | None = None
@@ -52,7 +53,11 @@ def read(folder: Path) -> Vendor | None:
     doc = yaml.safe_load(path.read_text()) or {}
     npm, files, base, pip = doc.get("npm"), doc.get("files") or {}, doc.get("base", "agent"), doc.get("pip") or []
     deb = doc.get("deb")
-    if npm is not None and (not isinstance(npm, str) or "@" not in npm.lstrip("@") or not files):
+    if isinstance(npm, list) and npm and all(isinstance(n, str) for n in npm):
+        npm = " ".join(npm)
+    if npm is not None and (
+        not isinstance(npm, str) or not all("@" in n.lstrip("@") for n in npm.split()) or not files
+    ):
         raise ValueError(f"{path}: needs `npm: <package>@<exact version>` and `files: {{name: path in the install}}`")
     if deb is not None and (npm is not None or not isinstance(deb, str) or not files):
         raise ValueError(f"{path}: `deb: <package>` needs `files: {{name: path in the package}}` (and no npm:)")
@@ -94,7 +99,7 @@ async def stage(vendor: Vendor) -> tuple[Path, str | None]:
         "--no-fund",
         "--no-save",
         "--loglevel=error",
-        vendor.npm,
+        *vendor.npm.split(),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -103,9 +108,12 @@ async def stage(vendor: Vendor) -> tuple[Path, str | None]:
         return tmp, f"npm install {vendor.npm} failed: {err.decode(errors='replace').strip()[-400:]}"
     for name, rel in vendor.files.items():
         source = tmp / "npm" / rel
-        if not source.is_file():
+        if source.is_dir():  # a CLI that is a tree of JavaScript, not one binary
+            shutil.copytree(source, out / name, symlinks=True)
+        elif source.is_file():
+            shutil.copy2(source, out / name)
+        else:
             return tmp, f"{vendor.npm} has no {rel} (this platform's build missing?)"
-        shutil.copy2(source, out / name)
     return tmp, None
 
 

@@ -14,11 +14,13 @@ from shared.formats.durations import parse_duration
 
 from .base import Section
 
-ProviderKind = Literal["anthropic", "openai", "openai-compatible"]
+# gemini: Google's Gemini API, spoken by the gemini-cli agent only (the llm agent speaks the others).
+ProviderKind = Literal["anthropic", "openai", "openai-compatible", "gemini"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DEFAULT_BASE_URLS: dict[str, str] = {
     "anthropic": "https://api.anthropic.com",
     "openai": "https://api.openai.com/v1",
+    "gemini": "https://generativelanguage.googleapis.com",
 }
 
 

@@ -13,6 +13,7 @@ llm agent's machine-readable shape, so routing can tell "rate-limited" from "cou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -29,6 +30,7 @@ from .clibase import UNREACHABLE, Ask, Driver, changed, check_input, snapshot
 from .client import Endpoint
 from .codex import codex_command, codex_result, codex_turns
 from .errors import LlmError, classify
+from .gemini import gemini_command, gemini_result, gemini_turns, gemini_watch
 from .opencode import opencode_command, opencode_result, opencode_turns
 
 _NO_KEY = re.compile(r"Not logged in|Invalid API key|/login", re.I)
@@ -111,6 +113,7 @@ DRIVERS = {
     "claude-code": Driver(claude_command, lambda events, ask: claude_result(events[-1], ask)),
     "codex": Driver(codex_command, codex_result, codex_turns),
     "opencode": Driver(opencode_command, opencode_result, opencode_turns),
+    "gemini-cli": Driver(gemini_command, gemini_result, gemini_turns, gemini_watch),
 }
 __all__ = [
     "DRIVERS",
@@ -150,15 +153,23 @@ async def run(
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
-            stderr=None,
+            stderr=asyncio.subprocess.PIPE if driver.watch is not None else None,
             limit=16 * 1024 * 1024,  # one JSON line may be a long transcript
         )
+        stopped: list[LlmError] = []
+        watcher = asyncio.create_task(_watch(proc, driver.watch(), stopped)) if driver.watch is not None else None
         try:
             events = await asyncio.wait_for(_read_events(proc, driver, ask), timeout)
         except TimeoutError:
-            proc.kill()
+            _kill(proc)
             await proc.wait()
             raise LlmError("timeout", f"{name} did not finish within {timeout:.0f}s") from None
+        finally:
+            if watcher is not None:
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(watcher, 1.0)
+        if stopped:
+            raise stopped[0]
         if not events:
             raise LlmError("cli_failed", f"{name} exited with code {proc.returncode} and printed no JSON result")
         report = events[-1]
@@ -177,6 +188,23 @@ async def run(
     }
 
 
+def _kill(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+
+
+async def _watch(proc: asyncio.subprocess.Process, reader: Any, stopped: list[LlmError]) -> None:
+    """Pass the CLI's log on (it is the agent's log) and stop the CLI when ``reader`` says so."""
+    assert proc.stderr is not None
+    while raw := await proc.stderr.readline():
+        line = raw.decode("utf-8", "replace")
+        sys.stderr.write(line)
+        if not stopped and (why := reader(line)) is not None:
+            stopped.append(why)
+            log(f"stopping it: {why.message}")
+            _kill(proc)
+
+
 async def _read_events(proc: asyncio.subprocess.Process, driver: Driver, ask: Ask) -> list[Any]:
     """The JSON lines the CLI prints; stopped once it is past ``max_turns`` where it cannot stop itself."""
     assert proc.stdout is not None
@@ -185,7 +213,7 @@ async def _read_events(proc: asyncio.subprocess.Process, driver: Driver, ask: As
         try:
             raw = await proc.stdout.readline()
         except ValueError:  # one line over the reader's limit: not a result anyone could read
-            proc.kill()
+            _kill(proc)
             await proc.wait()
             raise LlmError("cli_failed", "the CLI printed a line over 16 MiB; narrow the prompt") from None
         if not raw:
@@ -198,7 +226,7 @@ async def _read_events(proc: asyncio.subprocess.Process, driver: Driver, ask: As
         except json.JSONDecodeError:
             continue  # not ours to read (a CLI's stray output); its JSON lines are what count
         if driver.turns is not None and driver.turns(events) > ask.max_turns:
-            proc.kill()
+            _kill(proc)
             break
     await proc.wait()
     return events

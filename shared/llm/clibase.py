@@ -75,3 +75,6 @@ class Driver:
     result: Any  # (events, Ask) -> output
     # The CLI's steps so far, where it has no max-turns flag of its own: stopped past the limit.
     turns: Any = None
+    # () -> a reader of the CLI's log lines (stderr) that returns an LlmError to stop it with:
+    # for a CLI that would retry a provider's errors for longer than routing should wait.
+    watch: Any = None

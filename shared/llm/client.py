@@ -42,6 +42,9 @@ def _headers(ep: Endpoint) -> dict[str, str]:
         headers["anthropic-version"] = protocol.ANTHROPIC_VERSION
         if ep.api_key:
             headers["x-api-key"] = ep.api_key
+    elif ep.config.kind == "gemini":
+        if ep.api_key:
+            headers["x-goog-api-key"] = ep.api_key
     elif ep.api_key:
         headers["authorization"] = f"Bearer {ep.api_key}"
     return headers
@@ -213,7 +216,7 @@ async def call(
 async def probe(ep: Endpoint, *, timeout: float = 5.0, http: httpx.AsyncClient | None = None) -> str | None:
     """None when the provider answers and takes the key (``GET /models``, which costs nothing);
     else what is wrong, in words (for ``flowyard doctor``)."""
-    path = "/v1/models" if ep.config.kind == "anthropic" else "/models"
+    path = {"anthropic": "/v1/models", "gemini": "/v1beta/models"}.get(ep.config.kind, "/models")
     own = http is None
     http = http or new_client(ep)
     try:

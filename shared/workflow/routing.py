@@ -15,7 +15,7 @@ from shared.workflow.model import AgentDoc
 CAPABILITY_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 # host:port, the host a DNS name (optionally "*." for every subdomain) or an IPv4 address.
 ALLOW_RE = re.compile(r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*:\d{1,5}$")
-PROVIDER_KINDS = ("anthropic", "openai", "openai-compatible")
+PROVIDER_KINDS = ("anthropic", "openai", "openai-compatible", "gemini")
 
 
 def on_offer(agents: Mapping[str, AgentDoc]) -> dict[str, list[str]]:

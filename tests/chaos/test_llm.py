@@ -90,6 +90,14 @@ def opencode_provider(url: str) -> str:
     )
 
 
+def gemini_provider(url: str) -> str:
+    return (
+        "llm:\n  providers:\n"
+        f"    fake: {{kind: gemini, base_url: '{url}', api_key_secret: FAKE_KEY, default_model: m}}\n"
+        "agents:\n  priorities: {code_fixes: [gemini-cli]}\n"
+    )
+
+
 # Each CLI's scripted fix: its own tool for the edit, then its final answer.
 _CLI_FIXES = {
     "claude-code": (
@@ -101,6 +109,10 @@ _CLI_FIXES = {
     "codex": (
         codex_provider,
         lambda: calls(("exec_command", {"cmd": "sed -i 's/> 1:/>= 1:/' ratelimit.py"}), delay=0.5),
+    ),
+    "gemini-cli": (
+        gemini_provider,
+        lambda: calls(("run_shell_command", {"command": "sed -i 's/> 1:/>= 1:/' ratelimit.py"}), delay=0.5),
     ),
     "opencode": (
         opencode_provider,

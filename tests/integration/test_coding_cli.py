@@ -231,3 +231,50 @@ def test_opencode_out_of_turns_fails_saying_so(fake: FakeProvider, tmp_path: Pat
     assert done.returncode == 1
     error = result["nodes"]["fix"]["error"]
     assert "max_turns: ran out of turns (max_turns 1) before it finished" in error, error
+
+
+# --- Gemini CLI: the same task against the fake's Gemini API -------------------------------------
+
+GEMINI_KEY = "gm-test-5f6e7d8c9b"
+
+
+def run_gemini(fake: FakeProvider, tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict]:
+    provider = (
+        f"    google: {{kind: gemini, base_url: '{fake.url}', api_key_secret: GEMINI_KEY, "
+        "default_model: gemini-test, prices: {gemini-test: {input: 0.3, output: 2.5}}}\n"
+        "agents:\n  priorities: {code_fixes: [gemini-cli]}\n"
+    )
+    return run(fake, tmp_path, *args, provider=provider, secret=("GEMINI_KEY", GEMINI_KEY))
+
+
+def test_gemini_cli_makes_the_failing_test_pass(fake: FakeProvider, tmp_path: Path) -> None:
+    sed = "sed -i 's/if self.tokens > 1:/if self.tokens >= 1:/' ratelimit.py"
+    fake.script[:] = [
+        calls(("run_shell_command", {"command": sed, "description": "fix it"}), input_tokens=500, output_tokens=30),
+        answer("Fixed the off-by-one in TokenBucket.allow.", input_tokens=650, output_tokens=15),
+    ]
+    fake.seen.clear()
+    out = tmp_path / "out"
+    done, result = run_gemini(fake, tmp_path, "--workspace-out", str(out))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    fix = result["nodes"]["fix"]
+    assert fix["agent"] == "gemini-cli"
+    output = fix["output"]
+    assert output["changed_files"] == ["ratelimit.py"]
+    assert output["result"] == "Fixed the off-by-one in TokenBucket.allow."
+    assert output["turns"] == 1 and output["session_id"]
+    assert output["usage"] == {"input_tokens": 1150, "output_tokens": 45}
+    assert output["cost_usd"] == pytest.approx((1150 * 0.3 + 45 * 2.5) / 1e6, abs=1e-6)  # kept to 6 places
+    assert result["nodes"]["test"]["status"] == "succeeded"
+    assert "if self.tokens >= 1:" in (out / "ratelimit.py").read_text()
+    calls_made = [s for s in fake.seen if "GenerateContent" in s.path or "generateContent" in s.path]
+    assert len(calls_made) == 2 and all(s.headers.get("x-goog-api-key") == GEMINI_KEY for s in calls_made)
+    assert GEMINI_KEY not in done.stdout and GEMINI_KEY not in done.stderr
+
+
+def test_gemini_cli_out_of_turns_fails_saying_so(fake: FakeProvider, tmp_path: Path) -> None:
+    fake.script[:] = [calls(("run_shell_command", {"command": "cat ratelimit.py", "description": "look"}))]
+    done, result = run_gemini(fake, tmp_path, "-i", "max_turns=1")
+    assert done.returncode == 1
+    error = result["nodes"]["fix"]["error"]
+    assert "max_turns: ran out of turns (max_turns 1) before it finished" in error, error
