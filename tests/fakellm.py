@@ -343,7 +343,7 @@ class FakeProvider:
         if method == "countTokens":
             self.seen.append(Seen(request.path, dict(request.headers), await request.json()))
             return web.json_response({"totalTokens": 12})
-        reply, body, early = await self._take(request)
+        reply, _body, early = await self._take(request)
         if early is not None:
             status = {429: "RESOURCE_EXHAUSTED", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED"}
             code = early.status
