@@ -98,11 +98,11 @@ def test_priorities_naming_no_offering_agent_are_an_error() -> None:
 def test_bad_agent_routing_keys() -> None:
     text = (
         "apiVersion: flowyard/v1\nkind: Agent\nmetadata: {name: x}\nspec:\n  command: ['true']\n"
-        "  capabilities: [Code-Fixes]\n  llm: {kinds: [gemini]}\n  network: {allow: ['api.example.com', 'ok.example.com:443']}\n"
+        "  capabilities: [Code-Fixes]\n  llm: {kinds: [bard]}\n  network: {allow: ['api.example.com', 'ok.example.com:443']}\n"
     )
     found = problems(text)
     assert any("'Code-Fixes' must be lower-case" in p for p in found)
-    assert any("'gemini' is not a provider kind" in p for p in found)
+    assert any("'bard' is not a provider kind" in p for p in found)
     assert any("'api.example.com' must be host:port" in p for p in found)
     assert not any("ok.example.com" in p for p in found)
 

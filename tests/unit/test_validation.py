@@ -331,6 +331,8 @@ def test_every_shipped_example_and_agent_validates() -> None:
         "llm",
         "claude-code",
         "codex",
+        "opencode",
+        "gemini-cli",
         "security-scanner",
     }
     for name, agent in shipped.items():
