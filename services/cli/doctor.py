@@ -15,6 +15,7 @@ from shared.contract.errors import ConfigurationError
 from shared.workflow.builtin import builtin_agents
 from shared.workflow.model import AgentDoc
 
+from .agentbuild import egress_tag
 from .output import EXIT_FAILED, EXIT_OK, configure
 
 _agent = msgspec.json.Decoder(AgentDoc)
@@ -134,6 +135,19 @@ async def _docker_checks(config: Config, agents: list[AgentDoc], report) -> None
                     "built-in agent's; `flowyard agents build` when the service image is there)"
                     if builtin
                     else "build it on this machine (nothing is pulled); the base: deploy/base-image/build.sh",
+                )
+        allowlisted = [a.metadata.name for a in agents if not isinstance(a.spec.network, str)]
+        if allowlisted:
+            # Agents with network.allow reach the network only through the egress proxy.
+            egress = config.executor.egress_image or egress_tag()
+            try:
+                await docker.images.inspect(egress)
+                report(True, f"egress proxy: image {egress} present")
+            except aiodocker.DockerError:
+                report(
+                    False,
+                    f"egress proxy: image {egress} present",
+                    f"`flowyard agents build` builds it; without it {', '.join(sorted(allowlisted))} cannot start",
                 )
     finally:
         await docker.close()

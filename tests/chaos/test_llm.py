@@ -161,9 +161,8 @@ def test_executor_sigkilled_during_a_cli_attempt(
                 assert fix["agent"] == cli, where
                 assert fix["attempts"] == 1 and fix["output"]["changed_files"] == ["ratelimit.py"], where
                 assert result["workspace"]["version"] == 1, where  # the change kept once
-                model_calls = [
-                    s for s in fake.seen if s.path.endswith(("/messages", "/responses", "/chat/completions"))
-                ]
+                ends = ("/messages", "/responses", "/chat/completions", ":streamGenerateContent")
+                model_calls = [s for s in fake.seen if s.path.endswith(ends)]
                 assert len(model_calls) == 2, f"{where}: the provider saw {len(model_calls)} calls, not 2"
         finally:
             chaos.stop()

@@ -141,3 +141,28 @@ async def test_an_unknown_proxy_image_is_a_clear_start_error(base_image: str) ->
     finally:
         await remove_mine(rt)
         await rt.close()
+
+
+async def test_doctor_says_when_the_egress_proxy_image_is_missing(egress_image: str) -> None:
+    import msgspec
+
+    from services.cli import doctor
+    from shared.config.settings import Config
+    from shared.workflow.builtin import builtin_agents
+
+    seen: list[tuple[bool, str, str]] = []
+
+    def report(ok: bool, what: str, fix: str = "") -> None:
+        seen.append((ok, what, fix))
+
+    agents = list(builtin_agents().values())
+    config = Config()
+    await doctor._docker_checks(config, agents, report)
+    assert (True, f"egress proxy: image {egress_image} present", "") in seen
+    seen.clear()
+    missing = msgspec.structs.replace(
+        config, executor=msgspec.structs.replace(config.executor, egress_image="fy/none:0")
+    )
+    await doctor._docker_checks(missing, agents, report)
+    (line,) = [s for s in seen if s[1].startswith("egress proxy")]
+    assert line[0] is False and "flowyard agents build" in line[2] and "claude-code" in line[2]
