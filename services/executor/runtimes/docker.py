@@ -27,11 +27,9 @@ import dataclasses
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime
 from typing import Any
 
 import aiodocker
-import aiohttp
 import structlog
 
 from shared.contract.errors import RetryableError
@@ -39,8 +37,9 @@ from shared.contract.messages import TaskDispatched
 from shared.docker import client as dockerclient
 from shared.state import workspace as ws
 
-from . import dockerinput
+from . import dockerinput, dockersweep
 from .base import DEFAULT_CPUS, LogSink, Outcome, Runtime, WorkspaceCopy, memory_limit
+from .dockerattach import Attach, Attached
 from .dockeregress import DockerEgress, EgressError, proxy_env
 
 log = structlog.get_logger("flowyard.executor.docker")
@@ -56,25 +55,6 @@ def container_name(key: str) -> str:
     # "#" (a foreach item) and "~" (a capability's later candidate) get markers of their own, so
     # that no two keys of a run share a name once ":" becomes "_" (node "n" route 1 vs node "n_1").
     return "fy-" + re.sub(r"[^a-zA-Z0-9_.-]", "_", key.replace("#", "_i").replace("~", "_r"))
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Attached:
-    """The two halves of an agent's attach: writing its input (None: it reads a file), reading its output."""
-
-    stream: Any  # aiodocker's Stream
-    feeder: asyncio.Task[None] | None
-    reader: asyncio.Task[tuple[bytes, bytes]]
-
-    @property
-    def input_done(self) -> bool:
-        return self.feeder is None or self.feeder.done()
-
-    async def close(self) -> None:
-        if self.feeder is not None:
-            self.feeder.cancel()
-        self.reader.cancel()
-        await self.stream.close()  # idempotent; here, not in the reader, which may never have run
 
 
 class DockerRuntime(Runtime):
@@ -94,6 +74,7 @@ class DockerRuntime(Runtime):
         self.egress_network = egress_network
         self._egress: DockerEgress | None = None
         self.stderr_keep = max(log_tail_bytes * 4, 16384)
+        self.attach = Attach(max_output_bytes=max_output_bytes, stderr_keep=self.stderr_keep)
         self.retention = retention
         self.detach = False
         # Set by the executor once connected: which stack this is, and a run's status (None: no
@@ -291,7 +272,7 @@ class DockerRuntime(Runtime):
                     if refusal is not None:
                         return refusal
                     mode = "stdin"
-        attached: _Attached | None = None
+        attached: Attached | None = None
         follower: asyncio.Task[None] | None = None
         exit_code: int | None = None
         timed_out = False
@@ -303,13 +284,13 @@ class DockerRuntime(Runtime):
                 if mode == "file":
                     # Written whole before the start (again, if we adopt one never started).
                     await container.put_archive(dockerinput.INPUT_DIR, dockerinput.archive(stdin))
-                attached = await self._start(container, stdin if mode == "stdin" else None, on_log)
+                attached = await self.attach.start(container, stdin if mode == "stdin" else None, on_log)
                 deadline = time.time() + timeout_s
             else:
                 log.info("adopting a container started before", container=name, status=state["Status"])
-                deadline = _epoch(state.get("StartedAt")) + timeout_s
+                deadline = dockersweep.epoch(state.get("StartedAt")) + timeout_s
                 if on_log is not None:
-                    follower = asyncio.create_task(self._follow(container, on_log))
+                    follower = asyncio.create_task(self.attach.follow(container, on_log))
             if state["Status"] in ("created", "running", "restarting", "paused"):
                 try:
                     result = await asyncio.wait_for(container.wait(), timeout=max(deadline - time.time(), 0.01))
@@ -327,7 +308,7 @@ class DockerRuntime(Runtime):
                         ) from None
             else:
                 exit_code = state.get("ExitCode")
-            captured = await self._captured(attached)
+            captured = await self.attach.captured(attached)
         except asyncio.CancelledError:
             if not self.detach:  # the run ended: nothing may keep running for it
                 with contextlib.suppress(Exception):
@@ -356,72 +337,6 @@ class DockerRuntime(Runtime):
             return list(task.agent.command)
         present, command = await dockerinput.image_command(self.docker, image)
         return command if present and command else None
-
-    async def _start(self, container: Any, stdin: bytes | None, on_log: LogSink | None) -> _Attached:
-        """Start the agent; returns the tasks that feed its stdin (when it does not read a file)
-        and read what it prints.
-
-        One attach carries the streams, made before the start so no output is missed, as
-        `docker run -i` does.
-        """
-        stream = container.attach(stdin=stdin is not None, stdout=True, stderr=True)
-        await stream._init()
-        try:
-            await container.start()
-        except BaseException:
-            await stream.close()
-            raise
-        # The input is written while the output is read: an agent that prints before it reads
-        # would otherwise deadlock with us on full buffers.
-        return _Attached(
-            stream=stream,
-            feeder=asyncio.create_task(self._feed(stream, stdin)) if stdin is not None else None,
-            reader=asyncio.create_task(self._read(stream, on_log)),
-        )
-
-    @staticmethod
-    async def _feed(stream: Any, stdin: bytes) -> None:
-        try:
-            await stream.write_in(stdin)
-            _end_input(stream)  # StdinOnce: the agent sees the end of its input; its output still flows
-        except (ConnectionError, OSError):
-            pass  # it ended without reading all of its input; its exit says how it went
-
-    async def _read(self, stream: Any, on_log: LogSink | None) -> tuple[bytes, bytes]:
-        """(stdout up to one byte past the limit, the tail of stderr), until the agent ends."""
-        out = bytearray()
-        err = bytearray()
-        keep_out = self.max_output_bytes + 1  # the byte past the limit tells an overflow
-        while (message := await stream.read_out()) is not None:
-            if message.stream == 2:
-                if on_log is not None:
-                    on_log(message.data)
-                err += message.data
-                if len(err) > 2 * self.stderr_keep:
-                    del err[: -self.stderr_keep]
-            elif len(out) < keep_out:
-                out += message.data[: keep_out - len(out)]
-        return bytes(out), bytes(err[-self.stderr_keep :])
-
-    async def _captured(self, attached: _Attached | None) -> tuple[bytes, bytes] | None:
-        """What the attach read, once the agent has ended; None: read the container's log instead."""
-        if attached is None:
-            return None
-        # The attach ends with the container (its init takes every process with it) — unless the
-        # agent left part of its input unread: Docker then holds the stream open on it.
-        grace = 10.0 if attached.input_done else 0.5
-        try:
-            return await asyncio.wait_for(asyncio.shield(attached.reader), timeout=grace)
-        except (TimeoutError, aiohttp.ClientError, aiodocker.DockerError) as exc:
-            if attached.input_done:
-                log.warning("the agent's output stream did not end; reading its log", error=repr(exc))
-            return None
-        finally:
-            await attached.close()
-
-    async def _follow(self, container: Any, on_log: LogSink) -> None:
-        async for line in container.log(stdout=False, stderr=True, follow=True):
-            on_log(line.encode() if isinstance(line, str) else line)
 
     async def _take_workspace(self, container: Any, outcome: Outcome, max_bytes: int) -> Outcome:
         """Read back what an `rw` agent left, streamed, stopping at the limit."""
@@ -542,54 +457,17 @@ class DockerRuntime(Runtime):
 
     async def forget_run(self, run_id: str) -> int:
         """The run has ended and its results are recorded: its finished containers can go now."""
-        removed = 0
-        for c in await self.docker.containers.list(
-            all=True, filters={"label": [f"{LABEL}.run={run_id}"], "status": ["exited", "dead", "created"]}
-        ):
-            with contextlib.suppress(aiodocker.DockerError):
-                await c.delete(force=True, v=True)
-                removed += 1
-        return removed
+        return await dockersweep.forget_run(self.docker, run_id)
 
     async def sweep(self, older_than: float | None = None) -> int:
         """Remove exited flowyard containers that finished more than ``retention`` ago, and this
         stack's containers whose run no longer exists or has ended."""
-        removed = await self._sweep_orphans()
+        removed = 0
+        if self.stack_id is not None and self.run_status is not None:
+            removed += await dockersweep.sweep_orphans(self.docker, self.stack_id, self.run_status)
         await self.egress.sweep()
         cutoff = time.time() - (self.retention if older_than is None else older_than)
-        for c in await self.docker.containers.list(
-            all=True, filters={"label": [f"{LABEL}.key"], "status": ["exited", "dead", "created"]}
-        ):
-            info = await c.show()
-            # A container only created has no finish time: judge it by its creation, or a sweep
-            # could remove one a live executor is about to start.
-            ended = _epoch(info["State"].get("FinishedAt")) or _epoch(info.get("Created"))
-            if ended < cutoff:
-                with contextlib.suppress(aiodocker.DockerError):
-                    await c.delete(force=True, v=True)  # v: its workspace volume too
-                    removed += 1
-        return removed
-
-    async def _sweep_orphans(self) -> int:
-        if self.stack_id is None or self.run_status is None:
-            return 0
-        mine = await self.docker.containers.list(all=True, filters={"label": [f"{LABEL}.stack={self.stack_id}"]})
-        status: dict[str, str | None] = {}
-        removed = 0
-        for c in mine:
-            run_id = (c["Labels"] or {}).get(f"{LABEL}.run")
-            if not run_id:
-                continue
-            if run_id not in status:
-                status[run_id] = await self.run_status(run_id)  # raises when it cannot tell: keep all
-            if status[run_id] in (None, "succeeded", "failed", "cancelled"):
-                with contextlib.suppress(aiodocker.DockerError):
-                    await c.delete(force=True, v=True)
-                    removed += 1
-                    log.info(
-                        "removed the container of a run that has ended or is gone", container=c.id[:12], run=run_id
-                    )
-        return removed
+        return removed + await dockersweep.sweep_exited(self.docker, cutoff)
 
     async def close(self) -> None:
         if self._sweeper is not None:
@@ -600,24 +478,6 @@ class DockerRuntime(Runtime):
 
 def _refused(error: str, by_settings: bool = False) -> Outcome:
     return Outcome(None, b"", b"", 0.0, start_error=error, start_refused=by_settings)
-
-
-def _end_input(stream: Any) -> None:
-    """Half-close the attach: end of stdin for the agent, while its stdout and stderr keep coming.
-
-    aiodocker's ``Stream.close`` closes both directions; this is its first half.
-    """
-    transport = stream._resp.connection.transport
-    if transport is not None and transport.can_write_eof():
-        transport.write_eof()
-
-
-def _epoch(text: str | None) -> float:
-    if not text or text.startswith("0001-"):
-        return 0.0
-    # Docker gives nanoseconds; Python's parser takes up to microseconds.
-    main, _, rest = text.rstrip("Z").partition(".")
-    return datetime.fromisoformat(main + "+00:00").timestamp() + float("0." + (rest or "0")[:6])
 
 
 async def _oom_killed(container: aiodocker.containers.DockerContainer, exit_code: int) -> bool:
