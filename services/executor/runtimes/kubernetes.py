@@ -19,7 +19,6 @@ import dataclasses
 import secrets as pysecrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime
 from typing import Any
 
 import httpx2
@@ -27,15 +26,13 @@ import structlog
 from lightkube import AsyncClient, KubeConfig
 from lightkube.core.exceptions import ApiError, ConfigError
 from lightkube.resources.core_v1 import Pod, PodLog, Secret
-from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.types import PatchType
 
 from shared.config.settings import KubernetesRuntimeConfig, seconds
 from shared.contract.errors import ConfigurationError
 from shared.contract.messages import TaskDispatched
-from shared.telemetry import metrics
 
-from . import egressrules, podegress, podspec
+from . import kubeegress, podegress, podspec
 from .base import LogSink, Outcome, Runtime, WorkspaceCopy, memory_limit
 
 log = structlog.get_logger("flowyard.executor.kubernetes")
@@ -144,15 +141,15 @@ class KubernetesRuntime(Runtime):
         if not agent.egress_allow:
             return await self._attempt(task, stdin, env, timeout_s, workspace, on_log)
         try:
-            address = await self._open_egress(task)
-        except _EgressRefused as exc:
-            await self._close_egress(task)
+            address = await kubeegress.open_egress(self, task)
+        except kubeegress.EgressRefused as exc:
+            await kubeegress.close_egress(self, task)
             return Outcome(None, b"", b"", 0.0, start_error=str(exc), start_retryable=exc.retryable)
         try:
             return await self._attempt(task, stdin, env, timeout_s, workspace, on_log, proxy=address)
         finally:
             if not self.detach:  # shutting down: the adopting executor closes it
-                await asyncio.shield(self._close_egress(task))
+                await asyncio.shield(kubeegress.close_egress(self, task))
 
     async def _attempt(
         self,
@@ -241,66 +238,6 @@ class KubernetesRuntime(Runtime):
             outcome = await self._take_workspace(name, outcome)
         return outcome
 
-    # --- egress by allowlist (podegress) ------------------------------------------------------
-
-    async def _open_egress(self, task: TaskDispatched) -> str:
-        """The attempt's proxy Pod and NetworkPolicy made (or found), and the proxy's address once
-        it is ready."""
-        proxy = podegress.proxy_name(task)
-        with contextlib.suppress(_Conflict):
-            await self._create(NetworkPolicy, podegress.proxy_policy(task, self.settings))
-        try:
-            obj = await self._create(Pod, podegress.proxy_pod(task, self.settings, self.egress_image))
-        except _Conflict:
-            obj = (await self.client.get(Pod, proxy, namespace=self.cfg.namespace)).to_dict()
-        deadline = _epoch(obj["metadata"].get("creationTimestamp")) + seconds(self.cfg.start_timeout)
-        while (address := podegress.ready_address(obj)) is None:
-            if (why := podegress.proxy_failed(obj)) is not None:
-                raise _EgressRefused(why, retryable=False)
-            if time.time() >= deadline:
-                raise _EgressRefused(
-                    f"the egress proxy pod {proxy} was not ready within executor.kubernetes.start_timeout "
-                    f"({self.cfg.start_timeout}): see `kubectl -n {self.cfg.namespace} describe pod {proxy}`",
-                    retryable=True,
-                )
-            obj = await self._next_pod(proxy, obj, deadline - time.time())
-        return address
-
-    async def _next_pod(self, name: str, obj: dict[str, Any], within: float) -> dict[str, Any]:
-        version = obj["metadata"].get("resourceVersion")
-        with contextlib.suppress(TimeoutError, httpx2.TransportError, ApiError):
-            async with asyncio.timeout(min(within, 30.0)):
-                async for _op, new in self.client.watch(
-                    Pod, namespace=self.cfg.namespace, fields={"metadata.name": name}
-                ):
-                    fresh = new.to_dict()
-                    if fresh["metadata"].get("resourceVersion") != version:
-                        return dict(fresh)
-        return dict((await self.client.get(Pod, name, namespace=self.cfg.namespace)).to_dict())
-
-    async def _close_egress(self, task: TaskDispatched) -> list[str]:
-        """Count and log what the proxy refused, then remove it and its policy."""
-        proxy = podegress.proxy_name(task)
-        refused: list[str] = []
-        with contextlib.suppress(ApiError, httpx2.TransportError):
-            text = (await self._log(proxy, podegress.PROXY)).decode("utf-8", "replace")
-            refused = egressrules.refusals(text, every=True)
-        for place in dict.fromkeys(refused):
-            log.warning(
-                "the egress proxy refused the agent a host not on its network.allow list",
-                agent=task.agent.name,
-                host=place,
-                times=refused.count(place),
-                pod=podspec.pod_name(task.key),
-            )
-        if refused:
-            metrics.EGRESS_DENIED.labels(task.agent.name).inc(len(refused))
-        with contextlib.suppress(ApiError, httpx2.TransportError):
-            await self.client.delete(Pod, proxy, namespace=self.cfg.namespace, grace_period=0)
-        with contextlib.suppress(ApiError, httpx2.TransportError):
-            await self.client.delete(NetworkPolicy, proxy, namespace=self.cfg.namespace)
-        return refused
-
     # --- the API --------------------------------------------------------------------------------
 
     async def _create(self, kind: Any, obj: dict[str, Any]) -> dict[str, Any]:
@@ -331,7 +268,7 @@ class KubernetesRuntime(Runtime):
         """Until the agent has ended (and a workspace collector after it), the Pod cannot start, or
         the agent's time is up: (its state, whether it timed out)."""
         state = podspec.read_state(pod)
-        start_by = _epoch(pod["metadata"].get("creationTimestamp")) + seconds(self.cfg.start_timeout)
+        start_by = podspec.epoch(pod["metadata"].get("creationTimestamp")) + seconds(self.cfg.start_timeout)
         collect_by: float | None = None
         while not self._done(state):
             if state.exit_code is not None:
@@ -342,7 +279,7 @@ class KubernetesRuntime(Runtime):
                     return state, False
                 state = await self._next_state(name, state, collect_by - time.time())
                 continue
-            deadline = start_by if state.started_at is None else _epoch(state.started_at) + timeout_s
+            deadline = start_by if state.started_at is None else podspec.epoch(state.started_at) + timeout_s
             remaining = deadline - time.time()
             if remaining <= 0 or state.deadline:
                 if state.started_at is None:
@@ -479,7 +416,7 @@ class KubernetesRuntime(Runtime):
             name = obj["metadata"]["name"]
             names.add(name)
             ended = (obj.get("status") or {}).get("phase") in _ENDED
-            created = _epoch(obj["metadata"].get("creationTimestamp"))
+            created = podspec.epoch(obj["metadata"].get("creationTimestamp"))
             gone = False
             labels = obj["metadata"].get("labels") or {}
             if self.run_status is not None and self.stack_id and labels.get(f"{podspec.LABEL}/stack") == self.stack_id:
@@ -492,7 +429,10 @@ class KubernetesRuntime(Runtime):
                 removed += 1
         async for s in self.client.list(Secret, namespace=self.cfg.namespace, labels=managed):
             obj = s.to_dict()
-            if obj["metadata"]["name"] not in names and _epoch(obj["metadata"].get("creationTimestamp")) < cutoff:
+            if (
+                obj["metadata"]["name"] not in names
+                and podspec.epoch(obj["metadata"].get("creationTimestamp")) < cutoff
+            ):
                 with contextlib.suppress(ApiError):
                     await self.client.delete(Secret, obj["metadata"]["name"], namespace=self.cfg.namespace)
         return removed
@@ -513,14 +453,8 @@ class KubernetesRuntime(Runtime):
             await self._client.close()
 
 
-class _EgressRefused(Exception):
-    def __init__(self, message: str, *, retryable: bool) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-
-
-class _Conflict(Exception):
-    """The object exists already (409): made by an earlier delivery of the same attempt."""
+# The object exists already (409): made by an earlier delivery of the same attempt.
+_Conflict = kubeegress.Conflict
 
 
 def _refused(error: str, by_settings: bool = False) -> Outcome:
@@ -530,11 +464,3 @@ def _refused(error: str, by_settings: bool = False) -> Outcome:
 def _api_message(exc: ApiError) -> str:
     status = exc.status
     return f"{status.code} {status.reason}: {status.message}" if status is not None else str(exc)
-
-
-def _epoch(text: str | None) -> float:
-    if not text:
-        return 0.0
-    if isinstance(text, datetime):
-        return text.timestamp()
-    return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()

@@ -21,6 +21,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from shared.contract.messages import TaskDispatched
@@ -354,3 +355,11 @@ def collected_workspace(log: bytes) -> bytes | None:
     if not text:
         return None
     return base64.b64decode(text.splitlines()[-1])
+
+
+def epoch(text: str | None) -> float:
+    if not text:
+        return 0.0
+    if isinstance(text, datetime):
+        return text.timestamp()
+    return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
