@@ -125,7 +125,8 @@ async def test_an_allowlisted_agent_reaches_its_hosts_and_nothing_else(
     assert seen["direct"] != "connected"
     # Every refusal is counted for the agent and logged with the host.
     assert denied("prober") - before == 2
-    # The attempt's proxy and network are gone with it.
+    # The attempt's proxy and network are gone with it (removed while the outcome is reported).
+    await runtime.egress.drain()
     net, proxy = DockerEgress.names("fy-rdock-egress1_n_1")
     assert not [c for c in await runtime.docker.containers.list(all=True) if f"/{proxy}" in c._container["Names"]]
     assert not await runtime.docker.networks.list(filters={"name": [net]})
@@ -137,6 +138,7 @@ async def test_an_unknown_proxy_image_is_a_clear_start_error(base_image: str) ->
         outcome = await rt.run(task(["example.org:443"], "rdock-egress2"), stdin=b"{}", env={}, timeout_s=30)
         assert outcome.start_error is not None and "flowyard/egress:nowhere" in outcome.start_error
         assert "flowyard agents build" in outcome.start_error and not outcome.start_retryable
+        await rt.egress.drain()
         assert not await rt.docker.networks.list(filters={"name": ["fy-rdock-egress2_n_1-net"]})
     finally:
         await remove_mine(rt)

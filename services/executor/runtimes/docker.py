@@ -472,6 +472,8 @@ class DockerRuntime(Runtime):
     async def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._egress is not None:
+            await self._egress.drain()
         if self._docker is not None:
             await self._docker.close()
 

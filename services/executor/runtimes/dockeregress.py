@@ -11,9 +11,10 @@ nothing at all. One network and proxy per attempt, so no two attempts (of one ru
 network they could talk to each other over.
 
 When the agent has ended the proxy's log is read: every refusal is logged with the agent and
-the host and counted (``flowyard_egress_denied_total{agent}``), then the proxy and the network are
-removed. Both carry the attempt's run and stack labels, so an executor that died before removing
-them leaves nothing behind for long: the sweep removes them with the run's containers.
+the host and counted (``flowyard_egress_denied_total{agent}``); the proxy and the network are
+removed in the background while the outcome is reported. Both carry the attempt's run and stack
+labels, so an executor that died before removing them leaves nothing behind for long: the sweep
+removes them with the run's containers.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class DockerEgress:
         self.docker = docker
         self.image = image
         self.network = network
+        self._removing: set[asyncio.Task[None]] = set()
 
     @staticmethod
     def names(container: str) -> tuple[str, str]:
@@ -170,8 +172,6 @@ class DockerEgress:
             with contextlib.suppress(aiodocker.DockerError):
                 text = "".join(await proxy.log(stdout=True, stderr=True))
                 refused = egressrules.refusals(text, every=True)
-            with contextlib.suppress(aiodocker.DockerError):
-                await proxy.delete(force=True)
         for place, times in Counter(refused).items():
             log.warning(
                 "the egress proxy refused the agent a host not on its network.allow list",
@@ -182,9 +182,23 @@ class DockerEgress:
             )
         if refused:
             metrics.EGRESS_DENIED.labels(agent).inc(len(refused))
+        # Removed after the attempt's outcome is reported, not before: nothing reads them again.
+        removal = asyncio.create_task(self._remove(proxy, net_name))
+        self._removing.add(removal)
+        removal.add_done_callback(self._removing.discard)
+        return refused
+
+    async def _remove(self, proxy: Any, net_name: str) -> None:
+        if proxy is not None:
+            with contextlib.suppress(aiodocker.DockerError):
+                await proxy.delete(force=True)
         with contextlib.suppress(aiodocker.DockerError):
             await (await self.docker.networks.get(net_name)).delete()
-        return refused
+
+    async def drain(self) -> None:
+        """Wait for the removals under way (the runtime closing, a test looking)."""
+        while self._removing:
+            await asyncio.gather(*list(self._removing), return_exceptions=True)
 
     async def sweep(self) -> None:
         """Networks of attempts whose containers are gone (an executor died between the two)."""
