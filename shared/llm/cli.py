@@ -26,7 +26,7 @@ from typing import Any
 
 from .agent import cost as priced
 from .agent import endpoint_from_env, log
-from .clibase import UNREACHABLE, Ask, Driver, changed, check_input, snapshot
+from .clibase import UNREACHABLE, Ask, Driver, changed, check_input, needs_permission, out_of_turns, snapshot
 from .client import Endpoint
 from .codex import codex_command, codex_result, codex_turns
 from .errors import LlmError, classify
@@ -74,11 +74,7 @@ def claude_result(report: Any, ask: Ask) -> dict[str, Any]:
     subtype = str(report.get("subtype") or "")
     denied = report.get("permission_denials") or []
     if subtype == "error_max_turns":
-        raise LlmError(
-            "max_turns",
-            f"ran out of turns (max_turns {ask.max_turns}) before it finished; raise max_turns or narrow the prompt",
-            usage=spent,
-        )
+        raise out_of_turns(ask, spent)
     if report.get("is_error") or subtype != "success":
         status = report.get("api_error_status")
         text = str(report.get("result") or subtype or "an error")[:500]
@@ -93,12 +89,7 @@ def claude_result(report: Any, ask: Ask) -> dict[str, Any]:
         raise LlmError(reason, f"claude ended with an error: {text}", usage=spent)
     if denied and not ask.autonomous:
         tools = sorted({str(d.get("tool_name", "?")) for d in denied if isinstance(d, dict)})
-        raise LlmError(
-            "needs_permission",
-            f"claude stopped to ask permission for {', '.join(tools)}, and nobody can answer in a sandboxed run; "
-            "mark the agent `autonomous: true` (it then runs only in a container or pod)",
-            usage=spent,
-        )
+        raise needs_permission("claude", ", ".join(tools), spent)
     return {
         "result": str(report.get("result") or ""),
         "usage": spent,

@@ -78,3 +78,22 @@ class Driver:
     # () -> a reader of the CLI's log lines (stderr) that returns an LlmError to stop it with:
     # for a CLI that would retry a provider's errors for longer than routing should wait.
     watch: Any = None
+
+
+def out_of_turns(ask: Ask, usage: Mapping[str, int]) -> LlmError:
+    """The failure every CLI driver reports past ``max_turns``."""
+    return LlmError(
+        "max_turns",
+        f"ran out of turns (max_turns {ask.max_turns}) before it finished; raise max_turns or narrow the prompt",
+        usage=dict(usage),
+    )
+
+
+def needs_permission(cli: str, what: str, usage: Mapping[str, int]) -> LlmError:
+    """The failure of a CLI not marked autonomous that stopped at (or was refused) ``what``."""
+    return LlmError(
+        "needs_permission",
+        f"{cli} stopped to ask permission for {what}, and nobody can answer in a sandboxed run; "
+        "mark the agent `autonomous: true` (it then runs only in a container or pod)",
+        usage=dict(usage),
+    )

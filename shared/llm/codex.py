@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any
 
-from .clibase import UNREACHABLE, Ask
+from .clibase import UNREACHABLE, Ask, out_of_turns
 from .client import Endpoint
 from .errors import LlmError
 
@@ -70,11 +70,7 @@ def codex_result(events: list[Any], ask: Ask) -> dict[str, Any]:
         elif kind == "turn.failed":
             failure = str((event.get("error") or {}).get("message") or "the turn failed")
     if codex_turns(events) > ask.max_turns:
-        raise LlmError(
-            "max_turns",
-            f"ran out of turns (max_turns {ask.max_turns}) before it finished; raise max_turns or narrow the prompt",
-            usage=spent,
-        )
+        raise out_of_turns(ask, spent)
     if failure is not None:
         if _CODEX_AUTH.search(failure):
             reason = "auth_refused"

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .clibase import UNREACHABLE, Ask
+from .clibase import UNREACHABLE, Ask, needs_permission, out_of_turns
 from .client import Endpoint
 from .errors import LlmError, classify
 
@@ -107,18 +107,9 @@ def gemini_result(events: list[Any], ask: Ask) -> dict[str, Any]:
         raise LlmError("cli_failed", "gemini printed no result", usage=spent)
     error = result.get("error") or {}
     if error.get("type") == "FatalTurnLimitedError" or gemini_turns(events) > ask.max_turns:
-        raise LlmError(
-            "max_turns",
-            f"ran out of turns (max_turns {ask.max_turns}) before it finished; raise max_turns or narrow the prompt",
-            usage=spent,
-        )
+        raise out_of_turns(ask, spent)
     if unoffered and not ask.autonomous:
-        raise LlmError(
-            "needs_permission",
-            f"gemini needed {', '.join(sorted(set(unoffered)))}, which it offers only with approval, and nobody can "
-            "answer in a sandboxed run; mark the agent `autonomous: true` (it then runs only in a container or pod)",
-            usage=spent,
-        )
+        raise needs_permission("gemini", f"{', '.join(sorted(set(unoffered)))} (offered only with approval)", spent)
     if result.get("status") != "success":
         message = str(error.get("message") or "an error")
         code = _CODE.search(message)

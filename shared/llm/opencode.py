@@ -14,7 +14,7 @@ import json
 import re
 from typing import Any
 
-from .clibase import UNREACHABLE, Ask
+from .clibase import UNREACHABLE, Ask, needs_permission, out_of_turns
 from .client import Endpoint
 from .errors import LlmError, classify
 
@@ -129,18 +129,9 @@ def opencode_result(events: list[Any], ask: Ask) -> dict[str, Any]:
         elif kind == "error":
             failure = _failure(event)
     if opencode_turns(events) > ask.max_turns:
-        raise LlmError(
-            "max_turns",
-            f"ran out of turns (max_turns {ask.max_turns}) before it finished; raise max_turns or narrow the prompt",
-            usage=spent,
-        )
+        raise out_of_turns(ask, spent)
     if rejected and not ask.autonomous:
-        raise LlmError(
-            "needs_permission",
-            f"opencode stopped to ask permission for {', '.join(sorted(set(rejected)))}, and nobody can answer "
-            "in a sandboxed run; mark the agent `autonomous: true` (it then runs only in a container or pod)",
-            usage=spent,
-        )
+        raise needs_permission("opencode", ", ".join(sorted(set(rejected))), spent)
     if failure is not None:
         failure, status = failure
         if status is not None:

@@ -7,9 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
-import threading
 from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from shared.telemetry import metrics
 from shared.telemetry.metrics import VERSION
 from tests.fakellm import docker_bridge_address
 from tests.integration.dockerclean import remove_mine
+from tests.pages import pages
 
 pytestmark = pytest.mark.docker
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,28 +37,12 @@ def egress_image(base_image: str) -> str:
     return EGRESS
 
 
-class _Hello(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = json.dumps({"port": self.server.server_address[1], "path": self.path}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def servers() -> Iterator[tuple[str, int, int]]:
     """Two HTTP servers on the bridge's address: (address, allowed port, another port)."""
     host = docker_bridge_address()
-    made = [ThreadingHTTPServer((host, 0), _Hello) for _ in range(2)]
-    for server in made:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield host, made[0].server_address[1], made[1].server_address[1]
-    for server in made:
-        server.shutdown()
+    with pages(host) as (ok, other):
+        yield host, ok, other
 
 
 @pytest.fixture

@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import threading
 from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -25,6 +23,7 @@ from services.executor.runtimes.kubernetes import KubernetesRuntime
 from shared.config.settings import KubernetesRuntimeConfig
 from shared.contract.messages import AgentSnapshot, TaskDispatched
 from shared.telemetry import metrics
+from tests.pages import pages
 
 from .fakekube import FakeKube
 
@@ -56,26 +55,10 @@ def kube(tinyproxy: Path) -> Iterator[FakeKube]:
     fake.stop()
 
 
-class _Hello(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = b'{"hello": true}'
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def servers() -> Iterator[tuple[int, int]]:
-    made = [ThreadingHTTPServer(("127.0.0.1", 0), _Hello) for _ in range(2)]
-    for server in made:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield made[0].server_address[1], made[1].server_address[1]
-    for server in made:
-        server.shutdown()
+    with pages("127.0.0.1") as (ok, other):
+        yield ok, other
 
 
 @pytest.fixture
@@ -118,7 +101,7 @@ async def test_the_agent_goes_through_its_own_proxy_and_only_to_its_list(
     out = await runtime.run(t, stdin=json.dumps({"ok": ok, "other": other}).encode(), env={}, timeout_s=60)
     assert out.start_error is None and out.exit_code == 0, (out, out.stderr_tail)
     seen = json.loads(out.stdout)
-    assert seen["ok"] == {"hello": True} and seen["other"] == 403
+    assert seen["ok"] == {"port": ok, "path": "/"} and seen["other"] == 403
     assert seen["proxy"].startswith("http://127.0.0.") and seen["proxy"].endswith(":3128")
     assert metrics.EGRESS_DENIED.labels("prober")._value.get() - before == 1
     assert not kube.invalid, kube.invalid

@@ -22,35 +22,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
 import aiodocker
-import structlog
-
-from shared.telemetry import metrics
 
 from . import egressrules
 
-log = structlog.get_logger("flowyard.executor.egress")
-
 ALIAS = "egress-proxy"
 LABEL = "io.flowyard"
-PROXY_URL = f"http://{ALIAS}:{egressrules.PORT}"
 READY_TIMEOUT_S = 15.0
 
 
 def proxy_env() -> dict[str, str]:
-    """What the agent is given: every spelling clients read (curl and Python the lower-case one)."""
-    return {
-        "HTTPS_PROXY": PROXY_URL,
-        "HTTP_PROXY": PROXY_URL,
-        "https_proxy": PROXY_URL,
-        "http_proxy": PROXY_URL,
-        "NO_PROXY": "",
-        "no_proxy": "",
-    }
+    return egressrules.proxy_env(ALIAS)
 
 
 class EgressError(Exception):
@@ -172,16 +157,7 @@ class DockerEgress:
             with contextlib.suppress(aiodocker.DockerError):
                 text = "".join(await proxy.log(stdout=True, stderr=True))
                 refused = egressrules.refusals(text, every=True)
-        for place, times in Counter(refused).items():
-            log.warning(
-                "the egress proxy refused the agent a host not on its network.allow list",
-                agent=agent,
-                host=place,
-                times=times,
-                container=container,
-            )
-        if refused:
-            metrics.EGRESS_DENIED.labels(agent).inc(len(refused))
+        egressrules.report(agent, refused, container=container)
         # Removed after the attempt's outcome is reported, not before: nothing reads them again.
         removal = asyncio.create_task(self._remove(proxy, net_name))
         self._removing.add(removal)

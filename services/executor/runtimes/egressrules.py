@@ -1,8 +1,9 @@
 """What the egress proxy enforces for one attempt, and what its log says it refused.
 
-Pure: the Docker and Kubernetes runtimes both start Debian's tinyproxy (the image
-``flowyard/egress``) with :func:`config` and :func:`filter_text`, and read its log with
-:func:`refusals` once the agent has ended (docs/agents.md, "Egress").
+The Docker and Kubernetes runtimes both start Debian's tinyproxy (the image ``flowyard/egress``)
+with :func:`config` and :func:`filter_text`, give the agent :func:`proxy_env`, and read the
+proxy's log with :func:`refusals` once the agent has ended, which :func:`report` logs and counts
+(docs/agents.md, "Egress"). All pure but :func:`report`.
 
 tinyproxy matches each request against extended regular expressions: with ``FilterURLs`` a
 CONNECT is matched as ``host:port`` and a plain HTTP request as its whole URL, so an allowlist of
@@ -14,7 +15,15 @@ refusal by port would log no host.
 from __future__ import annotations
 
 import re
+from collections import Counter
+from typing import Any
 from urllib.parse import urlsplit
+
+import structlog
+
+from shared.telemetry import metrics
+
+log = structlog.get_logger("flowyard.executor.egress")
 
 PORT = 3128
 # The proxy prints this once it accepts connections; the agent starts only then.
@@ -85,3 +94,24 @@ def refusals(log_text: str, *, every: bool = False) -> list[str]:
         if every or place not in seen:
             seen.append(place)
     return seen
+
+
+def proxy_env(host: str) -> dict[str, str]:
+    """What the agent is given: every spelling clients read (curl and Python the lower-case one)."""
+    url = f"http://{host}:{PORT}"
+    names = ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy")
+    return {**dict.fromkeys(names, url), "NO_PROXY": "", "no_proxy": ""}
+
+
+def report(agent: str, refused: list[str], **where: Any) -> None:
+    """Each refused place logged once with how often, every refusal counted for the agent."""
+    for place, times in Counter(refused).items():
+        log.warning(
+            "the egress proxy refused the agent a host not on its network.allow list",
+            agent=agent,
+            host=place,
+            times=times,
+            **where,
+        )
+    if refused:
+        metrics.EGRESS_DENIED.labels(agent).inc(len(refused))

@@ -9,18 +9,14 @@ import time
 from typing import Any, Protocol
 
 import httpx2
-import structlog
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import Pod
 from lightkube.resources.networking_v1 import NetworkPolicy
 
 from shared.config.settings import seconds
 from shared.contract.messages import TaskDispatched
-from shared.telemetry import metrics
 
 from . import egressrules, podegress, podspec
-
-log = structlog.get_logger("flowyard.executor.kubernetes")
 
 
 class EgressRefused(Exception):
@@ -90,16 +86,7 @@ async def close_egress(rt: PodApi, task: TaskDispatched) -> list[str]:
     with contextlib.suppress(ApiError, httpx2.TransportError):
         text = (await rt._log(proxy, podegress.PROXY)).decode("utf-8", "replace")
         refused = egressrules.refusals(text, every=True)
-    for place in dict.fromkeys(refused):
-        log.warning(
-            "the egress proxy refused the agent a host not on its network.allow list",
-            agent=task.agent.name,
-            host=place,
-            times=refused.count(place),
-            pod=podspec.pod_name(task.key),
-        )
-    if refused:
-        metrics.EGRESS_DENIED.labels(task.agent.name).inc(len(refused))
+    egressrules.report(task.agent.name, refused, pod=podspec.pod_name(task.key))
     with contextlib.suppress(ApiError, httpx2.TransportError):
         await rt.client.delete(Pod, proxy, namespace=rt.cfg.namespace, grace_period=0)
     with contextlib.suppress(ApiError, httpx2.TransportError):

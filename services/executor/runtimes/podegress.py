@@ -36,9 +36,7 @@ def agent_labels(task: TaskDispatched) -> dict[str, str]:
 
 
 def proxy_env(address: str) -> list[dict[str, str]]:
-    url = f"http://{address}:{egressrules.PORT}"
-    names = ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy")
-    return [{"name": n, "value": url} for n in names] + [{"name": "NO_PROXY", "value": ""}]
+    return [{"name": k, "value": v} for k, v in egressrules.proxy_env(address).items()]
 
 
 def proxy_pod(task: TaskDispatched, settings: PodSettings, image: str) -> dict[str, Any]:
