@@ -358,6 +358,12 @@ def _substitute(expr: str) -> str:
     )
 
 
+# Panels only a sandbox runtime feeds: the mix runs on the process runtime, which has no egress
+# proxy to refuse anything. The metric each one reads is counted on real Docker and on the fake
+# kubelet by tests/integration/test_egress.py and test_kubernetes_egress.py.
+SANDBOX_ONLY = {"flowyard-agents / Egress refused": "flowyard_egress_denied_total"}
+
+
 def test_every_dashboard_query_runs_and_the_overview_and_agents_show_data(mixed: tuple[Stack, Prometheus]) -> None:
     _, prom = mixed
     empty: list[str] = []
@@ -365,6 +371,9 @@ def test_every_dashboard_query_runs_and_the_overview_and_agents_show_data(mixed:
         for title, expr in queries:
             answer = prom.query(_substitute(expr))
             assert answer["status"] == "success", f"{uid} / {title}: {answer.get('error')} in {expr}"
+            if f"{uid} / {title}" in SANDBOX_ONLY:
+                assert SANDBOX_ONLY[f"{uid} / {title}"] in expr, expr
+                continue
             if uid in ("flowyard-overview", "flowyard-agents") and not answer["data"]["result"]:
                 empty.append(f"{uid} / {title}: {expr}")
     assert not empty, "panels without data:\n" + "\n".join(empty)
