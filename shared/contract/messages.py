@@ -22,6 +22,7 @@ from .plans import (  # noqa: F401  (re-exported: the plan is part of the wire c
     RetryPolicy,
     RouteStep,
     Usage,
+    WarmUse,
     Wire,
 )
 

@@ -63,6 +63,15 @@ class AgentResources(Wire, kw_only=True):
     pids: int | None = None
 
 
+class WarmUse(Wire, kw_only=True):
+    """A warm pool (spec.warm): started workers that take one request after another."""
+
+    min: int = 0  # spares kept started once the agent has run here
+    max: int = 4  # workers at most per agent and environment; beyond, attempts start cold
+    idle_s: float = 300.0  # a worker idle this long is stopped (spares beyond `min`)
+    reuse: Literal["run", "agent"] = "run"  # run: a worker never sees two runs' inputs
+
+
 class AgentSnapshot(Wire, kw_only=True):
     """An agent as registered when the run was planned: later re-registrations do not change a run."""
 
@@ -88,6 +97,7 @@ class AgentSnapshot(Wire, kw_only=True):
     # allowlist runs the agent with no network at all rather than with all of it.
     egress_allow: list[str] = []
     egress_provider: bool = False  # ... and the host of the provider the attempt is given
+    warm: WarmUse | None = None  # kept started between attempts (docs/agents.md, "Warm agents")
 
 
 class RetryPolicy(Wire, kw_only=True):

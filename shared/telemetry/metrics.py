@@ -155,6 +155,16 @@ EGRESS_DENIED = Counter(
     "Connections the egress proxy refused an agent with `network: {allow: [...]}` (the host was not on its list)",
     ["agent"],
 )
+WARM_WORKERS = Gauge(
+    "flowyard_warm_workers",
+    "Started workers of agents with spec.warm on this executor, by agent and state (idle or busy)",
+    ["agent", "state"],
+)
+WARM_REQUESTS = Counter(
+    "flowyard_warm_requests_total",
+    "Attempts given to warm workers, by agent and outcome (answered, failed, cold: no worker was free)",
+    ["agent", "outcome"],
+)
 CAPABILITY_UNROUTABLE = Counter(
     "flowyard_capability_unroutable_total",
     "Attempts of a capability node for which no agent could be used or every one failed for a routable reason",

@@ -56,6 +56,14 @@ class NetworkAllow(_Doc, kw_only=True):
     provider: bool = False
 
 
+class WarmSpec(_Doc, kw_only=True):
+    # Workers kept started that take one JSON request per line (docs/agents.md, "Warm agents").
+    min: int = 0  # spares kept started after the agent's first attempt on an executor
+    max: int = 4  # started workers at most (per agent and executor); beyond, attempts start cold
+    idle: str = "5m"  # a worker idle this long is stopped, spares beyond `min` included
+    reuse: Literal["run", "agent"] = "run"  # run: a worker never takes two runs' inputs
+
+
 class LlmSpec(_Doc, kw_only=True):
     provider: str | None = None  # a name under llm.providers; default: llm.default_provider
     kinds: list[str] = []  # the provider kinds it speaks; empty: any
@@ -85,6 +93,7 @@ class AgentSpec(_Doc, kw_only=True):
     # Acts without asking (a coding CLI's skip-permissions mode): never on the process runtime.
     autonomous: bool = False
     llm: LlmSpec | None = None  # it calls a model: a provider is given to it, budgets count it
+    warm: WarmSpec | None = None  # a pool of started workers instead of a start per attempt
 
 
 class AgentDoc(_Doc, kw_only=True):

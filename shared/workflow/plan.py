@@ -13,10 +13,11 @@ from shared.contract.messages import (
     Plan,
     PlannedNode,
     RetryPolicy,
+    WarmUse,
 )
 from shared.formats.durations import parse_duration
 from shared.workflow import routing
-from shared.workflow.model import AgentDoc, ApprovalSpec, NodeDef, RetrySpec, WorkflowDoc
+from shared.workflow.model import AgentDoc, ApprovalSpec, NodeDef, RetrySpec, WarmSpec, WorkflowDoc
 
 
 def snapshot(agent: AgentDoc) -> AgentSnapshot:
@@ -42,7 +43,14 @@ def snapshot(agent: AgentDoc) -> AgentSnapshot:
         capabilities=list(spec.capabilities),
         autonomous=spec.autonomous,
         llm=LlmUse(provider=spec.llm.provider, kinds=list(spec.llm.kinds)) if spec.llm is not None else None,
+        warm=_warm(spec.warm),
     )
+
+
+def _warm(spec: WarmSpec | None) -> WarmUse | None:
+    if spec is None:
+        return None
+    return WarmUse(min=spec.min, max=spec.max, idle_s=parse_duration(spec.idle), reuse=spec.reuse)
 
 
 def node_agents(

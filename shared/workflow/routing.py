@@ -10,6 +10,7 @@ import difflib
 import re
 from collections.abc import Mapping
 
+from shared.formats.durations import parse_duration
 from shared.workflow.model import AgentDoc
 
 CAPABILITY_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -105,4 +106,39 @@ def agent_problems(agent: AgentDoc, where: str) -> list[str]:
                     f"{where}: spec.network.allow: {entry!r} must be host:port, e.g. api.anthropic.com:443 "
                     "(a leading *. allows every subdomain)"
                 )
+    if spec.warm is not None:
+        found.extend(_warm_problems(agent, where))
+    return found
+
+
+MAX_WARM = 64
+
+
+def _warm_problems(agent: AgentDoc, where: str) -> list[str]:
+    """A warm pool's numbers, and the agents a started worker cannot serve."""
+    spec = agent.spec
+    warm = spec.warm
+    assert warm is not None
+    found = []
+    if not 1 <= warm.max <= MAX_WARM:
+        found.append(f"{where}: spec.warm.max must be between 1 and {MAX_WARM} (got {warm.max})")
+    if not 0 <= warm.min <= warm.max:
+        found.append(f"{where}: spec.warm.min must be between 0 and spec.warm.max ({warm.max}); got {warm.min}")
+    try:
+        if parse_duration(warm.idle) <= 0:
+            raise ValueError(warm.idle)
+    except ValueError:
+        found.append(f"{where}: spec.warm.idle: {warm.idle!r} is not a positive duration; write it like 5m or 30s")
+    # A worker is one process (or container) started once: it keeps one command, one working
+    # directory and one way of answering, so what varies per attempt cannot be warm.
+    if spec.stdout != "json":
+        found.append(f"{where}: spec.warm needs stdout: json (a warm worker answers one JSON object per line)")
+    if spec.workspace != "none":
+        found.append(
+            f"{where}: spec.warm cannot be used with workspace: {spec.workspace} (each attempt gets its own copy "
+            "of the workspace, which a started worker cannot); drop spec.warm or the workspace"
+        )
+    for key in ("command_input", "image_input"):
+        if getattr(spec, key) is not None:
+            found.append(f"{where}: spec.warm cannot be used with spec.{key} (the worker's command is fixed once)")
     return found

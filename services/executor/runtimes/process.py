@@ -35,7 +35,9 @@ import structlog
 from shared.contract.messages import TaskDispatched
 from shared.state import workspace as ws
 
+from . import warmio
 from .base import LogSink, Outcome, Runtime, WorkspaceCopy
+from .warm import WarmPools, pool_key
 
 log = structlog.get_logger("flowyard.executor.process")
 
@@ -105,6 +107,7 @@ class ProcessRuntime(Runtime):
         self.spool_retention = spool_retention
         # Set while the executor shuts down: running agents are left for the next executor to adopt.
         self.detach = False
+        self.warm = WarmPools(self.state_dir, max_output_bytes=max_output_bytes, stderr_keep=self.stderr_keep)
         # Spool files are small and many: their own threads, so they never queue behind other
         # blocking work of the process (asyncio's default pool has only cpu_count + 4 threads).
         self._files = ThreadPoolExecutor(max_workers=file_threads, thread_name_prefix="fy-spool")
@@ -140,6 +143,10 @@ class ProcessRuntime(Runtime):
         if program is None:
             return Outcome(None, b"", b"", 0.0, start_error=f"command {command[0]!r} is not on the executor's PATH")
         spool = self.state_dir / spool_name(task.key)
+        if task.agent.warm is not None and workspace is None:
+            warm = await self._run_warm(task, program, spool, stdin, env, timeout_s, on_log)
+            if warm is not None:
+                return warm
         started = time.monotonic()
         loop = asyncio.get_running_loop()
         prepare = functools.partial(_prepare, spool, stdin, time.time() + timeout_s, workspace)
@@ -202,6 +209,53 @@ class ProcessRuntime(Runtime):
         outcome = await self._collect(spool, time.monotonic() - started, timed_out=timed_out)
         return await self._take_workspace(spool, outcome, workspace)
 
+    async def _run_warm(
+        self,
+        task: TaskDispatched,
+        program: str,
+        spool: Path,
+        stdin: bytes,
+        env: Mapping[str, str],
+        timeout_s: float,
+        on_log: LogSink | None,
+    ) -> Outcome | None:
+        """The attempt on a warm worker (see warm.py); None: no worker is free, start it cold."""
+        loop = asyncio.get_running_loop()
+        if await loop.run_in_executor(self._files, spool.exists):
+            return await self._adopt(task, spool)  # an executor before us started it
+        base = {"PATH": SAFE_PATH, "LANG": "C.UTF-8", **env}
+        claim = await self.warm.claim(task, pool_key(task, program, base), program, base)
+        if claim is None:
+            return None
+        worker = claim.worker
+        prepare = functools.partial(warmio.prepare_spool, spool, worker.dir, claim.line, time.time() + timeout_s)
+        stderr_from = await loop.run_in_executor(self._files, prepare)
+        if stderr_from is None:  # a second delivery of it got here first
+            self.warm.release(claim, answered=None)
+            return await self._adopt(task, spool)
+        try:
+            outcome = await warmio.ask(
+                worker.proc, worker.dir, stdin, timeout_s=timeout_s, on_log=on_log, stderr_from=stderr_from
+            )
+        except asyncio.CancelledError:
+            if self.detach:  # it finishes and leaves its answer for the next executor
+                self.warm.abandon(worker)
+            else:  # the run ended: nothing may keep running for it
+                self.warm.kill(worker)
+            raise
+        answered = outcome.exit_code == 0 and not outcome.stdout_overflow
+        if outcome.timed_out:
+            self.warm.kill(worker)
+        else:
+            self.warm.release(claim, answered=answered)
+        finish = functools.partial(warmio.finish_spool, spool, worker.dir, outcome, stderr_from, self.stderr_keep)
+        err, size = await loop.run_in_executor(self._files, finish)
+        worker.written = size + worker.written_out + len(outcome.stdout)
+        worker.written_out += len(outcome.stdout)
+        self.warm.retire_if_grown(worker)
+        self.warm.counted(task.agent.name, "answered" if answered else "failed")
+        return dataclasses.replace(outcome, stderr_tail=err)
+
     async def _follow(self, path: Path, on_log: LogSink, read: list[int]) -> None:
         """Hand on what the agent writes to stderr as it writes it (read from its spool file)."""
         loop = asyncio.get_running_loop()
@@ -229,6 +283,10 @@ class ProcessRuntime(Runtime):
     async def _adopt(self, task: TaskDispatched, spool: Path) -> Outcome | None:
         """Wait for the agent a previous executor started, or read what it left. None: start afresh."""
         log.info("adopting an attempt started before", task=task.key)
+        if not await asyncio.to_thread((spool / "rc").exists):
+            warm = await warmio.adopt(spool)  # a warm worker's attempt: its answer is on file
+            if warm is not None:
+                return warm
         began = time.monotonic()
         deadline = await asyncio.to_thread(_read_float, spool / "deadline")
         while True:
@@ -262,7 +320,11 @@ class ProcessRuntime(Runtime):
                 await asyncio.to_thread(_sweep, self.state_dir, self.spool_retention)
             await asyncio.sleep(min(self.spool_retention / 4, 600))
 
+    async def forget_run(self, run_id: str) -> int:
+        return await self.warm.forget_run(run_id)
+
     async def close(self) -> None:
+        await self.warm.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
         self._files.shutdown(wait=False)
@@ -327,7 +389,8 @@ def _sweep(state_dir: Path, retention: float) -> None:
     cutoff = time.time() - retention
     for spool in state_dir.iterdir():
         with contextlib.suppress(OSError):
-            if spool.stat().st_mtime < cutoff and (spool / "rc").exists():
+            # An attempt's spool once it ended; a warm worker's directory once its agent exited.
+            if spool.stat().st_mtime < cutoff and ((spool / "rc").exists() or (spool / "warm").exists()):
                 _rmtree(spool)
 
 

@@ -1,0 +1,293 @@
+"""Warm workers on the process runtime: an agent started once that answers one request per line.
+
+An agent with ``spec.warm`` is started as a worker that reads one JSON input per line on stdin
+and writes one JSON object per line on stdout, in order; stderr is its log (docs/agents.md,
+"Warm agents"). The pool keeps up to ``max`` of them per agent and environment (its secrets and
+provider included: a worker never sees another environment's secrets) and hands each attempt to
+an idle one, so an attempt costs a line written and a line read instead of a process start.
+
+* ``reuse: run`` (the default): a worker is bound to the first run it serves and stopped when
+  that run ends; it never takes another run's input. Spares (``min``) have served no one yet.
+* Beyond ``max`` busy workers an attempt starts cold, as without ``spec.warm``: never a queue.
+* A worker that dies, times out or overflows fails that attempt only and is replaced.
+
+Effectively once, as for cold attempts: the worker runs under a small ``sh`` wrapper that tees
+its answers into a file in the worker's directory, and each attempt's spool names the worker and
+the line that will hold its answer before the input is written. An executor that dies closes
+the workers' stdin; each finishes the request it holds, leaves the answer in its file and exits,
+and the executor that gets the redelivered dispatch reads it from there (``adopt``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import secrets
+import shutil
+import time
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from shared.contract.messages import TaskDispatched, WarmUse
+from shared.telemetry import metrics
+
+from .warmio import kill_group, make_worker_dir
+
+log = structlog.get_logger("flowyard.executor.warm")
+
+SH = "/bin/sh"
+# $1 is the worker's directory; the rest is the agent's command. `tee -p` keeps writing the file
+# when the executor's end of the pipe has gone (it died): the answer is kept for the adopter.
+WRAPPER = r"""
+dir=$1; shift
+echo $$ > "$dir/pid.tmp" && mv "$dir/pid.tmp" "$dir/pid"
+{ "$@" 2>> "$dir/stderr"; echo $? > "$dir/rc.tmp"; mv "$dir/rc.tmp" "$dir/rc"; } | tee -p -a "$dir/stdout"
+"""
+# What the worker is told: it is warm. Per-attempt values (node, attempt, timeout) are not in
+# its environment, which was fixed when it started.
+PER_ATTEMPT = frozenset({"FLOWYARD_RUN_ID", "FLOWYARD_NODE_ID", "FLOWYARD_ATTEMPT", "FLOWYARD_TIMEOUT_S"})
+# A worker is replaced once its answers or its log pass this: its files live on tmpfs.
+RETIRE_BYTES = 8 * 1024 * 1024
+STOP_GRACE_S = 5.0
+
+
+def pool_key(task: TaskDispatched, program: str, env: Mapping[str, str]) -> str:
+    """Workers are shared only by attempts of the same agent, command and environment (a digest:
+    the secrets in it are never kept as text here)."""
+    digest = hashlib.sha256()
+    for part in (task.agent.name, program, *(task.agent.command or ())[1:]):
+        digest.update(part.encode() + b"\0")
+    for name in sorted(env):
+        if name not in PER_ATTEMPT:
+            digest.update(f"{name}={env[name]}".encode() + b"\0")
+    return f"{task.agent.name}:{digest.hexdigest()[:24]}"
+
+
+def worker_env(env: Mapping[str, str]) -> dict[str, str]:
+    return {**{k: v for k, v in env.items() if k not in PER_ATTEMPT}, "FLOWYARD_WARM": "1"}
+
+
+@dataclass(eq=False)
+class Worker:
+    key: str
+    agent: str
+    dir: Path
+    proc: asyncio.subprocess.Process
+    run_id: str | None = None  # the run it is bound to (reuse: run); None: a spare, or reuse: agent
+    answered: int = 0  # lines it has written: the next answer is line answered + 1
+    busy: bool = False
+    served: bool = False  # has taken a request (a spare has not)
+    written: int = 0  # bytes of answers and log on file: past RETIRE_BYTES it is replaced
+    written_out: int = 0  # ... of answers
+    last_used: float = field(default_factory=time.monotonic)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    worker: Worker
+    line: int  # the line of the worker's stdout file that will hold this attempt's answer
+
+
+class WarmPools:
+    """The warm workers of one process runtime, by pool key."""
+
+    def __init__(self, state_dir: Path, *, max_output_bytes: int, stderr_keep: int) -> None:
+        self.state_dir = state_dir
+        self.max_output_bytes = max_output_bytes
+        self.stderr_keep = stderr_keep
+        self.detach = False
+        self._workers: dict[str, list[Worker]] = {}
+        self._settings: dict[str, WarmUse] = {}
+        self._reaper: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[object]] = set()
+
+    # --- handing out workers -------------------------------------------------------------------
+
+    async def claim(self, task: TaskDispatched, key: str, program: str, env: Mapping[str, str]) -> Claim | None:
+        """An idle worker for this attempt (started if need be), marked busy; None: start cold."""
+        warm = task.agent.warm
+        assert warm is not None
+        self._settings[key] = warm
+        if self._reaper is None:
+            self._reaper = asyncio.create_task(self._reap_forever(), name="executor:warm-reaper")
+        bound = task.run_id if warm.reuse == "run" else None
+        workers = self._workers.setdefault(key, [])
+        workers[:] = [w for w in workers if w.alive]
+        chosen = next((w for w in workers if not w.busy and w.run_id == bound and w.served), None)
+        chosen = chosen or next((w for w in workers if not w.busy and not w.served), None)
+        if chosen is None and len(workers) >= warm.max and warm.reuse == "run":
+            # Full, and an idle one is bound to another run: it makes room (a run that waits
+            # for an approval would otherwise keep its workers from everyone).
+            other = min((w for w in workers if not w.busy), key=lambda w: w.last_used, default=None)
+            if other is not None:
+                self._stop(other)
+        if chosen is None and len(workers) < warm.max:
+            chosen = await self._start(task, key, program, env)
+        if chosen is None:
+            metrics.WARM_REQUESTS.labels(task.agent.name, "cold").inc()
+            return None
+        chosen.busy = True
+        chosen.served = True
+        chosen.run_id = bound
+        self._count(task.agent.name)
+        self._top_up(task, key, program, env)
+        return Claim(chosen, chosen.answered + 1)
+
+    def release(self, claim: Claim, *, answered: bool | None) -> None:
+        """The attempt is over. A worker that did not answer cleanly is not used again; None:
+        it was never given the input."""
+        worker = claim.worker
+        worker.busy = False
+        worker.last_used = time.monotonic()
+        if answered:
+            worker.answered = claim.line
+        elif answered is not None:
+            self._stop(worker)
+        self._count(worker.agent)
+
+    def counted(self, agent: str, outcome: str) -> None:
+        metrics.WARM_REQUESTS.labels(agent, outcome).inc()
+
+    def retire_if_grown(self, worker: Worker) -> None:
+        """Replace a worker whose files (on tmpfs) have grown past RETIRE_BYTES."""
+        if worker.written > RETIRE_BYTES and not worker.busy:
+            self._stop(worker)
+            self._count(worker.agent)
+
+    def _top_up(self, task: TaskDispatched, key: str, program: str, env: Mapping[str, str]) -> None:
+        """Keep `min` spares started, in the background: the next run's first attempt is warm too."""
+        warm = self._settings[key]
+        workers = self._workers[key]
+        spares = sum(1 for w in workers if not w.served)
+        for _ in range(min(warm.min - spares, warm.max - len(workers))):
+            self._later(self._start(task, key, program, env))
+
+    async def _start(self, task: TaskDispatched, key: str, program: str, env: Mapping[str, str]) -> Worker | None:
+        agent = task.agent.name
+        home = self.state_dir / f"warm-{agent}-{secrets.token_hex(6)}"
+        try:
+            await asyncio.to_thread(make_worker_dir, home)
+            proc = await asyncio.create_subprocess_exec(
+                SH,
+                "-c",
+                WRAPPER,
+                "flowyard-warm",
+                str(home),
+                program,
+                *(task.agent.command or ())[1:],
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+                cwd=home / "work",
+                env={**worker_env(env), "HOME": str(home / "work"), "TMPDIR": str(home / "work")},
+                start_new_session=True,
+                limit=self.max_output_bytes + 2,  # a longer line is an overflow, not a hang
+            )
+        except OSError as exc:
+            log.warning("could not start a warm worker; attempts start cold", agent=agent, error=exc.strerror)
+            await asyncio.to_thread(shutil.rmtree, home, True)
+            return None
+        worker = Worker(key, agent, home, proc)
+        self._workers.setdefault(key, []).append(worker)
+        self._count(agent)
+        log.info("warm worker started", agent=agent, worker=home.name)
+        return worker
+
+    # --- stopping ------------------------------------------------------------------------------
+
+    def _stop(self, worker: Worker) -> None:
+        workers = self._workers.get(worker.key, [])
+        if worker in workers:
+            workers.remove(worker)
+        self._later(self._end(worker))
+
+    def _later(self, work: Coroutine[object, object, object]) -> None:
+        task: asyncio.Task[object] = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _end(self, worker: Worker, *, keep_files: bool = False) -> None:
+        """EOF on its stdin asks it to end; after a grace period it is killed. Its files go
+        unless an attempt it still holds may be adopted from them."""
+        if worker.proc.stdin is not None:
+            with contextlib.suppress(Exception):
+                worker.proc.stdin.close()
+        if not keep_files:
+            try:
+                await asyncio.wait_for(worker.proc.wait(), STOP_GRACE_S)
+            except TimeoutError:
+                kill_group(worker.proc.pid)
+                await worker.proc.wait()
+            kill_group(worker.proc.pid)
+            await asyncio.to_thread(shutil.rmtree, worker.dir, True)
+        log.info("warm worker stopped", agent=worker.agent, worker=worker.dir.name)
+
+    def kill(self, worker: Worker) -> None:
+        """Kill it now (a timeout, the run ended): what it was doing is abandoned."""
+        kill_group(worker.proc.pid)
+        self._stop(worker)
+        self._count(worker.agent)
+
+    def abandon(self, worker: Worker) -> None:
+        """The executor is shutting down with this worker busy: let it finish and keep its answer
+        on file for the next executor to adopt; it ends when its stdin closes."""
+        workers = self._workers.get(worker.key, [])
+        if worker in workers:
+            workers.remove(worker)
+        if worker.proc.stdin is not None:
+            with contextlib.suppress(Exception):
+                worker.proc.stdin.close()
+        self._count(worker.agent)
+
+    async def forget_run(self, run_id: str) -> int:
+        """The run ended: its bound workers go (reuse: run never hands them to another run)."""
+        ended = [w for ws in self._workers.values() for w in ws if w.run_id == run_id]
+        for worker in ended:
+            if worker.busy:
+                kill_group(worker.proc.pid)
+            self._stop(worker)
+            self._count(worker.agent)
+        return len(ended)
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for key, workers in list(self._workers.items()):
+                warm = self._settings.get(key)
+                if warm is None:
+                    continue
+                idle = sorted((w for w in workers if not w.busy), key=lambda w: w.last_used)
+                spares = sum(1 for w in workers if not w.served)
+                for worker in idle:
+                    if not worker.alive:
+                        self._stop(worker)
+                    elif now - worker.last_used > warm.idle_s and (worker.served or spares > warm.min):
+                        spares -= 0 if worker.served else 1
+                        self._stop(worker)
+                    else:
+                        continue
+                    self._count(worker.agent)
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+        workers = [w for ws in self._workers.values() for w in ws]
+        self._workers.clear()
+        await asyncio.gather(*(self._end(w) for w in workers), return_exceptions=True)
+        if self._background:
+            await asyncio.wait(self._background, timeout=STOP_GRACE_S + 1)
+
+    def _count(self, agent: str) -> None:
+        mine = [w for ws in self._workers.values() for w in ws if w.agent == agent]
+        busy = sum(1 for w in mine if w.busy)
+        metrics.WARM_WORKERS.labels(agent, "busy").set(busy)
+        metrics.WARM_WORKERS.labels(agent, "idle").set(len(mine) - busy)

@@ -1,0 +1,214 @@
+"""One attempt on a warm worker: its spool, the line written and the line read, and adoption.
+
+The attempt's spool (named after its key, as a cold attempt's) holds ``warm``: the worker's
+directory and the line of its answers file that will hold this attempt's answer, written before
+the input is. Once answered, the spool gets ``stdout`` and ``rc`` like a cold attempt's, so a
+redelivery reads the same result. An executor that finds a spool with ``warm`` and no ``rc``
+waits for that line, or for the worker to end without it (lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+from .base import LogSink, Outcome
+
+_POLL = 0.02
+
+
+def make_worker_dir(home: Path) -> None:
+    home.mkdir(mode=0o700, parents=True)
+    (home / "work").mkdir(mode=0o700)
+    (home / "stderr").touch()
+    (home / "stdout").touch()
+
+
+def prepare_spool(spool: Path, worker_dir: Path, line: int, deadline: float) -> int | None:
+    """Record which worker and line answer this attempt; None when the spool exists (adopt it).
+    Returns how much the worker has written to stderr so far: this attempt's log starts there."""
+    try:
+        spool.mkdir(mode=0o700)
+    except FileExistsError:
+        return None
+    (spool / "deadline").write_text(repr(deadline))
+    (spool / "warm.tmp").write_text(f"{worker_dir}\n{line}\n")
+    os.replace(spool / "warm.tmp", spool / "warm")
+    try:
+        return (worker_dir / "stderr").stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def finish_spool(spool: Path, worker_dir: Path, outcome: Outcome, stderr_from: int, keep: int) -> tuple[bytes, int]:
+    """Keep the answer where a redelivery finds it; (this attempt's stderr tail, stderr's size)."""
+    err = b""
+    size = stderr_from
+    with contextlib.suppress(FileNotFoundError), (worker_dir / "stderr").open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(stderr_from, size - keep))
+        err = f.read()
+    if outcome.exit_code is not None:
+        (spool / "stdout").write_bytes(outcome.stdout)
+        (spool / "stderr").write_bytes(err)
+        (spool / "rc.tmp").write_text(str(outcome.exit_code if outcome.exit_code >= 0 else 128 - outcome.exit_code))
+        os.replace(spool / "rc.tmp", spool / "rc")
+    return err, size
+
+
+async def ask(
+    proc: asyncio.subprocess.Process,
+    worker_dir: Path,
+    stdin: bytes,
+    *,
+    timeout_s: float,
+    on_log: LogSink | None,
+    stderr_from: int,
+) -> Outcome:
+    """Write one input line to the worker and read its answer line."""
+    began = time.monotonic()
+    follower = asyncio.create_task(_follow(worker_dir / "stderr", on_log, stderr_from)) if on_log else None
+    # Compact JSON holds no raw newline; a pretty-printed input would be flattened, not split.
+    data = stdin.replace(b"\n", b" ") + b"\n"
+    try:
+        line = await asyncio.wait_for(_exchange(proc, data), timeout=timeout_s)
+    except TimeoutError:
+        return Outcome(None, b"", b"", time.monotonic() - began, timed_out=True)
+    except ValueError:  # the answer is longer than executor.max_output_bytes
+        return Outcome(0, b"", b"", time.monotonic() - began, stdout_overflow=True)
+    except (BrokenPipeError, ConnectionResetError):
+        line = b""
+    finally:
+        if follower is not None:
+            follower.cancel()
+            with contextlib.suppress(BaseException):
+                await follower
+    duration = time.monotonic() - began
+    if not line.endswith(b"\n"):  # it ended before answering
+        code = await _exit_code(proc, worker_dir)
+        return Outcome(code, line, b"", duration, lost=code is None)
+    return Outcome(0, line, b"", duration)
+
+
+async def _exchange(proc: asyncio.subprocess.Process, data: bytes) -> bytes:
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(data)
+    await proc.stdin.drain()
+    return await proc.stdout.readline()
+
+
+async def _exit_code(proc: asyncio.subprocess.Process, worker_dir: Path) -> int | None:
+    """Why a worker stopped answering: its agent's exit status, as the wrapper recorded it."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proc.wait(), 5.0)
+    return _status(await asyncio.to_thread(read_int, worker_dir / "rc"))
+
+
+def _status(rc: int | None) -> int | None:
+    if rc is None:
+        return None
+    if rc == 0:
+        return 1  # it exited "successfully" without answering: this attempt failed
+    return rc if rc < 128 else -(rc - 128)
+
+
+async def adopt(spool: Path) -> Outcome | None:
+    """Wait for the answer a worker started by an executor before us owes this attempt.
+
+    The spool has `warm` and no `rc`. Returns the outcome, written into the spool when it is an
+    answer, or None when the spool is not a warm one after all."""
+    marker = await asyncio.to_thread(_read_marker, spool)
+    if marker is None:
+        return None
+    worker_dir, line = marker
+    deadline = await asyncio.to_thread(read_float, spool / "deadline")
+    began = time.monotonic()
+    while True:
+        answer = await asyncio.to_thread(answer_line, worker_dir, line)
+        if answer is not None:
+            outcome = Outcome(0, answer, b"", time.monotonic() - began)
+            await asyncio.to_thread(finish_spool, spool, worker_dir, outcome, 0, 16384)
+            return outcome
+        pid = await asyncio.to_thread(read_int, worker_dir / "pid")
+        ended = await asyncio.to_thread((worker_dir / "rc").exists)
+        if ended or pid is None or not await asyncio.to_thread(_alive, pid, worker_dir):
+            if await asyncio.to_thread(answer_line, worker_dir, line) is not None:
+                continue  # it answered as it ended
+            return Outcome(None, b"", b"", time.monotonic() - began, lost=True)
+        if deadline is not None and time.time() > deadline:
+            kill_group(pid)
+            return Outcome(None, b"", b"", time.monotonic() - began, timed_out=True)
+        await asyncio.sleep(_POLL)
+
+
+def _read_marker(spool: Path) -> tuple[Path, int] | None:
+    try:
+        where, line = (spool / "warm").read_text().split("\n")[:2]
+        return Path(where), int(line)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def answer_line(worker_dir: Path, line: int) -> bytes | None:
+    """Line ``line`` (1-based) of a worker's answers, once it has been written whole."""
+    try:
+        data = (worker_dir / "stdout").read_bytes()
+    except FileNotFoundError:
+        return None
+    lines = data.split(b"\n")
+    # A whole line is followed by a newline: the last element is what is still being written.
+    return lines[line - 1] + b"\n" if len(lines) > line else None
+
+
+async def _follow(path: Path, on_log: LogSink | None, offset: int) -> None:
+    """Hand on what the worker writes to stderr while it holds this attempt."""
+    assert on_log is not None
+    while True:
+        chunk = await asyncio.to_thread(read_from, path, offset)
+        if chunk:
+            offset += len(chunk)
+            on_log(chunk)
+        else:
+            await asyncio.sleep(0.1)
+
+
+def _alive(pid: int, worker_dir: Path) -> bool:
+    """Is ``pid`` alive and that worker's wrapper (not a recycled pid)?"""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state != "Z" and str(worker_dir).encode() in cmdline
+
+
+def read_from(path: Path, offset: int, limit: int = 256 * 1024) -> bytes:
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            return f.read(limit)
+    except FileNotFoundError:
+        return b""
+
+
+def read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def read_float(path: Path) -> float | None:
+    try:
+        return float(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
