@@ -115,6 +115,21 @@ def judge(task: TaskDispatched, outcome: Outcome, *, log_tail_bytes: int) -> Jud
 
 
 def _judge(task: TaskDispatched, outcome: Outcome, detail: str) -> Judgement:
+    if task.agent.warm is not None and outcome.exit_code == 0 and not outcome.timed_out:
+        # A warm worker fails one attempt and goes on serving by answering the failure shape.
+        said = failure_report(outcome.stdout)
+        if said is not None:
+            cause, words, report = said
+            usage, model = usage_of(report) if task.agent.llm is not None else (None, "")
+            return Judgement(
+                False,
+                error=f"answered a failure: {cause}: {words}",
+                reason="exit",
+                exit_code=1,
+                cause=cause,
+                usage=usage,
+                model=model,
+            )
     if outcome.lost:
         return Judgement(
             False,

@@ -229,7 +229,22 @@ async def amain(stdin: str, environ: Mapping[str, str]) -> tuple[dict[str, Any],
         return failure, EXIT_FAILED
 
 
+async def serve(environ: Mapping[str, str]) -> None:
+    """Warm (spec.warm): one JSON input per line, one answer per line, until stdin ends. A failed
+    call is answered in the failure shape and the worker goes on (docs/agents.md, "Warm agents")."""
+    loop = asyncio.get_running_loop()
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        if not line.strip():
+            continue
+        output, _ = await amain(line, environ)
+        sys.stdout.write(json.dumps(output) + "\n")
+        sys.stdout.flush()
+
+
 def main() -> None:
+    if os.environ.get("FLOWYARD_WARM") == "1":
+        asyncio.run(serve(os.environ))
+        return
     output, code = asyncio.run(amain(sys.stdin.read(), os.environ))
     sys.stdout.write(json.dumps(output) + "\n")
     sys.stdout.flush()

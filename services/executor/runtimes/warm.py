@@ -47,9 +47,9 @@ dir=$1; shift
 echo $$ > "$dir/pid.tmp" && mv "$dir/pid.tmp" "$dir/pid"
 { "$@" 2>> "$dir/stderr"; echo $? > "$dir/rc.tmp"; mv "$dir/rc.tmp" "$dir/rc"; } | tee -p -a "$dir/stdout"
 """
-# What the worker is told: it is warm. Per-attempt values (node, attempt, timeout) are not in
-# its environment, which was fixed when it started.
-PER_ATTEMPT = frozenset({"FLOWYARD_RUN_ID", "FLOWYARD_NODE_ID", "FLOWYARD_ATTEMPT", "FLOWYARD_TIMEOUT_S"})
+# What the worker is told: it is warm. Per-attempt values (run, node, attempt) are not in its
+# environment, which was fixed when it started; the timeout is, and keys the pool like the rest.
+PER_ATTEMPT = frozenset({"FLOWYARD_RUN_ID", "FLOWYARD_NODE_ID", "FLOWYARD_ATTEMPT"})
 # A worker is replaced once its answers or its log pass this: its files live on tmpfs.
 RETIRE_BYTES = 8 * 1024 * 1024
 STOP_GRACE_S = 5.0
