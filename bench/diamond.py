@@ -77,9 +77,10 @@ def rss_kib(pid: int) -> int:
 
 
 class Runner:
-    def __init__(self, bus: Bus, definition: dict) -> None:
+    def __init__(self, bus: Bus, definition: dict, workflow: str = "bench-diamond") -> None:
         self.bus = bus
         self.definition = definition
+        self.workflow = workflow
         self.waiting: dict[str, asyncio.Future[tuple[float, RunFinished]]] = {}
 
     async def listen(self) -> None:
@@ -97,7 +98,7 @@ class Runner:
         run_id = f"bench{time.time_ns():x}{i}"
         fut: asyncio.Future[tuple[float, RunFinished]] = asyncio.get_running_loop().create_future()
         self.waiting[run_id] = fut
-        request = RunRequested(run_id=run_id, workflow="bench-diamond", definition=self.definition, inputs={"n": i})
+        request = RunRequested(run_id=run_id, workflow=self.workflow, definition=self.definition, inputs={"n": i})
         t0 = time.perf_counter()
         await self.bus.publish(subjects.run_requested(run_id), request, msg_id=f"{run_id}:requested")
         t1, finished = await asyncio.wait_for(fut, 60)

@@ -35,6 +35,7 @@ APPROVER = "amy"
 EXPECTED = {
     "chaos-diamond": ({"total": 8}, ("a", "b", "c", "f0", "f1", "f2", "e")),
     "chaos-gate": ({"total": 3}, ("a", "deploy", "after")),
+    "chaos-warm": ({"total": 8}, ("a", "b", "c", "f0", "f1", "f2", "e")),
 }
 
 

@@ -34,3 +34,9 @@ def chaos(nats_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 @pytest.mark.parametrize("victim", list(SCENARIOS))
 def test_a_service_sigkilled_at_random_loses_nothing_and_repeats_nothing(chaos: Chaos, victim: str) -> None:
     run_trials(chaos, victim, SCENARIOS[victim], trials(20))
+
+
+def test_the_executor_sigkilled_while_warm_workers_hold_requests(chaos: Chaos) -> None:
+    """Warm workers (spec.warm) finish the request they hold and leave the answer on file: the
+    next executor reads it instead of running the attempt again."""
+    run_trials(chaos, "executor", Scenario("chaos-warm", window=1.2), trials(10))
