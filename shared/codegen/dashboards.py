@@ -386,6 +386,17 @@ def agents() -> DashboardSpec:
                             "{{agent}}",
                         ),
                     ),
+                    ts(
+                        "Warm workers",
+                        "Started workers of agents with spec.warm (idle, busy) and their attempts by outcome:"
+                        " answered, failed, cold (every worker was busy: raise spec.warm.max when it stays above 0).",
+                        "short",
+                        q(f"sum by (agent, state) (flowyard_warm_workers{AGENT})", "{{agent}} {{state}}"),
+                        q(
+                            f"sum by (agent, outcome) (increase(flowyard_warm_requests_total{AGENT}[{RATE}]))",
+                            "{{agent}} {{outcome}}",
+                        ),
+                    ),
                 ],
             ),
             (
