@@ -45,12 +45,12 @@ AGENTS = """
 apiVersion: flowyard/v1
 kind: Agent
 metadata: {name: llm-good}
-spec: {command: [flowyard-agent-llm], capabilities: [bench_triage], llm: {provider: good}}
+spec: {command: [flowyard-agent-llm], capabilities: [bench_triage], llm: {provider: good}, warm: {max: 4, reuse: agent}}
 ---
 apiVersion: flowyard/v1
 kind: Agent
 metadata: {name: llm-limited}
-spec: {command: [flowyard-agent-llm], capabilities: [bench_triage], llm: {provider: limited}}
+spec: {command: [flowyard-agent-llm], capabilities: [bench_triage], llm: {provider: limited}, warm: {max: 4, reuse: agent}}
 """
 
 

@@ -24,7 +24,7 @@ import msgspec
 
 from shared.config.llm import ProviderConfig
 
-from .client import Endpoint, call
+from .client import Endpoint, call, new_client
 from .errors import LlmError
 from .protocol import Answer, Request, Turn
 
@@ -211,7 +211,9 @@ def endpoint_from_env(environ: Mapping[str, str]) -> Endpoint:
     return Endpoint(name=name, config=config, api_key=environ.get("FLOWYARD_LLM_API_KEY") or None)
 
 
-async def amain(stdin: str, environ: Mapping[str, str]) -> tuple[dict[str, Any], int]:
+async def amain(
+    stdin: str, environ: Mapping[str, str], http: httpx.AsyncClient | None = None
+) -> tuple[dict[str, Any], int]:
     spent = Spent()
     timeout = float(environ.get("FLOWYARD_TIMEOUT_S") or 300)
     # A second in hand: the answer must be printed before the executor's timeout kills us.
@@ -222,7 +224,7 @@ async def amain(stdin: str, environ: Mapping[str, str]) -> tuple[dict[str, Any],
         except json.JSONDecodeError as exc:
             raise LlmError("bad_request", f"the input is not JSON ({exc.msg})") from None
         endpoint = endpoint_from_env(environ)
-        return await run(given, endpoint, deadline=deadline, spent=spent), 0
+        return await run(given, endpoint, deadline=deadline, spent=spent, http=http), 0
     except LlmError as exc:
         log(f"failed ({exc.reason}): {exc.message}")
         failure = {"error": {"reason": exc.reason, "message": exc.message}, "usage": spent.json()}
@@ -233,12 +235,22 @@ async def serve(environ: Mapping[str, str]) -> None:
     """Warm (spec.warm): one JSON input per line, one answer per line, until stdin ends. A failed
     call is answered in the failure shape and the worker goes on (docs/agents.md, "Warm agents")."""
     loop = asyncio.get_running_loop()
-    while line := await loop.run_in_executor(None, sys.stdin.readline):
-        if not line.strip():
-            continue
-        output, _ = await amain(line, environ)
-        sys.stdout.write(json.dumps(output) + "\n")
-        sys.stdout.flush()
+    # One client for the worker's life: its connections to the provider are kept between calls.
+    # The provider is fixed by the environment, which does not change while the worker runs.
+    try:
+        http: httpx.AsyncClient | None = new_client(endpoint_from_env(environ))
+    except LlmError:
+        http = None  # each call says what is wrong with the provider it was given
+    try:
+        while line := await loop.run_in_executor(None, sys.stdin.readline):
+            if not line.strip():
+                continue
+            output, _ = await amain(line, environ, http)
+            sys.stdout.write(json.dumps(output) + "\n")
+            sys.stdout.flush()
+    finally:
+        if http is not None:
+            await http.aclose()
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """A workflow's ``concurrency`` queue at 1,000 and 10,000 queued runs: bytes written and time.
 
-    .venv/bin/python bench/queue.py [--runs 1000,10000]
+    .venv/bin/python bench/concurrency_queue.py [--runs 1000,10000]
 
 Starts a nats-server, creates the topology and, for each N, queues N runs of one workflow whose
 ``concurrency`` is 1 through the scheduler's own ``Admission`` (the code the scheduler runs),
