@@ -221,8 +221,6 @@ class ProcessRuntime(Runtime):
     ) -> Outcome | None:
         """The attempt on a warm worker (see warm.py); None: no worker is free, start it cold."""
         loop = asyncio.get_running_loop()
-        if await loop.run_in_executor(self._files, spool.exists):
-            return await self._adopt(task, spool)  # an executor before us started it
         base = {"PATH": SAFE_PATH, "LANG": "C.UTF-8", **env}
         claim = await self.warm.claim(task, pool_key(task, program, base), program, base)
         if claim is None:
@@ -230,7 +228,7 @@ class ProcessRuntime(Runtime):
         worker = claim.worker
         prepare = functools.partial(warmio.prepare_spool, spool, worker.dir, claim.line, time.time() + timeout_s)
         stderr_from = await loop.run_in_executor(self._files, prepare)
-        if stderr_from is None:  # a second delivery of it got here first
+        if stderr_from is None:  # an executor before us (or a second delivery) started it
             self.warm.release(claim, answered=None)
             return await self._adopt(task, spool)
         try:

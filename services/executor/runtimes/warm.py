@@ -103,7 +103,6 @@ class WarmPools:
         self.state_dir = state_dir
         self.max_output_bytes = max_output_bytes
         self.stderr_keep = stderr_keep
-        self.detach = False
         self._workers: dict[str, list[Worker]] = {}
         self._settings: dict[str, WarmUse] = {}
         self._reaper: asyncio.Task[None] | None = None
