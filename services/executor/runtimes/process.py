@@ -241,13 +241,14 @@ class ProcessRuntime(Runtime):
             else:  # the run ended: nothing may keep running for it
                 self.warm.kill(worker)
             raise
+        # Read its log before the worker may go: a dead one's directory is removed with it.
+        finish = functools.partial(warmio.finish_spool, spool, worker.dir, outcome, stderr_from, self.stderr_keep)
+        err, size = await loop.run_in_executor(self._files, finish)
         answered = outcome.exit_code == 0 and not outcome.stdout_overflow
         if outcome.timed_out:
             self.warm.kill(worker)
         else:
             self.warm.release(claim, answered=answered)
-        finish = functools.partial(warmio.finish_spool, spool, worker.dir, outcome, stderr_from, self.stderr_keep)
-        err, size = await loop.run_in_executor(self._files, finish)
         worker.written = size + worker.written_out + len(outcome.stdout)
         worker.written_out += len(outcome.stdout)
         self.warm.retire_if_grown(worker)
