@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import shutil
 import signal
@@ -125,6 +126,7 @@ class Peer:
                 noop.delay(1).get(timeout=60)  # the worker is up and connected
                 yield self
             finally:
+                gc.collect()  # results still referenced unsubscribe now, while Redis is there
                 APP.close()  # its result consumer, before Redis goes
                 for proc in (worker, redis):
                     with contextlib.suppress(ProcessLookupError):

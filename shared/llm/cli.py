@@ -31,7 +31,7 @@ from .client import Endpoint
 from .codex import codex_command, codex_result, codex_turns
 from .errors import LlmError, classify
 from .gemini import gemini_command, gemini_result, gemini_turns, gemini_watch
-from .opencode import opencode_command, opencode_result, opencode_turns
+from .opencode import opencode_command, opencode_result, opencode_turns, opencode_watch
 
 _NO_KEY = re.compile(r"Not logged in|Invalid API key|/login", re.I)
 _QUIET = {
@@ -103,7 +103,7 @@ DRIVERS = {
     # Claude Code prints one result object, its last line.
     "claude-code": Driver(claude_command, lambda events, ask: claude_result(events[-1], ask)),
     "codex": Driver(codex_command, codex_result, codex_turns),
-    "opencode": Driver(opencode_command, opencode_result, opencode_turns),
+    "opencode": Driver(opencode_command, opencode_result, opencode_turns, opencode_watch),
     "gemini-cli": Driver(gemini_command, gemini_result, gemini_turns, gemini_watch),
 }
 __all__ = [

@@ -71,6 +71,9 @@ def config(ask: Ask, endpoint: Endpoint) -> dict[str, Any]:
 def opencode_command(ask: Ask, endpoint: Endpoint, home: str) -> tuple[list[str], dict[str, str]]:
     # --title: otherwise its first model call would be a title for the session.
     argv = ["opencode", "run", "--format", "json", "--title", "flowyard", "--model", f"flowyard/{ask.model}"]
+    # Its log on stderr, errors only: a provider call that failed and will be retried is there
+    # (OpencodeWatch), and nowhere else until it gives up (about 70 s of back-off later).
+    argv += ["--print-logs", "--log-level", "ERROR"]
     argv += ["--", ask.prompt]
     env = {
         "HOME": home,
@@ -83,6 +86,38 @@ def opencode_command(ask: Ask, endpoint: Endpoint, home: str) -> tuple[list[str]
         KEY_ENV: endpoint.api_key or "none",  # the SDK packages insist on a key; a local server takes any
     }
     return argv, env
+
+
+class OpencodeWatch:
+    """Reads OpenCode's log: the second failed provider call it would retry ends the attempt.
+
+    It retries a 429, a 5xx or a connection error with a growing back-off (2, 5, 8, 18, 40 s ...)
+    before it reports the error; a routable failure must not wait for that, or for the timeout.
+    The log line does not carry the status, so the reason is `provider_unavailable` (routable,
+    like `rate_limited`); an error it does not retry is reported at once in its JSON output.
+    """
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def __call__(self, line: str) -> LlmError | None:
+        if 'message="stream error"' not in line:
+            return None
+        self.seen += 1
+        if self.seen < 2:
+            return None
+        said = _STREAM_ERROR.search(line)
+        detail = f" ({said.group(1)})" if said else ""
+        return LlmError(
+            "provider_unavailable", f"opencode's calls to the provider kept failing{detail}; retried once, gave up"
+        )
+
+
+_STREAM_ERROR = re.compile(r'error\.error="([^"]{1,300})"')
+
+
+def opencode_watch() -> OpencodeWatch:
+    return OpencodeWatch()
 
 
 def opencode_turns(events: list[Any]) -> int:

@@ -127,3 +127,25 @@ def test_a_non_autonomous_agent_is_asked_and_so_refused() -> None:
     with pytest.raises(LlmError) as caught:
         opencode.opencode_command(cli.Ask("look", 5, None, autonomous=True), endpoint, "/tmp/h")
     assert caught.value.reason == "bad_request" and "model" in caught.value.message
+
+
+# Lines OpenCode 1.18 logs with --print-logs --log-level ERROR while it retries an HTTP 500.
+STREAM_ERROR = (
+    'timestamp=2026-12-07T09:36:11.588Z level=ERROR run=830ae9e2 message="stream error" providerID=flowyard '
+    'modelID=m session.id=ses_db02 small=false agent=build mode=primary error.error="AI_APICallError: boom"\n'
+)
+
+
+def test_a_second_retried_provider_error_stops_it_as_routable() -> None:
+    watch = opencode.opencode_watch()
+    assert watch('timestamp=... level=ERROR message="Failed to fetch models.dev" cause=...\n') is None
+    assert watch(STREAM_ERROR) is None  # the first may pass: it retries once at 2 s
+    stopped = watch(STREAM_ERROR)
+    assert stopped is not None and stopped.reason == "provider_unavailable"
+    assert "AI_APICallError: boom" in stopped.message and "retried once" in stopped.message
+
+
+def test_it_is_asked_for_its_error_log() -> None:
+    endpoint = Endpoint("p", ProviderConfig(kind="openai-compatible", base_url="http://x/v1", default_model="m"), None)
+    argv, _ = opencode.opencode_command(ASK, endpoint, "/tmp/h")
+    assert argv[argv.index("--log-level") + 1] == "ERROR" and "--print-logs" in argv
