@@ -1,6 +1,6 @@
 """End-to-end latency of a 5-node diamond of no-op agents, and how much of it is orchestration.
 
-    .venv/bin/python bench/diamond.py [--runs 200] [--warmup 20] [--concurrent 0] [--separate]
+    .venv/bin/python bench/diamond.py [--runs 200] [--warmup 20] [--concurrent 0] [--separate] [--warm]
 
 Starts `flowyard up` (a private nats-server plus the services in one process) — or, with
 --separate, a nats-server and each service as its own `flowyard serve` process — unless
@@ -117,6 +117,7 @@ async def main() -> None:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--concurrent", type=int, default=0, help="also time this many runs submitted at once")
     ap.add_argument("--separate", action="store_true", help="each service in its own process")
+    ap.add_argument("--warm", action="store_true", help="the `cat` agent warm (spec.warm, reuse: agent)")
     args = ap.parse_args()
 
     external = os.environ.get("FLOWYARD_NATS_URL")
@@ -134,11 +135,16 @@ async def main() -> None:
             await measure(stack.url, args)
 
 
-async def connected_runner(url: str) -> tuple[Bus, Runner]:
+async def connected_runner(url: str, *, warm: bool = False) -> tuple[Bus, Runner]:
     """A bus client to the stack at ``url`` with the diamond's agents registered, listening for run ends."""
     bus = Bus(NatsConfig(url=url), BusConfig(), name="bench")
     await bus.connect()
-    bundle = load_bundle(DIAMOND, "bench")
+    text = (
+        DIAMOND.replace("command: [cat]\n", "command: [cat]\n  warm: {min: 4, max: 8, reuse: agent}\n")
+        if warm
+        else DIAMOND
+    )
+    bundle = load_bundle(text, "bench")
     await registry.register(bus, bundle.agents.values())
     runner = Runner(bus, msgspec.to_builtins(bundle.workflow()))
     await runner.listen()
@@ -146,7 +152,7 @@ async def connected_runner(url: str) -> tuple[Bus, Runner]:
 
 
 async def measure(url: str, args: argparse.Namespace) -> None:
-    bus, runner = await connected_runner(url)
+    bus, runner = await connected_runner(url, warm=args.warm)
     try:
         for i in range(args.warmup):
             await runner.one(i)

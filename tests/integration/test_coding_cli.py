@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakellm import FakeProvider, Threaded, answer, calls, docker_bridge_address
+from tests.fakellm import FakeProvider, Threaded, answer, calls, docker_bridge_address, error
 
 pytestmark = pytest.mark.docker
 ROOT = Path(__file__).resolve().parents[2]
@@ -231,6 +231,20 @@ def test_opencode_out_of_turns_fails_saying_so(fake: FakeProvider, tmp_path: Pat
     assert done.returncode == 1
     error = result["nodes"]["fix"]["error"]
     assert "max_turns: ran out of turns (max_turns 1) before it finished" in error, error
+
+
+def test_opencode_against_a_failing_provider_gives_up_as_routable(fake: FakeProvider, tmp_path: Path) -> None:
+    """OpenCode retries a 500 for about 70 s before it says so; its error log is watched and the
+    second retried failure ends the attempt with a routable reason instead."""
+    fake.script[:] = [error(500)] * 6
+    fake.seen.clear()
+    done, result = run_opencode(fake, tmp_path)
+    assert done.returncode == 1, done.stderr
+    node = result["nodes"]["fix"]
+    assert "opencode failed (provider_unavailable: " in node["error"], node["error"]
+    assert "opencode's calls to the provider kept failing (AI_APICallError: scripted 500)" in node["error"]
+    assert [step["outcome"] for step in node["routing"]] == ["failed"]
+    assert len(fake.seen) == 2  # stopped at the second failure, not after its whole back-off
 
 
 # --- Gemini CLI: the same task against the fake's Gemini API -------------------------------------
