@@ -107,6 +107,7 @@ class WarmPools:
         self._settings: dict[str, WarmUse] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[object]] = set()
+        self._starting: dict[str, int] = {}  # workers being started, by pool key
 
     # --- handing out workers -------------------------------------------------------------------
 
@@ -119,7 +120,8 @@ class WarmPools:
             self._reaper = asyncio.create_task(self._reap_forever(), name="executor:warm-reaper")
         bound = task.run_id if warm.reuse == "run" else None
         workers = self._workers.setdefault(key, [])
-        workers[:] = [w for w in workers if w.alive]
+        for dead in [w for w in workers if not w.alive and not w.busy]:
+            self._stop(dead)  # its directory goes with it
         chosen = next((w for w in workers if not w.busy and w.run_id == bound and w.served), None)
         chosen = chosen or next((w for w in workers if not w.busy and not w.served), None)
         if chosen is None and len(workers) >= warm.max and warm.reuse == "run":
@@ -128,7 +130,7 @@ class WarmPools:
             other = min((w for w in workers if not w.busy), key=lambda w: w.last_used, default=None)
             if other is not None:
                 self._stop(other)
-        if chosen is None and len(workers) < warm.max:
+        if chosen is None and len(workers) + self._starting.get(key, 0) < warm.max:
             chosen = await self._start(task, key, program, env)
         if chosen is None:
             metrics.WARM_REQUESTS.labels(task.agent.name, "cold").inc()
@@ -165,11 +167,19 @@ class WarmPools:
         """Keep `min` spares started, in the background: the next run's first attempt is warm too."""
         warm = self._settings[key]
         workers = self._workers[key]
-        spares = sum(1 for w in workers if not w.served)
-        for _ in range(min(warm.min - spares, warm.max - len(workers))):
+        spares = sum(1 for w in workers if not w.served) + self._starting.get(key, 0)
+        for _ in range(min(warm.min - spares, warm.max - len(workers) - self._starting.get(key, 0))):
             self._later(self._start(task, key, program, env))
 
     async def _start(self, task: TaskDispatched, key: str, program: str, env: Mapping[str, str]) -> Worker | None:
+        # Counted while it starts, so that concurrent claims and top-ups never pass `max`.
+        self._starting[key] = self._starting.get(key, 0) + 1
+        try:
+            return await self._spawn(task, key, program, env)
+        finally:
+            self._starting[key] -= 1
+
+    async def _spawn(self, task: TaskDispatched, key: str, program: str, env: Mapping[str, str]) -> Worker | None:
         agent = task.agent.name
         home = self.state_dir / f"warm-{agent}-{secrets.token_hex(6)}"
         try:

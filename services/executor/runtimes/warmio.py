@@ -35,13 +35,14 @@ def prepare_spool(spool: Path, worker_dir: Path, line: int, deadline: float) -> 
         spool.mkdir(mode=0o700)
     except FileExistsError:
         return None
-    (spool / "deadline").write_text(repr(deadline))
-    (spool / "warm.tmp").write_text(f"{worker_dir}\n{line}\n")
-    os.replace(spool / "warm.tmp", spool / "warm")
     try:
-        return (worker_dir / "stderr").stat().st_size
+        stderr_from = (worker_dir / "stderr").stat().st_size
     except FileNotFoundError:
-        return 0
+        stderr_from = 0
+    (spool / "deadline").write_text(repr(deadline))
+    (spool / "warm.tmp").write_text(f"{worker_dir}\n{line}\n{stderr_from}\n")
+    os.replace(spool / "warm.tmp", spool / "warm")
+    return stderr_from
 
 
 def finish_spool(spool: Path, worker_dir: Path, outcome: Outcome, stderr_from: int, keep: int) -> tuple[bytes, int]:
@@ -124,15 +125,16 @@ async def adopt(spool: Path) -> Outcome | None:
     marker = await asyncio.to_thread(_read_marker, spool)
     if marker is None:
         return None
-    worker_dir, line = marker
+    worker_dir, line, stderr_from = marker
     deadline = await asyncio.to_thread(read_float, spool / "deadline")
     began = time.monotonic()
     while True:
         answer = await asyncio.to_thread(answer_line, worker_dir, line)
         if answer is not None:
             outcome = Outcome(0, answer, b"", time.monotonic() - began)
-            await asyncio.to_thread(finish_spool, spool, worker_dir, outcome, 0, 16384)
-            return outcome
+            # Its log from where this attempt's began: never an earlier attempt's (another run's).
+            err, _ = await asyncio.to_thread(finish_spool, spool, worker_dir, outcome, stderr_from, 16384)
+            return Outcome(0, answer, err, outcome.duration_s)
         pid = await asyncio.to_thread(read_int, worker_dir / "pid")
         ended = await asyncio.to_thread((worker_dir / "rc").exists)
         if ended or pid is None or not await asyncio.to_thread(_alive, pid, worker_dir):
@@ -145,10 +147,10 @@ async def adopt(spool: Path) -> Outcome | None:
         await asyncio.sleep(_POLL)
 
 
-def _read_marker(spool: Path) -> tuple[Path, int] | None:
+def _read_marker(spool: Path) -> tuple[Path, int, int] | None:
     try:
-        where, line = (spool / "warm").read_text().split("\n")[:2]
-        return Path(where), int(line)
+        where, line, stderr_from = (spool / "warm").read_text().split("\n")[:3]
+        return Path(where), int(line), int(stderr_from)
     except (FileNotFoundError, ValueError):
         return None
 
