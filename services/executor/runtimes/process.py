@@ -22,7 +22,6 @@ import dataclasses
 import functools
 import os
 import shutil
-import signal
 import sys
 import time
 import warnings
@@ -37,6 +36,7 @@ from shared.state import workspace as ws
 
 from . import warmio
 from .base import LogSink, Outcome, Runtime, WorkspaceCopy
+from .spoolfiles import is_wrapper, kill_group, read_float, read_from, read_int
 from .warm import WarmPools, pool_key
 
 log = structlog.get_logger("flowyard.executor.process")
@@ -187,11 +187,11 @@ class ProcessRuntime(Runtime):
             await asyncio.wait_for(proc.wait(), timeout=timeout_s)
         except TimeoutError:
             timed_out = True
-            _kill_group(proc.pid)
+            kill_group(proc.pid)
             await proc.wait()
         except asyncio.CancelledError:
             if not self.detach:  # the run ended: nothing may keep running for it
-                _kill_group(proc.pid)
+                kill_group(proc.pid)
                 with contextlib.suppress(Exception):
                     await asyncio.shield(proc.wait())
             raise
@@ -202,10 +202,10 @@ class ProcessRuntime(Runtime):
                     await follower
                 # The agent has ended: hand on the last of what it wrote.
                 with contextlib.suppress(Exception):
-                    last = await loop.run_in_executor(self._files, _read_from, spool / "stderr", read[0])
+                    last = await loop.run_in_executor(self._files, read_from, spool / "stderr", read[0])
                     if last and on_log is not None:
                         on_log(last)
-        _kill_group(proc.pid)  # leftovers the agent started in the background
+        kill_group(proc.pid)  # leftovers the agent started in the background
         outcome = await self._collect(spool, time.monotonic() - started, timed_out=timed_out)
         return await self._take_workspace(spool, outcome, workspace)
 
@@ -259,7 +259,7 @@ class ProcessRuntime(Runtime):
         """Hand on what the agent writes to stderr as it writes it (read from its spool file)."""
         loop = asyncio.get_running_loop()
         while True:
-            chunk = await loop.run_in_executor(self._files, _read_from, path, read[0])
+            chunk = await loop.run_in_executor(self._files, read_from, path, read[0])
             if chunk:
                 read[0] += len(chunk)
                 on_log(chunk)
@@ -287,24 +287,24 @@ class ProcessRuntime(Runtime):
             if warm is not None:
                 return warm
         began = time.monotonic()
-        deadline = await asyncio.to_thread(_read_float, spool / "deadline")
+        deadline = await asyncio.to_thread(read_float, spool / "deadline")
         while True:
             if await asyncio.to_thread((spool / "rc").exists):
                 return await self._collect(spool, time.monotonic() - began, timed_out=False)
-            pid = await asyncio.to_thread(_read_int, spool / "pid")
+            pid = await asyncio.to_thread(read_int, spool / "pid")
             if pid is None:
                 if time.monotonic() - began > 5:
                     # Prepared but never started (the executor died in between): start it now.
                     await asyncio.to_thread(shutil.rmtree, spool, True)
                     return None
-            elif not await asyncio.to_thread(_is_wrapper, pid, spool):
+            elif not await asyncio.to_thread(is_wrapper, pid, spool):
                 if await asyncio.to_thread((spool / "rc").exists):
                     continue
                 timed_out = deadline is not None and time.time() > deadline
                 outcome = await self._collect(spool, time.monotonic() - began, timed_out=timed_out)
                 return outcome if timed_out else _lost(outcome)
             elif deadline is not None and time.time() > deadline:
-                _kill_group(pid)
+                kill_group(pid)
                 return await self._collect(spool, time.monotonic() - began, timed_out=True)
             await asyncio.sleep(_POLL)
 
@@ -363,7 +363,7 @@ def default_state_dir() -> Path:
 
 
 def _collect(spool: Path, duration: float, timed_out: bool, max_out: int, keep_err: int) -> Outcome:
-    rc = _read_int(spool / "rc")
+    rc = read_int(spool / "rc")
     out = b""
     overflow = False
     with contextlib.suppress(FileNotFoundError), (spool / "stdout").open("rb") as f:
@@ -399,41 +399,3 @@ def _rmtree(root: Path) -> None:
         with contextlib.suppress(OSError):
             os.chmod(dirpath, 0o700)
     shutil.rmtree(root, ignore_errors=True)
-
-
-def _read_from(path: Path, offset: int) -> bytes:
-    try:
-        with path.open("rb") as f:
-            f.seek(offset)
-            return f.read(256 * 1024)
-    except FileNotFoundError:
-        return b""
-
-
-def _read_int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def _read_float(path: Path) -> float | None:
-    try:
-        return float(path.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def _is_wrapper(pid: int, spool: Path) -> bool:
-    """Is ``pid`` alive and our wrapper for this spool (not a recycled pid)?"""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state != "Z" and str(spool).encode() in cmdline
-
-
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)

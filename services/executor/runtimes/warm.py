@@ -35,7 +35,8 @@ import structlog
 from shared.contract.messages import TaskDispatched, WarmUse
 from shared.telemetry import metrics
 
-from .warmio import kill_group, make_worker_dir
+from .spoolfiles import kill_group
+from .warmio import make_worker_dir
 
 log = structlog.get_logger("flowyard.executor.warm")
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import time
 from pathlib import Path
 
 from .base import LogSink, Outcome
+from .spoolfiles import is_wrapper, kill_group, read_float, read_from, read_int
 
 _POLL = 0.02
 
@@ -137,7 +137,7 @@ async def adopt(spool: Path) -> Outcome | None:
             return Outcome(0, answer, err, outcome.duration_s)
         pid = await asyncio.to_thread(read_int, worker_dir / "pid")
         ended = await asyncio.to_thread((worker_dir / "rc").exists)
-        if ended or pid is None or not await asyncio.to_thread(_alive, pid, worker_dir):
+        if ended or pid is None or not await asyncio.to_thread(is_wrapper, pid, worker_dir):
             if await asyncio.to_thread(answer_line, worker_dir, line) is not None:
                 continue  # it answered as it ended
             return Outcome(None, b"", b"", time.monotonic() - began, lost=True)
@@ -176,41 +176,3 @@ async def _follow(path: Path, on_log: LogSink | None, offset: int) -> None:
             on_log(chunk)
         else:
             await asyncio.sleep(0.1)
-
-
-def _alive(pid: int, worker_dir: Path) -> bool:
-    """Is ``pid`` alive and that worker's wrapper (not a recycled pid)?"""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state != "Z" and str(worker_dir).encode() in cmdline
-
-
-def read_from(path: Path, offset: int, limit: int = 256 * 1024) -> bytes:
-    try:
-        with path.open("rb") as f:
-            f.seek(offset)
-            return f.read(limit)
-    except FileNotFoundError:
-        return b""
-
-
-def read_int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def read_float(path: Path) -> float | None:
-    try:
-        return float(path.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
