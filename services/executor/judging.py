@@ -114,22 +114,21 @@ def judge(task: TaskDispatched, outcome: Outcome, *, log_tail_bytes: int) -> Jud
     return dataclasses.replace(verdict, error=f"{verdict.error}; last on stderr: {detail}")
 
 
+def _reported(task: TaskDispatched, said: tuple[str, str, dict[str, Any]], how: str, code: int | None) -> Judgement:
+    """A failure the agent reported in the documented shape: its reason is the attempt's cause."""
+    cause, words, report = said
+    usage, model = usage_of(report) if task.agent.llm is not None else (None, "")
+    return Judgement(
+        False, error=f"{how}: {cause}: {words}", reason="exit", exit_code=code, cause=cause, usage=usage, model=model
+    )
+
+
 def _judge(task: TaskDispatched, outcome: Outcome, detail: str) -> Judgement:
     if task.agent.warm is not None and outcome.exit_code == 0 and not outcome.timed_out:
         # A warm worker fails one attempt and goes on serving by answering the failure shape.
         said = failure_report(outcome.stdout)
         if said is not None:
-            cause, words, report = said
-            usage, model = usage_of(report) if task.agent.llm is not None else (None, "")
-            return Judgement(
-                False,
-                error=f"answered a failure: {cause}: {words}",
-                reason="exit",
-                exit_code=1,
-                cause=cause,
-                usage=usage,
-                model=model,
-            )
+            return _reported(task, said, "answered a failure", 1)
     if outcome.lost:
         return Judgement(
             False,
@@ -154,17 +153,7 @@ def _judge(task: TaskDispatched, outcome: Outcome, detail: str) -> Judgement:
         how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
         said = failure_report(outcome.stdout)
         if said is not None:  # the agent said why, in the documented shape: that is the message
-            cause, words, report = said
-            usage, model = usage_of(report) if task.agent.llm is not None else (None, "")
-            return Judgement(
-                False,
-                error=f"{how}: {cause}: {words}",
-                reason="exit",
-                exit_code=code,
-                cause=cause,
-                usage=usage,
-                model=model,
-            )
+            return _reported(task, said, how, code)
         message = how + (f": {detail}" if detail else " (no output on stderr)")
         return Judgement(False, error=message, reason="exit", exit_code=code)
     if outcome.stdout_overflow:
