@@ -284,6 +284,8 @@ class ProcessRuntime(Runtime):
         log.info("adopting an attempt started before", task=task.key)
         if not await asyncio.to_thread((spool / "rc").exists):
             warm = await warmio.adopt(spool)  # a warm worker's attempt: its answer is on file
+            if warm is warmio.AFRESH:
+                return None
             if warm is not None:
                 return warm
         began = time.monotonic()

@@ -42,11 +42,19 @@ log = structlog.get_logger("flowyard.executor.warm")
 
 SH = "/bin/sh"
 # $1 is the worker's directory; the rest is the agent's command. `tee -p` keeps writing the file
-# when the executor's end of the pipe has gone (it died): the answer is kept for the adopter.
+# when the executor's end of the pipe has gone (it died): the answer is kept for the adopter. The
+# inputs it was given are kept too: an adopter tells "died holding it" from "never got it".
 WRAPPER = r"""
 dir=$1; shift
 echo $$ > "$dir/pid.tmp" && mv "$dir/pid.tmp" "$dir/pid"
-{ "$@" 2>> "$dir/stderr"; echo $? > "$dir/rc.tmp"; mv "$dir/rc.tmp" "$dir/rc"; } | tee -p -a "$dir/stdout"
+exec 3<&0
+tee -a "$dir/stdin" <&3 3<&- |
+  { "$@" 2>> "$dir/stderr"; echo $? > "$dir/rc.tmp"; mv "$dir/rc.tmp" "$dir/rc"; } 3<&- |
+  tee -p -a "$dir/stdout" 3<&- &
+# The shell lets go of the pipes: a dead agent's end of stdout is then the end the executor reads,
+# though the input's tee still waits on stdin.
+exec 0</dev/null 1>/dev/null 3<&-
+wait
 """
 # What the worker is told: it is warm. Per-attempt values (run, node, attempt) are not in its
 # environment, which was fixed when it started; the timeout is, and keys the pool like the rest.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -104,9 +105,13 @@ async def _exchange(proc: asyncio.subprocess.Process, data: bytes) -> bytes:
 
 async def _exit_code(proc: asyncio.subprocess.Process, worker_dir: Path) -> int | None:
     """Why a worker stopped answering: its agent's exit status, as the wrapper recorded it."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(proc.wait(), 5.0)
-    return _status(await asyncio.to_thread(read_int, worker_dir / "rc"))
+    # The wrapper records the status as the agent ends (the wrapper itself may linger on stdin).
+    for _ in range(100):
+        rc = await asyncio.to_thread(read_int, worker_dir / "rc")
+        if rc is not None or proc.returncode is not None:
+            return _status(rc if rc is not None else await asyncio.to_thread(read_int, worker_dir / "rc"))
+        await asyncio.sleep(0.05)
+    return None
 
 
 def _status(rc: int | None) -> int | None:
@@ -115,6 +120,17 @@ def _status(rc: int | None) -> int | None:
     if rc == 0:
         return 1  # it exited "successfully" without answering: this attempt failed
     return rc if rc < 128 else -(rc - 128)
+
+
+# adopt(): the attempt never reached its worker; its spool is gone and it is to be started anew.
+AFRESH = Outcome(None, b"", b"", 0.0, start_error="never started")
+
+
+def _lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
 
 
 async def adopt(spool: Path) -> Outcome | None:
@@ -140,6 +156,11 @@ async def adopt(spool: Path) -> Outcome | None:
         if ended or pid is None or not await asyncio.to_thread(is_wrapper, pid, worker_dir):
             if await asyncio.to_thread(answer_line, worker_dir, line) is not None:
                 continue  # it answered as it ended
+            if await asyncio.to_thread(_lines, worker_dir / "stdin") < line:
+                # The executor died between naming the worker and writing the input: it never
+                # ran, so it starts afresh.
+                await asyncio.to_thread(shutil.rmtree, spool, True)
+                return AFRESH
             return Outcome(None, b"", b"", time.monotonic() - began, lost=True)
         if deadline is not None and time.time() > deadline:
             kill_group(pid)
