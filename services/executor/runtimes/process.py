@@ -107,7 +107,7 @@ class ProcessRuntime(Runtime):
         self.spool_retention = spool_retention
         # Set while the executor shuts down: running agents are left for the next executor to adopt.
         self.detach = False
-        self.warm = WarmPools(self.state_dir, max_output_bytes=max_output_bytes, stderr_keep=self.stderr_keep)
+        self.warm = WarmPools(self.state_dir, max_output_bytes=max_output_bytes)
         # Spool files are small and many: their own threads, so they never queue behind other
         # blocking work of the process (asyncio's default pool has only cpu_count + 4 threads).
         self._files = ThreadPoolExecutor(max_workers=file_threads, thread_name_prefix="fy-spool")
@@ -249,8 +249,8 @@ class ProcessRuntime(Runtime):
             self.warm.kill(worker)
         else:
             self.warm.release(claim, answered=answered)
-        worker.written = size + worker.written_out + len(outcome.stdout)
-        worker.written_out += len(outcome.stdout)
+        worker.answers_bytes += len(outcome.stdout)
+        worker.log_bytes = size
         self.warm.retire_if_grown(worker)
         self.warm.counted(task.agent.name, "answered" if answered else "failed")
         return dataclasses.replace(outcome, stderr_tail=err)

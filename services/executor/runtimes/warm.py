@@ -90,8 +90,8 @@ class Worker:
     answered: int = 0  # lines it has written: the next answer is line answered + 1
     busy: bool = False
     served: bool = False  # has taken a request (a spare has not)
-    written: int = 0  # bytes of answers and log on file: past RETIRE_BYTES it is replaced
-    written_out: int = 0  # ... of answers
+    answers_bytes: int = 0  # what its answers file holds
+    log_bytes: int = 0  # what its stderr file holds (as last read)
     last_used: float = field(default_factory=time.monotonic)
 
     @property
@@ -108,10 +108,9 @@ class Claim:
 class WarmPools:
     """The warm workers of one process runtime, by pool key."""
 
-    def __init__(self, state_dir: Path, *, max_output_bytes: int, stderr_keep: int) -> None:
+    def __init__(self, state_dir: Path, *, max_output_bytes: int) -> None:
         self.state_dir = state_dir
         self.max_output_bytes = max_output_bytes
-        self.stderr_keep = stderr_keep
         self._workers: dict[str, list[Worker]] = {}
         self._settings: dict[str, WarmUse] = {}
         self._reaper: asyncio.Task[None] | None = None
@@ -168,7 +167,7 @@ class WarmPools:
 
     def retire_if_grown(self, worker: Worker) -> None:
         """Replace a worker whose files (on tmpfs) have grown past RETIRE_BYTES."""
-        if worker.written > RETIRE_BYTES and not worker.busy:
+        if worker.answers_bytes + worker.log_bytes > RETIRE_BYTES and not worker.busy:
             self._stop(worker)
             self._count(worker.agent)
 
@@ -232,20 +231,19 @@ class WarmPools:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _end(self, worker: Worker, *, keep_files: bool = False) -> None:
-        """EOF on its stdin asks it to end; after a grace period it is killed. Its files go
-        unless an attempt it still holds may be adopted from them."""
+    async def _end(self, worker: Worker) -> None:
+        """EOF on its stdin asks it to end; after a grace period it is killed, and its files go.
+        (A worker left to finish for the next executor is `abandon`ed instead.)"""
         if worker.proc.stdin is not None:
             with contextlib.suppress(Exception):
                 worker.proc.stdin.close()
-        if not keep_files:
-            try:
-                await asyncio.wait_for(worker.proc.wait(), STOP_GRACE_S)
-            except TimeoutError:
-                kill_group(worker.proc.pid)
-                await worker.proc.wait()
+        try:
+            await asyncio.wait_for(worker.proc.wait(), STOP_GRACE_S)
+        except TimeoutError:
             kill_group(worker.proc.pid)
-            await asyncio.to_thread(shutil.rmtree, worker.dir, True)
+            await worker.proc.wait()
+        kill_group(worker.proc.pid)
+        await asyncio.to_thread(shutil.rmtree, worker.dir, True)
         log.info("warm worker stopped", agent=worker.agent, worker=worker.dir.name)
 
     def kill(self, worker: Worker) -> None:
