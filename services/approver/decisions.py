@@ -61,6 +61,11 @@ def apply(
             summary=f"rejected by {user}: {req.reason.strip()}",
         )
     if user == request.requested_by and not policy.allow_self_approval:
+        if request.kind == "plan":
+            raise Refused(
+                f"{user} asked for this plan and may not approve it (planner.approval.allow_self_approval is false)",
+                "self_approval",
+            )
         raise Refused(
             f"{user} started this run and may not approve its steps (allow_self_approval is false)", "self_approval"
         )

@@ -229,10 +229,11 @@ class ApproverService(Service):
             inputs_hash=req.inputs_hash,
             summary=record.summary,
             labels=req.labels,
+            kind=req.kind,
         )
         # The wait, from request to decision, as a span of the run; the decision is sent inside it.
         with telemetry.tracer().start_as_current_span(
-            f"approval {req.node_id}",
+            f"approval {req.node_id}" if req.kind == "step" else "plan approval",
             context=telemetry.run_root(req.run_id),
             start_time=int(epoch(req.requested_at) * 1e9) or None,
             attributes={

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from shared.contract.errors import ConfigurationError
 
-from . import alerts, approvals, catalog, runs, signin, streams, ui, workflows
+from . import alerts, approvals, catalog, plans, runs, signin, streams, ui, workflows
 from .context import GATEWAY, Gateway
 from .http import Handler, on_prepare, pipeline
 
@@ -29,6 +29,11 @@ HANDLERS: dict[str, Handler] = {
     "get_approval": approvals.get_approval,
     "approve": approvals.approve,
     "reject": approvals.reject,
+    "start_plan": plans.start_plan,
+    "list_plans": plans.list_plans,
+    "get_plan": plans.get_plan,
+    "approve_plan": plans.approve_plan,
+    "reject_plan": plans.reject_plan,
     "alertmanager_webhook": alerts.alertmanager,
     "list_triggers": alerts.triggers,
     "create_session": signin.create_session,

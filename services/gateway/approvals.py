@@ -61,16 +61,23 @@ async def reject(request: web.Request) -> web.Response:
 
 
 async def _decide(request: web.Request, partial: DecisionRequest) -> web.Response:
-    gw = request.app[GATEWAY]
     approval_id = _id(request)
     request["audit_target"] = f"approval/{approval_id}"
+    return await decide_as_user(request, approval_id, partial.decision, partial.comment, partial.reason)
+
+
+async def decide_as_user(
+    request: web.Request, approval_id: str, choice: str, comment: str, reason: str
+) -> web.Response:
+    """Ask the approver to decide ``approval_id`` as the request's user; its refusal as a problem."""
+    gw = request.app[GATEWAY]
     user = user_of(request)
     decision = DecisionRequest(
         approval_id=approval_id,
-        decision=partial.decision,
+        decision="approve" if choice == "approve" else "reject",
         user=user.name,
-        comment=partial.comment.strip(),
-        reason=partial.reason.strip(),
+        comment=comment.strip(),
+        reason=reason.strip(),
     )
     try:
         reply = await request_decision(gw.bus, decision)

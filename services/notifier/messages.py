@@ -9,7 +9,14 @@ from typing import Any
 import msgspec
 
 from shared.config.settings import NotifierConfig
-from shared.contract.messages import AnyEvent, ApprovalDecided, ApprovalRequested, NodeFailed, RunFinished
+from shared.contract.messages import (
+    AnyEvent,
+    ApprovalDecided,
+    ApprovalRequested,
+    NodeFailed,
+    PlanUpdated,
+    RunFinished,
+)
 from shared.state.triggering import TriggerOutcome
 from shared.telemetry.tracing import run_trace_id
 
@@ -80,6 +87,29 @@ def _notice(event: AnyEvent) -> Notice | None:
                 " ".join(text.split()),
                 {"node": event.node_id, "error": event.error, "attempts": event.attempts},
             )
+        case ApprovalRequested(kind="plan"):
+            who = ", ".join(event.policy.approvers) or "anyone but the requester"
+            text = (
+                f"Plan {event.run_id} (workflow {event.workflow}, asked for by {event.requested_by or 'unknown'}) "
+                f"needs approval before anything runs: {event.reason}. Approvers: {who}. "
+                f"Review with: flowyard plans show {event.run_id}"
+            )
+            return Notice(
+                "approval.requested",
+                event.run_id,
+                event.workflow,
+                "pending",
+                text,
+                {
+                    "plan_id": event.run_id,
+                    "approval_id": event.approval_id,
+                    "approvers": event.policy.approvers,
+                    "approve_command": f"flowyard plans approve {event.run_id} --as USER",
+                    "reject_command": f"flowyard plans reject {event.run_id} --as USER --reason TEXT",
+                },
+            )
+        case PlanUpdated():
+            return _plan_notice(event)
         case ApprovalRequested():
             who = ", ".join(event.policy.approvers) or "anyone but the requester"
             text = (
@@ -117,6 +147,39 @@ def _notice(event: AnyEvent) -> Notice | None:
                 },
             )
     return None
+
+
+def _plan_notice(event: PlanUpdated) -> Notice:
+    what = f"Plan {event.run_id} for {event.goal!r}"
+    if event.status == "proposed":
+        made = f"the template {event.fallback}" if event.fallback else f"model {event.model}"
+        text = (
+            f"{what}: workflow {event.workflow} proposed by {made}; it runs only once approved. "
+            f"Review with: flowyard plans show {event.run_id}"
+        )
+    elif event.status == "approved":
+        text = f"{what}: approved by {', '.join(event.decided_by) or 'its approvers'}"
+        text += f"; registered as {event.workflow} version {event.workflow_version}" if event.workflow_version else ""
+        text += f"; run {event.started_run} started." if event.started_run else "."
+    else:
+        text = f"{what} {event.status}" + (f": {event.reason}" if event.reason else ".")
+    return Notice(
+        f"plan.{event.status}",
+        event.run_id,
+        event.workflow,
+        event.status,
+        text,
+        {
+            "plan_id": event.run_id,
+            "goal": event.goal,
+            "fallback": event.fallback,
+            "model": event.model,
+            "requested_by": event.requested_by,
+            "decided_by": event.decided_by,
+            "workflow_version": event.workflow_version,
+            "started_run": event.started_run,
+        },
+    )
 
 
 def trigger_notice(event: TriggerOutcome) -> tuple[Notice, str] | None:

@@ -100,5 +100,6 @@ async def plan_run(
         labels=dict(workflow.metadata.labels),
         workspace=request.workspace,
         workflow_version=request.workflow_version,
+        plan_id=request.plan_id,
         reuse={k: v for k, v in request.reuse.items() if k in {n.id for n in workflow.spec.nodes}},
     )

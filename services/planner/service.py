@@ -17,6 +17,7 @@ from shared.state import agents, executors
 from shared.workflow.builtin import builtin_agents
 from shared.workflow.model import AgentDoc
 
+from .drafts import Plans
 from .planning import plan_run
 from .triggering import Triggers
 
@@ -34,6 +35,14 @@ class PlannerService(Service):
             subjects.PLANNER_FILTERS,
             self.handle,
             concurrency=self.config.planner.concurrency,
+        )
+        self.plans = Plans(self.bus, self.config, self._load_agents, self._runtimes)
+        self.consume(
+            "planner-drafts",
+            subjects.RUNS_STREAM,
+            subjects.PLAN_FILTERS,
+            self.plans.handle,
+            concurrency=self.config.planner.drafts,
         )
         self.triggers = Triggers(self.bus)
         self._runtimes_seen: set[str] = set()

@@ -88,6 +88,7 @@ def start_run(event: RunPlanned, clock: Clock, *, queued: bool = False) -> RunRe
         labels=event.labels,
         workspace=event.workspace,
         workflow_version=event.workflow_version,
+        plan_id=event.plan_id,
         requested_at=event.requested_at,
     )
     if queued:

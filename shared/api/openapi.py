@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from shared.api.plans import PlanAccepted, PlanView, StartPlan
 from shared.api.views import (
     AgentView,
     ApprovalView,
@@ -69,6 +70,7 @@ class Operation:
 
 
 RUN_ID = Param("run_id", "path", "The run's id", required=True)
+PLAN_ID = Param("plan_id", "path", "The plan's id", required=True)
 APPROVAL_ID = Param("approval_id", "path", "The approval request's id", required=True)
 NAME = Param("name", "path", "The workflow's name", required=True)
 IDEMPOTENCY = Param(
@@ -260,6 +262,71 @@ OPERATIONS: tuple[Operation, ...] = (
         response=DecisionResult,
         body=RejectBody,
         params=(APPROVAL_ID,),
+        errors=(400, 403, 404, 409, 413, 415, 422),
+        mutating=True,
+    ),
+    Operation(
+        "start_plan",
+        "POST",
+        "/v1/plans",
+        "Ask the planner to draft a workflow for a goal; it runs only once approved",
+        "operator",
+        ok=202,
+        response=PlanAccepted,
+        body=StartPlan,
+        errors=(400, 413, 415, 422),
+        mutating=True,
+    ),
+    Operation(
+        "list_plans",
+        "GET",
+        "/v1/plans",
+        "Plans, newest first",
+        "viewer",
+        response=list[PlanView],
+        params=(
+            Param(
+                "status",
+                "query",
+                "Only plans in this status",
+                {"type": "string", "enum": ["drafting", "proposed", "approved", "rejected", "failed", "expired"]},
+            ),
+            Param("limit", "query", "At most this many (default 50, at most 1000)", {"type": "integer"}),
+        ),
+        errors=(400,),
+    ),
+    Operation(
+        "get_plan",
+        "GET",
+        "/v1/plans/{plan_id}",
+        "One plan",
+        "viewer",
+        response=PlanView,
+        params=(PLAN_ID,),
+        errors=(404,),
+    ),
+    Operation(
+        "approve_plan",
+        "POST",
+        "/v1/plans/{plan_id}/approve",
+        "Approve a proposed plan as the token's user: its workflow is registered (and run, if asked)",
+        "approver",
+        response=DecisionResult,
+        body=ApproveBody,
+        body_required=False,
+        params=(PLAN_ID,),
+        errors=(400, 403, 404, 409, 413, 415, 422),
+        mutating=True,
+    ),
+    Operation(
+        "reject_plan",
+        "POST",
+        "/v1/plans/{plan_id}/reject",
+        "Reject a proposed plan as the token's user (a reason is required); nothing is registered",
+        "approver",
+        response=DecisionResult,
+        body=RejectBody,
+        params=(PLAN_ID,),
         errors=(400, 403, 404, 409, 413, 415, 422),
         mutating=True,
     ),

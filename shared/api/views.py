@@ -71,6 +71,7 @@ class RunView(View, kw_only=True):
     run_id: str
     workflow: str
     workflow_version: int | None = None  # the registry version that ran; null when run from a file
+    plan_id: str | None = None  # the approved plan it was started from (docs/planning.md)
     status: ViewStatus
     outputs: dict[str, Any] = {}
     error: str | None = None
@@ -135,6 +136,7 @@ def run_view(record: RunRecord, request: RunRequested | None = None) -> RunView:
         run_id=record.run_id,
         workflow=record.workflow,
         workflow_version=record.workflow_version if record.workflow_version is not None else _version(request),
+        plan_id=record.plan_id or (request.plan_id if request else None),
         status=run_status(record),
         outputs=record.outputs,
         error=record.error,
@@ -167,6 +169,7 @@ def pending_view(request: RunRequested) -> RunView:
         run_id=request.run_id,
         workflow=request.workflow,
         workflow_version=request.workflow_version,
+        plan_id=request.plan_id,
         status="pending",
         nodes={
             n["id"]: NodeView(

@@ -121,6 +121,7 @@ async def ensure(bus: Bus) -> None:
     await _ensure_kv(bus, subjects.AGENTS_BUCKET, "Registered agents", history=10)
     await _ensure_kv(bus, subjects.CONCURRENCY_BUCKET, "Runs admitted and queued per workflow", history=1)
     await _ensure_kv(bus, subjects.APPROVALS_BUCKET, "Approval requests and every decision on them", history=5)
+    await _ensure_kv(bus, subjects.PLANS_BUCKET, "Plans drafted from goals: rounds, proposal, decision", history=5)
     await _ensure_kv(bus, subjects.NOTIFY_BUCKET, "Notifications delivered, per sink and event", history=1)
     await _ensure_kv(bus, subjects.WORKFLOWS_BUCKET, "The workflow registry: heads and every version", history=1)
     await _ensure_kv(

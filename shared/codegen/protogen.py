@@ -19,6 +19,7 @@ from shared.api.openapi import document
 from shared.contract import permissions as natsperms
 from shared.contract import subjects
 from shared.contract.catalog import CONSUMERS
+from shared.contract.drafts import PlanRecord, PlanRequested, PlanUpdated
 from shared.contract.messages import (
     EVENT_TYPES,
     ApprovalDecided,
@@ -42,6 +43,7 @@ from shared.contract.messages import (
 )
 from shared.state.audit import AuditEntry
 from shared.state.registry import WorkflowSummary, WorkflowVersion
+from shared.workflow.schema import workflow_schema
 
 PROTO = Path(__file__).resolve().parents[2] / "proto"
 RUN, NODE, POOL, SERVICE, STATUS = "{run_id}", "{unit}", "{pool}", "{service}", "{status}"
@@ -115,6 +117,20 @@ CHANNELS: list[tuple[str, type, str, str, str]] = [
         "notifier",
         "operators",
         "A notification could not be delivered after its retries.",
+    ),
+    (
+        subjects.plan_requested(RUN),
+        PlanRequested,
+        "cli, gateway, planner (a trigger's plan)",
+        "planner",
+        "Draft a workflow for a goal; the plan's id stands in run_id (docs/planning.md).",
+    ),
+    (
+        subjects.plan_updated(RUN, STATUS),
+        PlanUpdated,
+        "planner",
+        "notifier, cli",
+        "A plan was proposed, approved, rejected, failed or expired; its approval is node `plan` of the plan's id.",
     ),
     (subjects.task_event(RUN, NODE, "started"), TaskStarted, "executor", "cli", "An attempt began."),
     (subjects.task_event(RUN, NODE, "succeeded"), TaskSucceeded, "executor", "scheduler", "An attempt succeeded."),
@@ -232,7 +248,7 @@ def _schema_name(t: type) -> str:
 def render() -> dict[str, str]:
     """Every file under proto/, by relative path, as text."""
     files: dict[str, str] = {}
-    for t in (*EVENT_TYPES, RunRecord, ApprovalRecord, AuditEntry, WorkflowSummary, WorkflowVersion):
+    for t in (*EVENT_TYPES, RunRecord, ApprovalRecord, AuditEntry, WorkflowSummary, WorkflowVersion, PlanRecord):
         schema = msgspec.json.schema(t)
         schema = {
             "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -240,6 +256,19 @@ def render() -> dict[str, str]:
             **schema,
         }
         files[f"schemas/{_schema_name(t)}.json"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
+    # The format people and the planner's model write (the same schema the planner sends).
+    files["schemas/Workflow.json"] = (
+        json.dumps(
+            {
+                "$schema": "https://json-schema.org/draft/2020-12/schema",
+                "$id": "https://flowyard.dev/proto/schemas/Workflow.json",
+                **workflow_schema(),
+            },
+            indent=2,
+            sort_keys=True,
+        )
+        + "\n"
+    )
     files["asyncapi.yaml"] = yaml.safe_dump(_asyncapi(), sort_keys=False, width=100)
     files["openapi.json"] = json.dumps(document(), indent=2, sort_keys=True) + "\n"
     files["nats-permissions.json"] = json.dumps(natsperms.table(), indent=2, sort_keys=True) + "\n"

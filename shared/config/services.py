@@ -87,8 +87,68 @@ class SchedulerConfig(Section, kw_only=True):
             raise ValueError("ack_wait must be at least 500ms")
 
 
+class PlannerLlm(Section, kw_only=True):
+    """planner.llm: the model that drafts workflows from goals (docs/planning.md)."""
+
+    provider: str  # a name under llm.providers
+    model: str | None = None  # default: the provider's default_model
+    max_rounds: int = 3  # answers asked for, the first included; the validator's messages go back each time
+    max_tokens: int = 8192  # one answer's
+    # The whole draft's tokens; a draft that reaches it stops asking and falls back.
+    budget_tokens: int | None = None
+    timeout: str = "5m"  # the whole draft, every round and retry included
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_rounds <= 10:
+            raise ValueError("max_rounds: from 1 to 10 answers per plan")
+        if self.max_tokens < 256:
+            raise ValueError("max_tokens: at least 256 (a workflow does not fit in less)")
+        if self.budget_tokens is not None and self.budget_tokens < 1:
+            raise ValueError("budget_tokens: at least 1, or leave it out for no budget")
+        if duration(self.timeout, "timeout") <= 0:
+            raise ValueError("timeout: must be more than 0")
+
+
+class PlanTemplate(Section, kw_only=True):
+    """A registered workflow proposed when the model cannot give a valid plan and ``match`` finds the goal."""
+
+    workflow: str
+    match: str  # a regular expression searched in the goal (case-insensitive)
+
+    def __post_init__(self) -> None:
+        try:
+            re.compile(self.match)
+        except re.error as exc:
+            raise ValueError(f"templates: match {self.match!r} is not a regular expression: {exc}") from None
+
+
+class PlanApproval(Section, kw_only=True):
+    """Who approves a proposed plan; the approver applies these as it does a step's rules."""
+
+    approvers: list[str] = []  # user names or group:NAME; empty: anyone with the approver role but the requester
+    min_approvals: int = 1
+    expires_in: str = "24h"  # a plan nobody decides on expires (never approved by default)
+    allow_self_approval: bool = False
+
+    def __post_init__(self) -> None:
+        if self.min_approvals < 1:
+            raise ValueError("min_approvals: at least 1")
+        if duration(self.expires_in, "expires_in") <= 0:
+            raise ValueError("expires_in: must be more than 0")
+
+
 class PlannerConfig(Section, kw_only=True):
     concurrency: int = 8
+    llm: PlannerLlm | None = None  # no model: goals get a template, or fail saying so
+    templates: list[PlanTemplate] = []
+    approval: PlanApproval = msgspec.field(default_factory=PlanApproval)
+    drafts: int = 2  # plans drafted at once (each waits on a model)
+    # The model provider's key: a file per name in this directory, else FLOWYARD_SECRET_<NAME>.
+    secrets_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.drafts < 1:
+            raise ValueError("drafts: at least 1")
 
 
 class ApproverConfig(Section, kw_only=True):
@@ -125,6 +185,11 @@ class NotifyRule(Section, kw_only=True):
             "approval.expired",
             "trigger.suppressed",
             "trigger.refused",
+            "plan.proposed",
+            "plan.approved",
+            "plan.rejected",
+            "plan.failed",
+            "plan.expired",
         ]
     ]
     workflows: list[str] = msgspec.field(default_factory=lambda: ["*"])  # glob patterns

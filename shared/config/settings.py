@@ -154,6 +154,14 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
             config_kwargs[section] = msgspec.convert(value or {}, SECTIONS[section], strict=False)
         except msgspec.ValidationError as exc:
             problems.append(_explain(exc, section, where, origin))
+    planner, llm = config_kwargs.get("planner"), config_kwargs.get("llm")
+    if planner is not None and planner.llm is not None:
+        offered = llm.providers if llm is not None else {}
+        if planner.llm.provider not in offered:
+            known = ", ".join(sorted(offered)) or "none"
+            problems.append(
+                f"{where}: planner.llm.provider: {planner.llm.provider!r} is not in llm.providers (defined: {known})"
+            )
     if problems:
         raise ConfigurationError("invalid configuration:\n  " + "\n  ".join(problems))
     return Config(**config_kwargs)

@@ -13,6 +13,7 @@ POOL = "{pool}"
 
 CONSUMERS = {
     "planner": {"stream": subjects.RUNS_STREAM, "filter_subjects": subjects.PLANNER_FILTERS},
+    "planner-drafts": {"stream": subjects.RUNS_STREAM, "filter_subjects": subjects.PLAN_FILTERS},
     "scheduler": {"stream": subjects.RUNS_STREAM, "filter_subjects": subjects.SCHEDULER_FILTERS},
     "scheduler-timers": {
         "stream": subjects.TIMERS_STREAM,

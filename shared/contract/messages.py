@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from .drafts import PlanRequested, PlanUpdated
+from .event import Event
 from .plans import (  # noqa: F401  (re-exported: the plan is part of the wire contract)
     AgentResources,
     AgentSnapshot,
@@ -44,10 +46,6 @@ FailureReason = Literal[
 ]
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
-    run_id: str
-
-
 # --- run events -------------------------------------------------------------------------------
 
 
@@ -63,6 +61,7 @@ class RunRequested(Event, tag="run.requested", kw_only=True):
     reuse: dict[str, Any] = {}  # node id -> output kept from retry_of (the nodes that succeeded)
     workspace: str | None = None  # object name in FY_WORKSPACES: the files the run starts with
     workflow_version: int | None = None  # the registry version that ran; None: sent as a file
+    plan_id: str | None = None  # the approved plan this run was started from
 
 
 class RunPlanned(Event, tag="run.planned", kw_only=True):
@@ -77,6 +76,7 @@ class RunPlanned(Event, tag="run.planned", kw_only=True):
     workspace: str | None = None
     workflow_version: int | None = None
     requested_at: str = ""  # when the run was asked for (the root span and run duration start here)
+    plan_id: str | None = None
 
 
 class RunCancelRequested(Event, tag="run.cancel_requested", kw_only=True):
@@ -111,6 +111,7 @@ class ApprovalRequested(Event, tag="approval.requested", kw_only=True):
     requested_by: str = ""  # who started the run
     requested_at: str = ""
     labels: dict[str, str] = {}
+    kind: Literal["step", "plan"] = "step"  # plan: a drafted plan waits (run_id is the plan's id)
 
 
 class Decision(Wire, kw_only=True):
@@ -129,6 +130,7 @@ class ApprovalDecided(Event, tag="approval.decided", kw_only=True):
     inputs_hash: str = ""
     summary: str = ""  # e.g. "rejected by ann: wrong cluster"
     labels: dict[str, str] = {}
+    kind: Literal["step", "plan"] = "step"
 
 
 class NodeFailed(Event, tag="node.failed", kw_only=True):
@@ -285,6 +287,8 @@ AnyEvent = (
     | TaskSucceeded
     | TaskFailed
     | TaskLog
+    | PlanRequested
+    | PlanUpdated
 )
 EVENT_TYPES: tuple[type[Event], ...] = (
     RunRequested,
@@ -304,6 +308,8 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     TaskSucceeded,
     TaskFailed,
     TaskLog,
+    PlanRequested,
+    PlanUpdated,
 )
 
 
@@ -383,6 +389,7 @@ class RunRecord(Wire, kw_only=True):
     workspace_version: int = 0  # how many times `rw` agents changed it
     workflow_version: int | None = None  # the registry version that ran; None: sent as a file
     requested_at: str = ""  # when the run was asked for; created_at is when the scheduler took it
+    plan_id: str | None = None  # the approved plan the run was started from
     usage: Usage = Usage()  # summed over every attempt of every step
     outbox: list[Outgoing] = []
     outbox_items: list[ItemDispatches] = []  # stored form: the outbox's fan-out dispatches, as ranges

@@ -146,10 +146,14 @@ def grants(user: str, *, pools: tuple[str, ...] = ("default",)) -> Grants:
         # Plans runs; triggers start runs, and cancel them when their alert resolves.
         g.event(s.run_planned(run), s.run_rejected(run), s.run_requested(run), s.run_cancel(run), "fy.trigger.>")
         g.publish.add(f"$JS.API.STREAM.UPDATE.{s.TRIGGERS_STREAM}")  # captures the workflows' NATS subjects
+        # Plans: drafts asked for by triggers, their statuses, their approval requests.
+        g.event(s.plan_requested(run), *(s.plan_updated(run, st) for st in s.PLAN_ENDS))
+        g.event(s.approval_requested(run, "plan"))
         g.read_stream(s.RUNS_STREAM).objects(s.VALUES_BUCKET)
-        for bucket in (s.WORKFLOWS_BUCKET, s.AGENTS_BUCKET, s.EXECUTORS_BUCKET, s.RUNS_BUCKET, s.ITEMS_BUCKET):
+        for bucket in (s.AGENTS_BUCKET, s.EXECUTORS_BUCKET, s.RUNS_BUCKET, s.ITEMS_BUCKET):
             g.kv(bucket)
-        for bucket in (s.TRIGGER_STATE_BUCKET, s.TRIGGER_RUNS_BUCKET):
+        # An approved plan's workflow is registered by the planner.
+        for bucket in (s.TRIGGER_STATE_BUCKET, s.TRIGGER_RUNS_BUCKET, s.PLANS_BUCKET, s.WORKFLOWS_BUCKET):
             g.kv(bucket, write=True)
         return g
     if user == "scheduler":
@@ -195,7 +199,9 @@ def grants(user: str, *, pools: tuple[str, ...] = ("default",)) -> Grants:
     if user in ("gateway", "cli"):
         # The two clients: start, cancel and retry runs, decide approvals (through the approver),
         # apply workflows and agents, read everything people look at, write the audit log.
-        g = Grants().event(s.run_requested(run), s.run_cancel(run), s.DECIDE, "fy.audit.>", "$JS.API.INFO")
+        g = Grants().event(
+            s.run_requested(run), s.plan_requested(run), s.run_cancel(run), s.DECIDE, "fy.audit.>", "$JS.API.INFO"
+        )
         for stream in (s.RUNS_STREAM, s.LOGS_STREAM, s.AUDIT_STREAM, s.TRIGGER_EVENTS_STREAM, s.DLQ_STREAM):
             g.read_stream(stream)
         g.stream_info(s.TRIGGERS_STREAM, s.ACTIVE_STREAM, *TOPOLOGY)
@@ -208,6 +214,7 @@ def grants(user: str, *, pools: tuple[str, ...] = ("default",)) -> Grants:
             s.EXECUTORS_BUCKET,
             s.TRIGGER_STATE_BUCKET,
             s.CONCURRENCY_BUCKET,
+            s.PLANS_BUCKET,
         ):
             g.kv(bucket)
         g.objects(s.VALUES_BUCKET).objects(s.WORKSPACES_BUCKET, write=user == "cli")

@@ -45,6 +45,7 @@ EXECUTORS_BUCKET = "fy_executors"
 # -> a count; AGENT.cool -> until when routing passes the agent over). Entries expire after 2 h.
 LIMITS_BUCKET = "fy_limits"
 SESSIONS_BUCKET = "fy_sessions"  # web UI sessions: SHA-256 of the id -> user, CSRF token, expiry
+PLANS_BUCKET = "fy_plans"  # plan id -> a drafted plan's record (docs/planning.md)
 INFLIGHT_BUCKET = "fy_inflight"  # Idempotency-Key of POST /v1/runs -> the run it started (24 h)
 
 RUNS_SUBJECTS = "fy.run.>"
@@ -165,6 +166,19 @@ def notification_failed(run_id: str) -> str:
 DECIDE = "fy.decide.approval"
 
 
+def plan_requested(plan_id: str) -> str:
+    """A goal to draft a workflow for (the plan's id stands where a run's would)."""
+    return f"fy.run.{plan_id}.plan.requested"
+
+
+def plan_updated(plan_id: str, status: str) -> str:
+    """``status`` is proposed, approved, rejected, failed or expired."""
+    return f"fy.run.{plan_id}.plan.{status}"
+
+
+PLAN_ENDS = ("proposed", "approved", "rejected", "failed", "expired")
+
+
 def run_events(run_id: str) -> str:
     return f"fy.run.{run_id}.>"
 
@@ -210,6 +224,14 @@ SCHEDULER_FILTERS = [
     "fy.run.*.approval.*.expired",
 ]
 TIMER_FILTERS = ["fy.timer.run.>"]
+# The planner's drafting consumer: goals to draft, and the decisions on the plans it proposed
+# (a plan's approval is node `plan` of the plan's id; a run's own node `plan` is told apart by kind).
+PLAN_FILTERS = [
+    "fy.run.*.plan.requested",
+    "fy.run.*.approval.plan.granted",
+    "fy.run.*.approval.plan.rejected",
+    "fy.run.*.approval.plan.expired",
+]
 APPROVER_FILTERS = ["fy.run.*.approval.*.requested", "fy.run.*.failed", "fy.run.*.cancelled"]
 APPROVER_TIMER_FILTERS = ["fy.timer.approval.>"]
 NOTIFIER_FILTERS = [
@@ -218,6 +240,7 @@ NOTIFIER_FILTERS = [
     "fy.run.*.cancelled",
     "fy.run.*.node.*.failed",
     "fy.run.*.approval.*.*",
+    "fy.run.*.plan.*",
 ]
 # People hear about storms and refused trigger events (FY_TRIGGER_EVENTS).
 NOTIFIER_TRIGGER_FILTERS = ["fy.trigger.*.suppressed", "fy.trigger.*.refused"]

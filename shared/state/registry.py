@@ -53,6 +53,7 @@ class WorkflowSummary(msgspec.Struct, kw_only=True):
     applied_at: str = ""
     applied_by: str = ""
     deleted: bool = False
+    plan_id: str | None = None  # the latest version came from this approved plan (docs/planning.md)
 
 
 class WorkflowVersion(msgspec.Struct, kw_only=True):
@@ -66,6 +67,8 @@ class WorkflowVersion(msgspec.Struct, kw_only=True):
     definition: dict[str, Any]  # the workflow document
     agents: list[dict[str, Any]] = []  # the `kind: Agent` documents applied with it
     source: str = ""  # the YAML text as applied
+    plan_id: str | None = None  # drafted by the planner: the plan a person approved
+    model: str | None = None  # and the model that drafted it
 
 
 class Applied(msgspec.Struct, kw_only=True):
@@ -114,12 +117,15 @@ async def check_text(bus: Bus, text: str, file: str, priorities: Mapping[str, li
     return bundle
 
 
-async def apply(bus: Bus, bundle: Bundle, text: str, *, user: str) -> list[Applied]:
-    """Keep every workflow of a checked bundle as its next version; register its agents."""
+async def apply(
+    bus: Bus, bundle: Bundle, text: str, *, user: str, plan_id: str | None = None, model: str | None = None
+) -> list[Applied]:
+    """Keep every workflow of a checked bundle as its next version; register its agents.
+    ``plan_id`` and ``model``: the bundle is an approved plan's workflow, kept with its provenance."""
     agents = list(bundle.agents.values())
     if agents:
         await agent_registry.register(bus, agents)
-    applied = [await _apply_one(bus, wf, agents, text, user) for wf in bundle.workflows]
+    applied = [await _apply_one(bus, wf, agents, text, user, plan_id, model) for wf in bundle.workflows]
     if any(a.changed for a in applied):
         await capture_triggers(bus)
     return applied
@@ -141,7 +147,15 @@ async def capture_triggers(bus: Bus) -> None:
     await capture.sync(bus, found)
 
 
-async def _apply_one(bus: Bus, wf: WorkflowDoc, agents: list[AgentDoc], text: str, user: str) -> Applied:
+async def _apply_one(
+    bus: Bus,
+    wf: WorkflowDoc,
+    agents: list[AgentDoc],
+    text: str,
+    user: str,
+    plan_id: str | None = None,
+    model: str | None = None,
+) -> Applied:
     kv = await bus.kv(subjects.WORKFLOWS_BUCKET)
     name = wf.metadata.name
     sha = digest(wf, agents)
@@ -160,6 +174,8 @@ async def _apply_one(bus: Bus, wf: WorkflowDoc, agents: list[AgentDoc], text: st
             definition=msgspec.to_builtins(wf),
             agents=[msgspec.to_builtins(a) for a in agents],
             source=text,
+            plan_id=plan_id,
+            model=model,
         )
         try:
             await kv.create(version_key(name, number), _enc.encode(version))
@@ -175,6 +191,7 @@ async def _apply_one(bus: Bus, wf: WorkflowDoc, agents: list[AgentDoc], text: st
             digest=sha,
             applied_at=now,
             applied_by=user,
+            plan_id=plan_id,
         )
         try:
             if revision is None:

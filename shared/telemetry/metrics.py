@@ -185,6 +185,24 @@ APPROVAL_WAIT_SECONDS = Histogram(
     buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400),
 )
 
+# --- plans (planner) -------------------------------------------------------------------------
+PLANS = Counter(
+    "flowyard_plans_total",
+    "Plans by outcome: proposed (by a model), fallback (a template proposed), failed, approved, rejected, expired",
+    ["outcome"],
+)
+PLAN_ROUNDS = Histogram(
+    "flowyard_plan_rounds",
+    "Model answers a plan took before it was valid or given up (the validator's messages go back each round)",
+    buckets=(1, 2, 3, 4, 5, 7, 10),
+)
+PLAN_SECONDS = Histogram(
+    "flowyard_plan_seconds",
+    "Time to draft a plan, from its request to proposed or failed, by outcome",
+    ["outcome"],
+    buckets=(0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),
+)
+
 # --- notifications (notifier) ----------------------------------------------------------------
 NOTIFICATIONS = Counter(
     "flowyard_notifications_total",
@@ -258,7 +276,7 @@ def names() -> set[str]:
         NODES_FINISHED, ATTEMPTS, ATTEMPT_SECONDS, EXECUTOR_SLOTS, BREAKER_TRIPS, BREAKERS_OPEN,
         AGENT_TOKENS, AGENT_COST, AGENT_FALLBACKS, AGENT_RATE_LIMITED, EGRESS_DENIED, WARM_WORKERS, WARM_REQUESTS,
         CAPABILITY_UNROUTABLE, APPROVALS_PENDING, APPROVAL_NEXT_EXPIRY, APPROVAL_WAIT_SECONDS, NOTIFICATIONS,
-        HTTP_REQUESTS, HTTP_SECONDS,
+        HTTP_REQUESTS, HTTP_SECONDS, PLANS, PLAN_ROUNDS, PLAN_SECONDS,
         *TRIGGERS.values(),
     ):  # fmt: skip
         for family in metric.describe():

@@ -149,13 +149,15 @@ def record_run_span(
     error: str | None = None,
     retry_of: str | None = None,
     attributes: Mapping[str, str | int] | None = None,
+    name: str | None = None,
 ) -> None:
-    """The run's root span ``run <workflow>``, from the request to the end, with the run's ids."""
+    """The run's root span ``run <workflow>`` (or ``name``: a plan's is ``plan``), from the request
+    to the end, with the run's ids."""
     links = [Link(trace.get_current_span(run_root(retry_of)).get_span_context())] if retry_of else []
     token = _forced_ids.set(run_ids(run_id))
     try:
         span = tracer().start_span(
-            f"run {workflow}",
+            name or f"run {workflow}",
             context=context.Context(),  # no parent: this is the root
             kind=SpanKind.INTERNAL,
             start_time=int(start_s * 1e9),
