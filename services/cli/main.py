@@ -12,6 +12,7 @@ from shared.contract.errors import ValidationFailed
 from .context import Ctx, _run
 from .groups.agents import agents, images
 from .groups.approvals import approvals
+from .groups.plans import plan, plans
 from .groups.runs import logs, runs
 from .groups.stack import doctor, nats_bootstrap_cmd, nats_config_cmd, serve, up
 from .groups.workflows import triggers, workflows
@@ -166,6 +167,8 @@ cli.add_command(triggers)
 cli.add_command(runs)
 cli.add_command(logs)
 cli.add_command(approvals)
+cli.add_command(plan)
+cli.add_command(plans)
 cli.add_command(agents)
 cli.add_command(images)
 cli.add_command(doctor)
