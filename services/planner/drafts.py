@@ -266,7 +266,9 @@ class Plans:
         why = stopped or f"no valid workflow in {len(drafted.rounds) if drafted else 0} round(s)"
         notes: list[str] = []
         templates = [(t.workflow, t.match) for t in self.cfg.templates]
-        for name in drafting.matching(req.goal, templates):
+        candidates = [req.template] if req.template else []
+        candidates += [n for n in drafting.matching(req.goal, templates) if n != req.template]
+        for name in candidates:
             version = await registry.get(self.bus, name)
             if version is None:
                 notes.append(f"template {name!r} matches but is not a registered workflow")
@@ -297,9 +299,9 @@ class Plans:
             elif r.errors:
                 words.append(f"round {number}: " + "; ".join(r.errors))
         words.extend(notes)
-        if not templates:
+        if not templates and not req.template:
             words.append("no planner.templates are configured to fall back on")
-        elif not drafting.matching(req.goal, templates):
+        elif not candidates:
             words.append("no template in planner.templates matches the goal")
         return msgspec.structs.replace(record, status="failed", error=". ".join(words))
 

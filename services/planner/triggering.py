@@ -47,7 +47,7 @@ from shared.telemetry import metrics
 from .schedules import Schedules
 from .triggers import events, storm
 from .triggers.active import Active, from_version, nats_subjects
-from .triggers.start import request_for, run_id_for
+from .triggers.start import plan_for, plan_id_for, request_for, run_id_for
 
 log = structlog.get_logger("flowyard.planner.triggers")
 
@@ -251,10 +251,10 @@ class Triggers:
             return
         if earlier is not None:
             if delivery is not None and delivery.num_delivered > 1:
-                # We may have died between claiming and publishing: send the same run again
-                # (dropped by JetStream or the scheduler if it went out the first time).
+                # We may have died between claiming and publishing: send the same run (or plan)
+                # again (dropped by JetStream, the scheduler or the planner if it went out before).
                 with contextlib.suppress(ValidationFailed):
-                    await runs.publish_request(self.bus, request_for(active, trigger, earlier, now_rfc3339()))
+                    await self._send(active, trigger, earlier)
                 return
             await self.record(active, "deduplicated", f"already started run {earlier}", key=key, run_id=earlier)
             return
@@ -270,9 +270,14 @@ class Triggers:
                 active, "suppressed", f"over max_runs ({limit.count} per {limit.per})", key=key, window=window[1]
             )
             return
-        run_id = run_id_for(int(time.time() * 1000), claim)
+        at_ms = int(time.time() * 1000)
+        run_id = plan_id_for(at_ms, claim) if active.trigger.plan is not None else run_id_for(at_ms, claim)
         try:
-            request = request_for(active, trigger, run_id, now_rfc3339())
+            # Built before the claim: an event that cannot make a valid request claims nothing.
+            if active.trigger.plan is not None:
+                plan_for(active, trigger, run_id, now_rfc3339())
+            else:
+                request_for(active, trigger, run_id, now_rfc3339())
         except ValidationFailed as exc:
             await self.record(active, "refused", "; ".join(exc.problems), key=key)
             return
@@ -282,9 +287,18 @@ class Triggers:
             earlier = await self._claimed(active, key)
             await self.record(active, "deduplicated", f"already started run {earlier}", key=key, run_id=earlier)
             return
-        await runs.publish_request(self.bus, request)
+        await self._send(active, trigger, run_id)
         self.count(active, "fired")
         log.info("trigger fired", trigger=active.id, kind=active.kind, run_id=run_id, key=key)
+
+    async def _send(self, active: Active, trigger: dict[str, Any], run_id: str) -> None:
+        """The run request, or with ``plan:`` the plan request, for a claimed event."""
+        now = now_rfc3339()
+        if active.trigger.plan is None:
+            await runs.publish_request(self.bus, request_for(active, trigger, run_id, now))
+            return
+        plan = plan_for(active, trigger, run_id, now)
+        await self.bus.publish(subjects.plan_requested(run_id), plan, msg_id=f"{run_id}:requested")
 
     async def _admit(self, active: Active) -> tuple[bool, float]:
         """Whether the event may start a run, and when its storm window opened."""

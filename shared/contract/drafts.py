@@ -32,6 +32,7 @@ class PlanRequested(Event, tag="plan.requested", kw_only=True):
     requested_at: str = ""
     trigger: dict[str, Any] = {}  # a trigger's event, when a trigger asked for the plan
     source: str = ""  # api, cli, or the trigger's workflow
+    template: str | None = None  # a trigger's plan: its own workflow, the first fallback
 
 
 class PlanUpdated(Event, tag="plan.updated", kw_only=True):

@@ -167,12 +167,20 @@ class MaxRuns(_Doc, kw_only=True):
     per: str
 
 
+class PlanTrigger(_Doc, kw_only=True):
+    # Instead of a run, a plan drafted for this goal (a template over `trigger`), proposed for
+    # approval; the trigger's own workflow is its fallback (docs/planning.md).
+    goal: str
+    run: bool = True  # start the plan's workflow once a person approves it
+
+
 class TriggerDef(_Doc, kw_only=True):
     nats: NatsTrigger | None = None
     alertmanager: AlertmanagerTrigger | None = None
     cron: CronTrigger | None = None
     inputs: dict[str, Any] = {}  # workflow inputs, templated over `trigger`
     max_runs: MaxRuns | None = None  # storm control: at most count runs per window
+    plan: PlanTrigger | None = None  # draft a plan for each new event instead of running
 
     @property
     def kind(self) -> str:
@@ -241,6 +249,7 @@ KNOWN_KEYS: dict[str, list[str]] = {
         AlertmanagerTrigger,
         CronTrigger,
         MaxRuns,
+        PlanTrigger,
         TriggerDef,
     )
 }

@@ -241,6 +241,18 @@ def validate_triggers(wf: WorkflowDoc, at: Callable[[int], str]) -> list[str]:
                 f'them; map them under inputs (e.g. {missing[0]}: "{{{{ trigger.{TRIGGER_FIELDS[kind][1]} }}}}") '
                 "or give them defaults"
             )
+        if trig.plan is not None:
+            if kind == "cron":
+                problems.append(
+                    f"{label}: plan: only a nats or alertmanager trigger can plan (an event to plan for); "
+                    "a schedule runs its workflow"
+                )
+            elif not trig.plan.goal.strip():
+                problems.append(
+                    f'{label}: plan.goal: say what the plan is for, e.g. "Remediate {{{{ trigger.labels.alertname }}}}"'
+                )
+            else:
+                problems.extend(_template_problems(trig.plan.goal, kind, f"{label}: plan.goal"))
         if trig.max_runs is not None:
             if trig.max_runs.count < 1:
                 problems.append(f"{label}: max_runs.count must be at least 1")

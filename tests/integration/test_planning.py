@@ -283,3 +283,54 @@ def test_the_planning_key_is_nowhere_it_must_not_be(stack: tuple[Stack, str], fa
     for path in store.rglob("*"):
         if path.is_file():
             assert PLAN_KEY.encode() not in path.read_bytes(), path
+
+
+def test_an_alert_drafts_a_plan_once_and_nothing_runs_without_a_person(
+    stack: tuple[Stack, str], fake: FakeProvider, tmp_path: Path
+) -> None:
+    s, url = stack
+    remediation = tmp_path / "remediation.yaml"
+    remediation.write_text(
+        "apiVersion: flowyard/v1\nkind: Workflow\nmetadata: {name: latency-remediation}\nspec:\n"
+        "  inputs: {service: {type: string}}\n"
+        "  triggers:\n"
+        "    - alertmanager: {matchers: ['alertname=\"CheckoutLatency\"']}\n"
+        "      inputs: {service: '{{ trigger.labels.service }}'}\n"
+        "      plan: {goal: 'Remediate {{ trigger.labels.alertname }} on {{ trigger.labels.service }}'}\n"
+        "  nodes:\n    - {id: page, agent: say, with: {text: 'page on-call for {{ inputs.service }}'}}\n"
+    )
+    assert s.cli("workflows", "apply", str(remediation)).returncode == 0
+    fake.script[:] = [structured({"workflow": drafted("latency-fix", "scale {{ inputs.service }}")})]
+    alert = {
+        "status": "firing",
+        "labels": {"alertname": "CheckoutLatency", "service": "checkout"},
+        "startsAt": "2026-12-07T03:00:00Z",
+        "fingerprint": "f00d",
+    }
+    body = {"version": "4", "status": "firing", "receiver": "flowyard", "alerts": [alert]}
+    deadline = time.monotonic() + 60
+    found: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and not found:
+        assert call(url, "POST", "/v1/alerts/alertmanager", "am", body)[0] == 200  # repeats are one event
+        _, every = call(url, "GET", "/v1/plans?limit=1000", "vic")
+        found = [p for p in every if p["goal"] == "Remediate CheckoutLatency on checkout"]
+        time.sleep(0.2)
+    assert len(found) == 1, found
+    plan = settled(url, found[0]["id"])
+    assert plan["status"] == "proposed" and plan["requested_by"] == "trigger:alertmanager", plan
+    assert plan["inputs"] == {"service": "checkout"} and plan["run"] is True
+    assert "CheckoutLatency" in json.dumps(fake.seen[-1].body)  # the alert went to the model as context
+    assert call(url, "GET", "/v1/runs?workflow=latency-remediation", "vic")[1] == []
+    assert call(url, "GET", "/v1/runs?workflow=latency-fix", "vic")[1] == []
+    # The model down: the trigger's own workflow is the plan's fallback.
+    fake.script[:] = [error(503)]
+    second = {**alert, "fingerprint": "beef", "labels": {**alert["labels"], "service": "payments"}}
+    assert call(url, "POST", "/v1/alerts/alertmanager", "am", {**body, "alerts": [second]})[0] == 200
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        _, every = call(url, "GET", "/v1/plans?limit=1000", "vic")
+        found = [p for p in every if p["goal"] == "Remediate CheckoutLatency on payments" and p["status"] != "drafting"]
+        if found:
+            break
+        time.sleep(0.2)
+    assert found and found[0]["fallback"] == "latency-remediation", found

@@ -191,3 +191,14 @@ def test_validation_names_the_trigger_and_the_fix() -> None:
     assert any("when" in p and "trigger.nope" in p for p in found)
     assert any("max_runs.count must be at least 1" in p for p in found)
     assert any("max_runs.per" in p for p in found)
+
+
+def test_a_trigger_that_plans_is_checked() -> None:
+    ok = "    - alertmanager: {matchers: ['a=\"b\"']}\n      inputs: {service: x}\n      plan: {goal: 'Fix {{ trigger.labels.a }}'}\n"
+    assert _problems(ok) == []
+    cron = "    - cron: {every: 1m}\n      inputs: {service: x}\n      plan: {goal: fix it}\n"
+    assert any("only a nats or alertmanager trigger can plan" in p for p in _problems(cron))
+    empty = "    - alertmanager: {matchers: ['a=\"b\"']}\n      inputs: {service: x}\n      plan: {goal: ' '}\n"
+    assert any("plan.goal: say what the plan is for" in p for p in _problems(empty))
+    wrong = "    - alertmanager: {matchers: ['a=\"b\"']}\n      inputs: {service: x}\n      plan: {goal: '{{ inputs.x }}'}\n"
+    assert any("plan.goal" in p and "`trigger` only" in p for p in _problems(wrong))
