@@ -226,6 +226,7 @@ class ApprovalView(View, kw_only=True):
     inputs: Any = None  # the step's resolved input, secrets masked
     inputs_hash: str = ""
     summary: str = ""
+    kind: str = "step"  # plan: a drafted plan waits (run_id is the plan's id; GET /v1/plans/{run_id})
 
 
 def rfc3339(epoch: float) -> str:
@@ -254,6 +255,7 @@ def approval_view(record: ApprovalRecord) -> ApprovalView:
         inputs=req.inputs,
         inputs_hash=req.inputs_hash,
         summary=record.summary,
+        kind=req.kind,
     )
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakellm import FakeProvider, Threaded
 from tests.integration.gateway import TOKENS, gateway_stack
 
 CHROMIUM = "/usr/bin/chromium"
@@ -67,9 +68,20 @@ def api(
 
 
 @pytest.fixture(scope="session")
-def gateway(nats_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def model() -> Iterator[FakeProvider]:
+    """The planning model: a fake Anthropic provider on loopback, scripted by the tests."""
+    with Threaded(1) as (started,):
+        yield started
+
+
+@pytest.fixture(scope="session")
+def gateway(nats_binary: str, tmp_path_factory: pytest.TempPathFactory, model: FakeProvider) -> Iterator[str]:
     workdir = tmp_path_factory.mktemp("ui")
-    with gateway_stack(workdir) as (_, base):
+    planning = (
+        f"llm:\n  providers:\n    ui-model: {{kind: anthropic, base_url: '{model.url}', default_model: claude-ui, "
+        "max_retries: 0}\nplanner:\n  llm: {provider: ui-model}\n"
+    )
+    with gateway_stack(workdir, planning) as (_, base):
         api(base, "POST", "/v1/workflows", "olga", WORKFLOWS.read_bytes(), "application/yaml")
         yield base
     shutil.rmtree(workdir, ignore_errors=True)

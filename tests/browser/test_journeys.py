@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.fakellm import structured
 from tests.integration.gateway import TOKENS
 
 from .conftest import DOCS, api
@@ -304,3 +305,56 @@ def test_no_serious_accessibility_violations_in_the_dark(browser: Any, gateway: 
         assert not any(found.values()), found
     finally:
         context.close()
+
+
+def test_a_proposed_plan_in_the_inbox_shows_its_graph_yaml_and_rounds(page: Page, gateway: str, model: Any) -> None:
+    def workflow(agent: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "flowyard/v1",
+            "kind": "Workflow",
+            "metadata": {"name": "ui-planned"},
+            "spec": {
+                "nodes": [
+                    {"id": "hello", "agent": agent, "with": {"who": "on-call"}},
+                    {
+                        "id": "again",
+                        "agent": "ui-greeter",
+                        "needs": ["hello"],
+                        "with": {"who": "{{ nodes.hello.output.greeting }}"},
+                    },
+                ]
+            },
+        }
+
+    model.script[:] = [
+        structured({"workflow": workflow("ui-greetr")}),
+        structured({"workflow": workflow("ui-greeter"), "explanation": "greet twice"}),
+    ]
+    body = json.dumps({"goal": "greet the on-call twice"}).encode()
+    plan_id = str(api(gateway, "POST", "/v1/plans", "olga", body)["id"])  # type: ignore[index]
+    for _ in range(300):
+        plan = api(gateway, "GET", f"/v1/plans/{plan_id}", "admin")
+        if plan["status"] != "drafting":  # type: ignore[index]
+            break
+        time.sleep(0.1)
+    assert plan["status"] == "proposed", plan  # type: ignore[index]
+    sign_in(page, "amy")
+    page.get_by_role("link", name="Approvals").click()
+    card = page.locator(f"article[data-approval='{plan_id}.plan']")
+    expect(card).to_contain_text("Plan: ui-planned")
+    expect(card).to_contain_text("greet the on-call twice")
+    expect(card).to_contain_text("Drafted by claude-ui in 2 round(s)")
+    expect(card.locator("svg.dag g.node")).to_have_count(2)
+    expect(card.locator("pre")).to_contain_text("agent: ui-greeter")
+    expect(card.locator("ol.rounds li").first).to_contain_text("ui-greetr")
+    expect(card.locator("ol.rounds li").nth(1)).to_have_text("valid")
+    card.locator("svg.dag g.node[data-node='again']").click()
+    expect(card).to_contain_text("again: ui-greeter with")
+    card.get_by_role("button", name="Approve").click()
+    expect(card).to_have_count(0)
+    for _ in range(300):
+        plan = api(gateway, "GET", f"/v1/plans/{plan_id}", "admin")
+        if plan["status"] != "proposed":  # type: ignore[index]
+            break
+        time.sleep(0.1)
+    assert plan["status"] == "approved" and plan["decided_by"] == ["amy"], plan  # type: ignore[index]

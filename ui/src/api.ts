@@ -118,6 +118,31 @@ export interface ApprovalView {
   expires_at: string;
   inputs: unknown;
   summary: string;
+  kind?: "step" | "plan";
+}
+
+export interface PlanRound {
+  errors: string[];
+  error: string | null;
+  usage: Usage | null;
+  seconds: number;
+}
+
+export interface PlanView {
+  id: string;
+  goal: string;
+  status: string;
+  workflow: { yaml: string; document: Record<string, any> | null } | null;
+  explanation: string;
+  rounds: PlanRound[];
+  model: string;
+  usage: Usage;
+  fallback: string | null;
+  error: string | null;
+  requested_by: string;
+  decided_by: string[];
+  workflow_version: number | null;
+  run_id: string | null;
 }
 
 export interface InputView {

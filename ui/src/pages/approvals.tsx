@@ -1,5 +1,6 @@
 import { useEffect, useState } from "preact/hooks";
-import { api, ApiError, may, type ApprovalView, type RunView, type Session } from "../api";
+import { api, ApiError, may, type ApprovalView, type NodeView, type PlanView, type RunView, type Session } from "../api";
+import { Dag } from "../dag";
 import { ago, EVENTS, json, span, useEvents } from "../live";
 
 function Countdown(props: { until: string }) {
@@ -35,6 +36,81 @@ function Preview(props: { runId: string; node: string }) {
   );
 }
 
+/** A proposed workflow's steps as the run graph draws them, before anything ran. */
+export function planNodes(document: Record<string, any> | null | undefined): Record<string, NodeView> {
+  const nodes: Record<string, NodeView> = {};
+  for (const n of document?.spec?.nodes ?? []) {
+    if (typeof n?.id !== "string") continue;
+    nodes[n.id] = {
+      status: "pending",
+      agent: n.agent ?? (n.capability ? `capability ${n.capability}` : null),
+      needs: Array.isArray(n.needs) ? n.needs.map(String) : [],
+      foreach: n.foreach != null,
+      attempts: 0,
+      input: n.with ?? null,
+      output: null,
+      error: null,
+      errors: [],
+      started_at: null,
+      finished_at: null,
+      approval_id: null,
+      approval: null,
+      items: null,
+    };
+  }
+  return nodes;
+}
+
+/** A proposed plan: how it was made, its graph, its YAML and the validator's rounds. */
+function PlanPreview(props: { planId: string }) {
+  const [plan, setPlan] = useState<PlanView | null>(null);
+  const [picked, setPicked] = useState<string | null>(null);
+  useEffect(() => {
+    api<PlanView>("GET", `/v1/plans/${encodeURIComponent(props.planId)}`).then(setPlan).catch(() => setPlan(null));
+  }, [props.planId]);
+  if (!plan) return null;
+  const nodes = planNodes(plan.workflow?.document);
+  const tokens = plan.usage.input_tokens + plan.usage.output_tokens;
+  return (
+    <div class="plan" data-plan={plan.id}>
+      <p>
+        Goal: <b>{plan.goal}</b>
+      </p>
+      <p>
+        {plan.fallback
+          ? `The model gave no valid plan, so this is the template ${plan.fallback}.`
+          : `Drafted by ${plan.model} in ${plan.rounds.length} round(s) (${tokens} tokens).`}{" "}
+        Nothing runs until it is approved.
+      </p>
+      {plan.explanation && <p>The model's explanation: {plan.explanation}</p>}
+      {Object.keys(nodes).length > 0 && <Dag nodes={nodes} selected={picked} onSelect={setPicked} />}
+      {picked && nodes[picked] && (
+        <p>
+          {picked}: {nodes[picked].agent} with <code>{json(nodes[picked].input)}</code>
+        </p>
+      )}
+      {plan.workflow && (
+        <details open>
+          <summary>Workflow (YAML)</summary>
+          <pre tabIndex={0}>{plan.workflow.yaml}</pre>
+        </details>
+      )}
+      {plan.rounds.length > 0 && (
+        <details open>
+          <summary>The validator's rounds</summary>
+          <ol class="rounds">
+            {plan.rounds.map((r, i) => (
+              <li key={i}>
+                {r.error ? r.error : r.errors.length === 0 ? "valid" : `${r.errors.length} error(s): ${r.errors.join("; ")}`}
+              </li>
+            ))}
+          </ol>
+        </details>
+      )}
+    </div>
+  );
+}
+
 function Card(props: { a: ApprovalView; session: Session; onDone: () => void }) {
   const { a } = props;
   const [comment, setComment] = useState("");
@@ -58,13 +134,20 @@ function Card(props: { a: ApprovalView; session: Session; onDone: () => void }) 
   };
   const approver = may(props.session, "approver");
   const who = a.approvers.length ? a.approvers.join(", ") : "anyone but the requester";
+  const plan = a.kind === "plan";
   return (
-    <article class="card" data-approval={a.id} aria-label={`approval for ${a.workflow} / ${a.node}`}>
+    <article class="card" data-approval={a.id} aria-label={plan ? `plan ${a.workflow}` : `approval for ${a.workflow} / ${a.node}`}>
       <h2>
-        {a.workflow} / {a.node} <span class={`badge s-${a.status}`}>{a.status}</span>
+        {plan ? `Plan: ${a.workflow}` : `${a.workflow} / ${a.node}`} <span class={`badge s-${a.status}`}>{a.status}</span>
       </h2>
       <p>
-        Agent <b>{a.agent}</b> in run <a href={`#/runs/${encodeURIComponent(a.run_id)}`}>{a.run_id}</a>, asked by{" "}
+        {plan ? (
+          <>Plan {a.run_id}, asked for by </>
+        ) : (
+          <>
+            Agent <b>{a.agent}</b> in run <a href={`#/runs/${encodeURIComponent(a.run_id)}`}>{a.run_id}</a>, asked by{" "}
+          </>
+        )}
         {a.requested_by || "—"} {ago(a.requested_at)}
         {a.status === "pending" && (
           <>
@@ -78,11 +161,15 @@ function Card(props: { a: ApprovalView; session: Session; onDone: () => void }) 
         {a.approvals.length > 0 && ` (${a.approvals.map((d) => d.user).join(", ")})`}
       </p>
       {a.summary && <p class="muted">{a.summary}</p>}
-      <details open={a.status === "pending"}>
-        <summary>Inputs (secrets masked)</summary>
-        <pre tabIndex={0}>{json(a.inputs)}</pre>
-      </details>
-      {a.status === "pending" && <Preview runId={a.run_id} node={a.node} />}
+      {plan ? (
+        <PlanPreview planId={a.run_id} />
+      ) : (
+        <details open={a.status === "pending"}>
+          <summary>Inputs (secrets masked)</summary>
+          <pre tabIndex={0}>{json(a.inputs)}</pre>
+        </details>
+      )}
+      {a.status === "pending" && !plan && <Preview runId={a.run_id} node={a.node} />}
       {a.rejection && (
         <p>
           Rejected by {a.rejection.user}: {a.rejection.comment}
