@@ -22,6 +22,7 @@ from typing import Any
 
 import nats
 import pytest
+import yaml
 
 from shared.bus.connection import Bus
 from shared.bus.server import NatsServer
@@ -30,6 +31,7 @@ from shared.contract.errors import ConfigurationError, PermanentError
 from shared.contract.messages import AgentSnapshot, TaskDispatched, TaskSucceeded
 from shared.contract.permissions import SERVICES, USERS
 from tests.chaos.harness import EXPECTED, TOKEN, WORKFLOWS, Sink, free_port
+from tests.fakellm import Threaded, structured
 
 from .stack import ROOT, Stack
 from .test_durability import MANY
@@ -72,7 +74,7 @@ def nats_config(workdir: Path, *tls: str) -> Path:
 class UserStack:
     """The services and the CLI, each on its own NATS user."""
 
-    def __init__(self, workdir: Path, server: NatsServer, sink: Sink, **extra: str) -> None:
+    def __init__(self, workdir: Path, server: NatsServer, sink: Sink, config_extra: str = "", **extra: str) -> None:
         self.gateway_port = free_port()
         self.url = f"http://127.0.0.1:{self.gateway_port}"
         config = workdir / "flowyard.yaml"
@@ -83,7 +85,7 @@ class UserStack:
             "  users: {olga: {token_secret: OLGA_TOKEN, roles: [operator]}}\n"
             "notifier:\n"
             f"  sinks: {{hook: {{type: webhook, url: 'http://127.0.0.1:{sink.port}/hook'}}}}\n"
-            "  rules: [{on: [run.succeeded, run.failed], workflows: ['chaos-*'], sinks: [hook]}]\n"
+            "  rules: [{on: [run.succeeded, run.failed], workflows: ['chaos-*'], sinks: [hook]}]\n" + config_extra
         )
         # Values over 1 KiB travel through the object store, so the users' rights on it are used.
         self.stack = Stack(
@@ -96,6 +98,7 @@ class UserStack:
             **extra,
         )
         self.base = dict(self.stack.env)
+        self.planning = "planner:" in config_extra  # a planning model is configured
 
     def start(self) -> UserStack:
         self.stack.env = {**self.base, **as_user("admin")}
@@ -113,13 +116,22 @@ def users(nats_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     workdir = Path(tmp_path_factory.mktemp("nats-users"))
     server = NatsServer(workdir / "nats", config=nats_config(workdir)).start()
     sink = Sink()
-    s = UserStack(workdir, server, sink)
-    try:
-        yield s.start(), sink
-    finally:
-        s.stack.stop_all()
-        server.stop()
-        sink.server.shutdown()
+    with Threaded(1) as (model,):
+        # The planner's model: answers with the chaos diamond under a new name (a drafted plan).
+        docs = list(yaml.safe_load_all(WORKFLOWS.read_text()))
+        diamond = next(d for d in docs if d["kind"] == "Workflow" and d["metadata"]["name"] == "chaos-diamond")
+        model.script[:] = [structured({"workflow": {**diamond, "metadata": {"name": "users-planned"}}})]
+        planning = (
+            f"llm:\n  providers:\n    planning: {{kind: anthropic, base_url: '{model.url}', default_model: m}}\n"
+            "planner:\n  llm: {provider: planning}\n"
+        )
+        s = UserStack(workdir, server, sink, planning)
+        try:
+            yield s.start(), sink
+        finally:
+            s.stack.stop_all()
+            server.stop()
+            sink.server.shutdown()
 
 
 def run_all(us: UserStack, sink: Sink, workdir: Path) -> None:
@@ -145,6 +157,8 @@ def run_all(us: UserStack, sink: Sink, workdir: Path) -> None:
         result = json.loads(out)
         assert result["outputs"] == EXPECTED[workflow][0]
         assert len(sink.wait_for(result["run_id"])) == 1
+    if us.planning:
+        plan_and_run(us, workdir)
     assert cli.cli("runs", "list").returncode == 0
     assert cli.cli("logs", result["run_id"]).returncode == 0
     # A fan-out whose list of outputs (about 5 KB) goes through the object store.
@@ -176,6 +190,29 @@ def run_all(us: UserStack, sink: Sink, workdir: Path) -> None:
         cookie = response.headers["Set-Cookie"].split(";")[0]
     with urllib.request.urlopen(urllib.request.Request(us.url + "/v1/runs", headers={"Cookie": cookie})) as r:
         assert json.loads(r.read())
+
+
+def plan_and_run(us: UserStack, workdir: Path) -> None:
+    """A plan asked for through the gateway, approved on the CLI: the planner registers it and runs it."""
+    markers = workdir / f"plan-{time.time_ns()}"
+    markers.mkdir()
+    body = json.dumps({"goal": "run the diamond", "inputs": {"dir": str(markers)}, "run": True}).encode()
+    plan_id = http(us.url, "POST", "/v1/plans", body)["id"]
+    deadline = time.monotonic() + 120
+    while (plan := http(us.url, "GET", f"/v1/plans/{plan_id}"))["status"] == "drafting":
+        assert time.monotonic() < deadline, plan
+        time.sleep(0.1)
+    assert plan["status"] == "proposed", plan
+    done = us.stack.cli("plans", "approve", plan_id, "--as", "amy")
+    assert done.returncode == 0, done.stderr
+    while not (plan := http(us.url, "GET", f"/v1/plans/{plan_id}"))["run_id"]:
+        assert time.monotonic() < deadline, plan
+        time.sleep(0.1)
+    while (view := http(us.url, "GET", f"/v1/runs/{plan['run_id']}"))["status"] in ("pending", "running"):
+        assert time.monotonic() < deadline, view
+        time.sleep(0.1)
+    assert view["status"] == "succeeded" and view["plan_id"] == plan_id, view
+    assert view["outputs"] == EXPECTED["chaos-diamond"][0]
 
 
 def http(base: str, method: str, path: str, body: bytes | None = None) -> Any:
