@@ -397,6 +397,24 @@ def agents() -> DashboardSpec:
                             "{{agent}} {{outcome}}",
                         ),
                     ),
+                    ts(
+                        "Plans, by outcome",
+                        "Plans drafted from goals: proposed by the model, fallback (a template proposed),"
+                        " failed, then approved, rejected or expired (docs/planning.md).",
+                        "short",
+                        q(f"sum by (outcome) (increase(flowyard_plans_total[{RATE}]))", "{{outcome}}"),
+                    ),
+                    ts(
+                        "Plan rounds and drafting time, p95",
+                        "Model answers a plan took (the validator's messages go back each round), and the time"
+                        " from a plan's request to proposed or failed.",
+                        "short",
+                        q(
+                            f"histogram_quantile(0.95, sum by (le) (rate(flowyard_plan_rounds_bucket[{RATE}])))",
+                            "rounds p95",
+                        ),
+                        q(_quantile(0.95, "flowyard_plan_seconds", "outcome"), "seconds p95 {{outcome}}"),
+                    ),
                 ],
             ),
             (

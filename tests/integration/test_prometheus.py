@@ -240,6 +240,8 @@ def watched(nats_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         f"    good: {{kind: openai-compatible, base_url: '{good.url}/v1', default_model: g, "
         "prices: {g: {input: 1.0, output: 2.0}}}\n"
         "agents:\n  priorities: {triage: [llm, obs-llm-good]}\n"
+        # The planner asks the good provider, whose prose is never a workflow: a plan that fails.
+        "planner:\n  llm: {provider: good, max_rounds: 2}\n"
     )
     server = NatsServer(workdir / "nats").start()
     stack = Stack(server, workdir, FLOWYARD_CONFIG=str(config))
@@ -280,6 +282,9 @@ def _run_the_mix(stack: Stack, prom: Prometheus, workdir: Path) -> None:
     code, result, _ = stack.run_json(str(llm))
     assert code == 1 and result["nodes"]["triage"]["agent"] == "obs-llm-good", result
     assert "no agent offering capability 'classify'" in result["nodes"]["sort"]["error"]
+    # A plan whose every answer is prose (two rounds), with no template to fall back on.
+    planned = stack.cli("plan", "check the fleet", "--json")
+    assert planned.returncode == 1 and json.loads(planned.stdout)["status"] == "failed", planned.stderr
     gate = stack.cli_background("run", OBSERVED, "--workflow", "obs-gate", "--as", "carol", "--json")
     # While it waits, Prometheus sees it active and its approval pending, with an expiry.
     prom.wait(lambda: prom.value('max(flowyard_runs_active{workflow="obs-gate"})') == 1, "an active run")
@@ -298,6 +303,7 @@ def _run_the_mix(stack: Stack, prom: Prometheus, workdir: Path) -> None:
     prom.wait(lambda: prom.value('max(flowyard_approvals_pending{workflow="obs-gate"})') == 0, "no pending approval")
     prom.wait(lambda: prom.value("sum(flowyard_approval_wait_seconds_count)") >= 1, "the approval's wait")
     prom.wait(lambda: prom.value('sum(flowyard_notifications_total{outcome="sent"})') >= 3, "the notifications")
+    prom.wait(lambda: prom.value('sum(flowyard_plans_total{outcome="failed"})') >= 1, "the failed plan")
 
 
 @pytest.fixture(scope="module")
@@ -323,6 +329,9 @@ def test_every_metric_is_exported_with_its_labels_after_runs(mixed: tuple[Stack,
         "flowyard_approvals_pending": {"workflow"},
         "flowyard_approval_wait_seconds_bucket": {"workflow", "outcome", "le"},
         "flowyard_notifications_total": {"sink", "outcome"},
+        "flowyard_plans_total": {"outcome"},
+        "flowyard_plan_rounds_bucket": {"le"},
+        "flowyard_plan_seconds_bucket": {"outcome", "le"},
         "flowyard_consumer_pending": {"consumer"},
         "flowyard_consumer_ack_pending": {"consumer"},
         "flowyard_consumer_redelivered": {"consumer"},
