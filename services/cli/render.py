@@ -108,6 +108,8 @@ def print_record(record: RunRecord, out: TextIO = sys.stdout) -> None:
     print(f"run      {record.run_id}", file=out)
     print(f"workflow {record.workflow}", file=out)
     print(f"status   {record.status}", file=out)
+    if record.plan_id:
+        print(f"plan     {record.plan_id} (`flowyard plans show {record.plan_id}`)", file=out)
     print(
         f"created  {record.created_at}" + (f"   finished {record.finished_at}" if record.finished_at else ""), file=out
     )

@@ -10,6 +10,7 @@ twice, approved without a decision, or run twice.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -34,6 +35,8 @@ from shared.llm.protocol import Answer, Request
 from shared.state import plans, registry
 from shared.telemetry import metrics
 from shared.telemetry import tracing as telemetry
+from shared.workflow.check import check_bundle
+from shared.workflow.loader import load_bundle
 from shared.workflow.model import AgentDoc
 from shared.workflow.validate import check_inputs
 
@@ -237,7 +240,10 @@ class Plans:
         text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100)
         priorities = self.config.agents.priorities
         try:
-            bundle = await registry.check_text(self.bus, text, where, priorities)
+            # As `flowyard validate` checks a file, knowing every agent of the catalogue (so the
+            # messages list the agents the model may use, not only the ones it named).
+            bundle = await asyncio.to_thread(load_bundle, text, where)
+            await asyncio.to_thread(check_bundle, bundle, agents, priorities)
         except ValidationFailed as exc:
             return text, exc.problems
         wf = bundle.workflows[0]

@@ -350,6 +350,7 @@ def test_a_proposed_plan_in_the_inbox_shows_its_graph_yaml_and_rounds(page: Page
     expect(card.locator("ol.rounds li").nth(1)).to_have_text("valid")
     card.locator("svg.dag g.node[data-node='again']").click()
     expect(card).to_contain_text("again: ui-greeter with")
+    card.screenshot(path=str(DOCS / "ui-plan.png"))
     card.get_by_role("button", name="Approve").click()
     expect(card).to_have_count(0)
     for _ in range(300):
