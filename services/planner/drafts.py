@@ -43,6 +43,7 @@ from shared.workflow.validate import check_inputs
 from . import drafting, guard
 from .approving import approve, run_request
 from .catalogue import catalogue, goal_text
+from .fallback import fallback
 from .planning import runtime_problems
 
 log = structlog.get_logger("flowyard.planner.plans")
@@ -126,7 +127,8 @@ class Plans:
                     provider=self.cfg.llm.provider if self.cfg.llm else "",
                 )
             else:
-                result = await self._fallback(req, record, stopped, drafted, agents, runtimes)
+                templates = [(t.workflow, t.match) for t in self.cfg.templates]
+                result = await fallback(self.bus, req, record, stopped, drafted, agents, runtimes, templates)
             if drafted is not None:
                 result = msgspec.structs.replace(
                     result, rounds=drafted.rounds, usage=drafted.usage, model=result.model or drafted.model
@@ -258,58 +260,6 @@ class Plans:
         except ValidationFailed as exc:
             problems += exc.problems
         return text, problems
-
-    async def _fallback(
-        self,
-        req: PlanRequested,
-        record: PlanRecord,
-        stopped: str | None,
-        drafted: drafting.Drafted | None,
-        agents: dict[str, AgentDoc],
-        runtimes: set[str],
-    ) -> PlanRecord:
-        """The first template whose pattern finds the goal and that can run; else the plan fails, in words."""
-        why = stopped or f"no valid workflow in {len(drafted.rounds) if drafted else 0} round(s)"
-        notes: list[str] = []
-        templates = [(t.workflow, t.match) for t in self.cfg.templates]
-        candidates = [req.template] if req.template else []
-        candidates += [n for n in drafting.matching(req.goal, templates) if n != req.template]
-        for name in candidates:
-            version = await registry.get(self.bus, name)
-            if version is None:
-                notes.append(f"template {name!r} matches but is not a registered workflow")
-                continue
-            try:
-                wf = registry.parse_version(version)
-                problems = runtime_problems(wf, agents, runtimes, f"template {name!r}")
-                check_inputs(wf, req.inputs, file=f"template {name!r}")
-            except ValidationFailed as exc:
-                problems = exc.problems
-            if problems:
-                notes.append("; ".join(problems))
-                continue
-            text = yaml.safe_dump(version.definition, sort_keys=False, allow_unicode=True, width=100)
-            return msgspec.structs.replace(
-                record,
-                status="proposed",
-                workflow=version.definition,
-                workflow_yaml=text,
-                fallback=name,
-                template_version=version.version,
-                error=f"proposed the template {name!r} instead: {why}",
-            )
-        words = [why]
-        for number, r in enumerate(drafted.rounds if drafted else [], 1):
-            if r.error:
-                words.append(f"round {number}: {r.error}")
-            elif r.errors:
-                words.append(f"round {number}: " + "; ".join(r.errors))
-        words.extend(notes)
-        if not templates and not req.template:
-            words.append("no planner.templates are configured to fall back on")
-        elif not candidates:
-            words.append("no template in planner.templates matches the goal")
-        return msgspec.structs.replace(record, status="failed", error=". ".join(words))
 
     # --- decisions -----------------------------------------------------------------------------
 

@@ -101,25 +101,28 @@ def plans_show(obj: Ctx, plan_id: str, as_json: bool) -> None:
 
 @plans.command("approve")
 @click.argument("plan_id")
-@click.option("--as", "user", required=True, metavar="USER", help="Who approves.")
+@click.option("--as", "user", default=None, metavar="USER", help="Who approves (default: your user name).")
 @click.option("--comment", default="", help="Recorded with the approval.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def plans_approve(obj: Ctx, plan_id: str, user: str, comment: str, as_json: bool) -> None:
-    """Approve a proposed plan: its workflow is registered (and run, if it was asked with --run)."""
+def plans_approve(obj: Ctx, plan_id: str, user: str | None, comment: str, as_json: bool) -> None:
+    """Approve a proposed plan: its workflow is registered (and run, if it was asked with --run).
+    Exit 0 when the approval was recorded, 1 when it was refused, 2 for no such plan."""
     from ..plans import decide_plan
 
-    _run(decide_plan(obj.config(), plan_id, "approve", user=user, text=comment, as_json=as_json))
+    who = user or getpass.getuser()
+    _run(decide_plan(obj.config(), plan_id, "approve", user=who, text=comment, as_json=as_json))
 
 
 @plans.command("reject")
 @click.argument("plan_id")
-@click.option("--as", "user", required=True, metavar="USER", help="Who rejects.")
+@click.option("--as", "user", default=None, metavar="USER", help="Who rejects (default: your user name).")
 @click.option("--reason", required=True, help="Why; kept with the plan.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def plans_reject(obj: Ctx, plan_id: str, user: str, reason: str, as_json: bool) -> None:
+def plans_reject(obj: Ctx, plan_id: str, user: str | None, reason: str, as_json: bool) -> None:
     """Reject a proposed plan: it is kept with the reason, nothing is registered or run."""
     from ..plans import decide_plan
 
-    _run(decide_plan(obj.config(), plan_id, "reject", user=user, text=reason, as_json=as_json))
+    who = user or getpass.getuser()
+    _run(decide_plan(obj.config(), plan_id, "reject", user=who, text=reason, as_json=as_json))
