@@ -20,7 +20,9 @@ from typing import Any
 
 import pytest
 
+from shared.telemetry.tracing import run_trace_id
 from tests.fakellm import FakeProvider, Threaded, error, structured
+from tests.otlp import Collector
 
 from .gateway import auth, gateway_stack
 from .stack import Stack
@@ -67,8 +69,15 @@ def fake() -> Iterator[FakeProvider]:
 
 
 @pytest.fixture(scope="module")
+def collector() -> Iterator[Collector]:
+    c = Collector()
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory, fake: FakeProvider, nats_binary: str
+    tmp_path_factory: pytest.TempPathFactory, fake: FakeProvider, nats_binary: str, collector: Collector
 ) -> Iterator[tuple[Stack, str]]:
     workdir = tmp_path_factory.mktemp("planning")
     extra = (
@@ -81,7 +90,12 @@ def stack(
         "  rules:\n    - {on: [plan.proposed, plan.approved, approval.requested], sinks: [audit]}\n"
     )
     with gateway_stack(workdir, extra) as (s, url):
-        s.env.update(FLOWYARD_SECRET_PLAN_KEY=PLAN_KEY, FLOWYARD_EXECUTOR_RUNTIME="process")
+        s.env.update(
+            FLOWYARD_SECRET_PLAN_KEY=PLAN_KEY,
+            FLOWYARD_EXECUTOR_RUNTIME="process",
+            FLOWYARD_TELEMETRY_EXPORTER="otlp",
+            FLOWYARD_TELEMETRY_ENDPOINT=collector.url,
+        )
         # The planner and executor read the key and the runtime at start: start them again with them.
         for name in ("planner", "executor"):
             s.kill(name, 15)
@@ -125,7 +139,9 @@ def run_of(url: str, run_id: str, timeout: float = 60) -> dict[str, Any]:
     raise AssertionError(f"run {run_id} did not end in {timeout}s")
 
 
-def test_a_goal_is_drafted_repaired_approved_registered_and_run(stack: tuple[Stack, str], fake: FakeProvider) -> None:
+def test_a_goal_is_drafted_repaired_approved_registered_and_run(
+    stack: tuple[Stack, str], fake: FakeProvider, collector: Collector
+) -> None:
     s, url = stack
     unknown = drafted("checkout-latency", "checking {{ inputs.service }}", agent="sya")
     good = drafted("checkout-latency", "checking {{ inputs.service }}")
@@ -181,6 +197,19 @@ def test_a_goal_is_drafted_repaired_approved_registered_and_run(stack: tuple[Sta
     assert call(url, "POST", f"/v1/plans/{plan['id']}/approve", "admin", {})[0] == 409
     notified = s.log_path("notifier").read_text()
     assert "plan.proposed" in notified and "plan.approved" in notified
+    # One trace per plan: the draft, with a span per round, carrying the GenAI attributes.
+    trace_id = run_trace_id(plan["id"])
+    collector.wait_for(
+        lambda spans: sum(x.trace_id == trace_id and x.name.startswith("plan round") for x in spans) == 2
+    )
+    spans = collector.trace(trace_id)
+    draft = next(x for x in spans if x.name == "draft plan")
+    rounds = sorted((x for x in spans if x.name.startswith("plan round")), key=lambda x: x.name)
+    assert [x.name for x in rounds] == ["plan round 1", "plan round 2"]
+    assert all(x.parent_id == draft.span_id for x in rounds)
+    assert rounds[0].attributes["gen_ai.request.model"] == "claude-plan"
+    assert rounds[0].attributes["gen_ai.usage.input_tokens"] == 900
+    assert draft.attributes["flowyard.plan.status"] == "proposed"
 
 
 def test_a_model_that_is_down_gives_the_matching_template_and_a_rejection_registers_nothing(
