@@ -17,6 +17,7 @@ from nats.aio.msg import Msg
 
 from shared.bus.delivery import Delivery
 from shared.contract import subjects
+from shared.contract.drafts import PLAN_ID
 from shared.contract.messages import RunAbandoned, decode_event
 from shared.telemetry.metrics import DEAD_LETTERS
 
@@ -107,8 +108,8 @@ async def _abandon_run(bus: Bus, stream: str, msg: Msg, delivery: Delivery, reas
             run_id = parts[2]
         elif parts[:3] == ["fy", "timer", "run"] and len(parts) > 3:
             run_id = parts[3]
-    if not run_id or not subjects.TOKEN.match(run_id):
-        return
+    if not run_id or not subjects.TOKEN.match(run_id) or PLAN_ID.match(run_id):
+        return  # a plan's message: no run to end (the dead letter keeps it and says why)
     abandoned = RunAbandoned(
         run_id=run_id, service=bus.name, subject=delivery.subject, reason=reason[:1000], workflow=workflow
     )

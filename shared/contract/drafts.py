@@ -7,6 +7,7 @@ its approval is an approval like a step's (node ``plan``) and the plan is one tr
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import msgspec
@@ -16,6 +17,7 @@ from .plans import Usage, Wire
 
 PlanStatus = Literal["drafting", "proposed", "approved", "rejected", "failed", "expired"]
 PLAN_STATUSES: tuple[str, ...] = PlanStatus.__args__  # type: ignore[attr-defined]
+PLAN_ID = re.compile(r"^p[0-9a-f]{11}[0-9a-f]{8}$")  # a run's id starts with r
 PLAN_NODE = "plan"  # the node id of a plan's approval request: approval id ``<plan>.plan``
 PlanOutcome = Literal["proposed", "approved", "rejected", "failed", "fallback", "expired"]
 

@@ -7,7 +7,6 @@ arriving while a draft is saved) never lose each other's update.
 from __future__ import annotations
 
 import asyncio
-import re
 import secrets
 import time
 from collections.abc import Callable
@@ -16,11 +15,9 @@ import nats.js.errors
 
 from shared.bus.connection import Bus
 from shared.contract import subjects
-from shared.contract.drafts import PlanRecord, decode_plan
+from shared.contract.drafts import PLAN_ID, PlanRecord, decode_plan
 from shared.contract.errors import RetryableError
 from shared.contract.messages import encode
-
-PLAN_ID = re.compile(r"^p[0-9a-f]{11}[0-9a-f]{8}$")
 
 
 def new_plan_id() -> str:
