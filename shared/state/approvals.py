@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import nats.js.errors
 
 from shared.bus.connection import Bus
 from shared.contract import subjects
 from shared.contract.messages import ApprovalRecord, decode_approval
+from shared.state import kvread
 
 
 async def records(bus: Bus) -> list[ApprovalRecord]:
     """Every approval request, newest first (ids start with the run id, which sorts by time)."""
-    kv = await bus.kv(subjects.APPROVALS_BUCKET)
-    keys = sorted(await bus.kv_keys(subjects.APPROVALS_BUCKET), reverse=True)
-    entries = await asyncio.gather(*(kv.get(k) for k in keys), return_exceptions=True)
-    out = []
-    for entry in entries:
-        if isinstance(entry, nats.js.errors.KeyNotFoundError):
-            continue  # removed between listing and reading
-        if isinstance(entry, BaseException):
-            raise entry
-        if entry.value:
-            out.append(decode_approval(entry.value))
-    return out
+    return [decode_approval(v) for v in await kvread.values(bus, subjects.APPROVALS_BUCKET, newest_first=True)]
 
 
 async def get(bus: Bus, approval_id: str) -> ApprovalRecord | None:

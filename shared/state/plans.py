@@ -6,7 +6,6 @@ arriving while a draft is saved) never lose each other's update.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from shared.contract import subjects
 from shared.contract.drafts import PLAN_ID, PlanRecord, decode_plan
 from shared.contract.errors import RetryableError
 from shared.contract.messages import encode
+from shared.state import kvread
 
 
 def new_plan_id() -> str:
@@ -41,19 +41,8 @@ async def get(bus: Bus, plan_id: str) -> PlanRecord | None:
 
 
 async def records(bus: Bus) -> list[PlanRecord]:
-    """Every plan, newest first."""
-    kv = await bus.kv(subjects.PLANS_BUCKET)
-    keys = sorted(await bus.kv_keys(subjects.PLANS_BUCKET), reverse=True)
-    entries = await asyncio.gather(*(kv.get(k) for k in keys), return_exceptions=True)
-    out = []
-    for entry in entries:
-        if isinstance(entry, nats.js.errors.KeyNotFoundError):
-            continue
-        if isinstance(entry, BaseException):
-            raise entry
-        if entry.value:
-            out.append(decode_plan(entry.value))
-    return out
+    """Every plan, newest first (a plan's id starts with the time)."""
+    return [decode_plan(v) for v in await kvread.values(bus, subjects.PLANS_BUCKET, newest_first=True)]
 
 
 async def create(bus: Bus, record: PlanRecord) -> PlanRecord:
