@@ -1,4 +1,4 @@
-"""The aiohttp application: one handler per operation of :data:`shared.api.openapi.OPERATIONS`."""
+"""The aiohttp application: one handler per operation of :data:`shared.api.operations.OPERATIONS`."""
 
 from __future__ import annotations
 
