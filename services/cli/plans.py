@@ -17,6 +17,7 @@ from shared.state import plans
 from .approvals import decide
 from .client import connected
 from .output import EXIT_FAILED, EXIT_INVALID, EXIT_OK, echo_json
+from .workflows import record as record_audit
 
 # A plan past drafting: what `flowyard plan` stops waiting at.
 _SETTLED = ("proposed", "approved", "rejected", "failed", "expired")
@@ -134,6 +135,7 @@ async def make_plan(
     body = StartPlan(goal=goal, inputs=inputs, workflow_name=name, run=run)
     async with connected(config) as bus:
         request = await request_plan(bus, body, user=user, source="cli")  # ValidationFailed -> exit 2
+        await record_audit(bus, user, "plan", f"plan/{request.run_id}", request.goal[:200])
         if not as_json:
             print(f"plan {request.run_id}: drafting…", file=sys.stderr, flush=True)
         record = await _wait(bus, request.run_id, timeout)

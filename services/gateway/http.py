@@ -41,6 +41,9 @@ ACTIONS = {
     "retry_run": "retry",
     "approve": "approve",
     "reject": "reject",
+    "start_plan": "plan",
+    "approve_plan": "approve",
+    "reject_plan": "reject",
     "delete_session": "sign_out",
 }
 _encode = msgspec.json.Encoder().encode

@@ -17,7 +17,7 @@ from shared.bus.connection import Bus
 from shared.contract import subjects
 from shared.contract.envelope import MSG_ID, now_rfc3339
 
-Action = Literal["apply", "delete", "start", "cancel", "retry", "approve", "reject", "sign_in", "sign_out"]
+Action = Literal["apply", "delete", "start", "cancel", "retry", "approve", "reject", "sign_in", "sign_out", "plan"]
 ACTIONS: tuple[str, ...] = Action.__args__  # type: ignore[attr-defined]
 
 

@@ -210,6 +210,10 @@ def test_a_goal_is_drafted_repaired_approved_registered_and_run(
     assert rounds[0].attributes["gen_ai.request.model"] == "claude-plan"
     assert rounds[0].attributes["gen_ai.usage.input_tokens"] == 900
     assert draft.attributes["flowyard.plan.status"] == "proposed"
+    # Asking and deciding are in the audit log, refusals included.
+    _, entries = call(url, "GET", "/v1/audit?limit=500", "admin")
+    mine = [(e["action"], e["user"], e["outcome"]) for e in entries if e["target"] == f"plan/{plan['id']}"]
+    assert ("plan", "ops", "ok") in mine and ("approve", "amy", "ok") in mine and ("approve", "ops", "refused") in mine
 
 
 def test_a_model_that_is_down_gives_the_matching_template_and_a_rejection_registers_nothing(
