@@ -21,7 +21,7 @@ import structlog
 import yaml
 
 from shared.bus.connection import Bus
-from shared.bus.delivery import Delivery
+from shared.bus.delivery import Delivery, is_outage
 from shared.config.secrets import SecretSource
 from shared.config.settings import Config, seconds
 from shared.contract import subjects
@@ -65,7 +65,14 @@ class Plans:
             case PlanRequested():
                 if not plans.valid_plan_id(event.run_id):
                     raise PermanentError(f"plan id {event.run_id!r} is not a plan id (p, then 19 hex digits)")
-                await self.requested(event)
+                try:
+                    await self.requested(event)
+                except Exception as exc:
+                    # Tried as often as the bus tries a message: end the plan in words rather than
+                    # leave it drafting for ever behind a dead letter (NATS being away is waited out).
+                    if is_outage(exc) or delivery.num_delivered < self.config.bus.max_deliver:
+                        raise
+                    await self.give_up(event, exc)
             case ApprovalDecided(kind="plan"):
                 await self.decided(event)
             case ApprovalDecided():
@@ -247,7 +254,7 @@ class Plans:
             bundle = await asyncio.to_thread(load_bundle, text, where)
             await asyncio.to_thread(check_bundle, bundle, agents, priorities)
         except ValidationFailed as exc:
-            return text, exc.problems
+            return text, guard.for_a_plan(exc.problems)
         wf = bundle.workflows[0]
         taken = False
         if not req.workflow_name:
@@ -260,6 +267,27 @@ class Plans:
         except ValidationFailed as exc:
             problems += exc.problems
         return text, problems
+
+    async def give_up(self, req: PlanRequested, exc: Exception) -> None:
+        why = (
+            f"the planner could not draft this plan after {self.config.bus.max_deliver} tries "
+            f"({type(exc).__name__}: {exc}); the planner's log has the details — ask again once it is mended"
+        )
+        log.error("plan given up", plan_id=req.run_id, error=repr(exc))
+        found = await plans.mutate(
+            self.bus,
+            req.run_id,
+            lambda r: (
+                msgspec.structs.replace(r, status="failed", error=why, updated_at=now_rfc3339())
+                if r.status == "drafting"
+                else None
+            ),
+        )
+        if found is None:
+            raise exc  # not even stored: the dead letter keeps the request and says why
+        if found.status == "failed" and found.error == why:
+            metrics.PLANS.labels("failed").inc()
+        await self.announce(found)
 
     # --- decisions -----------------------------------------------------------------------------
 

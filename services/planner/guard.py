@@ -17,6 +17,14 @@ from shared.workflow.plan import node_agents
 
 from .catalogue import plannable
 
+_DEFINE = "Define it with `kind: Agent` in this file or register it first"
+
+
+def for_a_plan(problems: list[str]) -> list[str]:
+    """The validator's messages, with the advice a plan can follow (it cannot define an agent)."""
+    instead = "A plan cannot define agents: use one of the agents of the catalogue"
+    return [p.replace(_DEFINE, instead) for p in problems]
+
 
 def refusals(doc: Any, *, where: str) -> list[str]:
     """Before the document is parsed: what it is and what it holds."""

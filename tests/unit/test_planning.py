@@ -255,3 +255,55 @@ def test_a_plan_approval_is_an_approval_request_nobody_can_let_expire_into_a_run
     assert request.policy.on_expiry == "reject" and not request.policy.allow_self_approval
     assert request.requested_by == "ann" and request.workflow == "say-hello"
     assert request.inputs["workflow"] == record.workflow_yaml
+
+
+def test_the_validators_advice_is_reworded_for_a_plan() -> None:
+    text = (
+        "x: unknown agent 'sya'. Registered agents: say. Define it with `kind: Agent` in this file or register it first"
+    )
+    (said,) = guard.for_a_plan([text])
+    assert "Define it" not in said and said.endswith(
+        "A plan cannot define agents: use one of the agents of the catalogue"
+    )
+
+
+async def test_a_plan_the_planner_keeps_failing_on_ends_failed_in_words(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.bus.delivery import Delivery
+    from shared.contract.drafts import PlanRecord, PlanRequested
+    from shared.state import plans as plan_store
+
+    stored = {"p0000000000100000000": PlanRecord(id="p0000000000100000000", goal="g", status="drafting")}
+    published: list[tuple[str, Any]] = []
+
+    async def mutate(bus: Any, plan_id: str, change: Any) -> Any:
+        if plan_id not in stored:
+            return None
+        new = change(stored[plan_id])
+        stored[plan_id] = new or stored[plan_id]
+        return stored[plan_id]
+
+    class Bus:
+        async def publish(self, subject: str, event: Any, *, msg_id: str) -> None:
+            published.append((subject, event))
+
+    monkeypatch.setattr(plan_store, "mutate", mutate)
+    planner = Plans(Bus(), load_config(None, env={}), None, None)  # type: ignore[arg-type]
+
+    async def broken(req: Any) -> None:
+        raise RuntimeError("a library bug")
+
+    monkeypatch.setattr(planner, "requested", broken)
+    request = PlanRequested(run_id="p0000000000100000000", goal="g")
+    early = Delivery(subject="s", num_delivered=1, stream_seq=1, headers={})
+    with pytest.raises(RuntimeError):  # tried again, as the bus tries any message
+        await planner.handle(request, early)
+    assert stored["p0000000000100000000"].status == "drafting" and not published
+    last = Delivery(subject="s", num_delivered=5, stream_seq=1, headers={})
+    await planner.handle(request, last)
+    record = stored["p0000000000100000000"]
+    assert record.status == "failed" and "could not draft this plan after 5 tries" in (record.error or "")
+    assert "RuntimeError: a library bug" in (record.error or "")
+    assert [s for s, _ in published] == ["fy.run.p0000000000100000000.plan.failed"]
+    # Not even stored: nothing to end, so the message goes to the dead letters as it came.
+    with pytest.raises(RuntimeError):
+        await planner.handle(PlanRequested(run_id="p0000000000200000000", goal="g"), last)
