@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any
 
-from shared.api.plans import StartPlan, plan_view, request_plan
+from shared.api.plans import StartPlan, get_view, plan_view, request_plan
 from shared.api.views import to_json
 from shared.bus.connection import Bus
 from shared.config.settings import Config
@@ -64,8 +64,8 @@ def graph_lines(document: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def print_plan(record: PlanRecord) -> None:
-    p = plan_json(record)
+def print_plan(p: dict[str, Any]) -> None:
+    """A plan's JSON (``plans show --json``) as people read it."""
     print(f"plan      {p['id']}  ({p['status']})")
     print(f"goal      {p['goal']}")
     made = f"the template {p['fallback']} (fallback)" if p["fallback"] else (p["model"] or "-")
@@ -149,7 +149,7 @@ async def make_plan(
     if as_json:
         echo_json(plan_json(record))
     else:
-        print_plan(record)
+        print_plan(plan_json(record))
     return EXIT_OK if record.status in ("proposed", "approved") else EXIT_FAILED
 
 
@@ -170,26 +170,28 @@ async def list_plans(config: Config, *, status: str | None, as_json: bool) -> in
 
 async def show_plan(config: Config, plan_id: str, *, as_json: bool) -> int:
     async with connected(config) as bus:
-        record = await plans.get(bus, plan_id)
-    if record is None:
+        view = await get_view(bus, plan_id)
+    if view is None:
         print(f"flowyard: no plan {plan_id!r}; `flowyard plans list` shows them", file=sys.stderr)
         return EXIT_INVALID
     if as_json:
-        echo_json(plan_json(record))
+        echo_json(to_json(view))
     else:
-        print_plan(record)
+        print_plan(to_json(view))
     return EXIT_OK
 
 
 async def decide_plan(config: Config, plan_id: str, decision: str, *, user: str, text: str, as_json: bool) -> int:
     async with connected(config) as bus:
         record = await plans.get(bus, plan_id)
-    if record is None:
+        asked = record is not None or await get_view(bus, plan_id) is not None
+    if not asked:
         print(f"flowyard: no plan {plan_id!r}; `flowyard plans list` shows them", file=sys.stderr)
         return EXIT_INVALID
-    if record.status != "proposed":
+    status = record.status if record is not None else "drafting"
+    if status != "proposed":
         print(
-            f"flowyard: refused: plan {plan_id} is {record.status}; only a proposed plan can be decided",
+            f"flowyard: refused: plan {plan_id} is {status}; only a proposed plan can be decided",
             file=sys.stderr,
         )
         return EXIT_FAILED

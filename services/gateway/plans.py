@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from shared.api.plans import PlanAccepted, StartPlan, plan_view, request_plan
+from shared.api.plans import PlanAccepted, StartPlan, get_view, plan_view, request_plan
 from shared.api.views import ApproveBody, RejectBody
 from shared.contract.drafts import PLAN_NODE, PLAN_STATUSES
 from shared.state import plans
@@ -48,10 +48,10 @@ async def list_plans(request: web.Request) -> web.Response:
 async def get_plan(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     plan_id = _id(request)
-    record = await plans.get(gw.bus, plan_id)
-    if record is None:
+    view = await get_view(gw.bus, plan_id)
+    if view is None:
         raise HttpProblem(404, f"no plan {plan_id!r}; GET /v1/plans lists them")
-    return json_response(plan_view(record))
+    return json_response(view)
 
 
 async def approve_plan(request: web.Request) -> web.Response:
@@ -72,6 +72,8 @@ async def _decide(request: web.Request, decision: str, comment: str, reason: str
     plan_id = _id(request)
     record = await plans.get(gw.bus, plan_id)
     if record is None:
+        if await get_view(gw.bus, plan_id) is not None:
+            raise HttpProblem(409, f"plan {plan_id} is drafting; only a proposed plan can be decided")
         raise HttpProblem(404, f"no plan {plan_id!r}; GET /v1/plans lists them")
     if record.status != "proposed":
         raise HttpProblem(409, f"plan {plan_id} is {record.status}; only a proposed plan can be decided")

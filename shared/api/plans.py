@@ -14,6 +14,7 @@ from shared.contract.messages import Usage
 from shared.state import plans
 from shared.workflow.model import NAME_RE
 
+from .runs import last_event
 from .views import Body, View
 
 MAX_GOAL = 4000  # characters: a goal is a sentence or a paragraph, not a document
@@ -105,6 +106,18 @@ def pending_plan(request: PlanRequested) -> PlanView:
         requested_by=request.requested_by,
         created_at=request.requested_at,
     )
+
+
+async def get_view(bus: Bus, plan_id: str) -> PlanView | None:
+    """The plan as people see it; one asked for but not stored yet by the planner is `drafting`
+    (read from its request), so the URL a 202 gave never answers 404."""
+    record = await plans.get(bus, plan_id)
+    if record is not None:
+        return plan_view(record)
+    if not plans.valid_plan_id(plan_id):
+        return None
+    request = await last_event(bus, subjects.plan_requested(plan_id), PlanRequested)
+    return pending_plan(request) if request is not None else None
 
 
 def check_start(body: StartPlan) -> list[str]:

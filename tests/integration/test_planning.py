@@ -159,6 +159,9 @@ def test_a_goal_is_drafted_repaired_approved_registered_and_run(
     )
     assert status == 202, accepted
     assert accepted["status"] == "drafting" and accepted["url"] == f"/v1/plans/{accepted['id']}"
+    # The URL answers at once, before the planner has stored anything.
+    status, early = call(url, "GET", accepted["url"], "vic")
+    assert status == 200 and early["id"] == accepted["id"] and early["goal"] == "find why checkout latency rose"
     plan = settled(url, accepted["id"])
     assert plan["status"] == "proposed", plan
     assert plan["fallback"] is None and plan["model"] == "claude-plan" and plan["requested_by"] == "ops"

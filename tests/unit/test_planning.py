@@ -307,3 +307,23 @@ async def test_a_plan_the_planner_keeps_failing_on_ends_failed_in_words(monkeypa
     # Not even stored: nothing to end, so the message goes to the dead letters as it came.
     with pytest.raises(RuntimeError):
         await planner.handle(PlanRequested(run_id="p0000000000200000000", goal="g"), last)
+
+
+async def test_a_plan_asked_for_but_not_stored_yet_reads_as_drafting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.api import plans as plan_api
+    from shared.contract.drafts import PlanRequested
+
+    asked = PlanRequested(run_id="p0000000000100000000", goal="g", requested_by="ann", run=True)
+
+    async def nothing(bus: Any, plan_id: str) -> None:
+        return None
+
+    async def last(bus: Any, subject: str, kind: Any) -> Any:
+        return asked if subject == "fy.run.p0000000000100000000.plan.requested" else None
+
+    monkeypatch.setattr(plan_api.plans, "get", nothing)
+    monkeypatch.setattr(plan_api, "last_event", last)
+    view = await plan_api.get_view(None, "p0000000000100000000")  # type: ignore[arg-type]
+    assert view is not None and view.status == "drafting" and view.requested_by == "ann" and view.run
+    assert await plan_api.get_view(None, "p0000000000200000000") is None  # type: ignore[arg-type]
+    assert await plan_api.get_view(None, "r0000000000100000000") is None  # type: ignore[arg-type]
