@@ -16,6 +16,7 @@ from shared.state import plans
 
 from .approvals import decide
 from .client import connected
+from .inputs import parse_inputs
 from .output import EXIT_FAILED, EXIT_INVALID, EXIT_OK, echo_json
 from .workflows import record as record_audit
 
@@ -124,7 +125,7 @@ async def _wait(bus: Bus, plan_id: str, timeout: float) -> PlanRecord | None:
 async def make_plan(
     config: Config,
     goal: str,
-    inputs: dict[str, Any],
+    pairs: tuple[str, ...],
     *,
     name: str | None,
     run: bool,
@@ -132,7 +133,7 @@ async def make_plan(
     user: str,
     timeout: float,
 ) -> int:
-    body = StartPlan(goal=goal, inputs=inputs, workflow_name=name, run=run)
+    body = StartPlan(goal=goal, inputs=parse_inputs(pairs), workflow_name=name, run=run)  # bad -i: exit 2
     async with connected(config) as bus:
         request = await request_plan(bus, body, user=user, source="cli")  # ValidationFailed -> exit 2
         await record_audit(bus, user, "plan", f"plan/{request.run_id}", request.goal[:200])
@@ -163,7 +164,7 @@ async def list_plans(config: Config, *, status: str | None, as_json: bool) -> in
     else:
         for r in records:
             made = f"template {r.fallback}" if r.fallback else (r.model or "-")
-            name = (r.workflow or {}).get("metadata", {}).get("name", "-") if r.workflow else "-"
+            name = r.proposed_name or "-"
             print(f"{r.id}  {r.status:<9} {name:<24} {made:<20} {r.goal[:60]}")
     return EXIT_OK
 

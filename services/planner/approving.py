@@ -27,31 +27,28 @@ async def approve(
 ) -> PlanRecord:
     approvers = [d.user for d in event.approvals]
     comment = "; ".join(f"{d.user}: {d.comment}" for d in event.approvals if d.comment)
-    if record.fallback:
+    run_id = new_run_id() if record.run else None
+    try:
+        if run_id is not None:
+            # The run it asks for is built (its inputs checked) before anything is stored, so an
+            # approved plan never names a run that cannot be requested.
+            run_request(msgspec.structs.replace(record, run_id=run_id))
+        # Checked again: an agent it uses may have changed since it was proposed.
+        bundle = (
+            None
+            if record.fallback
+            else await registry.check_text(bus, record.workflow_yaml, f"plan {record.id}", priorities)
+        )
+    except ValidationFailed as exc:
+        return await _failed(bus, record, "approved, but no longer valid: " + "; ".join(exc.problems))
+    if bundle is None:
         version = record.template_version
     else:
-        where = f"plan {record.id}"
-        try:
-            # Checked again: an agent it uses may have changed since it was proposed.
-            bundle = await registry.check_text(bus, record.workflow_yaml, where, priorities)
-        except ValidationFailed as exc:
-            why = "approved, but no longer valid: " + "; ".join(exc.problems)
-            failed = await plans.mutate(
-                bus,
-                record.id,
-                lambda r: (
-                    msgspec.structs.replace(r, status="failed", error=why, updated_at=now_rfc3339())
-                    if r.status == "proposed"
-                    else None
-                ),
-            )
-            return failed or record
         applied = await registry.apply(
             bus, bundle, record.workflow_yaml, user=approvers[0] if approvers else "approver", plan_id=record.id,
             model=record.model or None,
         )  # fmt: skip
         version = applied[0].version
-    run_id = new_run_id() if record.run else None
 
     def approved(r: PlanRecord) -> PlanRecord | None:
         if r.status != "proposed":
@@ -71,6 +68,18 @@ async def approve(
     if stored is not None and stored.status == "approved" and stored.run_id == run_id:
         metrics.PLANS.labels("approved").inc()
         log.info("plan approved", plan_id=record.id, workflow_version=version, run_id=run_id, by=approvers)
+    return stored or record
+
+
+async def _failed(bus: Bus, record: PlanRecord, why: str) -> PlanRecord:
+    def failed(r: PlanRecord) -> PlanRecord | None:
+        if r.status != "proposed":
+            return None
+        return msgspec.structs.replace(r, status="failed", error=why, updated_at=now_rfc3339())
+
+    stored = await plans.mutate(bus, record.id, failed)
+    if stored is not None and stored.status == "failed" and stored.error == why:
+        metrics.PLANS.labels("failed").inc()
     return stored or record
 
 

@@ -341,7 +341,7 @@ class Plans:
             run_id=record.id,
             status=record.status,
             goal=record.goal,
-            workflow=_name(record),
+            workflow=record.proposed_name,
             fallback=record.fallback,
             model=record.model,
             requested_by=record.requested_by,
@@ -362,7 +362,7 @@ class Plans:
         return ApprovalRequested(
             run_id=record.id,
             approval_id=f"{record.id}.{PLAN_NODE}",
-            workflow=_name(record),
+            workflow=record.proposed_name,
             node_id=PLAN_NODE,
             agent="planner",
             risk="approval_required",
@@ -382,8 +382,3 @@ class Plans:
             requested_at=record.updated_at,
             kind="plan",
         )
-
-
-def _name(record: PlanRecord) -> str:
-    meta = (record.workflow or {}).get("metadata")
-    return str(meta.get("name", "")) if isinstance(meta, dict) else ""

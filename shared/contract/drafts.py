@@ -93,6 +93,12 @@ class PlanRecord(Wire, kw_only=True):
     source: str = ""
     template_version: int | None = None  # a fallback: the template's version that was proposed
 
+    @property
+    def proposed_name(self) -> str:
+        """The proposed workflow's name ("" before there is one)."""
+        meta = (self.workflow or {}).get("metadata")
+        return str(meta.get("name", "")) if isinstance(meta, dict) else ""
+
 
 _decode_plan = msgspec.json.Decoder(PlanRecord).decode
 

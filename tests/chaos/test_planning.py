@@ -84,8 +84,14 @@ def test_the_planner_sigkilled_while_drafting_and_approving(nats_binary: str, tm
                 assert asked.returncode == 0, f"{where}: {err[-2000:]}"
                 plan = json.loads(out)
                 assert plan["status"] == "proposed", where
-                pending = json.loads(cli.cli("approvals", "list", "--json").stdout)
-                assert [a["id"] for a in pending if a["run_id"] == plan["id"]] == [plan["approval_id"]], where
+                # One approval request, once the approver has stored what the planner sent.
+                mine = wait(
+                    f"{where}: the plan's approval request",
+                    lambda p=plan["id"]: [
+                        a["id"] for a in json.loads(cli.cli("approvals", "list", "--json").stdout) if a["run_id"] == p
+                    ],
+                )
+                assert mine == [plan["approval_id"]], where
                 done = cli.cli("plans", "approve", plan["id"], "--as", "amy")
                 assert done.returncode == 0, f"{where}: {done.stderr}"
                 time.sleep(after)

@@ -12,7 +12,7 @@ import pytest
 from shared.bus.server import NatsServer
 
 from .stack import Stack
-from .test_planning import CATALOGUE
+from .test_planning import CATALOGUE, waited
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,11 @@ def test_without_a_model_a_matching_template_is_proposed_and_expires_undecided(s
     plan = json.loads(done.stdout)
     assert plan["status"] == "proposed" and plan["fallback"] == "restart-service" and plan["rounds"] == []
     assert "no model is configured for planning (planner.llm)" in plan["error"]
-    approval = json.loads(stack.cli("approvals", "show", plan["approval_id"], "--json").stdout)
+    # The approver stores the request the planner sent: read it once it is there.
+    approval = waited(
+        "the plan's approval request",
+        lambda: json.loads(stack.cli("approvals", "show", plan["approval_id"], "--json").stdout or "null"),
+    )
     assert approval["min_approvals"] == 2 and approval["on_expiry"] == "reject" and approval["kind"] == "plan"
     deadline = time.monotonic() + 60
     while (now := show(stack, plan["id"]))["status"] == "proposed":

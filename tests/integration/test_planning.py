@@ -129,6 +129,15 @@ def settled(url: str, plan_id: str, *, leaving: str = "drafting", timeout: float
     raise AssertionError(f"plan {plan_id} still {leaving} after {timeout}s")
 
 
+def waited(what: str, found: Any, timeout: float = 60) -> Any:
+    """``found()`` once it holds something (it is read again until then)."""
+    deadline = time.monotonic() + timeout
+    while not (value := found()):
+        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
+        time.sleep(0.1)
+    return value
+
+
 def run_of(url: str, run_id: str, timeout: float = 60) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -175,9 +184,12 @@ def test_a_goal_is_drafted_repaired_approved_registered_and_run(
     first = fake.seen[0].body
     assert '"name": "say"' in first["messages"][0]["content"] and "input_schema" in first["tools"][0]
     assert "sya" in json.dumps(fake.seen[1].body["messages"][-1])
-    # A plan is an approval request like any other, and nothing ran yet.
-    status, inbox = call(url, "GET", "/v1/approvals?status=pending", "vic")
-    mine = [a for a in inbox if a["run_id"] == plan["id"]]
+    # A plan is an approval request like any other (stored once the approver has taken the
+    # request the planner sent), and nothing ran yet.
+    mine = waited(
+        "the plan's approval request",
+        lambda: [a for a in call(url, "GET", "/v1/approvals?status=pending", "vic")[1] if a["run_id"] == plan["id"]],
+    )
     assert len(mine) == 1 and mine[0]["node"] == "plan" and mine[0]["id"] == plan["approval_id"]
     status, runs = call(url, "GET", "/v1/runs?workflow=checkout-latency", "vic")
     assert runs == []

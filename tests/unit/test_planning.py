@@ -327,3 +327,41 @@ async def test_a_plan_asked_for_but_not_stored_yet_reads_as_drafting(monkeypatch
     assert view is not None and view.status == "drafting" and view.requested_by == "ann" and view.run
     assert await plan_api.get_view(None, "p0000000000200000000") is None  # type: ignore[arg-type]
     assert await plan_api.get_view(None, "r0000000000100000000") is None  # type: ignore[arg-type]
+
+
+async def test_an_approved_plan_whose_run_cannot_be_asked_for_fails_and_registers_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from services.planner import approving
+    from shared.contract.drafts import PlanRecord
+    from shared.contract.messages import ApprovalDecided, Decision
+    from shared.state import plans as plan_store
+
+    needs = {**GOOD, "spec": {**GOOD["spec"], "inputs": {"service": {"type": "string"}}}}
+    record = PlanRecord(
+        id="p0000000000100000000", goal="g", status="proposed", workflow=needs, workflow_yaml="x", run=True
+    )
+    stored = {record.id: record}
+
+    async def mutate(bus: Any, plan_id: str, change: Any) -> Any:
+        stored[plan_id] = change(stored[plan_id]) or stored[plan_id]
+        return stored[plan_id]
+
+    async def never(*args: Any, **kw: Any) -> Any:
+        raise AssertionError("nothing may be registered")
+
+    monkeypatch.setattr(plan_store, "mutate", mutate)
+    monkeypatch.setattr(approving.registry, "check_text", never)
+    monkeypatch.setattr(approving.registry, "apply", never)
+    decided = ApprovalDecided(
+        run_id=record.id,
+        approval_id=f"{record.id}.plan",
+        workflow="say-hello",
+        node_id="plan",
+        outcome="granted",
+        approvals=[Decision(user="amy", at="now")],
+        kind="plan",
+    )
+    after = await approving.approve(None, record, decided)  # type: ignore[arg-type]
+    assert after.status == "failed" and after.run_id is None and after.workflow_version is None
+    assert "approved, but no longer valid" in (after.error or "") and "service" in (after.error or "")

@@ -14,21 +14,6 @@ from ..output import EXIT_INVALID
 from ..output import fail as _fail
 
 
-def _inputs(pairs: tuple[str, ...]) -> dict[str, object]:
-    import json
-
-    out: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            _fail(f"invalid input:\n  -i {pair!r}: write KEY=VALUE", EXIT_INVALID)
-        try:
-            out[key] = json.loads(value)
-        except ValueError:
-            out[key] = value
-    return out
-
-
 @click.command("plan")
 @click.argument("goal")
 @click.option("-i", "--input", "inputs", multiple=True, metavar="KEY=VALUE", help="An input the run will be given.")
@@ -62,7 +47,7 @@ def plan(
         make_plan(
             obj.config(),
             goal,
-            _inputs(inputs),
+            inputs,
             name=name,
             run=run_after,
             as_json=as_json,
