@@ -111,12 +111,22 @@ def print_plan(p: dict[str, Any]) -> None:
 
 
 async def _wait(bus: Bus, plan_id: str, timeout: float) -> PlanRecord | None:
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     pause = 0.05
+    hinted = False
     while time.monotonic() < deadline:
         record = await plans.get(bus, plan_id)
         if record is not None and record.status in _SETTLED:
             return record
+        if record is None and not hinted and time.monotonic() - started > 10:
+            hinted = True  # as `flowyard run` says when nothing answers its request
+            print(
+                f"flowyard: plan {plan_id} was asked for but no planner has taken it for 10s; is a planner "
+                "running for this NATS (`flowyard serve planner`, or `flowyard up`)?",
+                file=sys.stderr,
+                flush=True,
+            )
         await asyncio.sleep(pause)
         pause = min(pause * 2, 1.0)
     return await plans.get(bus, plan_id)
