@@ -132,7 +132,10 @@ def _notice(event: AnyEvent) -> Notice | None:
                 },
             )
         case ApprovalDecided():
-            text = f"Step {event.node_id} of workflow {event.workflow} (run {event.run_id}): {event.summary}"
+            if event.kind == "plan":
+                text = f"Plan {event.run_id} (workflow {event.workflow}): {event.summary}"
+            else:
+                text = f"Step {event.node_id} of workflow {event.workflow} (run {event.run_id}): {event.summary}"
             return Notice(
                 f"approval.{event.outcome}",
                 event.run_id,

@@ -188,3 +188,48 @@ def test_notices_carry_the_runs_trace_and_a_link_when_configured() -> None:
     url = f"https://jaeger.example/trace/{run_trace_id('r9')}"
     assert linked.payload("e1")["trace_url"] == url
     assert linked.summary.endswith(f"Trace: {url}")
+
+
+def test_a_plans_notices_speak_of_the_plan() -> None:
+    from shared.contract.messages import ApprovalDecided, ApprovalRequested, PlanUpdated
+
+    pid = "p0000000000100000000"
+    asked = notice(
+        ApprovalRequested(
+            run_id=pid,
+            approval_id=f"{pid}.plan",
+            workflow="fix",
+            node_id="plan",
+            agent="planner",
+            kind="plan",
+            reason="r",
+        )
+    )
+    assert asked is not None and asked.type == "approval.requested" and f"flowyard plans approve {pid}" in asked.summary
+    decided = notice(
+        ApprovalDecided(
+            run_id=pid,
+            approval_id=f"{pid}.plan",
+            workflow="fix",
+            node_id="plan",
+            outcome="rejected",
+            summary="rejected by amy: no",
+            kind="plan",
+        )
+    )
+    assert decided is not None and decided.summary.startswith(f"Plan {pid} (workflow fix): rejected by amy")
+    proposed = notice(PlanUpdated(run_id=pid, status="proposed", goal="fix it", workflow="fix", model="m"))
+    assert proposed is not None and proposed.type == "plan.proposed" and "runs only once approved" in proposed.summary
+    assert proposed.payload("id")["plan_id"] == pid
+    approved = notice(
+        PlanUpdated(
+            run_id=pid,
+            status="approved",
+            goal="fix it",
+            workflow="fix",
+            decided_by=["amy"],
+            workflow_version=2,
+            started_run="r1",
+        )
+    )
+    assert approved is not None and "version 2" in approved.summary and "run r1 started" in approved.summary
