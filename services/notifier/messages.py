@@ -92,7 +92,8 @@ def _notice(event: AnyEvent) -> Notice | None:
             text = (
                 f"Plan {event.run_id} (workflow {event.workflow}, asked for by {event.requested_by or 'unknown'}) "
                 f"needs approval before anything runs: {event.reason}. Approvers: {who}. "
-                f"Review with: flowyard plans show {event.run_id}"
+                f"Review with: flowyard plans show {event.run_id}; approve with: "
+                f"flowyard plans approve {event.run_id} --as USER"
             )
             return Notice(
                 "approval.requested",
