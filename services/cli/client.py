@@ -26,6 +26,7 @@ from shared.contract.messages import (
     RunRequested,
     decode_event,
     node_results,
+    unpacked,
 )
 
 __all__ = ["get_record", "get_request", "list_records", "new_run_id"]
@@ -89,7 +90,8 @@ async def submit_and_follow(
             except Exception:
                 continue  # not ours to judge here; the services dead-letter poison
             heard = heard or not isinstance(event, RunRequested)
-            on_event(event)
+            for one in unpacked(event):  # a batch of attempt events: each as if it came alone
+                on_event(one)
             if isinstance(event, RunFinished | RunRejected):
                 return event
     finally:

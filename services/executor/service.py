@@ -8,6 +8,7 @@ import hashlib
 import os
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 
 import msgspec
@@ -25,8 +26,12 @@ from shared.contract.messages import (
     AnyEvent,
     Event,
     NodeRecord,
+    RunRecord,
+    TaskBatch,
     TaskDispatched,
+    TaskFailed,
     TaskLog,
+    TaskStarted,
     TaskSucceeded,
     decode_record,
 )
@@ -42,9 +47,11 @@ from . import handlers
 from .breaker import Breaker
 from .gates import Gates
 from .logstream import LogStream
+from .reporting import Reporter
 from .runtimes import DockerRuntime, KubernetesRuntime, Runtime, make_runtime
 
 log = structlog.get_logger("flowyard.executor")
+_REPORTED_KEPT = 10_000  # attempts (and ended runs) remembered, for redelivered batches
 
 
 class ExecutorService(Service):
@@ -74,6 +81,10 @@ class ExecutorService(Service):
         self._running: dict[str, set[asyncio.Task[handlers.Judgement]]] = {}
         self._cleanups: set[asyncio.Task[int]] = set()
         self._ended: set[asyncio.Task[handlers.Judgement]] = set()
+        # Every attempt, alone or from a batch, holds one of these while it runs.
+        self._slots = asyncio.Semaphore(cfg.concurrency)
+        self._reported: OrderedDict[str, None] = OrderedDict()  # attempts this process reported
+        self._ended_runs: OrderedDict[str, None] = OrderedDict()  # runs heard to have ended
 
         self._slots_busy = 0
         metrics.EXECUTOR_SLOTS.labels("busy").set(0)
@@ -96,6 +107,11 @@ class ExecutorService(Service):
         self.values = Values(self.bus, self.config.bus.inline_limit)
         self.workspaces = ws.WorkspaceStore(self.bus, max_bytes=self.config.bus.workspace_max_bytes)
         self.gates.limits = Limits(self.bus)
+
+        async def publish(subject: str, ev: Event, msg_id: str) -> None:
+            await self.bus.publish(subject, ev, msg_id=msg_id)
+
+        self.reporter = Reporter(publish, max_bytes=self.config.bus.max_payload)
         if isinstance(self.runtime, DockerRuntime | KubernetesRuntime):
             # The stack's identity: when its run stream was created (the same for every replica,
             # different for every stack sharing a Docker daemon or a namespace).
@@ -122,6 +138,9 @@ class ExecutorService(Service):
             await asyncio.gather(advertising, return_exceptions=True)
         self.runtime.detach = True
         await super().stop()
+        reporter = getattr(self, "reporter", None)
+        if reporter is not None:
+            await reporter.close()
         if self._cleanups:  # a run that just ended: let its containers go before we do
             await asyncio.wait(self._cleanups, timeout=5)
         await self.runtime.close()
@@ -143,6 +162,9 @@ class ExecutorService(Service):
         # scheduler will not use their results. Core NATS is enough: a missed notice only means
         # the attempt runs to its timeout.
         run_id = msg.subject.split(".")[2]
+        self._ended_runs[run_id] = None
+        while len(self._ended_runs) > _REPORTED_KEPT:
+            self._ended_runs.popitem(last=False)
         stopped = list(self._running.get(run_id, ()))
         for attempt in stopped:
             self._ended.add(attempt)
@@ -163,18 +185,54 @@ class ExecutorService(Service):
             return 0
 
     async def handle(self, event: AnyEvent, delivery: Delivery) -> None:
-        if not isinstance(event, TaskDispatched):
+        if not isinstance(event, TaskDispatched | TaskBatch):
             raise PermanentError(f"the executor runs task dispatches only, got {type(event).__name__}")
         try:
             subjects.check_token(event.run_id, "run id")
             subjects.check_token(event.node_id, "node id")
         except ValueError as exc:
             raise PermanentError(str(exc)) from None
+        if isinstance(event, TaskBatch):
+            await self._batch(event, delivery)
+            return
         # A redelivery, or a dispatch re-sent after the de-dup window, may already have run.
         stale = event.dispatched_at and time.time() - event.dispatched_at > self._dedup_window / 2
         if (delivery.num_delivered > 1 or stale) and await self._already_done(event):
             log.info("attempt already reported; not running it again", task=event.key)
             return
+        async with self._slots:
+            await self._attempt(event, delivery)
+
+    async def _batch(self, batch: TaskBatch, delivery: Delivery) -> None:
+        """A group of foreach items in one message: each runs as its own attempt, as many at once
+        as the executor has free slots. The message is acked once every item is reported; when
+        one is handed back (an outage), the whole message is, and its next delivery skips the
+        items already reported (here, in the record, or adopted from their spool)."""
+        tasks = batch.tasks()
+        stale = batch.dispatched_at and time.time() - batch.dispatched_at > self._dedup_window / 2
+        if delivery.num_delivered > 1 or stale:
+            done = await self._done_in_record(tasks)
+            tasks = [t for t in tasks if t.key not in done and t.key not in self._reported]
+        metrics.BATCH_ITEMS.observe(len(batch.items))
+
+        async def one(task: TaskDispatched) -> None:
+            async with self._slots:
+                if batch.run_id in self._ended_runs:
+                    return  # the run ended while this item waited for a slot: it never starts
+                await self._attempt(task, delivery)
+                self._remember_reported(task.key)
+
+        outcomes = await asyncio.gather(*(one(t) for t in tasks), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome  # handed back; the items reported stay reported
+
+    def _remember_reported(self, key: str) -> None:
+        self._reported[key] = None
+        while len(self._reported) > _REPORTED_KEPT:
+            self._reported.popitem(last=False)
+
+    async def _attempt(self, event: TaskDispatched, delivery: Delivery) -> None:
         bound = log.bind(task=event.key, agent=event.agent.name)
         bound.info("attempt starting", delivery=delivery.num_delivered)
 
@@ -184,7 +242,8 @@ class ExecutorService(Service):
                 ev = msgspec.structs.replace(ev, output=await self.values.offload(event.run_id, ev.output))
             # Success and failure share one id: one attempt can never be reported both ways.
             suffix = "started" if kind == "started" else "result"
-            await self.bus.publish(subject, ev, msg_id=f"{event.key}:{suffix}")
+            assert isinstance(ev, TaskStarted | TaskSucceeded | TaskFailed)
+            await self.reporter.send(subject, ev, f"{event.key}:{suffix}")
 
         try:
             event = msgspec.structs.replace(event, input=await self.values.resolve(event.input))
@@ -291,19 +350,29 @@ class ExecutorService(Service):
 
     async def _already_done(self, task: TaskDispatched) -> bool:
         """After a redelivery: has the scheduler already recorded a result for this attempt?"""
+        return task.key in await self._done_in_record([task])
+
+    async def _done_in_record(self, tasks: list[TaskDispatched]) -> set[str]:
+        """The keys of the attempts (of one run) the run record has moved past: one KV read."""
+        if not tasks:
+            return set()
         try:
-            entry = await self.records.get(task.run_id)
+            entry = await self.records.get(tasks[0].run_id)
         except nats.js.errors.KeyNotFoundError:
-            return False
+            return set()
         if not entry.value:
-            return False
+            return set()
         record = decode_record(entry.value)
         if record.status != "running":
-            return True
-        if task.item is None:
-            node = record.nodes.get(task.node_id)
-            return node is not None and (node.attempts != task.attempt or node.status != "running")
-        item = item_state(record, task.node_id, task.item)
-        return item == "ended" or (
-            isinstance(item, NodeRecord) and (item.attempts != task.attempt or item.status != "running")
-        )
+            return {t.key for t in tasks}
+        return {t.key for t in tasks if _moved_past(record, t)}
+
+
+def _moved_past(record: RunRecord, task: TaskDispatched) -> bool:
+    if task.item is None:
+        node = record.nodes.get(task.node_id)
+        return node is not None and (node.attempts != task.attempt or node.status != "running")
+    item = item_state(record, task.node_id, task.item)
+    return item == "ended" or (
+        isinstance(item, NodeRecord) and (item.attempts != task.attempt or item.status != "running")
+    )

@@ -19,7 +19,7 @@ from nats.js import api
 from shared.api import runs
 from shared.api.views import LogChunk, LogLine
 from shared.contract import subjects
-from shared.contract.messages import AnyEvent, ApprovalDecided, Event, RunFinished, TaskLog, decode_event
+from shared.contract.messages import AnyEvent, ApprovalDecided, Event, RunFinished, TaskLog, TaskResults, decode_event
 
 from .context import GATEWAY, Gateway
 from .http import bool_param, json_response
@@ -115,6 +115,12 @@ async def events(request: web.Request) -> web.StreamResponse:
             if workflow is not None and await workflows.of(event.run_id, event) != workflow:
                 continue
             seq = msg.metadata.sequence.stream
+            if isinstance(event, TaskResults):  # each attempt event as its own, under the message's id
+                for one in event.events:
+                    await response.write(
+                        b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, event_name(one).encode(), _encode(one))
+                    )
+                continue
             await response.write(b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, event_name(event).encode(), msg.data))
     except ConnectionResetError:
         pass  # the client went away

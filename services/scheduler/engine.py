@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,7 @@ from shared.contract.messages import (
     RunStarted,
     TaskDispatched,
     TaskFailed,
+    TaskStarted,
     TaskSucceeded,
     TimerDue,
     node_results,
@@ -120,12 +122,34 @@ def reject_run(event: RunRejected, clock: Clock) -> RunRecord:
 
 def apply_result(record: RunRecord, event: TaskSucceeded | TaskFailed, clock: Clock) -> RunRecord | None:
     """The record after a task result, or None when the result is stale or already applied."""
+    return apply_results(record, [event], clock)
+
+
+def apply_results(
+    record: RunRecord, events: Sequence[TaskStarted | TaskSucceeded | TaskFailed], clock: Clock
+) -> RunRecord | None:
+    """The record after results that came together (``TaskResults``), each applied as if it came
+    alone, then one decision of what is next: a 1,000-item fan-out's results cost one pass over
+    its items per batch, not per result. ``started`` events change nothing here."""
+    outbox: list[Outgoing] = []
+    applied = None
+    for event in events:
+        if isinstance(event, TaskStarted):
+            continue
+        step = _result(applied or record, event, clock, outbox)
+        if step is not None:
+            applied = step
+    return advance(applied, clock, outbox) if applied is not None else None
+
+
+def _result(
+    record: RunRecord, event: TaskSucceeded | TaskFailed, clock: Clock, outbox: list[Outgoing]
+) -> RunRecord | None:
     if record.status != "running" or record.queued or record.plan is None:
         return None
     slot = _slot(record, event.node_id, event.item)
     if slot is None or slot.status != "running" or slot.attempts != event.attempt or slot.retry_at is not None:
         return None
-    outbox: list[Outgoing] = []
     record, slot = spending.spent(record, slot, event)
     if isinstance(event, TaskSucceeded):
         slot = replace(
@@ -150,8 +174,7 @@ def apply_result(record: RunRecord, event: TaskSucceeded | TaskFailed, clock: Cl
             outbox.append(_timer(record.run_id, "retry", due, event.node_id, event.item, event.attempt + 1))
         else:
             slot = replace(slot, status="failed", error=event.error, finished_at=clock.now)
-    record = _put_slot(record, event.node_id, event.item, slot)
-    return advance(record, clock, outbox)
+    return _put_slot(record, event.node_id, event.item, slot)
 
 
 def fire_timer(record: RunRecord, timer: TimerDue, clock: Clock) -> RunRecord | None:

@@ -40,6 +40,7 @@ from shared.contract.messages import (
     RunRejected,
     TaskDispatched,
     TaskFailed,
+    TaskResults,
     TaskSucceeded,
     TimerDue,
     decode_record,
@@ -49,7 +50,7 @@ from shared.state.runstate import hydrate
 from shared.state.values import Values
 from shared.telemetry import metrics
 
-from . import engine, observe
+from . import batching, engine, observe
 from .admission import Admission
 from .indexing import index_ended_runs
 from .persist import Persist, Prepared, TooBig
@@ -124,6 +125,19 @@ class SchedulerService(Service):
                 await self.mutate(event.run_id, lambda rec, clk: engine.apply_result(rec, event, clk) if rec else None)
             case TaskFailed():
                 await self.mutate(event.run_id, lambda rec, clk: engine.apply_result(rec, event, clk) if rec else None)
+            case TaskResults():
+                if not any(isinstance(e, TaskSucceeded | TaskFailed) for e in event.events):
+                    return  # only `started` events: nothing of the record changes
+                events = [
+                    msgspec.structs.replace(e, output=await self.values.resolve(e.output))
+                    if isinstance(e, TaskSucceeded)
+                    else e
+                    for e in event.events
+                    if e.run_id == event.run_id  # one run per message: its record is the one locked
+                ]
+                await self.mutate(
+                    event.run_id, lambda rec, clk: engine.apply_results(rec, events, clk) if rec else None
+                )
             case RunCancelRequested():
                 await self.mutate(event.run_id, lambda rec, clk: engine.cancel(rec, event, clk) if rec else None)
             case ApprovalDecided():
@@ -230,7 +244,7 @@ class SchedulerService(Service):
                 continue  # another replica moved the record on; apply to its version
             self._remember(run_id, revision, new, sent=False)
             added, removed = observe.step(record, new, now=time.time())
-            await self._publish(prepared.outbox)
+            await self._publish(batching.batched(new, prepared.outbox, self.config.bus.max_payload))
             # After the outbox: the run's first dispatch does not wait for the gauges' bookkeeping.
             await self._index(added, None)
             if new.status == "running":
@@ -325,9 +339,8 @@ class SchedulerService(Service):
         age = time.time() - epoch(record.updated_at)
         fresh = age < self._dedup_window
         items = await self.persist.offload_all(record.run_id, engine.item_dispatches(record, record.outbox_items))
-        await self._publish(
-            [o for o in record.outbox if fresh or isinstance(o.event, TaskDispatched | TimerDue)] + items
-        )
+        again = [o for o in record.outbox if fresh or isinstance(o.event, TaskDispatched | TimerDue)] + items
+        await self._publish(batching.batched(record, again, self.config.bus.max_payload))
 
 
 def _node_failures(before: RunRecord | None, after: RunRecord) -> list[Outgoing]:

@@ -35,8 +35,10 @@ from shared.contract.messages import (
     RunRejected,
     RunRequested,
     RunStarted,
+    TaskBatch,
     TaskDispatched,
     TaskFailed,
+    TaskResults,
     TaskStarted,
     TaskSucceeded,
     TimerDue,
@@ -82,6 +84,13 @@ CHANNELS: list[tuple[str, type, str, str, str]] = [
         "scheduler",
         "executor",
         "One attempt of one node, for the executors of a pool (work queue).",
+    ),
+    (
+        subjects.dispatch(POOL),
+        TaskBatch,
+        "scheduler",
+        "executor",
+        "The first attempts of a group of a foreach node's items, in one message (work queue).",
     ),
     (
         subjects.timer(RUN),
@@ -135,6 +144,13 @@ CHANNELS: list[tuple[str, type, str, str, str]] = [
     (subjects.task_event(RUN, NODE, "started"), TaskStarted, "executor", "cli", "An attempt began."),
     (subjects.task_event(RUN, NODE, "succeeded"), TaskSucceeded, "executor", "scheduler", "An attempt succeeded."),
     (subjects.task_event(RUN, NODE, "failed"), TaskFailed, "executor", "scheduler", "An attempt failed."),
+    (
+        subjects.task_results(RUN),
+        TaskResults,
+        "executor",
+        "scheduler, cli",
+        "Events of a run's attempts that were ready together, in order; each is applied as if it came alone.",
+    ),
 ]
 
 STREAMS = {
@@ -285,17 +301,26 @@ def _asyncapi() -> dict[str, Any]:
         params = {
             p.strip("{}"): {"description": PARAMETERS[p.strip("{}")]} for p in address.split(".") if p.startswith("{")
         }
-        channels[key] = {
-            "address": address,
-            "description": description,
-            "messages": {tag: {"$ref": f"#/components/messages/{typ.__name__}"}},
-            **({"parameters": params} if params else {}),
-        }
-        operations[f"send_{key}"] = {
-            "action": "send",
-            "channel": {"$ref": f"#/channels/{key}"},
-            "summary": f"published by {producers}; consumed by {consumers}",
-        }
+        if key in channels:  # a second message on one subject (a dispatch and a batch of them)
+            channels[key]["messages"][tag] = {"$ref": f"#/components/messages/{typ.__name__}"}
+            channels[key]["description"] += f" Or: {description}"
+        channels.setdefault(
+            key,
+            {
+                "address": address,
+                "description": description,
+                "messages": {tag: {"$ref": f"#/components/messages/{typ.__name__}"}},
+                **({"parameters": params} if params else {}),
+            },
+        )
+        operations.setdefault(
+            f"send_{key}",
+            {
+                "action": "send",
+                "channel": {"$ref": f"#/channels/{key}"},
+                "summary": f"published by {producers}; consumed by {consumers}",
+            },
+        )
         messages[typ.__name__] = {
             "name": tag,
             "contentType": "application/json",

@@ -27,23 +27,24 @@ from .plans import (  # noqa: F401  (re-exported: the plan is part of the wire c
     WarmUse,
     Wire,
 )
+from .tasks import (  # noqa: F401  (re-exported: an attempt's messages are part of the wire contract)
+    BatchItem,
+    FailureReason,
+    TaskBatch,
+    TaskDispatched,
+    TaskFailed,
+    TaskLog,
+    TaskResults,
+    TaskStarted,
+    TaskSucceeded,
+    unit_token,
+    unpacked,
+)
 
 RunStatus = Literal["running", "succeeded", "failed", "cancelled"]
 FinalRunStatus = Literal["succeeded", "failed", "cancelled"]
 NodeStatus = Literal["pending", "running", "succeeded", "failed", "skipped", "cancelled", "rejected"]
 ApprovalStatus = Literal["pending", "granted", "rejected", "expired", "closed"]  # closed: the run ended first
-FailureReason = Literal[
-    "exit",  # the agent exited non-zero
-    "timeout",  # the attempt ran past its timeout and was killed
-    "bad_output",  # stdout was not exactly one JSON object
-    "output_schema",  # the output did not match the agent's output schema
-    "input_schema",  # the resolved input did not match the agent's input schema
-    "template",  # a template could not be resolved from inputs or upstream outputs
-    "runtime",  # the runtime could not start the agent (missing command, secret, image)
-    "lost",  # the executor gave up on the attempt (shutdown past its grace period)
-    "cancelled",  # the run was cancelled or ran past its deadline while the attempt ran
-    "condition",  # a `when` condition or a `foreach` list could not be evaluated
-]
 
 
 # --- run events -------------------------------------------------------------------------------
@@ -185,90 +186,6 @@ class RunFinished(Event, tag="run.finished", kw_only=True):
     labels: dict[str, str] = {}
 
 
-# --- task events ------------------------------------------------------------------------------
-
-
-class TaskDispatched(Event, tag="task.dispatched", kw_only=True):
-    workflow: str
-    node_id: str
-    attempt: int
-    item: int | None = None  # foreach: the item's index
-    agent: AgentSnapshot
-    input: Any = None
-    timeout_s: float = 300.0
-    # When the scheduler decided the dispatch; a re-sent copy keeps it, so an executor can tell a
-    # dispatch older than the de-dup window and check the run record before running it.
-    dispatched_at: float = 0.0
-    workspace: str | None = None  # the workspace version to copy in (agents with `workspace`)
-    # A `capability:` node: every agent that may run it, in order (``agent`` is the first); the
-    # executor tries the next when one is unusable or fails for a routable reason.
-    capability: str | None = None
-    candidates: list[AgentSnapshot] = []
-    # Executor-internal: which candidate this copy of the dispatch runs (0: the first). Part of
-    # the key, so that each candidate of one attempt has its own container, pod and spool.
-    route: int = 0
-
-    @property
-    def unit(self) -> str:
-        """The node, or ``node#index`` for a foreach item: the token used in task subjects."""
-        return unit_token(self.node_id, self.item)
-
-    @property
-    def key(self) -> str:
-        """The effectively-once key: de-dup id, container name and process tag all use it."""
-        key = f"{self.run_id}:{self.unit}:{self.attempt}"
-        return f"{key}~{self.route}" if self.route else key
-
-
-class TaskStarted(Event, tag="task.started", kw_only=True):
-    node_id: str
-    attempt: int
-    item: int | None = None
-    executor: str = ""
-
-
-class TaskSucceeded(Event, tag="task.succeeded", kw_only=True):
-    node_id: str
-    attempt: int
-    item: int | None = None
-    output: Any = None
-    duration_s: float = 0.0
-    log: str = ""
-    executor: str = ""
-    workspace: str | None = None  # an `rw` agent changed the workspace: the new version
-    agent: str | None = None  # the agent that ran (a `capability:` node's chosen candidate)
-    routing: list[RouteStep] = []  # a `capability:` node: every candidate tried, in order
-    usage: Usage | None = None  # tokens and cost, for agents that call a model
-
-
-class TaskFailed(Event, tag="task.failed", kw_only=True):
-    node_id: str
-    attempt: int
-    item: int | None = None
-    error: str
-    reason: FailureReason = "exit"
-    retryable: bool = True
-    exit_code: int | None = None
-    duration_s: float = 0.0
-    log: str = ""
-    executor: str = ""
-    agent: str | None = None
-    routing: list[RouteStep] = []
-    usage: Usage | None = None  # what the failed attempt spent all the same
-    cause: str | None = None  # the agent's own failure reason (docs/workflows.md), e.g. rate_limited
-
-
-class TaskLog(Event, tag="task.log", kw_only=True):
-    """Lines an agent wrote to stderr while it ran, in order (``seq``), secrets redacted."""
-
-    node_id: str
-    attempt: int
-    item: int | None = None
-    seq: int = 0
-    lines: list[str] = []
-    truncated: bool = False  # the attempt reached executor.log_max_bytes: later lines were dropped
-
-
 AnyEvent = (
     RunRequested
     | RunPlanned
@@ -283,9 +200,11 @@ AnyEvent = (
     | RunStarted
     | RunFinished
     | TaskDispatched
+    | TaskBatch
     | TaskStarted
     | TaskSucceeded
     | TaskFailed
+    | TaskResults
     | TaskLog
     | PlanRequested
     | PlanUpdated
@@ -304,9 +223,11 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     RunStarted,
     RunFinished,
     TaskDispatched,
+    TaskBatch,
     TaskStarted,
     TaskSucceeded,
     TaskFailed,
+    TaskResults,
     TaskLog,
     PlanRequested,
     PlanUpdated,
@@ -405,10 +326,6 @@ class ApprovalRecord(Wire, kw_only=True):
     decided_at: str | None = None
     summary: str = ""
     published: bool = False  # the decision event went out
-
-
-def unit_token(node_id: str, item: int | None) -> str:
-    return node_id if item is None else f"{node_id}#{item}"
 
 
 def node_results(record: RunRecord) -> dict[str, NodeResult]:

@@ -177,7 +177,11 @@ def grants(user: str, *, pools: tuple[str, ...] = ("default",)) -> Grants:
         g = _service(user)
         for p in pools:
             g.consumer(s.TASKS_STREAM, f"executor-{p}")
-        g.event(*(s.task_event(run, run, kind) for kind in ("started", "succeeded", "failed")), "fy.log.>")
+        g.event(
+            *(s.task_event(run, run, kind) for kind in ("started", "succeeded", "failed")),
+            s.task_results(run),
+            "fy.log.>",
+        )
         # Stop notices: a run's end, heard on core NATS.
         g.subscribe.update(s.run_finished(run, st) for st in ("succeeded", "failed", "cancelled"))
         g.kv(s.EXECUTORS_BUCKET, write=True).kv(s.RUNS_BUCKET).kv(s.LIMITS_BUCKET, write=True)

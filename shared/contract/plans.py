@@ -128,6 +128,7 @@ class PlannedNode(Wire, kw_only=True):
     when: str | None = None
     foreach: Any = None  # a template string or a literal list; None: not a fan-out
     parallelism: int | None = None
+    batch: int | None = None  # foreach items per dispatch message; None: chosen by the item count
     retry: RetryPolicy = RetryPolicy()
     continue_on_failure: bool = False
     approval: ApprovalPolicy | None = None

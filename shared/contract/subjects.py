@@ -132,6 +132,11 @@ def task_event(run_id: str, unit: str, kind: str) -> str:
     return f"fy.run.{run_id}.task.{unit}.{kind}"
 
 
+def task_results(run_id: str) -> str:
+    """Events of a run's attempts that were ready together (``TaskResults``, one message)."""
+    return f"fy.run.{run_id}.task.results"
+
+
 def run_cancel(run_id: str) -> str:
     return f"fy.run.{run_id}.cancel"
 
@@ -219,6 +224,7 @@ SCHEDULER_FILTERS = [
     "fy.run.*.cancel",
     "fy.run.*.task.*.succeeded",
     "fy.run.*.task.*.failed",
+    "fy.run.*.task.results",
     "fy.run.*.approval.*.granted",
     "fy.run.*.approval.*.rejected",
     "fy.run.*.approval.*.expired",

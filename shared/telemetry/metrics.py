@@ -117,6 +117,16 @@ ATTEMPT_SECONDS = Histogram(
     ["agent"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
 )
+BATCH_ITEMS = Histogram(
+    "flowyard_executor_batch_items",
+    "Foreach items per dispatch message this executor took (batched fan-out)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1000),
+)
+RESULTS_PER_MESSAGE = Histogram(
+    "flowyard_executor_results_per_message",
+    "Attempt events (started, results) per message this executor published",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 EXECUTOR_SLOTS = Gauge(
     "flowyard_executor_slots", "This executor's attempt slots (executor.concurrency), busy or free", ["state"]
 )

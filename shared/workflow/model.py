@@ -199,6 +199,7 @@ class NodeDef(_Doc, kw_only=True):
     when: str | None = None  # a condition over inputs, trigger and upstream nodes
     foreach: str | list[Any] | None = None  # a template yielding a list, or a list
     parallelism: int | None = None  # at most this many foreach items at once
+    batch: int | None = None  # foreach items per dispatch message (None: chosen by the item count)
     retry: RetrySpec | None = None
     continue_on_failure: bool = False
     approval: ApprovalSpec | None = None

@@ -121,6 +121,7 @@ def plan_workflow(
                 when=n.when,
                 foreach=n.foreach,
                 parallelism=n.parallelism,
+                batch=n.batch,
                 retry=retry_policy(n.retry or default_retry),
                 continue_on_failure=n.continue_on_failure,
                 approval=approval_policy(n.approval, runners),

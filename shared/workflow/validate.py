@@ -38,6 +38,7 @@ from shared.workflow.triggers import validate_triggers
 
 SECRET_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_BATCH = 1000  # foreach items per dispatch message: a batch is one message, run by one executor
 
 _PY_TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),
@@ -272,6 +273,14 @@ def validate_workflow(
                 problems.append(f"{at(i, 'parallelism')}: {label}: parallelism only applies with foreach")
             elif node.parallelism < 1:
                 problems.append(f"{at(i, 'parallelism')}: {label}: parallelism must be at least 1")
+        if node.batch is not None:
+            if node.foreach is None:
+                problems.append(f"{at(i, 'batch')}: {label}: batch only applies with foreach")
+            elif not 1 <= node.batch <= MAX_BATCH:
+                problems.append(
+                    f"{at(i, 'batch')}: {label}: batch must be between 1 and {MAX_BATCH} items per message, "
+                    f"got {node.batch}"
+                )
         if node.foreach is not None:
             problems.extend(_check_foreach(node.foreach, f"{at(i, 'foreach')}: {label}: foreach"))
             problems.extend(

@@ -274,12 +274,16 @@ def test_conditions_fan_out_and_retry_are_checked(tmp_path: Path) -> None:
         - {id: f, agent: echo, with: {h: "{{ item }}"}}
         - {id: g, agent: echo, retry: {attempts: 0, backoff: soon, factor: 0.5}}
         - {id: h, agent: echo, when: "nodes.a.output.ok"}
+        - {id: i, agent: echo, batch: 4}
+        - {id: j, agent: echo, foreach: [1, 2], batch: 0}
         """
     found = "\n".join(problems(write(tmp_path, workflow(nodes, "timeout: forever\nconcurrency: 0\n"))))
     assert "node 'b': when: 'nodes.a.output.n + 1 > 2': BinOp is not allowed" in found
     assert "node 'c': when: nodes.zz.output.ok: unknown node 'zz'" in found
     assert "node 'd': foreach: write one template that yields a list" in found
     assert "node 'e': parallelism only applies with foreach" in found
+    assert "node 'i': batch only applies with foreach" in found
+    assert "node 'j': batch must be between 1 and 1000 items per message, got 0" in found
     assert "node 'f': with: {{ item }}: `item` only exists in a node with foreach" in found
     assert "node 'g': retry: attempts is 0" in found and "backoff: invalid duration 'soon'" in found
     assert "factor must be at least 1" in found
