@@ -120,7 +120,17 @@ class Bus:
                 self.seen[(parts[2], parts[4])] = at
                 self.cond.notify_all()
 
+        async def together(msg: Any) -> None:  # attempt events sent as one task.results message
+            at = time.time() * 1000
+            events = json.loads(msg.data).get("events", [])
+            with self.cond:
+                for e in events:
+                    if e.get("type") == "task.succeeded":
+                        self.seen[(e["run_id"], e["node_id"])] = at
+                self.cond.notify_all()
+
         await nc.subscribe("fy.run.*.task.*.succeeded", cb=on)
+        await nc.subscribe("fy.run.*.task.results", cb=together)
 
     def close(self) -> None:
         asyncio.run_coroutine_threadsafe(self.nc.close(), self.loop).result(10)
