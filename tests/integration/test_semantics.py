@@ -131,6 +131,49 @@ def test_fan_out_of_many_items(stack: Stack) -> None:
     assert len(result["nodes"]["each"]["items"]) == 300
 
 
+def test_a_fan_out_travels_in_batches_and_every_item_is_reported_once(stack: Stack) -> None:
+    """64 items: the scheduler sends 16 batches of 4 (the automatic size), the executor reports
+    each item once, alone or inside task.results, and the outputs come back in order."""
+    import asyncio
+
+    import nats
+
+    async def watched() -> tuple[int, dict, str, dict[str, int], list[tuple[int, int]]]:
+        nc = await nats.connect(stack.server.url)
+        seen: dict[str, int] = {}
+        reported: list[tuple[int, int]] = []  # (item, attempt) of every result heard
+
+        ids: set[str] = set()
+
+        async def on(msg: nats.aio.msg.Msg) -> None:
+            # Core subscribers also hear a re-send JetStream drops as a duplicate: count ids once.
+            msg_id = (msg.headers or {}).get("Nats-Msg-Id", "")
+            if msg_id in ids:
+                return
+            ids.add(msg_id)
+            event = json.loads(msg.data)
+            seen[event["type"]] = seen.get(event["type"], 0) + 1
+            for e in event.get("events", [event]):
+                if e["type"] in ("task.succeeded", "task.failed") and e.get("node_id") == "each":
+                    reported.append((e["item"], e["attempt"]))
+
+        await nc.subscribe("fy.task.dispatch.>", cb=on)
+        await nc.subscribe("fy.run.*.task.>", cb=on)
+        code, result, err = await asyncio.to_thread(
+            stack.run_json, str(WORKFLOWS / "fan-out.yaml"), "-i", "n=64", timeout=180
+        )
+        await nc.flush()
+        await nc.close()
+        return code, result, err, seen, reported
+
+    code, result, err, seen, reported = asyncio.run(watched())
+    assert code == 0, err
+    assert result["outputs"]["items"] == [{"i": i} for i in range(64)]
+    assert seen.get("task.batch") == 16, seen
+    assert seen.get("task.dispatched") == 2, seen  # make and join
+    assert sorted(reported) == [(i, 1) for i in range(64)]  # each item once, first attempt
+
+
 def test_poison_messages_do_not_block_the_services(stack: Stack) -> None:
     import asyncio
 
