@@ -136,7 +136,7 @@ def apply_results(
     for event in events:
         if isinstance(event, TaskStarted):
             continue
-        step = _result(applied or record, event, clock, outbox)
+        step = _result(applied if applied is not None else record, event, clock, outbox)
         if step is not None:
             applied = step
     return advance(applied, clock, outbox) if applied is not None else None
