@@ -32,7 +32,6 @@ class _Waiting:
     subject: str
     event: TaskStarted | TaskSucceeded | TaskFailed
     msg_id: str
-    size: int
     done: asyncio.Future[None]
 
 
@@ -46,7 +45,7 @@ class Reporter:
     async def send(self, subject: str, event: TaskStarted | TaskSucceeded | TaskFailed, msg_id: str) -> None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         run_id = event.run_id
-        self._waiting.setdefault(run_id, []).append(_Waiting(subject, event, msg_id, len(_encode(event)), done))
+        self._waiting.setdefault(run_id, []).append(_Waiting(subject, event, msg_id, done))
         if run_id not in self._senders:
             self._senders[run_id] = asyncio.create_task(self._drain(run_id), name=f"executor:report:{run_id}")
         await asyncio.shield(done)  # a cancelled attempt does not take the others' message with it
@@ -74,15 +73,18 @@ class Reporter:
                     w.done.set_exception(asyncio.CancelledError())
 
     def _groups(self, waiting: list[_Waiting]) -> list[list[_Waiting]]:
+        if len(waiting) == 1:
+            return [waiting]  # the usual case: sent as itself, so it is encoded once, by the bus
         groups: list[list[_Waiting]] = []
         group: list[_Waiting] = []
         used = 0
         for w in waiting:
-            if group and used + w.size > self.budget:
+            size = len(_encode(w.event))
+            if group and used + size > self.budget:
                 groups.append(group)
                 group, used = [], 0
             group.append(w)
-            used += w.size
+            used += size
         if group:
             groups.append(group)
         return groups

@@ -162,9 +162,7 @@ class ExecutorService(Service):
         # scheduler will not use their results. Core NATS is enough: a missed notice only means
         # the attempt runs to its timeout.
         run_id = msg.subject.split(".")[2]
-        self._ended_runs[run_id] = None
-        while len(self._ended_runs) > _REPORTED_KEPT:
-            self._ended_runs.popitem(last=False)
+        _remember(self._ended_runs, run_id)
         stopped = list(self._running.get(run_id, ()))
         for attempt in stopped:
             self._ended.add(attempt)
@@ -220,17 +218,12 @@ class ExecutorService(Service):
                 if batch.run_id in self._ended_runs:
                     return  # the run ended while this item waited for a slot: it never starts
                 await self._attempt(task, delivery)
-                self._remember_reported(task.key)
+                _remember(self._reported, task.key)
 
         outcomes = await asyncio.gather(*(one(t) for t in tasks), return_exceptions=True)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome  # handed back; the items reported stay reported
-
-    def _remember_reported(self, key: str) -> None:
-        self._reported[key] = None
-        while len(self._reported) > _REPORTED_KEPT:
-            self._reported.popitem(last=False)
 
     async def _attempt(self, event: TaskDispatched, delivery: Delivery) -> None:
         bound = log.bind(task=event.key, agent=event.agent.name)
@@ -366,6 +359,14 @@ class ExecutorService(Service):
         if record.status != "running":
             return {t.key for t in tasks}
         return {t.key for t in tasks if _moved_past(record, t)}
+
+
+def _remember(seen: OrderedDict[str, None], key: str) -> None:
+    """Keep ``key`` among the last ``_REPORTED_KEPT`` seen."""
+    seen[key] = None
+    seen.move_to_end(key)
+    while len(seen) > _REPORTED_KEPT:
+        seen.popitem(last=False)
 
 
 def _moved_past(record: RunRecord, task: TaskDispatched) -> bool:

@@ -216,3 +216,21 @@ async def test_a_failed_publish_fails_every_waiting_send() -> None:
     outcomes = await asyncio.gather(*sends, return_exceptions=True)
     assert all(isinstance(o, ConnectionError) for o in outcomes)
     await reporter.close()
+
+
+async def test_events_ready_together_are_cut_by_size() -> None:
+    sent = Sent()
+    reporter = Reporter(sent, max_bytes=8 * 1024)  # a group's events stay under 4 KiB
+    sent.gate.clear()
+    sent.entered.clear()
+    first = asyncio.create_task(reporter.send("s0", results(1)[0], "id0"))
+    await sent.entered.wait()
+    big = [TaskSucceeded(run_id="r1", node_id="each", item=i, attempt=1, output="x" * 1500) for i in range(6)]
+    rest = [asyncio.create_task(reporter.send(f"s{i}", e, f"id{i}")) for i, e in enumerate(big, start=1)]
+    await asyncio.sleep(0)
+    sent.gate.set()
+    await asyncio.gather(first, *rest)
+    groups = [m for _, m, _ in sent.messages[1:]]
+    assert all(isinstance(m, TaskResults) and len(encode(m)) < 8 * 1024 for m in groups)
+    assert [e for m in groups for e in m.events] == big  # every event once, in order  # type: ignore[union-attr]
+    assert len(groups) == 3
