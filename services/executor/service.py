@@ -81,6 +81,9 @@ class ExecutorService(Service):
         self._running: dict[str, set[asyncio.Task[handlers.Judgement]]] = {}
         self._cleanups: set[asyncio.Task[int]] = set()
         self._ended: set[asyncio.Task[handlers.Judgement]] = set()
+        # Attempts whose result is on its way: the run ending does not stop them, or an attempt
+        # that has finished would be logged and counted as stopped (ADR 4: its result stands).
+        self._reporting: set[asyncio.Task[object]] = set()
         # Every attempt, alone or from a batch, holds one of these while it runs.
         self._slots = asyncio.Semaphore(cfg.concurrency)
         self._reported: OrderedDict[str, None] = OrderedDict()  # attempts this process reported
@@ -163,7 +166,7 @@ class ExecutorService(Service):
         # the attempt runs to its timeout.
         run_id = msg.subject.split(".")[2]
         _remember(self._ended_runs, run_id)
-        stopped = list(self._running.get(run_id, ()))
+        stopped = [a for a in self._running.get(run_id, ()) if a not in self._reporting]
         for attempt in stopped:
             self._ended.add(attempt)
             attempt.cancel()
@@ -235,6 +238,9 @@ class ExecutorService(Service):
                 ev = msgspec.structs.replace(ev, output=await self.values.offload(event.run_id, ev.output))
             # Success and failure share one id: one attempt can never be reported both ways.
             suffix = "started" if kind == "started" else "result"
+            current = asyncio.current_task()
+            if kind != "started" and current in self._running.get(event.run_id, ()):
+                self._reporting.add(current)  # the attempt's own task (not fail_fast's caller)
             assert isinstance(ev, TaskStarted | TaskSucceeded | TaskFailed)
             await self.reporter.send(subject, ev, f"{event.key}:{suffix}")
 
@@ -303,6 +309,7 @@ class ExecutorService(Service):
             self._busy(-1)
             running.discard(attempt)
             self._ended.discard(attempt)
+            self._reporting.discard(attempt)
             if not running:
                 self._running.pop(event.run_id, None)
         if verdict.unroutable:

@@ -136,9 +136,18 @@ def test_log_lines_of_a_run_carry_its_trace(traced: Stack, collector: Collector)
         for line in ours:
             assert line["trace_id"] == result["trace_id"], (name, line)
             assert len(line["span_id"]) == 16
-    executor = [json.loads(x) for x in traced.log_path("executor").read_text().splitlines() if x.startswith("{")]
-    attempt = [x for x in executor if x.get("run_id") == result["run_id"] and x.get("event") == "attempt finished"]
-    assert {(x["node"], x["attempt"]) for x in attempt} == {("a", 1), ("b", 1), ("c", 1), ("d", 1)}
+    # The executor logs an attempt as finished once its result is stored, which may be after the
+    # run's end reached the CLI: wait for the last line rather than read the log once.
+    expected = {("a", 1), ("b", 1), ("c", 1), ("d", 1)}
+    deadline = time.monotonic() + 30
+    while (finished := _finished_attempts(traced, result["run_id"])) != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert finished == expected
+
+
+def _finished_attempts(stack: Stack, run_id: str) -> set[tuple[str, int]]:
+    lines = [json.loads(x) for x in stack.log_path("executor").read_text().splitlines() if x.startswith("{")]
+    return {(x["node"], x["attempt"]) for x in lines if x.get("run_id") == run_id and x.get("event") == "attempt finished"}
 
 
 def test_retries_keep_the_trace_and_runs_show_links_it(traced: Stack, collector: Collector, tmp_path: Path) -> None:
