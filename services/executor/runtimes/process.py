@@ -5,13 +5,13 @@ user and can reach its filesystem and network. What it does do: a scrubbed envir
 what the agent declares), a private working directory, its own process group killed on timeout
 or when its run ends, and output capped in size.
 
-Effectively once: every attempt gets a spool directory named after its key (run, node, item,
+Effectively once: every cold attempt gets a spool directory named after its key (run, node, item,
 attempt) under ``executor.state_dir``. A small ``sh`` wrapper records its pid, feeds the input,
 collects stdout and stderr into files and writes the exit status last. An executor that is
 killed leaves the agent running; when the dispatch is redelivered, the executor that gets it (on
 the same machine) finds the spool and waits for that agent, or reads the result it already left,
 instead of starting the attempt a second time. Spools are removed ``spool_retention`` after they
-were written.
+were written. A warm attempt's spool is one file instead (warmio.py).
 """
 
 from __future__ import annotations
@@ -390,8 +390,13 @@ def _sweep(state_dir: Path, retention: float) -> None:
     cutoff = time.time() - retention
     for spool in state_dir.iterdir():
         with contextlib.suppress(OSError):
+            stat = spool.stat()
+            if stat.st_mtime >= cutoff:
+                continue
+            if not spool.is_dir():
+                spool.unlink()  # a warm attempt's spool (warmio.py)
             # An attempt's spool once it ended; a warm worker's directory once its agent exited.
-            if spool.stat().st_mtime < cutoff and ((spool / "rc").exists() or (spool / "warm").exists()):
+            elif (spool / "rc").exists() or (spool / "warm").exists():
                 _rmtree(spool)
 
 

@@ -1,10 +1,20 @@
 """One attempt on a warm worker: its spool, the line written and the line read, and adoption.
 
-The attempt's spool (named after its key, as a cold attempt's) holds ``warm``: the worker's
-directory and the line of its answers file that will hold this attempt's answer, written before
-the input is. Once answered, the spool gets ``stdout`` and ``rc`` like a cold attempt's, so a
-redelivery reads the same result. An executor that finds a spool with ``warm`` and no ``rc``
-waits for that line, or for the worker to end without it (lost).
+A warm attempt's spool is one file (named after its key, where a cold attempt's directory would
+be), so an attempt costs two small writes rather than a directory of files:
+
+* its first line, written before the input is, names the worker's directory, the line of the
+  worker's answers file that will hold this attempt's answer, where the attempt's log starts in
+  the worker's stderr, and the deadline. The file is created exclusively: a second delivery (or
+  a cold start of the same attempt) finds it and adopts instead. A first line that is not whole
+  means the executor died before writing it, so before the input was written: start afresh.
+* once answered, one more line holds the exit status, the answer and the log tail, so a
+  redelivery reads the same result even after the worker is gone.
+
+An executor that finds a spool without an answer waits for that line of the worker's answers,
+or for the worker to end without it (lost). Spools of the earlier layout (a directory holding
+``warm``, then ``stdout``, ``stderr`` and ``rc``) are still read, so attempts in flight across an
+upgrade are adopted, not run again.
 """
 
 from __future__ import annotations
@@ -15,6 +25,8 @@ import os
 import shutil
 import time
 from pathlib import Path
+
+import msgspec
 
 from .base import LogSink, Outcome
 from .spoolfiles import is_wrapper, kill_group, read_float, read_from, read_int
@@ -29,20 +41,40 @@ def make_worker_dir(home: Path) -> None:
     (home / "stdout").touch()
 
 
+class _Claim(msgspec.Struct, frozen=True):
+    worker: str
+    line: int
+    stderr_from: int
+    deadline: float
+
+
+class _Answer(msgspec.Struct, frozen=True):
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    overflow: bool = False
+
+
+_claim_decoder = msgspec.json.Decoder(_Claim)
+_answer_decoder = msgspec.json.Decoder(_Answer)
+
+
 def prepare_spool(spool: Path, worker_dir: Path, line: int, deadline: float) -> int | None:
     """Record which worker and line answer this attempt; None when the spool exists (adopt it).
     Returns how much the worker has written to stderr so far: this attempt's log starts there."""
     try:
-        spool.mkdir(mode=0o700)
-    except FileExistsError:
-        return None
-    try:
         stderr_from = (worker_dir / "stderr").stat().st_size
     except FileNotFoundError:
         stderr_from = 0
-    (spool / "deadline").write_text(repr(deadline))
-    (spool / "warm.tmp").write_text(f"{worker_dir}\n{line}\n{stderr_from}\n")
-    os.replace(spool / "warm.tmp", spool / "warm")
+    claim = msgspec.json.encode(_Claim(str(worker_dir), line, stderr_from, deadline)) + b"\n"
+    try:
+        fd = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return None
+    try:
+        os.write(fd, claim)  # one write: a crash leaves the line whole or visibly cut
+    finally:
+        os.close(fd)
     return stderr_from
 
 
@@ -55,11 +87,47 @@ def finish_spool(spool: Path, worker_dir: Path, outcome: Outcome, stderr_from: i
         f.seek(max(stderr_from, size - keep))
         err = f.read()
     if outcome.exit_code is not None:
-        (spool / "stdout").write_bytes(outcome.stdout)
-        (spool / "stderr").write_bytes(err)
-        (spool / "rc.tmp").write_text(str(outcome.exit_code if outcome.exit_code >= 0 else 128 - outcome.exit_code))
-        os.replace(spool / "rc.tmp", spool / "rc")
+        record_answer(spool, _Answer(outcome.exit_code, outcome.stdout, err, outcome.stdout_overflow))
     return err, size
+
+
+def record_answer(spool: Path, answer: _Answer) -> None:
+    if spool.is_dir():  # the earlier layout: the files a cold attempt leaves, the status last
+        (spool / "stdout").write_bytes(answer.stdout)
+        (spool / "stderr").write_bytes(answer.stderr)
+        code = answer.exit_code
+        (spool / "rc.tmp").write_text(str(code if code >= 0 else 128 - code))
+        os.replace(spool / "rc.tmp", spool / "rc")
+        return
+    fd = os.open(spool, os.O_RDWR | os.O_APPEND)
+    try:
+        # After a line cut by a crash, start a line of our own: a reader skips what is not whole.
+        size = os.fstat(fd).st_size
+        lead = b"\n" if size and os.pread(fd, 1, size - 1) != b"\n" else b""
+        os.write(fd, lead + msgspec.json.encode(answer) + b"\n")
+    finally:
+        os.close(fd)
+
+
+def recorded(spool: Path) -> Outcome | None:
+    """The answer a warm attempt's spool file holds, if it holds one."""
+    try:
+        lines = spool.read_bytes().split(b"\n")[1:-1]  # after the claim; the last is not whole
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    for raw in lines:
+        with contextlib.suppress(msgspec.DecodeError):
+            answer = _answer_decoder.decode(raw)
+            return Outcome(answer.exit_code, answer.stdout, answer.stderr, 0.0, stdout_overflow=answer.overflow)
+    return None
+
+
+def remove_spool(spool: Path) -> None:
+    if spool.is_dir():
+        shutil.rmtree(spool, True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            spool.unlink()
 
 
 async def ask(
@@ -134,15 +202,21 @@ def _lines(path: Path) -> int:
 
 
 async def adopt(spool: Path) -> Outcome | None:
-    """Wait for the answer a worker started by an executor before us owes this attempt.
+    """Read, or wait for, the answer a worker started by an executor before us owes this attempt.
 
-    The spool has `warm` and no `rc`. Returns the outcome, written into the spool when it is an
-    answer, or None when the spool is not a warm one after all."""
+    Returns the outcome (recorded in the spool when it is an answer), :data:`AFRESH` when the
+    attempt never reached its worker, or None when the spool is not a warm one after all."""
+    answered = await asyncio.to_thread(recorded, spool)
+    if answered is not None:
+        return answered
     marker = await asyncio.to_thread(_read_marker, spool)
     if marker is None:
+        if await asyncio.to_thread(spool.is_file):
+            # Created, but its first line was never written whole: the input was not sent either.
+            await asyncio.to_thread(remove_spool, spool)
+            return AFRESH
         return None
-    worker_dir, line, stderr_from = marker
-    deadline = await asyncio.to_thread(read_float, spool / "deadline")
+    worker_dir, line, stderr_from, deadline = marker
     began = time.monotonic()
     while True:
         answer = await asyncio.to_thread(answer_line, worker_dir, line)
@@ -159,7 +233,7 @@ async def adopt(spool: Path) -> Outcome | None:
             if await asyncio.to_thread(_lines, worker_dir / "stdin") < line:
                 # The executor died between naming the worker and writing the input: it never
                 # ran, so it starts afresh.
-                await asyncio.to_thread(shutil.rmtree, spool, True)
+                await asyncio.to_thread(remove_spool, spool)
                 return AFRESH
             return Outcome(None, b"", b"", time.monotonic() - began, lost=True)
         if deadline is not None and time.time() > deadline:
@@ -168,11 +242,18 @@ async def adopt(spool: Path) -> Outcome | None:
         await asyncio.sleep(_POLL)
 
 
-def _read_marker(spool: Path) -> tuple[Path, int, int] | None:
+def _read_marker(spool: Path) -> tuple[Path, int, int, float | None] | None:
+    """(worker directory, answer line, where its log starts, deadline) of a warm spool."""
     try:
-        where, line, stderr_from = (spool / "warm").read_text().split("\n")[:3]
-        return Path(where), int(line), int(stderr_from)
-    except (FileNotFoundError, ValueError):
+        if spool.is_dir():  # the earlier layout
+            where, line, stderr_from = (spool / "warm").read_text().split("\n")[:3]
+            return Path(where), int(line), int(stderr_from), read_float(spool / "deadline")
+        first = spool.read_bytes().split(b"\n", 1)
+        if len(first) < 2:
+            return None  # not whole
+        claim = _claim_decoder.decode(first[0])
+        return Path(claim.worker), claim.line, claim.stderr_from, claim.deadline
+    except (FileNotFoundError, NotADirectoryError, ValueError, msgspec.DecodeError):
         return None
 
 
