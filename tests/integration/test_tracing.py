@@ -147,7 +147,9 @@ def test_log_lines_of_a_run_carry_its_trace(traced: Stack, collector: Collector)
 
 def _finished_attempts(stack: Stack, run_id: str) -> set[tuple[str, int]]:
     lines = [json.loads(x) for x in stack.log_path("executor").read_text().splitlines() if x.startswith("{")]
-    return {(x["node"], x["attempt"]) for x in lines if x.get("run_id") == run_id and x.get("event") == "attempt finished"}
+    return {
+        (x["node"], x["attempt"]) for x in lines if x.get("run_id") == run_id and x.get("event") == "attempt finished"
+    }
 
 
 def test_retries_keep_the_trace_and_runs_show_links_it(traced: Stack, collector: Collector, tmp_path: Path) -> None:
