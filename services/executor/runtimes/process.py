@@ -38,6 +38,7 @@ from . import warmio
 from .base import LogSink, Outcome, Runtime, WorkspaceCopy
 from .spoolfiles import is_wrapper, kill_group, read_float, read_from, read_int
 from .warm import WarmPools, pool_key
+from .warmproc import ProcessSpawner, ProcessWorker
 
 log = structlog.get_logger("flowyard.executor.process")
 
@@ -107,7 +108,7 @@ class ProcessRuntime(Runtime):
         self.spool_retention = spool_retention
         # Set while the executor shuts down: running agents are left for the next executor to adopt.
         self.detach = False
-        self.warm = WarmPools(self.state_dir, max_output_bytes=max_output_bytes)
+        self.warm = WarmPools(ProcessSpawner(self.state_dir, max_output_bytes=max_output_bytes))
         # Spool files are small and many: their own threads, so they never queue behind other
         # blocking work of the process (asyncio's default pool has only cpu_count + 4 threads).
         self._files = ThreadPoolExecutor(max_workers=file_threads, thread_name_prefix="fy-spool")
@@ -226,14 +227,16 @@ class ProcessRuntime(Runtime):
         if claim is None:
             return None
         worker = claim.worker
-        prepare = functools.partial(warmio.prepare_spool, spool, worker.dir, claim.line, time.time() + timeout_s)
+        proc = worker.handle
+        assert isinstance(proc, ProcessWorker)
+        prepare = functools.partial(warmio.prepare_spool, spool, proc.dir, claim.line, time.time() + timeout_s)
         stderr_from = await loop.run_in_executor(self._files, prepare)
         if stderr_from is None:  # an executor before us (or a second delivery) started it
             self.warm.release(claim, answered=None)
             return await self._adopt(task, spool)
         try:
             outcome = await warmio.ask(
-                worker.proc, worker.dir, stdin, timeout_s=timeout_s, on_log=on_log, stderr_from=stderr_from
+                proc.proc, proc.dir, stdin, timeout_s=timeout_s, on_log=on_log, stderr_from=stderr_from
             )
         except asyncio.CancelledError:
             if self.detach:  # it finishes and leaves its answer for the next executor
@@ -242,7 +245,7 @@ class ProcessRuntime(Runtime):
                 self.warm.kill(worker)
             raise
         # Read its log before the worker may go: a dead one's directory is removed with it.
-        finish = functools.partial(warmio.finish_spool, spool, worker.dir, outcome, stderr_from, self.stderr_keep)
+        finish = functools.partial(warmio.finish_spool, spool, proc.dir, outcome, stderr_from, self.stderr_keep)
         err, size = await loop.run_in_executor(self._files, finish)
         answered = outcome.exit_code == 0 and not outcome.stdout_overflow
         if outcome.timed_out:

@@ -1,4 +1,4 @@
-"""Warm workers on the process runtime: an agent started once that answers one request per line.
+"""Warm workers: an agent started once that answers one request per line, kept in pools.
 
 An agent with ``spec.warm`` is started as a worker that reads one JSON input per line on stdin
 and writes one JSON object per line on stdout, in order; stderr is its log (docs/agents.md,
@@ -11,57 +11,55 @@ an idle one, so an attempt costs a line written and a line read instead of a pro
 * Beyond ``max`` busy workers an attempt starts cold, as without ``spec.warm``: never a queue.
 * A worker that dies, times out or overflows fails that attempt only and is replaced.
 
-Effectively once, as for cold attempts: the worker runs under a small ``sh`` wrapper that tees
-its answers into a file in the worker's directory, and each attempt's spool names the worker and
-the line that will hold its answer before the input is written. An executor that dies closes
-the workers' stdin; each finishes the request it holds, leaves the answer in its file and exits,
-and the executor that gets the redelivered dispatch reads it from there (``adopt``).
+The pool decides which worker serves; what a worker is — a process (warmproc.py) or a container
+(dockerwarm.py) — is its runtime's ``Handle``. Each keeps its answers where an executor that
+gets a redelivered dispatch can read them, so an executor killed mid-request loses nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import secrets
-import shutil
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Protocol
 
 import structlog
 
 from shared.contract.messages import TaskDispatched, WarmUse
 from shared.telemetry import metrics
 
-from .spoolfiles import kill_group
-from .warmio import make_worker_dir
-
 log = structlog.get_logger("flowyard.executor.warm")
 
-SH = "/bin/sh"
-# $1 is the worker's directory; the rest is the agent's command. `tee -p` keeps writing the file
-# when the executor's end of the pipe has gone (it died): the answer is kept for the adopter. The
-# inputs it was given are kept too: an adopter tells "died holding it" from "never got it".
-WRAPPER = r"""
-dir=$1; shift
-echo $$ > "$dir/pid.tmp" && mv "$dir/pid.tmp" "$dir/pid"
-exec 3<&0
-tee -a "$dir/stdin" <&3 3<&- |
-  { "$@" 2>> "$dir/stderr"; echo $? > "$dir/rc.tmp"; mv "$dir/rc.tmp" "$dir/rc"; } 3<&- |
-  tee -p -a "$dir/stdout" 3<&- &
-# The shell lets go of the pipes: a dead agent's end of stdout is then the end the executor reads,
-# though the input's tee still waits on stdin.
-exec 0</dev/null 1>/dev/null 3<&-
-wait
-"""
 # What the worker is told: it is warm. Per-attempt values (run, node, attempt) are not in its
 # environment, which was fixed when it started; the timeout is, and keys the pool like the rest.
 PER_ATTEMPT = frozenset({"FLOWYARD_RUN_ID", "FLOWYARD_NODE_ID", "FLOWYARD_ATTEMPT"})
 # A worker is replaced once its answers or its log pass this: its files live on tmpfs.
 RETIRE_BYTES = 8 * 1024 * 1024
-STOP_GRACE_S = 5.0
+STOP_WAIT_S = 10.0  # how long closing waits for workers being stopped
+
+
+class Handle(Protocol):
+    """One started worker, as its runtime keeps it."""
+
+    name: str  # for the log
+
+    @property
+    def alive(self) -> bool: ...
+
+    def kill(self) -> None:
+        """Stop it at once: what it holds is abandoned."""
+
+    def abandon(self) -> None:
+        """End its input and let it finish the request it holds (its answer stays readable)."""
+
+    async def stop(self) -> None:
+        """Ask it to end, then make sure it has, and remove what it leaves."""
+
+
+# (the attempt that needs it, its pool key, the program, its environment) -> a started worker
+Spawn = Callable[[TaskDispatched, str, str, Mapping[str, str]], Awaitable[Handle | None]]
 
 
 def pool_key(task: TaskDispatched, program: str, env: Mapping[str, str]) -> str:
@@ -84,8 +82,7 @@ def worker_env(env: Mapping[str, str]) -> dict[str, str]:
 class Worker:
     key: str
     agent: str
-    dir: Path
-    proc: asyncio.subprocess.Process
+    handle: Handle
     run_id: str | None = None  # the run it is bound to (reuse: run); None: a spare, or reuse: agent
     answered: int = 0  # lines it has written: the next answer is line answered + 1
     busy: bool = False
@@ -96,7 +93,7 @@ class Worker:
 
     @property
     def alive(self) -> bool:
-        return self.proc.returncode is None
+        return self.handle.alive
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,11 +103,10 @@ class Claim:
 
 
 class WarmPools:
-    """The warm workers of one process runtime, by pool key."""
+    """The warm workers of one runtime, by pool key; ``spawn`` starts one."""
 
-    def __init__(self, state_dir: Path, *, max_output_bytes: int) -> None:
-        self.state_dir = state_dir
-        self.max_output_bytes = max_output_bytes
+    def __init__(self, spawn: Spawn) -> None:
+        self.spawn = spawn
         self._workers: dict[str, list[Worker]] = {}
         self._settings: dict[str, WarmUse] = {}
         self._reaper: asyncio.Task[None] | None = None
@@ -188,34 +184,13 @@ class WarmPools:
             self._starting[key] -= 1
 
     async def _spawn(self, task: TaskDispatched, key: str, program: str, env: Mapping[str, str]) -> Worker | None:
-        agent = task.agent.name
-        home = self.state_dir / f"warm-{agent}-{secrets.token_hex(6)}"
-        try:
-            await asyncio.to_thread(make_worker_dir, home)
-            proc = await asyncio.create_subprocess_exec(
-                SH,
-                "-c",
-                WRAPPER,
-                "flowyard-warm",
-                str(home),
-                program,
-                *(task.agent.command or ())[1:],
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL,
-                cwd=home / "work",
-                env={**worker_env(env), "HOME": str(home / "work"), "TMPDIR": str(home / "work")},
-                start_new_session=True,
-                limit=self.max_output_bytes + 2,  # a longer line is an overflow, not a hang
-            )
-        except OSError as exc:
-            log.warning("could not start a warm worker; attempts start cold", agent=agent, error=exc.strerror)
-            await asyncio.to_thread(shutil.rmtree, home, True)
+        handle = await self.spawn(task, key, program, env)
+        if handle is None:
             return None
-        worker = Worker(key, agent, home, proc)
+        worker = Worker(key, task.agent.name, handle)
         self._workers.setdefault(key, []).append(worker)
-        self._count(agent)
-        log.info("warm worker started", agent=agent, worker=home.name)
+        self._count(worker.agent)
+        log.info("warm worker started", agent=worker.agent, worker=handle.name)
         return worker
 
     # --- stopping ------------------------------------------------------------------------------
@@ -232,23 +207,17 @@ class WarmPools:
         task.add_done_callback(self._background.discard)
 
     async def _end(self, worker: Worker) -> None:
-        """EOF on its stdin asks it to end; after a grace period it is killed, and its files go.
-        (A worker left to finish for the next executor is `abandon`ed instead.)"""
-        if worker.proc.stdin is not None:
-            with contextlib.suppress(Exception):
-                worker.proc.stdin.close()
+        """(A worker left to finish for the next executor is `abandon`ed instead.)"""
         try:
-            await asyncio.wait_for(worker.proc.wait(), STOP_GRACE_S)
-        except TimeoutError:
-            kill_group(worker.proc.pid)
-            await worker.proc.wait()
-        kill_group(worker.proc.pid)
-        await asyncio.to_thread(shutil.rmtree, worker.dir, True)
-        log.info("warm worker stopped", agent=worker.agent, worker=worker.dir.name)
+            await worker.handle.stop()
+        except Exception as exc:  # e.g. the Docker daemon went away: its sweeper removes it later
+            log.warning("could not stop a warm worker", agent=worker.agent, worker=worker.handle.name, error=repr(exc))
+        else:
+            log.info("warm worker stopped", agent=worker.agent, worker=worker.handle.name)
 
     def kill(self, worker: Worker) -> None:
         """Kill it now (a timeout, the run ended): what it was doing is abandoned."""
-        kill_group(worker.proc.pid)
+        worker.handle.kill()
         self._stop(worker)
         self._count(worker.agent)
 
@@ -258,9 +227,7 @@ class WarmPools:
         workers = self._workers.get(worker.key, [])
         if worker in workers:
             workers.remove(worker)
-        if worker.proc.stdin is not None:
-            with contextlib.suppress(Exception):
-                worker.proc.stdin.close()
+        worker.handle.abandon()
         self._count(worker.agent)
 
     async def forget_run(self, run_id: str) -> int:
@@ -268,7 +235,7 @@ class WarmPools:
         ended = [w for ws in self._workers.values() for w in ws if w.run_id == run_id]
         for worker in ended:
             if worker.busy:
-                kill_group(worker.proc.pid)
+                worker.handle.kill()
             self._stop(worker)
             self._count(worker.agent)
         return len(ended)
@@ -300,7 +267,7 @@ class WarmPools:
         self._workers.clear()
         await asyncio.gather(*(self._end(w) for w in workers), return_exceptions=True)
         if self._background:
-            await asyncio.wait(self._background, timeout=STOP_GRACE_S + 1)
+            await asyncio.wait(self._background, timeout=STOP_WAIT_S)
 
     def _count(self, agent: str) -> None:
         mine = [w for ws in self._workers.values() for w in ws if w.agent == agent]
