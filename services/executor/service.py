@@ -49,6 +49,7 @@ from .gates import Gates
 from .logstream import LogStream
 from .reporting import Reporter
 from .runtimes import DockerRuntime, KubernetesRuntime, Runtime, make_runtime
+from .runtimes.base import MAYBE_STARTED
 
 log = structlog.get_logger("flowyard.executor")
 _REPORTED_KEPT = 10_000  # attempts (and ended runs) remembered, for redelivered batches
@@ -258,6 +259,8 @@ class ExecutorService(Service):
             metrics.ATTEMPTS.labels(event.agent.name, "refused").inc()
             return
         began = time.monotonic()
+        stale = event.dispatched_at and time.time() - event.dispatched_at > self._dedup_window / 2
+        token = MAYBE_STARTED.set(delivery.num_delivered > 1 or bool(stale))
         attempt = asyncio.create_task(
             handlers.execute(
                 event,
@@ -275,6 +278,7 @@ class ExecutorService(Service):
                 after=self._after,
             )
         )
+        MAYBE_STARTED.reset(token)  # the attempt's task took a copy
         running = self._running.setdefault(event.run_id, set())
         running.add(attempt)
         self._busy(+1)

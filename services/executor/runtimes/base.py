@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from shared.contract.messages import TaskDispatched
@@ -44,6 +45,11 @@ class WorkspaceCopy:
     writable: bool
     max_bytes: int
 
+
+# Set by the executor for an attempt whose dispatch may have been handled before (a redelivery,
+# or one re-sent after the de-dup window): a runtime that cannot tell from a name alone whether
+# the attempt was started (a warm container's claims) looks only then.
+MAYBE_STARTED: ContextVar[bool] = ContextVar("flowyard_maybe_started", default=False)
 
 # Called with each chunk of stderr as the agent writes it; must not block (it queues).
 LogSink = Callable[[bytes], None]

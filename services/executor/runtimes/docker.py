@@ -41,6 +41,7 @@ from . import dockerinput, dockersweep
 from .base import DEFAULT_CPUS, LogSink, Outcome, Runtime, WorkspaceCopy, memory_limit
 from .dockerattach import Attach, Attached
 from .dockeregress import DockerEgress, EgressError, proxy_env
+from .dockerwarm import DockerWarm
 
 log = structlog.get_logger("flowyard.executor.docker")
 
@@ -85,6 +86,7 @@ class DockerRuntime(Runtime):
         self._sweeper: asyncio.Task[None] | None = None
         self._shell: set[str] = set()  # images known to have /bin/sh (checked once each)
         self._no_shell: set[str] = set()  # images without: their input goes through the attach
+        self.warm = DockerWarm(self)
 
     @property
     def docker(self) -> aiodocker.Docker:
@@ -208,6 +210,10 @@ class DockerRuntime(Runtime):
     ) -> Outcome:
         if not task.agent.image:
             return _refused(f"agent {task.agent.name!r} has no `image` to run", True)
+        if DockerWarm.fits(task) and workspace is None and (command := await self._command(task)) is not None:
+            warm = await self.warm.run(task, command, stdin, env, timeout_s, on_log)
+            if warm is not None:
+                return warm
         name = container_name(task.key)
         if not task.agent.egress_allow:
             return await self._attempt(task, name, stdin, env, timeout_s, workspace, on_log)
@@ -456,8 +462,9 @@ class DockerRuntime(Runtime):
             await asyncio.sleep(min(self.retention / 4, 300))
 
     async def forget_run(self, run_id: str) -> int:
-        """The run has ended and its results are recorded: its finished containers can go now."""
-        return await dockersweep.forget_run(self.docker, run_id)
+        """The run has ended and its results are recorded: its finished containers can go now
+        (and its warm ones, under `reuse: run`)."""
+        return await self.warm.pools.forget_run(run_id) + await dockersweep.forget_run(self.docker, run_id)
 
     async def sweep(self, older_than: float | None = None) -> int:
         """Remove exited flowyard containers that finished more than ``retention`` ago, and this
@@ -472,6 +479,8 @@ class DockerRuntime(Runtime):
     async def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._docker is not None:
+            await self.warm.close()
         if self._egress is not None:
             await self._egress.drain()
         if self._docker is not None:

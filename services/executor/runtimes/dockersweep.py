@@ -29,11 +29,12 @@ async def forget_run(docker: aiodocker.Docker, run_id: str) -> int:
 
 
 async def sweep_exited(docker: aiodocker.Docker, cutoff: float) -> int:
-    """Exited (or only created) attempt containers that ended before ``cutoff``."""
+    """Exited (or only created) attempt and warm containers that ended before ``cutoff``."""
     removed = 0
-    for c in await docker.containers.list(
-        all=True, filters={"label": [f"{LABEL}.key"], "status": ["exited", "dead", "created"]}
-    ):
+    ended = ["exited", "dead", "created"]
+    attempts = await docker.containers.list(all=True, filters={"label": [f"{LABEL}.key"], "status": ended})
+    warm = await docker.containers.list(all=True, filters={"label": [f"{LABEL}.warm"], "status": ended})
+    for c in [*attempts, *warm]:
         info = await c.show()
         # A container only created has no finish time: judge it by its creation, or a sweep
         # could remove one a live executor is about to start.
