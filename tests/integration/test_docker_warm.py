@@ -198,3 +198,34 @@ async def test_an_image_without_a_shell_runs_its_warm_agent_cold(runtime: Docker
     outcome = await runtime.run(t, stdin=b"{}", env={}, timeout_s=10)
     assert outcome.start_error and "not present" in outcome.start_error  # the cold path's answer
     assert await warm_containers(runtime) == []
+
+
+async def test_a_dead_executors_warm_containers_go_once_their_runs_have_ended(base_image: str) -> None:
+    first = DockerRuntime(max_output_bytes=64 * 1024, log_tail_bytes=4096, retention=120)
+    first.stack_id = stack = f"warmtest{next(_seq)}"
+    second = DockerRuntime(max_output_bytes=64 * 1024, log_tail_bytes=4096, retention=120)
+    second.stack_id = stack
+    try:
+        assert (await ask(first, task("rwarm7", "a"), {})).ok
+        [worker] = first.warm.pools.handles()
+        assert isinstance(worker, DockerWorker)
+        worker.abandon()  # as when its executor dies: the input ends, the container stays
+        status: dict[str, str | None] = {"rwarm7": "running"}
+
+        async def run_status(run_id: str) -> str | None:
+            return status.get(run_id)
+
+        for _ in range(100):  # the wrapper marks the end of its input as it sees it
+            container = await second.docker.containers.get(worker.container.id)
+            if await dockeradopt._read(container, f"{dockeradopt.FILES}/eof", AGENT_USER) is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert await second.warm.sweep_orphans(stack, run_status) == 0  # its run may still adopt
+        assert await first.warm.sweep_orphans(stack, run_status) == 0  # never its own executor's
+        status["rwarm7"] = "succeeded"
+        assert await second.warm.sweep_orphans(stack, run_status) == 1
+        assert await warm_containers(second) == []
+    finally:
+        await second.close()
+        await first.close()
+        await _remove_stack(stack)

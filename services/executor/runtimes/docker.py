@@ -472,6 +472,7 @@ class DockerRuntime(Runtime):
         removed = 0
         if self.stack_id is not None and self.run_status is not None:
             removed += await dockersweep.sweep_orphans(self.docker, self.stack_id, self.run_status)
+            removed += await self.warm.sweep_orphans(self.stack_id, self.run_status)
         await self.egress.sweep()
         cutoff = time.time() - (self.retention if older_than is None else older_than)
         return removed + await dockersweep.sweep_exited(self.docker, cutoff)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiodocker
@@ -43,7 +44,8 @@ async def adopt(docker: aiodocker.Docker, task: TaskDispatched, stack_id: str | 
             answer = await _answer(container, line, user)
             if answer is not None:
                 return Outcome(0, answer, b"", time.monotonic() - began)
-            if not await _running(container):
+            # The agent has ended (its exit status is on file) or the container has: no answer comes.
+            if await _read(container, f"{FILES}/rc", user) is not None or not await _running(container):
                 if (again := await _answer(container, line, user)) is not None:
                     return Outcome(0, again, b"", time.monotonic() - began)
                 return Outcome(None, b"", b"", time.monotonic() - began, lost=True)
@@ -55,21 +57,26 @@ async def adopt(docker: aiodocker.Docker, task: TaskDispatched, stack_id: str | 
     return None
 
 
-async def _read(container: Any, path: str, user: str) -> bytes:
+async def _read(container: Any, path: str, user: str) -> bytes | None:
+    """A file in the container (None when it is not there, or the container stopped)."""
     try:
-        exe = await container.exec(["cat", path], stdout=True, stderr=False, user=user)
+        # `cat` of a missing file prints nothing on stdout; `test` tells missing from empty.
+        command = ["sh", "-c", 'test -e "$1" && cat "$1"', "read", path]
+        exe = await container.exec(command, stdout=True, stderr=False, user=user)
         chunks: list[bytes] = []
         async with exe.start(detach=False) as stream:
             while (message := await stream.read_out()) is not None:
                 chunks.append(message.data)
+        if (await exe.inspect()).get("ExitCode") != 0:
+            return None
         return b"".join(chunks)
     except aiodocker.DockerError:
-        return b""  # it stopped in between
+        return None  # it stopped in between
 
 
 async def _claimed(container: Any, key: str, user: str) -> tuple[int, float] | None:
     """(the line of its answers that holds this key's answer, the attempt's deadline)."""
-    for number, raw in enumerate((await _read(container, f"{FILES}/claims", user)).split(b"\n"), start=1):
+    for number, raw in enumerate(((await _read(container, f"{FILES}/claims", user)) or b"").split(b"\n"), start=1):
         parts = raw.decode("utf-8", "replace").split(" ", 2)
         if len(parts) == 3 and parts[2] == key:
             try:
@@ -80,7 +87,7 @@ async def _claimed(container: Any, key: str, user: str) -> tuple[int, float] | N
 
 
 async def _answer(container: Any, line: int, user: str) -> bytes | None:
-    lines = (await _read(container, f"{FILES}/stdout", user)).split(b"\n")
+    lines = ((await _read(container, f"{FILES}/stdout", user)) or b"").split(b"\n")
     return lines[line - 1] + b"\n" if len(lines) > line else None
 
 
@@ -89,3 +96,32 @@ async def _running(container: Any) -> bool:
         return bool((await container.show())["State"].get("Running"))
     except aiodocker.DockerError:
         return False
+
+
+async def sweep_orphans(
+    docker: aiodocker.Docker,
+    stack_id: str,
+    run_status: Callable[[str], Awaitable[str | None]],
+    mine: set[str],
+    user: str,
+) -> int:
+    """Warm containers an executor before us left (their input ended: they keep their answers for
+    adoption) whose every claim belongs to a run that has ended or is gone: nothing can adopt from
+    them any more. ``mine``: this executor's own workers' names, never judged here."""
+    removed = 0
+    filters = {"label": [f"{LABEL}.warm", f"{LABEL}.stack={stack_id}"], "status": ["running"]}
+    for summary in await docker.containers.list(filters=filters):
+        if any(name.lstrip("/") in mine for name in summary["Names"] or ()):
+            continue
+        container = await docker.containers.get(summary["Id"])
+        if await _read(container, f"{FILES}/eof", user) is None:
+            continue  # still fed by a live executor (another replica's worker)
+        claims = ((await _read(container, f"{FILES}/claims", user)) or b"").decode("utf-8", "replace").splitlines()
+        runs = {parts[2].split(":", 1)[0] for parts in (c.split(" ", 2) for c in claims) if len(parts) == 3}
+        statuses = [await run_status(run_id) for run_id in runs]  # raises when it cannot tell: keep all
+        if all(s in (None, "succeeded", "failed", "cancelled") for s in statuses):
+            with contextlib.suppress(aiodocker.DockerError):
+                await container.delete(force=True, v=True)
+                removed += 1
+                log.info("removed a warm container no attempt can be adopted from", container=summary["Id"][:12])
+    return removed

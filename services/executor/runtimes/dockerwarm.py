@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -59,6 +59,7 @@ tee -a "$d/stdout" < "$d/out" 3<&- &
 ) <&3 3<&- > "$d/in" &
 exec 0</dev/null 3<&-
 "$@" < "$d/in" > "$d/out"; rc=$?
+echo "$rc" > "$d/rc"
 if [ -e "$d/eof" ]; then wait; sleep "$keep"; fi
 exit $rc
 """
@@ -316,6 +317,10 @@ class DockerWarm:
         worker = DockerWorker(container, stream, host.max_output_bytes, host.stderr_keep, name=name)
         worker.begin()
         return worker
+
+    async def sweep_orphans(self, stack_id: str, run_status: Callable[[str], Awaitable[str | None]]) -> int:
+        mine = {h.name for h in self.pools.handles()}
+        return await dockeradopt.sweep_orphans(self.host.docker, stack_id, run_status, mine, AGENT_USER)
 
     async def close(self) -> None:
         await self.pools.close()

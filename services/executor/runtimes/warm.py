@@ -158,6 +158,10 @@ class WarmPools:
             self._stop(worker)
         self._count(worker.agent)
 
+    def handles(self) -> list[Handle]:
+        """Every worker this pool holds (busy or idle)."""
+        return [w.handle for ws in self._workers.values() for w in ws]
+
     def counted(self, agent: str, outcome: str) -> None:
         metrics.WARM_REQUESTS.labels(agent, outcome).inc()
 
