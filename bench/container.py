@@ -7,8 +7,9 @@ create + start + wait + delete of `cat` in flowyard/base:bookworm through the Do
 the container configuration the runtime uses (and, for reference, with Docker's defaults), (b)
 the end-to-end latency of a one-node run whose agent is that same `cat` in the Docker runtime
 (request to the run's end, through planner, scheduler and executor), (a) and (b) in turn, and
-reports (b) minus (a), pairwise and against the median of (a); then N container nodes at once on one executor (a foreach of N items, executor
-concurrency N); then the same one-node run with the sample repository as its workspace, read
+reports (b) minus (a), pairwise and against the median of (a); then N container nodes at once on
+one executor (a foreach of N items, executor concurrency N); then both again with the agent on
+warm containers (`spec.warm`); then the same one-node run with the sample repository as its workspace, read
 only and read-write (the agent changes one file, so a new version is stored). Prints figures;
 asserts nothing.
 """
@@ -50,6 +51,14 @@ spec:
 ---
 apiVersion: flowyard/v1
 kind: Agent
+metadata: {name: c-warm}
+spec:
+  image: flowyard/base:bookworm
+  command: [cat]
+  warm: {min: 1, max: 16, reuse: agent}
+---
+apiVersion: flowyard/v1
+kind: Agent
 metadata: {name: c-ws-ro}
 spec:
   image: flowyard/base:bookworm
@@ -84,6 +93,22 @@ metadata: {name: one-container}
 spec:
   nodes:
     - {id: only, agent: c-noop, with: {n: 1}}
+---
+apiVersion: flowyard/v1
+kind: Workflow
+metadata: {name: one-warm}
+spec:
+  nodes:
+    - {id: only, agent: c-warm, with: {n: 1}}
+---
+apiVersion: flowyard/v1
+kind: Workflow
+metadata: {name: many-warm}
+spec:
+  inputs:
+    n: {type: integer}
+  nodes:
+    - {id: each, agent: c-warm, foreach: "{{ inputs.n_items }}", with: {i: "{{ item }}"}}
 ---
 apiVersion: flowyard/v1
 kind: Workflow
@@ -205,6 +230,23 @@ async def main() -> None:
             ms, record = await run_once(bus, many, {"n_items": list(range(args.parallel))}, "many")
             assert record.status == "succeeded", record.error
             print(f"{args.parallel} container nodes at once on one executor: whole run {ms:.0f} ms")
+            # The same on a warm container (spec.warm): started once, then a line in and a line out.
+            one_warm = msgspec.to_builtins(bundle.workflow("one-warm"))
+            many_warm = msgspec.to_builtins(bundle.workflow("many-warm"))
+            for _ in range(3):
+                await run_once(bus, one_warm, {}, "warmup")
+            warm_e2e, warm_in = [], []
+            for _ in range(args.runs):
+                ms, record = await run_once(bus, one_warm, {}, "onewarm")
+                assert record.status == "succeeded", record.error
+                warm_e2e.append(ms)
+                warm_in.append((record.nodes["only"].duration_s or 0.0) * 1000)
+            print(summary("one-node run on a warm container (spec.warm)", warm_e2e))
+            print(f"  of which in the Docker runtime: median {statistics.median(warm_in):.1f} ms")
+            await run_once(bus, many_warm, {"n_items": list(range(args.parallel))}, "manywarm")  # starts the pool
+            ms, record = await run_once(bus, many_warm, {"n_items": list(range(args.parallel))}, "manywarm")
+            assert record.status == "succeeded", record.error
+            print(f"{args.parallel} warm container nodes at once on one executor: whole run {ms:.0f} ms")
             packed = ws.pack_dir(ROOT / "examples/sample-repo", max_bytes=64 << 20)
             for name in ("ws-ro", "ws-rw"):
                 definition = msgspec.to_builtins(bundle.workflow(name))
@@ -220,8 +262,9 @@ async def main() -> None:
                 )
             await bus.close()
     try:
-        for c in await docker.containers.list(all=True, filters={"label": ["io.flowyard.key"]}):
-            await c.delete(force=True, v=True)
+        for label in ("io.flowyard.key", "io.flowyard.warm"):
+            for c in await docker.containers.list(all=True, filters={"label": [label]}):
+                await c.delete(force=True, v=True)
     finally:
         await docker.close()
 
