@@ -17,7 +17,7 @@ from services.executor.runtimes import dockeradopt
 from services.executor.runtimes.base import MAYBE_STARTED
 from services.executor.runtimes.docker import LABEL, DockerRuntime
 from services.executor.runtimes.dockerwarm import AGENT_USER, DockerWorker
-from shared.contract.messages import AgentSnapshot, TaskDispatched
+from shared.contract.messages import AgentResources, AgentSnapshot, TaskDispatched
 from shared.contract.plans import WarmUse
 
 pytestmark = pytest.mark.docker
@@ -40,6 +40,8 @@ AGENT = textwrap.dedent("""
         out = {"host": socket.gethostname(), "served": served, "echo": req, "warm": os.environ.get("FLOWYARD_WARM")}
         if "big" in req:
             out["pad"] = "x" * req["big"]
+        if "eat" in req:
+            out["pad"] = bytearray(req["eat"] << 20)
         print(json.dumps(out), flush=True)
 """)
 _seq = iter(range(1_000_000))
@@ -64,11 +66,14 @@ async def _remove_stack(stack_id: str) -> None:
         await docker.close()
 
 
-def task(run_id: str, node: str = "n", *, reuse: str = "agent", timeout: float = 30, max_: int = 2) -> TaskDispatched:
+def task(
+    run_id: str, node: str = "n", *, reuse: str = "agent", timeout: float = 30, max_: int = 2, memory: str | None = None
+) -> TaskDispatched:
     agent = AgentSnapshot(
         name="warmprobe",
         image=IMAGE,
         command=["python3", "-c", AGENT],
+        resources=AgentResources(memory=memory),
         warm=WarmUse(min=0, max=max_, idle_s=300, reuse=reuse),  # type: ignore[arg-type]
     )
     return TaskDispatched(
@@ -130,6 +135,14 @@ async def test_a_timeout_or_an_overflow_fails_the_attempt_and_replaces_the_worke
     assert not big.ok and "max_output_bytes" in (big.error or "")
     after = await ask(runtime, task("rwarm3", "c"), {})
     assert after.ok and after.output["served"] == 1
+
+
+async def test_eating_memory_is_an_oom_kill_of_that_attempt(runtime: DockerRuntime) -> None:
+    assert (await ask(runtime, task("rwarm8", "a", memory="64Mi"), {})).ok
+    ate = await ask(runtime, task("rwarm8", "b", memory="64Mi"), {"eat": 300})
+    assert not ate.ok and "ran out of memory (its limit of 64 MiB)" in (ate.error or ""), ate.error
+    assert "serving 2" in (ate.error or "")  # its log tail: what it said on stderr for this attempt
+    assert (await ask(runtime, task("rwarm8", "c", memory="64Mi"), {})).ok
 
 
 async def test_reuse_run_never_gives_a_worker_two_runs_and_its_workers_go_with_the_run(

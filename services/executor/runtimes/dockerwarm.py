@@ -33,7 +33,7 @@ import structlog
 from shared.contract.messages import TaskDispatched
 
 from . import dockeradopt, dockerinput
-from .base import MAYBE_STARTED, LogSink, Outcome
+from .base import MAYBE_STARTED, LogSink, Outcome, memory_limit
 from .dockerattach import end_input
 from .warm import WarmPools, pool_key, worker_env
 
@@ -135,7 +135,15 @@ class DockerWorker:
                 raise
 
 
-async def ask(worker: DockerWorker, key: str, stdin: bytes, *, timeout_s: float, on_log: LogSink | None) -> Outcome:
+async def ask(
+    worker: DockerWorker,
+    key: str,
+    stdin: bytes,
+    *,
+    timeout_s: float,
+    on_log: LogSink | None,
+    memory_limit: int | None = None,
+) -> Outcome:
     """Write one claim and input to the worker and read its answer line."""
     began = time.monotonic()
     data = stdin.replace(b"\n", b" ") + b"\n"  # compact JSON holds no raw newline
@@ -158,7 +166,16 @@ async def ask(worker: DockerWorker, key: str, stdin: bytes, *, timeout_s: float,
     if worker.overflow:
         return Outcome(0, b"", err, duration, stdout_overflow=True)
     code = await _exit_code(worker.container)
-    return Outcome(_status(code), b"", err, duration, lost=code is None)
+    # SIGKILLed (137): by the memory limit? The daemon says so in the container's state.
+    oom = code == 137 and await _oom_killed(worker.container)
+    return Outcome(_status(code), b"", err, duration, lost=code is None, oom=oom, memory_limit=memory_limit)
+
+
+async def _oom_killed(container: Any) -> bool:
+    try:
+        return bool((await container.show())["State"].get("OOMKilled"))
+    except aiodocker.DockerError:
+        return False
 
 
 async def _exit_code(container: Any) -> int | None:
@@ -267,7 +284,8 @@ class DockerWarm:
         handle = worker.handle
         assert isinstance(handle, DockerWorker)
         try:
-            outcome = await ask(handle, task.key, stdin, timeout_s=timeout_s, on_log=on_log)
+            limit = memory_limit(task.agent.resources.memory)
+            outcome = await ask(handle, task.key, stdin, timeout_s=timeout_s, on_log=on_log, memory_limit=limit)
         except asyncio.CancelledError:
             if self.host.detach:  # it finishes and keeps its answer for the next executor
                 self.pools.abandon(worker)
