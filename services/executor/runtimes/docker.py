@@ -39,7 +39,7 @@ from shared.state import workspace as ws
 
 from . import dockerinput, dockersweep
 from .base import DEFAULT_CPUS, LogSink, Outcome, Runtime, WorkspaceCopy, memory_limit
-from .dockerattach import Attach, Attached
+from .dockerattach import Attach, Attached, oom_killed
 from .dockeregress import DockerEgress, EgressError, proxy_env
 from .dockerwarm import DockerWarm
 
@@ -436,7 +436,7 @@ class DockerRuntime(Runtime):
                 out = "".join(await container.log(stdout=True, stderr=False)).encode()
                 err = "".join(await container.log(stdout=False, stderr=True)).encode()[-self.stderr_keep :]
             # Only a failed attempt needs the state: was it the memory limit that killed it?
-            oom = exit_code != 0 and not timed_out and await _oom_killed(container, exit_code)
+            oom = exit_code != 0 and not timed_out and await oom_killed(container, exit_code)
         except aiodocker.DockerError as exc:
             if exc.status != 404:
                 raise
@@ -490,15 +490,3 @@ class DockerRuntime(Runtime):
 
 def _refused(error: str, by_settings: bool = False) -> Outcome:
     return Outcome(None, b"", b"", 0.0, start_error=error, start_refused=by_settings)
-
-
-async def _oom_killed(container: aiodocker.containers.DockerContainer, exit_code: int) -> bool:
-    """Whether the memory limit killed it. The daemon learns of an OOM kill from an event that can
-    arrive after `wait` returned, so a SIGKILL exit (137) is looked at again for up to a second."""
-    for _ in range(10):
-        if (await container.show())["State"].get("OOMKilled"):
-            return True
-        if exit_code != 137:
-            return False
-        await asyncio.sleep(0.1)
-    return False

@@ -119,3 +119,15 @@ def end_input(stream: Any) -> None:
     transport = stream._resp.connection.transport
     if transport is not None and transport.can_write_eof():
         transport.write_eof()
+
+
+async def oom_killed(container: Any, exit_code: int) -> bool:
+    """Whether the memory limit killed it. The daemon learns of an OOM kill from an event that can
+    arrive after `wait` returned, so a SIGKILL exit (137) is looked at again for up to a second."""
+    for _ in range(10):
+        if (await container.show())["State"].get("OOMKilled"):
+            return True
+        if exit_code != 137:
+            return False
+        await asyncio.sleep(0.1)
+    return False

@@ -32,9 +32,9 @@ import structlog
 
 from shared.contract.messages import TaskDispatched
 
-from . import dockeradopt, dockerinput
+from . import dockeradopt, dockerinput, warmio
 from .base import MAYBE_STARTED, LogSink, Outcome, memory_limit
-from .dockerattach import end_input
+from .dockerattach import end_input, oom_killed
 from .warm import WarmPools, pool_key, worker_env
 
 log = structlog.get_logger("flowyard.executor.docker")
@@ -167,15 +167,8 @@ async def ask(
         return Outcome(0, b"", err, duration, stdout_overflow=True)
     code = await _exit_code(worker.container)
     # SIGKILLed (137): by the memory limit? The daemon says so in the container's state.
-    oom = code == 137 and await _oom_killed(worker.container)
-    return Outcome(_status(code), b"", err, duration, lost=code is None, oom=oom, memory_limit=memory_limit)
-
-
-async def _oom_killed(container: Any) -> bool:
-    try:
-        return bool((await container.show())["State"].get("OOMKilled"))
-    except aiodocker.DockerError:
-        return False
+    oom = code == 137 and await oom_killed(worker.container, code)
+    return Outcome(warmio.exit_status(code), b"", err, duration, lost=code is None, oom=oom, memory_limit=memory_limit)
 
 
 async def _exit_code(container: Any) -> int | None:
@@ -185,14 +178,6 @@ async def _exit_code(container: Any) -> int | None:
         return None
     code = result.get("StatusCode")
     return code if isinstance(code, int) else None
-
-
-def _status(code: int | None) -> int | None:
-    if code is None:
-        return None
-    if code == 0:
-        return 1  # it exited "successfully" without answering: this attempt failed
-    return code if code < 128 else -(code - 128)
 
 
 def worker_spec(
@@ -287,19 +272,9 @@ class DockerWarm:
             limit = memory_limit(task.agent.resources.memory)
             outcome = await ask(handle, task.key, stdin, timeout_s=timeout_s, on_log=on_log, memory_limit=limit)
         except asyncio.CancelledError:
-            if self.host.detach:  # it finishes and keeps its answer for the next executor
-                self.pools.abandon(worker)
-            else:  # the run ended: nothing may keep running for it
-                self.pools.kill(worker)
+            self.pools.cancelled(worker, detach=self.host.detach)
             raise
-        answered = outcome.exit_code == 0 and not outcome.stdout_overflow
-        if outcome.timed_out:
-            self.pools.kill(worker)
-        else:
-            self.pools.release(claim, answered=answered)
-        worker.answers_bytes += len(outcome.stdout)
-        self.pools.retire_if_grown(worker)
-        self.pools.counted(task.agent.name, "answered" if answered else "failed")
+        self.pools.settle(claim, outcome)
         return outcome
 
     async def _spawn(self, task: TaskDispatched, key: str, program: str, env: Mapping[str, str]) -> DockerWorker | None:

@@ -239,23 +239,13 @@ class ProcessRuntime(Runtime):
                 proc.proc, proc.dir, stdin, timeout_s=timeout_s, on_log=on_log, stderr_from=stderr_from
             )
         except asyncio.CancelledError:
-            if self.detach:  # it finishes and leaves its answer for the next executor
-                self.warm.abandon(worker)
-            else:  # the run ended: nothing may keep running for it
-                self.warm.kill(worker)
+            self.warm.cancelled(worker, detach=self.detach)
             raise
         # Read its log before the worker may go: a dead one's directory is removed with it.
         finish = functools.partial(warmio.finish_spool, spool, proc.dir, outcome, stderr_from, self.stderr_keep)
         err, size = await loop.run_in_executor(self._files, finish)
-        answered = outcome.exit_code == 0 and not outcome.stdout_overflow
-        if outcome.timed_out:
-            self.warm.kill(worker)
-        else:
-            self.warm.release(claim, answered=answered)
-        worker.answers_bytes += len(outcome.stdout)
         worker.log_bytes = size
-        self.warm.retire_if_grown(worker)
-        self.warm.counted(task.agent.name, "answered" if answered else "failed")
+        self.warm.settle(claim, outcome)
         return dataclasses.replace(outcome, stderr_tail=err)
 
     async def _follow(self, path: Path, on_log: LogSink, read: list[int]) -> None:

@@ -30,6 +30,8 @@ import structlog
 from shared.contract.messages import TaskDispatched, WarmUse
 from shared.telemetry import metrics
 
+from .base import Outcome
+
 log = structlog.get_logger("flowyard.executor.warm")
 
 # What the worker is told: it is warm. Per-attempt values (run, node, attempt) are not in its
@@ -161,6 +163,26 @@ class WarmPools:
     def handles(self) -> list[Handle]:
         """Every worker this pool holds (busy or idle)."""
         return [w.handle for ws in self._workers.values() for w in ws]
+
+    def settle(self, claim: Claim, outcome: Outcome) -> None:
+        """The attempt has an outcome: free the worker (or replace it), count it, retire it if grown."""
+        worker = claim.worker
+        answered = outcome.exit_code == 0 and not outcome.stdout_overflow
+        if outcome.timed_out:
+            self.kill(worker)
+        else:
+            self.release(claim, answered=answered)
+        worker.answers_bytes += len(outcome.stdout)
+        self.retire_if_grown(worker)
+        self.counted(worker.agent, "answered" if answered else "failed")
+
+    def cancelled(self, worker: Worker, *, detach: bool) -> None:
+        """The attempt was cancelled: shutting down, the worker finishes and keeps its answer for
+        the next executor; else the run ended, and nothing may keep running for it."""
+        if detach:
+            self.abandon(worker)
+        else:
+            self.kill(worker)
 
     def counted(self, agent: str, outcome: str) -> None:
         metrics.WARM_REQUESTS.labels(agent, outcome).inc()

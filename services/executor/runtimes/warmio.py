@@ -177,12 +177,13 @@ async def _exit_code(proc: asyncio.subprocess.Process, worker_dir: Path) -> int 
     for _ in range(100):
         rc = await asyncio.to_thread(read_int, worker_dir / "rc")
         if rc is not None or proc.returncode is not None:
-            return _status(rc if rc is not None else await asyncio.to_thread(read_int, worker_dir / "rc"))
+            return exit_status(rc if rc is not None else await asyncio.to_thread(read_int, worker_dir / "rc"))
         await asyncio.sleep(0.05)
     return None
 
 
-def _status(rc: int | None) -> int | None:
+def exit_status(rc: int | None) -> int | None:
+    """An attempt's exit code from a wrapper's (or container's) status: 128+n is signal n."""
     if rc is None:
         return None
     if rc == 0:
